@@ -1,0 +1,424 @@
+"""Datasets of SPEC §6 as uint8 tensors, stratified subsets and batch augmentation.
+
+Not a part of the DCM method itself: the loaders that feed train.py's
+experiments (the paper's §5 benchmarks) with clean and real-noisy labels.
+Everything is a tensor ready to move to the training device; augmentation is
+batch tensor ops (pad once, gather crops, flip by torch.where), no DataLoader.
+
+    ds = load_dataset("digits")                        # embedded default, no download
+    x = to_float(ds.x_train[:128], ds.mean, ds.std)    # (128, 1, 8, 8) float32
+    x = augment_batch(x, torch.Generator().manual_seed(0), pad=1, flip=False)
+
+Every user-facing problem with the files raises DataError (a ValueError) with
+one line naming what is wrong and how to fix it.
+"""
+import gzip
+import os
+import pickle
+import zipfile
+import zlib
+from typing import NamedTuple, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "cifar10n", "cifar100n")
+
+_REPO_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+# Datasets absent here need --data-dir (no download ever happens).
+DEFAULT_DIRS = {
+    "digits": _REPO_DATA,                                   # data/digits.npz, committed
+    "fashion-mnist": "/usr/share/datasets/fashion-mnist",   # Debian: dataset-fashion-mnist
+}
+
+# The digits train/test split is fixed, independent of a run's --seed, so that
+# every run is evaluated on the same 500 test images.
+DIGITS_SPLIT_SEED = 0
+DIGITS_TEST_SIZE = 500
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+CIFAR_FILES = {"cifar10": ("data_batch_1", "data_batch_2", "data_batch_3",
+                           "data_batch_4", "data_batch_5", "test_batch"),
+               "cifar100": ("train", "test")}
+CIFAR_N_DEFAULT = {"cifar10n": "aggre", "cifar100n": "noisy100"}
+
+_HOW_TO_GET = {
+    "digits": "restore data/digits.npz from the repository (git checkout -- data/digits.npz)",
+    "mnist": "download the four files from https://yann.lecun.com/exdb/mnist/ and pass --data-dir",
+    "fashion-mnist": "apt-get install dataset-fashion-mnist, or download the four files from "
+                     "https://github.com/zalandoresearch/fashion-mnist and pass --data-dir",
+    "cifar10": "download and untar https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz "
+               "and pass --data-dir",
+    "cifar100": "download and untar https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz "
+                "and pass --data-dir",
+}
+_CIFAR_N_SOURCE = "http://noisylabels.com (files CIFAR-10_human.pt, CIFAR-100_human.pt in github UCSC-REAL/cifar-10-100n)"
+
+
+class DataError(ValueError):
+    """A user-facing data problem; its message is one line saying what to fix."""
+
+
+class Dataset(NamedTuple):
+    """One dataset in memory; N train and M test samples of C channels.
+
+    x_train: (N, C, H, W) uint8, y_train: (N,) int64 clean labels,
+    x_test: (M, C, H, W) uint8, y_test: (M,) int64, num_classes: int,
+    mean, std: per-channel tuples of floats for x/255 (training set statistics),
+    noisy_train: (N,) int64 human labels (CIFAR-N) or None,
+    coarse_train: (N,) int64 CIFAR-100 superclass labels or None,
+    fine_to_coarse: (100,) int64 superclass of each fine class (-1 if the class
+    is absent from the training set) or None.
+    """
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    mean: tuple
+    std: tuple
+    noisy_train: Optional[torch.Tensor] = None
+    coarse_train: Optional[torch.Tensor] = None
+    fine_to_coarse: Optional[torch.Tensor] = None
+
+
+# ---------------------------------------------------------------- public API
+
+def load_dataset(name, data_dir=None, noisy_labels_file=None, noisy_labels=None):
+    """Load dataset `name` (one of DATASETS) from `data_dir` (default DEFAULT_DIRS[name]).
+
+    noisy_labels_file / noisy_labels: the CIFAR-N label file and which labels
+    to take (aggre|worst|rand1|rand2|rand3|clean for cifar10n, noisy100|clean
+    for cifar100n; default aggre / noisy100); only for cifar10n and cifar100n.
+    Returns a Dataset (shapes in its docstring). Raises DataError.
+    """
+    if name not in DATASETS:
+        raise DataError(f"dataset {name!r} is unknown; expected one of {', '.join(DATASETS)}")
+    is_n = name in CIFAR_N_DEFAULT
+    if not is_n and (noisy_labels_file is not None or noisy_labels is not None):
+        raise DataError(f"--noisy-labels-file/--noisy-labels apply to cifar10n and cifar100n only, "
+                        f"not to {name}")
+    base = name[:-1] if is_n else name
+    folder = _data_folder(base, data_dir)
+    if base == "digits":
+        x_train, y_train, x_test, y_test = _load_digits(folder)
+        extra = {}
+    elif base in ("mnist", "fashion-mnist"):
+        x_train, y_train, x_test, y_test = _load_idx_dataset(base, folder)
+        extra = {}
+    else:
+        x_train, y_train, x_test, y_test, extra = _load_cifar(base, folder)
+    if is_n:
+        extra["noisy_train"] = _load_cifar_n(name, noisy_labels_file, noisy_labels, len(y_train))
+    x_train, x_test = torch.from_numpy(x_train), torch.from_numpy(x_test)
+    mean, std = channel_stats(x_train)
+    return Dataset(name, x_train, torch.from_numpy(y_train), x_test, torch.from_numpy(y_test),
+                   100 if base == "cifar100" else 10, mean, std, **extra)
+
+
+def default_augment(name):
+    """The augmentation train.py uses by default: "crop-flip" for CIFAR, "none" otherwise.
+
+    Digits and (Fashion-)MNIST are centred, orientation-specific images: a flip
+    changes a digit's meaning, and the APL/ANL protocols train them without
+    augmentation. CIFAR uses the standard pad-4 crop + horizontal flip.
+    """
+    if name not in DATASETS:
+        raise DataError(f"dataset {name!r} is unknown; expected one of {', '.join(DATASETS)}")
+    return "crop-flip" if name.startswith("cifar") else "none"
+
+
+def stratified_subset(labels, n, seed):
+    """Seeded class-stratified subset: sorted indices (n,) int64 into labels (N,).
+
+    Class c gets floor(n·N_c/N) samples plus one for the classes with the largest
+    remainders (ties to the lower class index), so the total is exactly n and
+    every count is within 1 of its proportional share. n >= N returns arange(N).
+    """
+    labels = torch.as_tensor(labels).long().cpu()
+    N = labels.numel()
+    if not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n must be an integer >= 0, got {n!r}")
+    if n >= N:
+        return torch.arange(N)
+    classes, counts = torch.unique(labels, return_counts=True)
+    share, rem = (n * counts) // N, (n * counts) % N    # integer arithmetic: exact
+    # Largest remainders first; the stable sort keeps ties in class order.
+    order = torch.sort(-rem, stable=True).indices
+    share[order[: n - int(share.sum())]] += 1
+    g = torch.Generator().manual_seed(seed)
+    picked = []
+    for c, k in zip(classes.tolist(), share.tolist()):
+        members = torch.nonzero(labels == c).flatten()
+        picked.append(members[torch.randperm(len(members), generator=g)[:k]])
+    return torch.sort(torch.cat(picked)).values
+
+
+def channel_stats(x):
+    """Per-channel mean and population std of x/255, x: (N, C, H, W) uint8 tensor.
+
+    Computed exactly from a 256-bin histogram per channel: no float copy of the
+    data (CIFAR's 150 M values). On the full CIFAR-10 train set this gives the
+    usual (0.4914, 0.4822, 0.4465) / (0.2470, 0.2435, 0.2616). The std is floored
+    at 1/255 so a constant channel (tiny test sets) cannot divide by zero.
+    Returns (mean, std), two tuples of C floats.
+    """
+    levels = torch.arange(256, dtype=torch.float64) / 255
+    mean, std = [], []
+    for c in range(x.shape[1]):
+        p = torch.bincount(x[:, c].flatten(), minlength=256).double() / x[:, c].numel()
+        m = float(p @ levels)
+        mean.append(m)
+        std.append(max(float(p @ (levels - m) ** 2) ** 0.5, 1 / 255))
+    return tuple(mean), tuple(std)
+
+
+def to_float(x, mean, std):
+    """Normalise images: x (B, C, H, W) in 0..255 (any dtype, any device) -> float32
+    (B, C, H, W) equal to (x/255 - mean[c]) / std[c]."""
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    return (x.float() / 255 - m) / s
+
+
+def augment_batch(x, generator, pad=4, flip=True, padding_mode="zeros"):
+    """Random crop after padding, then random horizontal flip: x (B, C, H, W) -> (B, C, H, W).
+
+    The batch is padded once (zeros, or "reflect") and each sample's H×W window
+    is gathered at its own random offset in [0, 2·pad]² by advanced indexing;
+    each sample is mirrored with probability 1/2 via torch.where. Deterministic
+    given `generator`, which must live on x's device (CPU or CUDA).
+    Zero padding of a normalised batch pads with the channel mean; to pad with
+    black as torchvision's RandomCrop does, augment before to_float.
+    """
+    if not isinstance(pad, int) or pad < 0:
+        raise ValueError(f"pad must be an integer >= 0, got {pad!r}")
+    if padding_mode not in ("zeros", "reflect"):
+        raise ValueError(f"padding_mode must be 'zeros' or 'reflect', got {padding_mode!r}")
+    B, C, H, W = x.shape
+    if pad > 0:
+        mode = "constant" if padding_mode == "zeros" else "reflect"
+        xp = F.pad(x, (pad, pad, pad, pad), mode=mode)
+        dy, dx = torch.randint(0, 2 * pad + 1, (2, B, 1), generator=generator, device=x.device)
+        rows = (dy + torch.arange(H, device=x.device))[:, None, :, None]   # (B, 1, H, 1)
+        cols = (dx + torch.arange(W, device=x.device))[:, None, None, :]   # (B, 1, 1, W)
+        b = torch.arange(B, device=x.device)[:, None, None, None]
+        c = torch.arange(C, device=x.device)[None, :, None, None]
+        x = xp[b, c, rows, cols]
+    if flip:
+        mirror = torch.rand(B, generator=generator, device=x.device) < 0.5
+        x = torch.where(mirror[:, None, None, None], x.flip(3), x)
+    return x
+
+
+# ---------------------------------------------------------------- folders
+
+def _data_folder(name, data_dir):
+    """The existing, non-empty folder to read `name` from; DataError otherwise."""
+    where = data_dir if data_dir is not None else DEFAULT_DIRS.get(name)
+    if where is None:
+        raise DataError(f"{name} needs --data-dir DIR with {_expected(name)}; "
+                        f"to get them: {_HOW_TO_GET[name]}")
+    if not os.path.isdir(where):
+        raise DataError(f"{name}: data directory {where} does not exist; expected "
+                        f"{_expected(name)} there; to get them: {_HOW_TO_GET[name]}")
+    if not os.listdir(where):
+        raise DataError(f"{name}: data directory {where} is empty; expected "
+                        f"{_expected(name)} there; to get them: {_HOW_TO_GET[name]}")
+    return where
+
+
+def _expected(name):
+    """Human-readable list of the files `name` needs."""
+    if name == "digits":
+        return "digits.npz"
+    if name in CIFAR_FOLDERS:
+        return f"the folder {CIFAR_FOLDERS[name]} ({', '.join(CIFAR_FILES[name])})"
+    return ", ".join(f + ".gz" for f in IDX_FILES) + " (or uncompressed)"
+
+
+def _find_file(folder, name, candidates):
+    """The first existing path among folder/candidates; DataError naming `name`'s files."""
+    for c in candidates:
+        path = os.path.join(folder, c)
+        if os.path.isfile(path):
+            return path
+    raise DataError(f"{name}: {candidates[0]} is missing in {folder}; expected "
+                    f"{_expected(name)}; to get them: {_HOW_TO_GET[name]}")
+
+
+# ---------------------------------------------------------------- digits
+
+def _load_digits(folder):
+    """digits.npz -> x_train (1297, 1, 8, 8), y_train, x_test (500, 1, 8, 8), y_test.
+
+    The file holds images (1797, 8, 8) uint8 in 0..16 and labels (1797,) uint8
+    (see data/README.md); values are rescaled to 0..255 by round(v·255/16).
+    """
+    path = _find_file(folder, "digits", ["digits.npz"])
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            images, labels = z["images"], z["labels"]
+    except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile) as e:
+        raise DataError(f"digits: {path} is unreadable ({_one_line(e)}); {_HOW_TO_GET['digits']}") from None
+    if (images.ndim != 3 or images.shape[1:] != (8, 8) or labels.shape != images.shape[:1]
+            or images.max(initial=0) > 16 or labels.max(initial=0) > 9):
+        raise DataError(f"digits: {path} does not hold images (N, 8, 8) in 0..16 and labels (N,) "
+                        f"in 0..9; {_HOW_TO_GET['digits']}")
+    x = np.round(images.astype(np.float64) * 255 / 16).astype(np.uint8)[:, None]
+    y = labels.astype(np.int64)
+    test = np.zeros(len(y), dtype=bool)
+    test[stratified_subset(torch.from_numpy(y), DIGITS_TEST_SIZE, DIGITS_SPLIT_SEED).numpy()] = True
+    return x[~test], y[~test], x[test], y[test]
+
+
+# ---------------------------------------------------------------- IDX (MNIST, Fashion-MNIST)
+
+def parse_idx(raw, path, ndim):
+    """Parse the bytes of an IDX file of uint8 values with `ndim` dimensions -> numpy array.
+
+    Header: 2 zero bytes, type byte 0x08 (uint8), the number of dimensions, then
+    each dimension as a big-endian uint32 (magic 0x00000803 for images (N, H, W),
+    0x00000801 for labels (N,)). DataError if the magic or the length is wrong.
+    """
+    magic = 0x800 + ndim
+    head = 4 + 4 * ndim
+    if len(raw) < head or int.from_bytes(raw[:4], "big") != magic:
+        found = raw[:4].hex() if len(raw) >= 4 else f"{len(raw)} bytes"
+        raise DataError(f"{path} is not an IDX file of {ndim}-d uint8 data (magic {found}, "
+                        f"expected {magic:08x}); re-download it")
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    if len(raw) != head + int(np.prod(dims)):
+        raise DataError(f"{path} has {len(raw) - head} data bytes, its header {dims} says "
+                        f"{int(np.prod(dims))}: truncated or corrupt, re-download it")
+    return np.frombuffer(raw, np.uint8, offset=head).reshape(dims).copy()
+
+
+def _read_idx(folder, name, stem, ndim):
+    """Read folder/stem.gz (or the uncompressed folder/stem) as an IDX array."""
+    path = _find_file(folder, name, [stem + ".gz", stem])
+    try:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path} is truncated or corrupt ({_one_line(e)}); re-download it") from None
+    return parse_idx(raw, path, ndim)
+
+
+def _load_idx_dataset(name, folder):
+    """The four IDX files -> x_train (N, 1, H, W) uint8, y_train (N,) int64, x_test, y_test."""
+    xtr, ytr, xte, yte = (_read_idx(folder, name, stem, 3 if "images" in stem else 1)
+                          for stem in IDX_FILES)
+    for x, y, split in ((xtr, ytr, "train"), (xte, yte, "t10k")):
+        if len(x) != len(y) or y.max(initial=0) > 9:
+            raise DataError(f"{name}: {split} files disagree ({len(x)} images, {len(y)} labels, "
+                            f"labels up to {y.max(initial=0)}, expected 0..9) in {folder}; re-download them")
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise DataError(f"{name}: train images are {xtr.shape[1:]} but t10k images {xte.shape[1:]} "
+                        f"in {folder}; re-download them")
+    return xtr[:, None], ytr.astype(np.int64), xte[:, None], yte.astype(np.int64)
+
+
+# ---------------------------------------------------------------- CIFAR pickles
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler for the official CIFAR batches that resolves only numpy's array globals.
+
+    pickle.load calls whatever callable a file names (os.system included), so a
+    tampered download could run code. The CIFAR batches need just dicts, lists,
+    bytes and ints (opcodes, no globals) plus numpy's ndarray reconstruction;
+    find_class returns those and refuses every other global.
+    """
+
+    def find_class(self, module, name):
+        # Python-2 era files say numpy.core.multiarray, numpy >= 2 writes numpy._core;
+        # the function is taken from ndarray's own reduction, so no private import.
+        if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            return np.empty(0).__reduce__()[0]
+        if module == "numpy" and name in ("ndarray", "dtype"):
+            return getattr(np, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+
+
+def _read_cifar_batch(path, label_keys):
+    """One CIFAR pickle -> (x (N, 3, 32, 32) uint8, [labels (N,) int64 per key])."""
+    try:
+        with open(path, "rb") as f:
+            d = _CifarUnpickler(f, encoding="bytes").load()
+        x, labels = d[b"data"], [np.asarray(d[k], dtype=np.int64) for k in label_keys]
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError,
+            IndexError, AttributeError, OverflowError) as e:
+        raise DataError(f"{path} is truncated, corrupt or not a CIFAR batch ({_one_line(e)}); "
+                        f"re-download it") from None
+    if (not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072
+            or any(y.shape != (len(x),) for y in labels)):
+        raise DataError(f"{path} is not a CIFAR batch (expected data (N, 3072) uint8 and N labels "
+                        f"per key {', '.join(k.decode() for k in label_keys)}); re-download it")
+    # Each row is 1024 red, then 1024 green, then 1024 blue values, row-major.
+    return x.reshape(-1, 3, 32, 32), labels
+
+
+def _cifar_folder(name, folder):
+    """Accept either the CIFAR folder itself or its parent."""
+    inner = os.path.join(folder, CIFAR_FOLDERS[name])
+    return inner if os.path.isdir(inner) else folder
+
+
+def _load_cifar(name, folder):
+    """CIFAR-10/100 pickles -> x_train (N, 3, 32, 32), y_train, x_test, y_test, extra fields."""
+    folder = _cifar_folder(name, folder)
+    keys = [b"labels"] if name == "cifar10" else [b"fine_labels", b"coarse_labels"]
+    parts = [_read_cifar_batch(_find_file(folder, name, [f]), keys) for f in CIFAR_FILES[name]]
+    x_train = np.concatenate([p[0] for p in parts[:-1]])
+    train_labels = [np.concatenate([p[1][i] for p in parts[:-1]]) for i in range(len(keys))]
+    x_test, test_labels = parts[-1]
+    num_classes = 10 if name == "cifar10" else 100
+    for y in (train_labels[0], test_labels[0]):
+        if y.min(initial=0) < 0 or y.max(initial=0) >= num_classes:
+            raise DataError(f"{name}: labels outside 0..{num_classes - 1} in {folder}; re-download it")
+    extra = {}
+    if name == "cifar100":
+        extra["coarse_train"] = torch.from_numpy(train_labels[1])
+        extra["fine_to_coarse"] = _fine_to_coarse(train_labels[0], train_labels[1], folder)
+    return x_train, train_labels[0], x_test, test_labels[0], extra
+
+
+def _fine_to_coarse(fine, coarse, folder):
+    """(100,) int64 superclass of each fine class, -1 where the class is absent."""
+    table = np.full(100, -1, dtype=np.int64)
+    table[fine] = coarse
+    if (table[fine] != coarse).any() or coarse.min(initial=0) < 0 or coarse.max(initial=0) >= 20:
+        raise DataError(f"cifar100: coarse labels in {folder} are not one superclass in 0..19 "
+                        f"per fine class; re-download it")
+    return torch.from_numpy(table)
+
+
+# ---------------------------------------------------------------- CIFAR-N
+
+def _load_cifar_n(name, path, which, n_train):
+    """Human labels (n_train,) int64 from the CIFAR-N file via noise.load_cifar_n."""
+    if path is None:
+        raise DataError(f"{name} needs --noisy-labels-file "
+                        f"({'CIFAR-10_human.pt' if name == 'cifar10n' else 'CIFAR-100_human.pt'}); "
+                        f"get it from {_CIFAR_N_SOURCE}")
+    if not os.path.isfile(path):
+        raise DataError(f"{name}: --noisy-labels-file {path} does not exist; get it from {_CIFAR_N_SOURCE}")
+    import noise  # lazily: only CIFAR-N needs it
+    which = CIFAR_N_DEFAULT[name] if which is None else which
+    num_classes = 10 if name == "cifar10n" else 100
+    try:
+        labels = noise.load_cifar_n(path, which, num_classes, expected_len=n_train)
+    except DataError:
+        raise
+    except ValueError as e:
+        raise DataError(_one_line(e)) from None
+    return torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+
+
+def _one_line(e):
+    """An exception's message squeezed onto one line."""
+    return " ".join(str(e).split()) or type(e).__name__
