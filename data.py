@@ -409,13 +409,15 @@ def _load_cifar_n(name, path, which, n_train):
         raise DataError(f"{name}: --noisy-labels-file {path} does not exist; get it from {_CIFAR_N_SOURCE}")
     import noise  # lazily: only CIFAR-N needs it
     which = CIFAR_N_DEFAULT[name] if which is None else which
-    num_classes = 10 if name == "cifar10n" else 100
     try:
-        labels = noise.load_cifar_n(path, which, num_classes, expected_len=n_train)
-    except DataError:
-        raise
-    except ValueError as e:
-        raise DataError(_one_line(e)) from None
+        labels = noise.load_cifar_n(path, which, 10 if name == "cifar10n" else 100)
+    except ValueError as e:  # noise.py's one-line messages about the file or `which`
+        raise DataError(f"{name}: {_one_line(e)}") from None
+    # CIFAR-N labels follow the 50 000 training images in file order: a partial
+    # CIFAR folder cannot be matched to them.
+    if len(labels) != n_train:
+        raise DataError(f"{name}: {path} has {len(labels)} labels but the CIFAR folder "
+                        f"{n_train} training images; use the complete CIFAR training set")
     return torch.as_tensor(np.asarray(labels), dtype=torch.int64)
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 import data
+import noise
 from data import DataError, load_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -317,6 +318,59 @@ def test_missing_cifar_batch_raises_dataerror(tmp_path):
 def test_cifar_n_without_label_file_names_the_flag_and_source(tmp_path):
     write_cifar10(tmp_path)
     raises_one_line(lambda: load_dataset("cifar10n", tmp_path), "--noisy-labels-file", "noisylabels.com")
+
+
+CIFAR10N_KEYS = ("aggre_label", "worse_label", "random_label1", "random_label2", "random_label3", "clean_label")
+
+
+def write_cifar_n(path, n, keys, num_classes, seed=0):
+    """A CIFAR-N label file (torch.save of a dict of numpy int arrays) of n labels per key."""
+    rng = np.random.default_rng(seed)
+    labels = {k: rng.integers(0, num_classes, n) for k in keys}
+    noise.save_cifar_n(path, labels)
+    return labels
+
+
+@pytest.fixture
+def tiny_cifar_n(monkeypatch):
+    """noise.load_cifar_n insists on the real 50 000 labels; tiny CIFAR folders
+    need that length to be their own, so it is lowered for the test."""
+    monkeypatch.setattr(noise, "CIFAR_N_LENGTH", 15)
+
+
+@pytest.mark.parametrize("which, key", [(None, "aggre_label"), ("worst", "worse_label"), ("rand2", "random_label2")])
+def test_cifar10n_takes_human_labels_as_noisy_train(tmp_path, tiny_cifar_n, which, key):
+    _, _, ys = write_cifar10(tmp_path)
+    labels = write_cifar_n(tmp_path / "CIFAR-10_human.pt", 15, CIFAR10N_KEYS, 10)
+    ds = load_dataset("cifar10n", tmp_path, noisy_labels_file=tmp_path / "CIFAR-10_human.pt", noisy_labels=which)
+    assert ds.name == "cifar10n" and ds.num_classes == 10 and ds.x_train.shape == (15, 3, 32, 32)
+    assert ds.noisy_train.dtype == torch.int64 and ds.noisy_train.tolist() == labels[key].tolist()
+    assert ds.y_train.tolist() == sum(ys[:5], [])
+
+
+def test_cifar100n_defaults_to_noisy100_and_keeps_coarse_labels(tmp_path, monkeypatch):
+    monkeypatch.setattr(noise, "CIFAR_N_LENGTH", 8)
+    _, out = write_cifar100(tmp_path)
+    labels = write_cifar_n(tmp_path / "h.pt", 8, ("noisy_label", "clean_label"), 100)
+    ds = load_dataset("cifar100n", tmp_path, noisy_labels_file=tmp_path / "h.pt")
+    assert ds.num_classes == 100 and ds.noisy_train.tolist() == labels["noisy_label"].tolist()
+    assert ds.coarse_train.tolist() == (out["train"][1] // 5).tolist() and ds.fine_to_coarse is not None
+
+
+def test_cifar_n_labels_must_match_the_cifar_training_set_size(tmp_path):
+    write_cifar10(tmp_path)
+    write_cifar_n(tmp_path / "CIFAR-10_human.pt", 50000, CIFAR10N_KEYS, 10)
+    raises_one_line(lambda: load_dataset("cifar10n", tmp_path, noisy_labels_file=tmp_path / "CIFAR-10_human.pt"),
+                    "50000 labels", "15 training images")
+
+
+def test_cifar_n_bad_which_or_missing_file_raise_dataerror(tmp_path, tiny_cifar_n):
+    write_cifar10(tmp_path)
+    write_cifar_n(tmp_path / "h.pt", 15, CIFAR10N_KEYS, 10)
+    raises_one_line(lambda: load_dataset("cifar10n", tmp_path, noisy_labels_file=tmp_path / "h.pt",
+                                         noisy_labels="noisy100"), "cifar10n", "noisy100")
+    raises_one_line(lambda: load_dataset("cifar10n", tmp_path, noisy_labels_file=tmp_path / "nope.pt"),
+                    "nope.pt does not exist", "noisylabels.com")
 
 
 # ---------------------------------------------------------------- stratified_subset
