@@ -188,10 +188,11 @@ def to_float(x, mean, std):
 def augment_batch(x, generator, pad=4, flip=True, padding_mode="zeros"):
     """Random crop after padding, then random horizontal flip: x (B, C, H, W) -> (B, C, H, W).
 
-    The batch is padded once (zeros, or "reflect") and each sample's H×W window
-    is gathered at its own random offset in [0, 2·pad]² by advanced indexing;
-    each sample is mirrored with probability 1/2 via torch.where. Deterministic
-    given `generator`, which must live on x's device (CPU or CUDA).
+    The batch is padded once (zeros, or "reflect"); unfold views every H×W
+    window of it as (B, C, 2·pad+1, 2·pad+1, H, W) without copying, and one
+    advanced index picks each sample's window at its random offset (dy, dx).
+    Each sample is then mirrored with probability 1/2 via torch.where.
+    Deterministic given `generator`, which must live on x's device (CPU or CUDA).
     Zero padding of a normalised batch pads with the channel mean; to pad with
     black as torchvision's RandomCrop does, augment before to_float.
     """
@@ -201,14 +202,10 @@ def augment_batch(x, generator, pad=4, flip=True, padding_mode="zeros"):
         raise ValueError(f"padding_mode must be 'zeros' or 'reflect', got {padding_mode!r}")
     B, C, H, W = x.shape
     if pad > 0:
-        mode = "constant" if padding_mode == "zeros" else "reflect"
-        xp = F.pad(x, (pad, pad, pad, pad), mode=mode)
-        dy, dx = torch.randint(0, 2 * pad + 1, (2, B, 1), generator=generator, device=x.device)
-        rows = (dy + torch.arange(H, device=x.device))[:, None, :, None]   # (B, 1, H, 1)
-        cols = (dx + torch.arange(W, device=x.device))[:, None, None, :]   # (B, 1, 1, W)
-        b = torch.arange(B, device=x.device)[:, None, None, None]
-        c = torch.arange(C, device=x.device)[None, :, None, None]
-        x = xp[b, c, rows, cols]
+        xp = F.pad(x, (pad, pad, pad, pad), mode="constant" if padding_mode == "zeros" else "reflect")
+        windows = xp.unfold(2, H, 1).unfold(3, W, 1)          # (B, C, 2p+1, 2p+1, H, W), a view
+        dy, dx = torch.randint(0, 2 * pad + 1, (2, B), generator=generator, device=x.device)
+        x = windows[torch.arange(B, device=x.device), :, dy, dx]   # (B, C, H, W)
     if flip:
         mirror = torch.rand(B, generator=generator, device=x.device) < 0.5
         x = torch.where(mirror[:, None, None, None], x.flip(3), x)
