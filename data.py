@@ -1,7 +1,7 @@
 """Datasets of SPEC §6 as uint8 tensors, stratified subsets and batch augmentation.
 
 Not a part of the DCM method itself: the loaders that feed train.py's
-experiments (the paper's §5 benchmarks) with clean and real-noisy labels.
+experiments (the paper's benchmarks: clean data plus synthetic or human label noise).
 Everything is a tensor ready to move to the training device; augmentation is
 batch tensor ops (pad once, gather crops, flip by torch.where), no DataLoader.
 
@@ -47,7 +47,8 @@ CIFAR_N_DEFAULT = {"cifar10n": "aggre", "cifar100n": "noisy100"}
 
 _HOW_TO_GET = {
     "digits": "restore data/digits.npz from the repository (git checkout -- data/digits.npz)",
-    "mnist": "download the four files from https://yann.lecun.com/exdb/mnist/ and pass --data-dir",
+    "mnist": "download the four files from https://yann.lecun.com/exdb/mnist/ (or a mirror) "
+             "and pass --data-dir",
     "fashion-mnist": "apt-get install dataset-fashion-mnist, or download the four files from "
                      "https://github.com/zalandoresearch/fashion-mnist and pass --data-dir",
     "cifar10": "download and untar https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz "
@@ -123,9 +124,9 @@ def load_dataset(name, data_dir=None, noisy_labels_file=None, noisy_labels=None)
 def default_augment(name):
     """The augmentation train.py uses by default: "crop-flip" for CIFAR, "none" otherwise.
 
-    Digits and (Fashion-)MNIST are centred, orientation-specific images: a flip
-    changes a digit's meaning, and the APL/ANL protocols train them without
-    augmentation. CIFAR uses the standard pad-4 crop + horizontal flip.
+    Digits and (Fashion-)MNIST are centred, orientation-specific images (a flip
+    changes a digit's meaning) and the usual noisy-label protocols train them
+    without augmentation; CIFAR uses the standard pad-4 crop + horizontal flip.
     """
     if name not in DATASETS:
         raise DataError(f"dataset {name!r} is unknown; expected one of {', '.join(DATASETS)}")
@@ -221,7 +222,7 @@ def _data_folder(name, data_dir):
         raise DataError(f"{name} needs --data-dir DIR with {_expected(name)}; "
                         f"to get them: {_HOW_TO_GET[name]}")
     if not os.path.isdir(where):
-        raise DataError(f"{name}: data directory {where} does not exist; expected "
+        raise DataError(f"{name}: data directory {where} does not exist (or is not a folder); expected "
                         f"{_expected(name)} there; to get them: {_HOW_TO_GET[name]}")
     if not os.listdir(where):
         raise DataError(f"{name}: data directory {where} is empty; expected "
