@@ -1,0 +1,320 @@
+"""Properties of kan.py (SPEC §3): B-spline bases, the one-matmul KAN forward,
+the DCM mask on coefficients, and literal == fast DKAN edge scores."""
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import kan
+
+DTYPES = st.sampled_from([torch.float32, torch.float64])
+
+
+def _grid(d_in, grid_size, order, lo=-1.0, hi=1.0, dtype=torch.float64):
+    return kan.kan_init(d_in, 1, grid_size, order, (lo, hi), dtype=dtype)["grid"]
+
+
+def _params(d_in, d_out, grid_size=5, order=3, seed=0, dtype=torch.float64, spline_scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    p = kan.kan_init(d_in, d_out, grid_size, order, generator=g, dtype=dtype)
+    # Spline weights of the same size as the base weights, so both parts of φ matter.
+    p["spline_weight"] = p["spline_weight"] * (10 * spline_scale)
+    return p
+
+
+def _randn(shape, seed, dtype=torch.float64, scale=1.0):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype) * scale
+
+
+def _near_knot(x, grid, tol=1e-9):
+    """x: (B, d), grid: (d, K) -> (B, d) bool, x within tol of one of its knots."""
+    return ((x.unsqueeze(-1) - grid.unsqueeze(0)).abs() <= tol).any(dim=-1)
+
+
+orders = st.integers(0, 4)
+grid_sizes = st.integers(1, 7)
+in_range = st.lists(st.floats(-1.0, 1.0, exclude_max=True), min_size=1, max_size=24)
+anywhere = st.lists(st.floats(-4.0, 4.0), min_size=1, max_size=24)
+
+
+# ----------------------------------------------------------------------------
+# B-spline bases
+# ----------------------------------------------------------------------------
+
+@given(orders, grid_sizes, in_range)
+def test_bases_sum_to_one_inside_grid_range(order, grid_size, xs):
+    x = torch.tensor(xs, dtype=torch.float64).unsqueeze(1)
+    grid = _grid(1, grid_size, order)
+    for basis in (kan.bspline_basis, kan.bspline_basis_uniform):
+        total = basis(x, grid, order).sum(dim=-1)
+        torch.testing.assert_close(total, torch.ones_like(total), rtol=0, atol=1e-12)
+
+
+@given(orders, grid_sizes, anywhere)
+def test_bases_are_non_negative(order, grid_size, xs):
+    x = torch.tensor(xs, dtype=torch.float64).unsqueeze(1)
+    grid = _grid(1, grid_size, order)
+    for basis in (kan.bspline_basis, kan.bspline_basis_uniform):
+        assert (basis(x, grid, order) >= 0).all()
+
+
+@given(orders, grid_sizes, anywhere)
+def test_at_most_order_plus_one_bases_are_nonzero(order, grid_size, xs):
+    x = torch.tensor(xs, dtype=torch.float64).unsqueeze(1)
+    grid = _grid(1, grid_size, order)
+    for basis in (kan.bspline_basis, kan.bspline_basis_uniform):
+        assert ((basis(x, grid, order) != 0).sum(dim=-1) <= order + 1).all()
+
+
+@given(orders, grid_sizes, in_range)
+def test_exactly_order_plus_one_bases_are_nonzero_off_the_knots(order, grid_size, xs):
+    x = torch.tensor(xs, dtype=torch.float64).unsqueeze(1)
+    grid = _grid(1, grid_size, order)
+    off = ~_near_knot(x, grid).squeeze(1)
+    for basis in (kan.bspline_basis, kan.bspline_basis_uniform):
+        count = (basis(x, grid, order) != 0).sum(dim=-1).squeeze(1)
+        assert (count[off] == order + 1).all()
+
+
+def test_bases_vanish_outside_the_extended_grid():
+    grid = _grid(1, 5, 3)
+    x = torch.tensor([[-100.0], [grid[0, 0] - 1e-9], [grid[0, -1]], [7.0]], dtype=torch.float64)
+    for basis in (kan.bspline_basis, kan.bspline_basis_uniform):
+        assert (basis(x, grid, 3) == 0).all()
+
+
+@given(orders, grid_sizes, anywhere, st.floats(-50, 50), st.floats(0.01, 100), DTYPES)
+def test_closed_form_equals_cox_de_boor(order, grid_size, xs, lo, width, dtype):
+    grid = _grid(1, grid_size, order, lo, lo + width, dtype)
+    # Rescale the drawn points onto this grid, and add every knot itself.
+    x = (torch.tensor(xs, dtype=torch.float64) * width / 2 + lo + width / 2).to(dtype)
+    x = torch.cat([x, grid[0]]).unsqueeze(1)
+    closed, cox = kan.bspline_basis_uniform(x, grid, order), kan.bspline_basis(x, grid, order)
+    # Knots stored in `dtype` are uniform only up to rounding, relative to their magnitude.
+    conditioning = grid.abs().max().item() / (width / grid_size)
+    atol = 50 * torch.finfo(dtype).eps * max(conditioning, 1.0)
+    torch.testing.assert_close(closed, cox, rtol=0, atol=atol)
+    assert torch.equal(closed != 0, cox != 0) or order > 0   # order 0: the same half-open cells
+
+
+@given(st.integers(1, 4), grid_sizes, st.integers(0, 2**31 - 1))
+def test_closed_form_gradient_equals_cox_de_boor_gradient(order, grid_size, seed):
+    grid = _grid(3, grid_size, order)
+    x = _randn((16, 3), seed, scale=1.3)
+    w = _randn((16, 3, grid_size + order), seed + 1)   # a random upstream gradient
+    grads = []
+    for basis in (kan.bspline_basis_uniform, kan.bspline_basis):
+        xr = x.clone().requires_grad_()
+        (basis(xr, grid, order) * w).sum().backward()
+        grads.append(xr.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_closed_form_backward_passes_gradcheck(order):
+    grid = _grid(4, 5, order)
+    x = _randn((6, 4), order, scale=1.2)
+    x = x[~_near_knot(x, grid, 1e-4).any(dim=1)].requires_grad_()   # kinks for order 1
+    assert torch.autograd.gradcheck(lambda t: kan.bspline_basis_uniform(t, grid, order), (x,))
+    params = _params(4, 2, 5, order)
+    assert torch.autograd.gradcheck(lambda t: kan.kan_features(params, t), (x,))
+
+
+def test_cox_de_boor_handles_a_non_uniform_grid():
+    knots = torch.tensor([-3.0, -2.5, -1.0, -0.7, 0.0, 0.1, 0.9, 2.0, 3.5, 4.0], dtype=torch.float64)
+    x = torch.linspace(-0.7, 0.899, 50, dtype=torch.float64).unsqueeze(1)   # [t_3, t_{K-4})
+    b = kan.bspline_basis(x, knots.unsqueeze(0), 3)
+    torch.testing.assert_close(b.sum(dim=-1), torch.ones(50, 1, dtype=torch.float64))
+
+
+def test_closed_form_rejects_a_non_uniform_grid():
+    grid = _grid(2, 5, 3)
+    grid[1, 4] += 0.05
+    with pytest.raises(ValueError, match="grid"):
+        kan.bspline_basis_uniform(torch.zeros(3, 2, dtype=torch.float64), grid, 3)
+    with pytest.raises(ValueError, match="grid"):
+        kan.kan_forward({**_params(2, 3), "grid": grid}, torch.zeros(3, 2, dtype=torch.float64))
+
+
+# ----------------------------------------------------------------------------
+# KAN forward, mask, gradients
+# ----------------------------------------------------------------------------
+
+shapes = st.tuples(st.integers(1, 9), st.integers(1, 7), st.integers(1, 5))   # B, d_in, d_out
+
+
+@given(shapes, st.integers(0, 4), st.integers(0, 2**31 - 1))
+def test_kan_forward_equals_sum_of_edge_activations(shape, order, seed):
+    b, d_in, d_out = shape
+    params = _params(d_in, d_out, 4, order, seed)
+    x = _randn((b, d_in), seed, scale=1.5)
+    expected = kan.kan_edge_activations(params, x).sum(dim=-1)
+    for basis in ("closed", "cox"):
+        torch.testing.assert_close(kan.kan_forward(params, x, basis=basis), expected)
+
+
+@given(shapes, st.integers(0, 2**31 - 1))
+def test_masked_forward_equals_masked_sum_of_edge_activations(shape, seed):
+    b, d_in, d_out = shape
+    params = _params(d_in, d_out, seed=seed)
+    v = _randn((b, d_in), seed, scale=3.0)
+    mask = (torch.rand(d_out, d_in, generator=torch.Generator().manual_seed(seed)) < 0.5).double()
+    x = kan.layer_norm(v)
+    expected = (kan.kan_edge_activations(params, x) * mask).sum(dim=-1)
+    torch.testing.assert_close(kan.kan_forward(params, x, mask), expected)
+    torch.testing.assert_close(kan.dkan_forward(params, v, mask), expected)
+
+
+@given(shapes, st.integers(0, 2**31 - 1))
+def test_mask_of_ones_equals_no_mask(shape, seed):
+    b, d_in, d_out = shape
+    params = _params(d_in, d_out, seed=seed, dtype=torch.float32)
+    v = _randn((b, d_in), seed, torch.float32)
+    ones = torch.ones(d_out, d_in)
+    assert torch.equal(kan.dkan_forward(params, v, ones), kan.dkan_forward(params, v))
+
+
+@given(shapes, st.integers(0, 2**31 - 1))
+def test_masked_coefficients_get_exactly_zero_gradient(shape, seed):
+    b, d_in, d_out = shape
+    params = {k: t.requires_grad_(k != "grid") for k, t in _params(d_in, d_out, seed=seed).items()}
+    v = _randn((b, d_in), seed, scale=2.0)
+    mask = (torch.rand(d_out, d_in, generator=torch.Generator().manual_seed(seed)) < 0.5).double()
+    kan.dkan_forward(params, v, mask).pow(2).sum().backward()
+    off = mask == 0
+    assert (params["base_weight"].grad[off] == 0).all()
+    assert (params["spline_weight"].grad[off] == 0).all()
+
+
+def test_closed_and_cox_kan_have_equal_parameter_gradients():
+    params = _params(6, 4, seed=3)
+    x = _randn((10, 6), 3, scale=1.2)
+    grads = []
+    for basis in ("closed", "cox"):
+        p = {k: t.clone().requires_grad_(k != "grid") for k, t in params.items()}
+        xr = x.clone().requires_grad_()
+        kan.kan_forward(p, xr, basis=basis).sin().sum().backward()
+        grads.append((xr.grad, p["base_weight"].grad, p["spline_weight"].grad))
+    for closed, cox in zip(*grads):
+        torch.testing.assert_close(closed, cox)
+
+
+def test_forward_is_one_matmul_over_features():
+    params = _params(5, 3, seed=1)
+    x = _randn((4, 5), 1)
+    phi = kan.kan_features(params, x)
+    assert phi.shape == (4, 5, 1 + 8)
+    torch.testing.assert_close(phi[..., 0], torch.nn.functional.silu(x))
+    coef = kan.kan_coefficients(params)
+    assert torch.equal(kan.kan_forward(params, x), phi.flatten(1) @ coef.flatten(1).T)
+
+
+# ----------------------------------------------------------------------------
+# DKAN edge scores: literal == fast, moments
+# ----------------------------------------------------------------------------
+
+inputs = st.sampled_from(["normal", "beyond_range", "large", "constant"])
+
+
+def _inputs(kind, b, d_in, seed, dtype):
+    if kind == "constant":
+        return _randn((1, d_in), seed, dtype).expand(b, d_in).clone()
+    scale = {"normal": 1.0, "beyond_range": 4.0, "large": 1e3}[kind]
+    return _randn((b, d_in), seed, dtype, scale)
+
+
+@given(shapes, inputs, DTYPES, st.integers(0, 2**31 - 1))
+def test_fast_scores_equal_literal_scores(shape, kind, dtype, seed):
+    b, d_in, d_out = shape
+    params = _params(d_in, d_out, seed=seed, dtype=dtype)
+    x = _inputs(kind, b, d_in, seed, dtype)
+    literal, fast = kan.kan_edge_scores_literal(params, x), kan.kan_edge_scores(params, x)
+    assert fast.dtype == dtype and fast.shape == (d_out, d_in)
+    scale = kan.kan_edge_activations(params, x).abs().amax().item() + 1e-30
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(fast, literal, rtol=10 * tol, atol=tol * scale)
+
+
+@given(shapes, st.integers(0, 2**31 - 1))
+def test_single_sample_gives_zero_scores(shape, seed):
+    _, d_in, d_out = shape
+    params = _params(d_in, d_out, seed=seed)
+    x = _randn((1, d_in), seed)
+    assert (kan.kan_edge_scores(params, x) == 0).all()
+    assert (kan.kan_edge_scores_literal(params, x) == 0).all()
+
+
+@given(shapes, DTYPES, st.integers(0, 2**31 - 1))
+def test_constant_inputs_give_zero_fast_scores(shape, dtype, seed):
+    b, d_in, d_out = shape
+    params = _params(d_in, d_out, seed=seed, dtype=dtype)
+    x = _inputs("constant", b, d_in, seed, dtype)
+    assert (kan.kan_edge_scores(params, x) == 0).all()
+
+
+@given(shapes, st.integers(0, 2**31 - 1), st.data())
+def test_merged_moments_of_split_batches_give_whole_batch_scores(shape, seed, data):
+    b, d_in, d_out = shape
+    b = b + 1
+    cut = data.draw(st.integers(1, b - 1))
+    params = _params(d_in, d_out, seed=seed)
+    phi = kan.kan_features(params, _randn((b, d_in), seed, scale=2.0))
+    merged = tuple(u + w for u, w in zip(kan.kan_moments(phi[:cut]), kan.kan_moments(phi[cut:])))
+    torch.testing.assert_close(kan.kan_scores_from_moments(merged, params),
+                               kan.kan_scores_from_moments(kan.kan_moments(phi), params))
+    torch.testing.assert_close(kan.kan_scores_from_moments(merged, params),
+                               kan.kan_scores_from_features(params, phi))
+
+
+def test_moments_are_float64_and_mergeable_by_elementwise_sum():
+    params = _params(3, 2, dtype=torch.float32)
+    phi = kan.kan_features(params, _randn((5, 3), 0, torch.float32))
+    n, s1, s2 = kan.kan_moments(phi)
+    assert n.dim() == 0 and n.item() == 5
+    assert (n.dtype, s1.dtype, s2.dtype) == (torch.float64,) * 3
+    assert s1.shape == (3, 9) and s2.shape == (3, 9, 9)
+    assert kan.kan_scores_from_moments((n, s1, s2), params).dtype == torch.float32
+
+
+def test_dkan_scores_are_kan_scores_of_the_layer_normed_input():
+    params = _params(6, 3, seed=2)
+    v = _randn((8, 6), 2, scale=5.0) + 3
+    expected = kan.kan_edge_scores_literal(params, kan.layer_norm(v))
+    torch.testing.assert_close(kan.dkan_edge_scores(params, v), expected)
+    x = kan.layer_norm(v)
+    torch.testing.assert_close(x.mean(dim=-1), torch.zeros(8, dtype=torch.float64))
+    torch.testing.assert_close(x.var(dim=-1, correction=0), torch.ones(8, dtype=torch.float64), rtol=1e-4, atol=0)
+
+
+# ----------------------------------------------------------------------------
+# Parameters and bad input
+# ----------------------------------------------------------------------------
+
+def test_init_shapes_and_seeded_determinism():
+    a = kan.kan_init(7, 3, grid_size=4, order=2, generator=torch.Generator().manual_seed(1))
+    b = kan.kan_init(7, 3, grid_size=4, order=2, generator=torch.Generator().manual_seed(1))
+    assert a["grid"].shape == (7, 4 + 2 * 2 + 1)
+    assert a["base_weight"].shape == (3, 7) and a["spline_weight"].shape == (3, 7, 6)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a["base_weight"].abs().max() <= 7 ** -0.5
+    torch.testing.assert_close(a["grid"][0, 2:7], torch.linspace(-1, 1, 5))
+
+
+@pytest.mark.parametrize("call", [
+    lambda p: kan.kan_forward(p, torch.zeros(2, 5)),                       # wrong d_in
+    lambda p: kan.kan_forward(p, torch.zeros(4)),                          # not (B, d_in)
+    lambda p: kan.kan_forward(p, torch.zeros(2, 4), torch.ones(4, 3)),     # mask transposed
+    lambda p: kan.kan_forward(p, torch.zeros(2, 4), basis="bezier"),       # unknown basis
+    lambda p: kan.kan_forward({**p, "spline_weight": p["spline_weight"][:2]}, torch.zeros(2, 4)),
+    lambda p: kan.kan_forward({k: p[k] for k in ("grid", "base_weight")}, torch.zeros(2, 4)),
+    lambda p: kan.kan_forward_features(p, torch.zeros(2, 4, 5)),           # wrong feature count
+    lambda p: kan.bspline_basis(torch.zeros(2, 4), p["grid"], -1),         # negative order
+    lambda p: kan.bspline_basis(torch.zeros(2, 4), p["grid"], 6),          # grid too short for order
+    lambda p: kan.bspline_basis(torch.zeros(2, 4), p["grid"].flip(1), 3),  # decreasing knots
+    lambda p: kan.kan_scores_from_moments(kan.kan_moments(torch.zeros(2, 4, 5)), p),
+    lambda p: kan.kan_init(0, 3),
+    lambda p: kan.kan_init(4, 3, grid_range=(1.0, -1.0)),
+])
+def test_bad_input_raises_value_error(call):
+    params = kan.kan_init(4, 3)
+    with pytest.raises(ValueError):
+        call(params)
