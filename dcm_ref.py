@@ -1,0 +1,356 @@
+"""Dynamic Connection Masking (DCM) on a fully connected head (the "DFC" of
+Zhang et al., "Combating Noisy Labels via Dynamic Connection Masking",
+arXiv 2508.09697): edge activations (Fig. 2), edge importance (Eq. 2) in its
+literal form and an exact fast form, top-k mask selection, the masked linear
+head, the mask schedule as a pure state transition, moment helpers for
+multi-process runs, `--dcm-freeze`, and the diagnostics of Fig. 5.
+
+Usage (one optimizer step; state in, new state out):
+
+    state = mask_init(w.shape, device=w.device)                         # all ones
+    state = mask_schedule_step(state, moments(v), lambda m: scores_from_moments(m, w), keep=0.7)
+    logits = masked_linear(v, w, b, state.mask)                         # z = v (W⊙M)ᵀ + b
+
+Conventions: features v: (B, d), head weights w: (C, d), bias b: (C,),
+mask M: (C, d) with values 0/1. Scores are population statistics over the
+batch (correction=0), so a batch of one gives scores 0, never NaN.
+"""
+import math
+from typing import Callable, NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+Moments = Tuple[Tensor, ...]   # mergeable sums, e.g. (n, Σv, Σv²); merged by elementwise sum
+SCOPES = ("row", "global")
+STATS = ("batch", "interval")
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _check_2d(name: str, t: Tensor, expected: str) -> None:
+    if not isinstance(t, torch.Tensor) or t.dim() != 2:
+        got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{name}: expected a 2-D tensor {expected}, got {got}")
+
+
+def _check_features_weights(v: Tensor, w: Tensor) -> None:
+    _check_2d("v", v, "(B, d)")
+    _check_2d("w", w, "(C, d)")
+    if v.shape[1] != w.shape[1]:
+        raise ValueError(f"v, w: feature sizes differ, v is {tuple(v.shape)} and w is "
+                         f"{tuple(w.shape)}; expected v: (B, d) and w: (C, d)")
+
+
+def _check_batch(v: Tensor) -> None:
+    if v.shape[0] < 1:
+        raise ValueError(f"v: expected at least one sample, got shape {tuple(v.shape)}")
+
+
+def _check_mask(mask: Tensor, w: Tensor) -> None:
+    if not isinstance(mask, torch.Tensor) or mask.shape != w.shape:
+        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"mask: expected shape {tuple(w.shape)} (same as w), got {got}")
+
+
+def _check_keep(keep: float) -> None:
+    ok = isinstance(keep, (int, float)) and not isinstance(keep, bool) and 0.0 < keep <= 1.0
+    if not ok:
+        raise ValueError(f"keep: expected a number in (0, 1], got {keep!r}")
+
+
+def _check_scope(scope: str) -> None:
+    if scope not in SCOPES:
+        raise ValueError(f"scope: expected one of {SCOPES}, got {scope!r}")
+
+
+# ----------------------------------------------------------------------------- Fig. 2 and Eq. 2
+
+def edge_activations(v: Tensor, w: Tensor) -> Tensor:
+    """Edge activations of Fig. 2: the terms of the inner products before the sum.
+
+    A[b, j, k] = v[b, k] · w[j, k];  v: (B, d), w: (C, d) -> A: (B, C, d).
+    Summing A over k gives the logits without bias. Memory is B·C·d: for reading
+    and tests, never for training.
+    """
+    _check_features_weights(v, w)
+    return v[:, None, :] * w[None, :, :]
+
+
+def edge_scores_literal(v: Tensor, w: Tensor) -> Tensor:
+    """Edge importance, Eq. 2 as written: S[j, k] = std_b A[b, j, k].
+
+    Population std (correction=0), so B = 1 gives 0, not NaN.
+    v: (B, d), w: (C, d) -> S: (C, d). Materialises the (B, C, d) tensor A.
+    """
+    _check_features_weights(v, w)
+    _check_batch(v)
+    return edge_activations(v, w).std(dim=0, correction=0)
+
+
+def edge_scores(v: Tensor, w: Tensor) -> Tensor:
+    """Edge importance, exact fast form of Eq. 2: S[j, k] = |w[j, k]| · std_b v[b, k].
+
+    Exact because w is constant over the batch: std_b(v_bk · w_jk) = |w_jk| std_b v_bk.
+    Cost O((B + C)·d), no (B, C, d) tensor. The std is taken in float64 (cheap,
+    B·d) so large feature magnitudes lose nothing; the result has the promoted
+    dtype of v and w, like the literal form.
+    v: (B, d), w: (C, d) -> S: (C, d).
+    """
+    _check_features_weights(v, w)
+    _check_batch(v)
+    std_v = v.to(torch.float64).std(dim=0, correction=0)          # (d,)
+    out_dtype = torch.promote_types(v.dtype, w.dtype)
+    return (w.to(torch.float64).abs() * std_v).to(out_dtype)
+
+
+# ----------------------------------------------------------------------------- selection and forward
+
+def kept_count(keep: float, n: int) -> int:
+    """Number of entries kept out of n: max(1, round(keep·n)) (Python round, half to even)."""
+    _check_keep(keep)
+    return max(1, round(keep * n))
+
+
+def topk_mask(scores: Tensor, keep: float, scope: str = "row") -> Tensor:
+    """Keep the most important edges, mask the rest (SPEC §2 selection).
+
+    scores: (C, d) -> M: (C, d), same dtype and device, values 0/1.
+    scope "row": every class j keeps exactly k = max(1, round(keep·d)) inputs;
+    scope "global": exactly max(1, round(keep·C·d)) edges over the whole matrix.
+    Ties: among equal scores the lower (flat) index wins. A stable descending sort
+    keeps equal scores in index order on CPU and CUDA alike, so the mask is
+    deterministic. keep = 1 returns all ones (plain FC). NaN scores sort first
+    (they are kept); they only arise from NaN features.
+    """
+    _check_2d("scores", scores, "(C, d)")
+    _check_keep(keep)
+    _check_scope(scope)
+    if keep == 1:
+        return torch.ones_like(scores)
+    flat = scores if scope == "row" else scores.reshape(1, -1)
+    k = kept_count(keep, flat.shape[1])
+    order = torch.sort(flat, dim=1, descending=True, stable=True).indices
+    mask = torch.zeros_like(flat).scatter_(1, order[:, :k], 1)
+    return mask.reshape(scores.shape)
+
+
+def masked_linear(v: Tensor, w: Tensor, b: Optional[Tensor], mask: Optional[Tensor]) -> Tensor:
+    """Masked head: z = v (W⊙M)ᵀ + b (SPEC §2 forward).
+
+    v: (B, d), w: (C, d), b: (C,) or None, mask: (C, d) or None (plain linear)
+    -> z: (B, C). Masked edges get exactly zero gradient (∂z/∂W = vᵀ·g, times
+    M = 0), and ∂L/∂v = g (W⊙M): no gradient reaches the backbone through a
+    masked edge. With an all-ones mask, w·1 == w exactly, so z equals
+    F.linear(v, w, b) bit for bit.
+    """
+    _check_features_weights(v, w)
+    if b is not None and tuple(b.shape) != (w.shape[0],):
+        raise ValueError(f"b: expected shape ({w.shape[0]},) or None, got {tuple(b.shape)}")
+    if mask is None:
+        return F.linear(v, w, b)
+    _check_mask(mask, w)
+    return F.linear(v, w * mask.to(w.dtype), b)   # cast: a bool or float32 mask must not promote w
+
+
+# ----------------------------------------------------------------------------- moments (multi-process)
+
+def moments(v: Tensor) -> Moments:
+    """Mergeable batch moments of the features, from v.detach(), all float64.
+
+    v: (B, d) -> (n: 0-dim, s1 = Σ_b v: (d,), s2 = Σ_b v²: (d,)).
+    Multi-process runs all-reduce (sum) these; every rank then computes the
+    same scores and therefore the same mask.
+    """
+    _check_2d("v", v, "(B, d)")
+    vd = v.detach().to(torch.float64)
+    n = torch.tensor(float(vd.shape[0]), dtype=torch.float64, device=vd.device)
+    return (n, vd.sum(dim=0), (vd * vd).sum(dim=0))
+
+
+def merge_moments(a: Optional[Moments], b: Optional[Moments]) -> Optional[Moments]:
+    """Pool two moment tuples by elementwise sum; None is the empty pool.
+
+    Works for any tuple of tensors: kan.py pools (n, ΣΦ, ΣΦΦᵀ) with it.
+    merge_moments(None, m) == m, so pooling can start from None.
+    """
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if len(a) != len(b):
+        raise ValueError(f"b: expected a moment tuple of length {len(a)}, got length {len(b)}")
+    return tuple(x + y for x, y in zip(a, b))
+
+
+def std_from_moments(m: Moments) -> Tensor:
+    """Population std per feature from (n, Σv, Σv²): (d,), float64.
+
+    var = Σv²/n − (Σv/n)², clamped at 0 (rounding can make it slightly negative).
+    Done in float64: for float32 features this is as accurate as the two-pass
+    std; for float64 features with |mean| ≫ std the error is ~sqrt(eps64)·|mean|
+    (the price of plain sums, which all-reduce needs). An empty pool (n = 0)
+    gives std 0.
+    """
+    if len(m) != 3:
+        raise ValueError(f"m: expected moments (n, s1, s2), got a tuple of length {len(m)}")
+    n, s1, s2 = (t.to(torch.float64) for t in m)
+    n = n.clamp(min=1.0)
+    mean = s1 / n
+    return (s2 / n - mean * mean).clamp(min=0.0).sqrt()
+
+
+def scores_from_moments(m: Moments, w: Tensor) -> Tensor:
+    """Edge scores of Eq. 2 from pooled moments: |w| · std.  m: moments of (d,), w: (C, d) -> (C, d) in w.dtype.
+
+    Equals edge_scores on the concatenation of the pooled batches (float tolerance).
+    """
+    _check_2d("w", w, "(C, d)")
+    std_v = std_from_moments(m)
+    if std_v.shape != (w.shape[1],):
+        raise ValueError(f"m: expected moments over {w.shape[1]} features (w is "
+                         f"{tuple(w.shape)}), got std of shape {tuple(std_v.shape)}")
+    return (w.detach().to(torch.float64).abs() * std_v).to(w.dtype)
+
+
+# ----------------------------------------------------------------------------- schedule
+
+class MaskState(NamedTuple):
+    """State of the mask schedule; replaced, never mutated.
+
+    mask: (C, d) 0/1; step: optimizer steps already taken; pooled: moments pooled
+    since the last update (stats="interval") or None; updates: number of mask
+    recomputations; change: 1 − Jaccard(kept) at the last update (0.0 initially).
+    """
+    mask: Tensor
+    step: int
+    pooled: Optional[Moments]
+    updates: int
+    change: float
+
+
+def mask_init(shape, dtype=torch.float32, device=None) -> MaskState:
+    """Initial state: all-ones mask of shape (C, d) (plain FC), step 0, nothing pooled."""
+    if len(tuple(shape)) != 2:
+        raise ValueError(f"shape: expected (C, d), got {tuple(shape)}")
+    return MaskState(torch.ones(tuple(shape), dtype=dtype, device=device), 0, None, 0, 0.0)
+
+
+def mask_due(step: int, interval: int, warmup: int) -> bool:
+    """True iff the mask is recomputed at this step: step ≥ warmup and (step − warmup) % interval == 0."""
+    return step >= warmup and (step - warmup) % interval == 0
+
+
+def _check_schedule(interval: int, warmup: int, stats: str) -> None:
+    if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1:
+        raise ValueError(f"interval: expected an integer >= 1, got {interval!r}")
+    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+        raise ValueError(f"warmup: expected an integer >= 0, got {warmup!r}")
+    if stats not in STATS:
+        raise ValueError(f"stats: expected one of {STATS}, got {stats!r}")
+
+
+def mask_schedule_step(state: MaskState, batch_moments: Moments,
+                       score_fn: Callable[[Moments], Tensor], keep: float,
+                       scope: str = "row", interval: int = 1, warmup: int = 0,
+                       stats: str = "batch") -> MaskState:
+    """One step of the DCM schedule (SPEC §2). Call once per optimizer step, before
+    the head forward of that step, with the current batch's moments (already
+    all-reduced in multi-process runs).
+
+    s = state.step. Before warm-up (s < warmup) the mask is all ones. From then on
+    the mask is recomputed when mask_due(s, interval, warmup), as
+    topk_mask(score_fn(moments), keep, scope), where moments are the current
+    batch's (stats="batch", Eq. 2) or those pooled over every batch since the
+    last update, this one included (stats="interval"). score_fn: Moments -> (C, d),
+    e.g. lambda m: scores_from_moments(m, w). Returns the new state with step s + 1.
+    """
+    _check_keep(keep)
+    _check_scope(scope)
+    _check_schedule(interval, warmup, stats)
+    s = state.step
+    if s < warmup:
+        return state._replace(mask=torch.ones_like(state.mask), step=s + 1, pooled=None)
+    pooled = merge_moments(state.pooled, batch_moments) if stats == "interval" else None
+    if not mask_due(s, interval, warmup):
+        return state._replace(step=s + 1, pooled=pooled)
+    source = pooled if stats == "interval" else batch_moments
+    scores = score_fn(source)
+    if not isinstance(scores, torch.Tensor) or scores.shape != state.mask.shape:
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(f"score_fn: expected scores of shape {tuple(state.mask.shape)}, got {got}")
+    new = topk_mask(scores, keep, scope).to(state.mask.dtype)
+    return MaskState(new, s + 1, None, state.updates + 1, mask_change(state.mask, new))
+
+
+# ----------------------------------------------------------------------------- --dcm-freeze
+
+def freeze_masked(w_after: Tensor, w_before: Tensor, mask: Tensor) -> Tensor:
+    """`--dcm-freeze`: entries with mask == 0 from w_before, the rest from w_after.
+
+    All three of one shape: (C, d) for an FC head; for KAN coefficients
+    (C, d, G) pass the (C, d) mask expanded to (C, d, G).
+
+    Why: a masked edge gets zero gradient, but a stock optimizer still moves it
+    (weight decay, and momentum from steps when it was kept). Applied right after
+    optimizer.step(), e.g.
+        with torch.no_grad(): w.copy_(freeze_masked(w, w_before, mask))
+    it leaves masked entries exactly unchanged by the step. Only the parameter is
+    restored: the optimizer's momentum buffers still accumulate weight decay for
+    masked entries and apply it once an edge is kept again.
+    """
+    _check_mask(w_before, w_after)
+    _check_mask(mask, w_after)
+    return torch.where(mask != 0, w_after, w_before)
+
+
+# ----------------------------------------------------------------------------- diagnostics (Fig. 5, §2 bound)
+
+def mask_change(m_old: Tensor, m_new: Tensor) -> float:
+    """Mask change between updates (Fig. 5): 1 − |kept_old ∩ kept_new| / |kept_old ∪ kept_new|; 0 if both empty."""
+    _check_mask(m_new, m_old)
+    kept_old, kept_new = m_old != 0, m_new != 0
+    union = int((kept_old | kept_new).sum())
+    if union == 0:
+        return 0.0
+    return 1.0 - int((kept_old & kept_new).sum()) / union
+
+
+def kept_fraction(mask: Tensor) -> float:
+    """Fraction of kept edges: mean(mask != 0). mask: (C, d)."""
+    if not isinstance(mask, torch.Tensor) or mask.numel() == 0:
+        raise ValueError("mask: expected a non-empty tensor")
+    return float((mask != 0).to(torch.float64).mean())
+
+
+def feature_grad_error(w: Tensor, mask: Tensor, y: Tensor, y_noisy: Tensor) -> Tensor:
+    """Per-sample error of the CE gradient w.r.t. the features, noisy minus clean label.
+
+    For z = v (W⊙M)ᵀ + b, ∂CE/∂z = p − e_label, so ∂CE/∂v|ỹ − ∂CE/∂v|y
+    = (W⊙M)ᵀ(e_y − e_ỹ) = (W⊙M)[y] − (W⊙M)[ỹ]: independent of v and p.
+    w, mask: (C, d), y, y_noisy: (B,) class indices -> (B, d).
+    """
+    _check_2d("w", w, "(C, d)")
+    _check_mask(mask, w)
+    wm = w * mask
+    return wm[y] - wm[y_noisy]
+
+
+def feature_grad_error_bound(w: Tensor, mask: Tensor) -> float:
+    """Bound on ‖feature_grad_error‖₂ for any sample: 2·sqrt(k)·max|W⊙M|, k = most kept edges in a row.
+
+    Why 2·sqrt(k) and not sqrt(2k): the error is a − c with a = (W⊙M)[y],
+    c = (W⊙M)[ỹ], each with ≤ k non-zeros bounded by m = max|W⊙M|, so
+    ‖a − c‖ ≤ ‖a‖ + ‖c‖ ≤ 2·sqrt(k)·m, attained when both rows keep the same
+    k edges with opposite signs. sqrt(2k)·m holds only if no kept entry of a
+    meets one of opposite sign in c (e.g. disjoint supports); with d = k = 1,
+    w = [[1], [−1]] the error is 2 > sqrt(2). The bound shrinks with nested
+    masks (k and m cannot grow); the error itself need not (cancelling edges).
+    w, mask: (C, d) -> float.
+    """
+    _check_2d("w", w, "(C, d)")
+    _check_mask(mask, w)
+    k = int((mask != 0).sum(dim=1).max())
+    m = float((w * mask).abs().max())
+    return 2.0 * math.sqrt(k) * m

@@ -1,0 +1,481 @@
+"""Properties of dcm_ref.py (SPEC §2): DCM on a fully connected head.
+
+Random inputs come from a hypothesis-drawn seed and shape, so each example is
+a reproducible (B, C, d, dtype, magnitude) case, including B = 1, constant
+features and magnitudes up to 1e4.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dcm_ref as D
+
+DTYPES = st.sampled_from([torch.float32, torch.float64])
+SCALES = st.sampled_from([1.0, 1e3, 1e4])
+KEEPS = st.floats(min_value=0.01, max_value=1.0)
+
+
+@st.composite
+def head_case(draw, min_batch=1):
+    """(v: (B, d), w: (C, d)) with optional constant feature columns and a large offset."""
+    B = draw(st.integers(min_batch, 24))
+    C = draw(st.integers(1, 8))
+    d = draw(st.integers(1, 12))
+    dtype, scale = draw(DTYPES), draw(SCALES)
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    v = torch.randn(B, d, generator=g, dtype=torch.float64) * scale
+    if draw(st.booleans()):                       # large mean, small spread: cancellation-prone
+        v = v / scale + scale
+    constant = torch.rand(d, generator=g) < 0.3   # constant features must score 0
+    v[:, constant] = v[0, constant]
+    w = torch.randn(C, d, generator=g, dtype=torch.float64)
+    return v.to(dtype), w.to(dtype)
+
+
+def random_scores(seed, C, d, dtype=torch.float64):
+    return torch.rand(C, d, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def score_tolerance(v, w):
+    """Per-entry tolerance for two std computations of A: a few dozen ulps of max_b |A[b, j, k]|."""
+    eps = torch.finfo(v.dtype).eps
+    scale = w.abs().double() * v.abs().double().amax(dim=0)
+    return 64 * eps * scale
+
+
+# ----------------------------------------------------------------------------- Fig. 2, Eq. 2
+
+@given(head_case())
+def test_edge_activations_sum_to_the_logits(case):
+    v, w = case
+    A = D.edge_activations(v, w)
+    assert A.shape == (v.shape[0], w.shape[0], v.shape[1])
+    eps = torch.finfo(v.dtype).eps
+    scale = A.abs().sum(dim=2)                    # both sums round relative to Σ|A|
+    assert bool(((A.sum(dim=2) - v @ w.T).abs() <= 4 * v.shape[1] * eps * scale).all())
+
+
+@given(head_case())
+def test_literal_scores_equal_fast_scores(case):
+    v, w = case
+    lit, fast = D.edge_scores_literal(v, w), D.edge_scores(v, w)
+    assert lit.shape == fast.shape == w.shape and fast.dtype == lit.dtype
+    err = (lit.double() - fast.double()).abs()
+    assert bool((err <= score_tolerance(v, w)).all()), err.max()
+
+
+@given(head_case(), st.integers(1, 8))
+def test_batch_of_one_scores_zero_not_nan(case, C):
+    v, w = case
+    v1 = v[:1]
+    assert torch.equal(D.edge_scores(v1, w), torch.zeros_like(w))
+    assert torch.equal(D.edge_scores_literal(v1, w), torch.zeros_like(w))
+
+
+def test_fast_scores_never_build_the_batch_class_feature_tensor():
+    # B·C·d float64 would be 8 GB here; the fast form needs only (B + C)·d.
+    v, w = torch.randn(4096, 512), torch.randn(512, 512)
+    assert D.edge_scores(v, w).shape == (512, 512)
+
+
+# ----------------------------------------------------------------------------- selection
+
+@given(st.integers(0, 10**6), st.integers(1, 10), st.integers(1, 40), KEEPS)
+def test_row_scope_keeps_exactly_k_per_row(seed, C, d, keep):
+    M = D.topk_mask(random_scores(seed, C, d), keep, "row")
+    k = max(1, round(keep * d))
+    assert torch.equal(M.sum(dim=1), torch.full((C,), float(k), dtype=M.dtype))
+
+
+@given(st.integers(0, 10**6), st.integers(1, 10), st.integers(1, 40), KEEPS)
+def test_global_scope_keeps_exactly_round_keep_times_size(seed, C, d, keep):
+    M = D.topk_mask(random_scores(seed, C, d), keep, "global")
+    assert int(M.sum()) == max(1, round(keep * C * d))
+
+
+@given(st.integers(0, 10**6), st.integers(1, 10), st.integers(2, 40), KEEPS,
+       st.sampled_from(["row", "global"]))
+def test_kept_edges_score_at_least_as_high_as_masked_edges(seed, C, d, keep, scope):
+    S = random_scores(seed, C, d)
+    M = D.topk_mask(S, keep, scope)
+    S_rows, M_rows = (S, M) if scope == "row" else (S.reshape(1, -1), M.reshape(1, -1))
+    lowest_kept = torch.where(M_rows == 1, S_rows, torch.inf).amin(dim=1)
+    highest_masked = torch.where(M_rows == 0, S_rows, -torch.inf).amax(dim=1)
+    assert bool((lowest_kept >= highest_masked).all())
+
+
+@given(st.integers(1, 10), st.integers(1, 40), KEEPS, st.floats(-5, 5))
+def test_equal_scores_keep_the_first_indices(C, d, keep, value):
+    S = torch.full((C, d), value)
+    k = max(1, round(keep * d))
+    expected_row = (torch.arange(d) < k).float().expand(C, d)
+    assert torch.equal(D.topk_mask(S, keep, "row"), expected_row)
+    n = max(1, round(keep * C * d))
+    expected_global = (torch.arange(C * d) < n).float().reshape(C, d)
+    assert torch.equal(D.topk_mask(S, keep, "global"), expected_global)
+
+
+def test_ties_among_some_scores_break_by_index():
+    S = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0]])
+    assert D.topk_mask(S, 0.4).tolist() == [[0.0, 1.0, 1.0, 0.0, 0.0]]
+
+
+@given(st.integers(0, 10**6), st.integers(1, 6), st.integers(1, 12), DTYPES, KEEPS,
+       st.sampled_from(["row", "global"]))
+def test_mask_has_the_scores_dtype_and_only_zeros_and_ones(seed, C, d, dtype, keep, scope):
+    M = D.topk_mask(random_scores(seed, C, d, dtype), keep, scope)
+    assert M.dtype == dtype and M.shape == (C, d)
+    assert bool(((M == 0) | (M == 1)).all())
+
+
+@given(head_case(), st.booleans())
+def test_keep_one_reproduces_plain_linear_bit_for_bit(case, with_bias):
+    v, w = case
+    b = torch.randn(w.shape[0], dtype=w.dtype) if with_bias else None
+    M = D.topk_mask(D.edge_scores(v, w), 1.0)
+    assert torch.equal(M, torch.ones_like(w))
+    assert torch.equal(D.masked_linear(v, w, b, M), F.linear(v, w, b))
+    assert torch.equal(D.masked_linear(v, w, b, None), F.linear(v, w, b))
+
+
+# ----------------------------------------------------------------------------- gradients
+
+def masked_case(seed, B, C, d, keep):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(B, d, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(C, d, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(C, generator=g, dtype=torch.float64, requires_grad=True)
+    M = D.topk_mask(torch.rand(C, d, generator=g, dtype=torch.float64), keep)
+    return v, w, b, M, g
+
+
+@given(st.integers(0, 10**6), st.integers(1, 16), st.integers(1, 8), st.integers(1, 12), KEEPS)
+def test_masked_weights_get_exactly_zero_gradient(seed, B, C, d, keep):
+    v, w, b, M, g = masked_case(seed, B, C, d, keep)
+    z = D.masked_linear(v, w, b, M)
+    (z * torch.randn(z.shape, generator=g, dtype=z.dtype)).sum().backward()
+    assert bool((w.grad[M == 0] == 0.0).all())
+
+
+@given(st.integers(0, 10**6), st.integers(1, 16), st.integers(1, 8), st.integers(1, 12), KEEPS)
+def test_feature_gradient_is_upstream_times_masked_weights(seed, B, C, d, keep):
+    v, w, b, M, g = masked_case(seed, B, C, d, keep)
+    z = D.masked_linear(v, w, b, M)
+    up = torch.randn(z.shape, generator=g, dtype=z.dtype)
+    (z * up).sum().backward()
+    torch.testing.assert_close(v.grad, up @ (w.detach() * M), rtol=1e-12, atol=1e-12)
+
+
+@given(st.integers(0, 10**6), st.integers(1, 16), st.integers(2, 8), st.integers(1, 12), KEEPS)
+def test_ce_feature_gradient_noisy_minus_clean_is_masked_weight_difference(seed, B, C, d, keep):
+    """∂CE/∂z = p − e_label, so grad_v(ỹ) − grad_v(y) = (W⊙M)ᵀ(e_y − e_ỹ) per sample."""
+    v, w, b, M, g = masked_case(seed, B, C, d, keep)
+    y = torch.randint(C, (B,), generator=g)
+    y_noisy = torch.randint(C, (B,), generator=g)
+
+    def grad_v(labels):
+        z = D.masked_linear(v, w, b, M)
+        return torch.autograd.grad(F.cross_entropy(z, labels, reduction="sum"), v)[0]
+
+    expected = D.feature_grad_error(w.detach(), M, y, y_noisy)
+    torch.testing.assert_close(grad_v(y_noisy) - grad_v(y), expected, rtol=1e-9, atol=1e-12)
+    by_hand = (F.one_hot(y, C) - F.one_hot(y_noisy, C)).double() @ (w.detach() * M)
+    assert torch.equal(expected, by_hand)
+
+
+@given(st.integers(0, 10**6), st.integers(1, 16), st.integers(2, 8), st.integers(1, 12), KEEPS,
+       st.sampled_from(["row", "global"]), SCALES)
+def test_feature_grad_error_is_within_the_bound(seed, B, C, d, keep, scope, scale):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(C, d, generator=g, dtype=torch.float64) * scale
+    M = D.topk_mask(torch.rand(C, d, generator=g, dtype=torch.float64), keep, scope)
+    y, y_noisy = torch.randint(C, (B,), generator=g), torch.randint(C, (B,), generator=g)
+    norms = D.feature_grad_error(w, M, y, y_noisy).norm(dim=1)
+    assert float(norms.max()) <= D.feature_grad_error_bound(w, M) * (1 + 1e-12)
+
+
+def test_feature_grad_error_bound_is_attained_and_sqrt_2k_is_not_a_bound():
+    """Both rows keep the same k = 2 edges with opposite signs: ‖error‖ = 2·sqrt(k)·max|W|,
+    which exceeds the sqrt(2k)·max|W| one might guess from counting 2k non-zeros."""
+    w = torch.tensor([[3.0, -3.0, 1.0], [-3.0, 3.0, 1.0]], dtype=torch.float64)
+    M = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]], dtype=torch.float64)
+    err = D.feature_grad_error(w, M, torch.tensor([0]), torch.tensor([1])).norm()
+    assert D.feature_grad_error_bound(w, M) == pytest.approx(2 * math.sqrt(2) * 3.0)
+    assert float(err) == pytest.approx(D.feature_grad_error_bound(w, M))
+    assert float(err) > math.sqrt(2 * 2) * 3.0
+
+
+@given(st.integers(0, 10**6), st.integers(2, 8), st.integers(1, 16),
+       st.lists(KEEPS, min_size=2, max_size=5))
+def test_nested_masks_shrink_the_bound(seed, C, d, keeps):
+    """Masks from the same scores with decreasing keep are nested (each a subset of the
+    previous), so the bound 2·sqrt(k)·max|W⊙M| and the triangle bound
+    ‖(W⊙M)[y]‖ + ‖(W⊙M)[ỹ]‖ never grow. The error norm itself may grow (see the
+    next test), so it is deliberately not claimed to be monotone."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(C, d, generator=g, dtype=torch.float64)
+    S = D.edge_scores(torch.randn(32, d, generator=g, dtype=torch.float64), w)
+    masks = [D.topk_mask(S, keep) for keep in sorted(keeps, reverse=True)]
+    bounds = [D.feature_grad_error_bound(w, M) for M in masks]
+    row_norms = [(w * M).norm(dim=1) for M in masks]          # triangle bound = sum of two of these
+    for i in range(1, len(masks)):
+        assert bool((masks[i] <= masks[i - 1]).all())
+        assert bounds[i] <= bounds[i - 1]
+        assert bool((row_norms[i] <= row_norms[i - 1]).all())
+
+
+def test_masking_a_cancelling_edge_can_grow_the_error():
+    w = torch.tensor([[1.0, 0.5], [1.0, 0.1]], dtype=torch.float64)
+    both = torch.ones(2, 2, dtype=torch.float64)
+    nested = torch.tensor([[1.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
+    y, y_noisy = torch.tensor([0]), torch.tensor([1])
+    before = D.feature_grad_error(w, both, y, y_noisy).norm()
+    after = D.feature_grad_error(w, nested, y, y_noisy).norm()
+    assert after > before
+
+
+# ----------------------------------------------------------------------------- moments
+
+def split_batches(seed, sizes, d, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, d, generator=g) * scale + scale for n in sizes]
+
+
+@given(st.integers(0, 10**6), st.lists(st.integers(1, 9), min_size=1, max_size=5), st.integers(1, 10))
+def test_merged_moments_of_split_batches_equal_moments_of_the_whole(seed, sizes, d):
+    parts = split_batches(seed, sizes, d)
+    pooled = None
+    for v in parts:
+        pooled = D.merge_moments(pooled, D.moments(v))
+    whole = D.moments(torch.cat(parts))
+    assert all(t.dtype == torch.float64 for t in pooled)
+    assert float(pooled[0]) == sum(sizes)
+    for a, b in zip(pooled, whole):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_merge_with_none_is_identity():
+    m = D.moments(torch.randn(3, 4))
+    assert D.merge_moments(None, m) is m and D.merge_moments(m, None) is m
+
+
+@given(st.integers(0, 10**6), st.lists(st.integers(1, 9), min_size=1, max_size=5),
+       st.integers(1, 8), st.integers(1, 10), SCALES)
+def test_scores_from_pooled_moments_equal_scores_on_concatenated_batches(seed, sizes, C, d, scale):
+    parts = split_batches(seed, sizes, d, scale)
+    w = torch.randn(C, d, generator=torch.Generator().manual_seed(seed + 1))
+    pooled = None
+    for v in parts:
+        pooled = D.merge_moments(pooled, D.moments(v))
+    got, want = D.scores_from_moments(pooled, w), D.edge_scores(torch.cat(parts), w)
+    assert got.dtype == w.dtype
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=float(score_tolerance(parts[0], w).max()))
+
+
+def test_std_from_moments_of_constant_features_is_zero_not_nan():
+    # Σv²/n − (Σv/n)² rounds to −2.2e-16 here; the clamp keeps the std at 0.
+    std = D.std_from_moments(D.moments(torch.full((7, 1), 0.7, dtype=torch.float64)))
+    assert std.tolist() == [0.0]
+
+
+def test_std_from_moments_is_population_std_in_float64():
+    v = torch.tensor([[1.0, 5.0], [3.0, 5.0]])
+    std = D.std_from_moments(D.moments(v))
+    assert std.dtype == torch.float64 and std.tolist() == [1.0, 0.0]
+
+
+# ----------------------------------------------------------------------------- schedule
+
+def run_schedule(steps, keep, interval, warmup, stats, C=3, d=6, seed=0):
+    """Simulate a run with random scores; returns per-step states and the scores score_fn made."""
+    g = torch.Generator().manual_seed(seed)
+    made, seen = [], []
+
+    def score_fn(m):
+        seen.append(m)
+        made.append(torch.rand(C, d, generator=g, dtype=torch.float64))
+        return made[-1]
+
+    state, states = D.mask_init((C, d), dtype=torch.float64), []
+    for _ in range(steps):
+        batch = D.moments(torch.randn(int(torch.randint(1, 5, (1,), generator=g)), d, generator=g))
+        state = D.mask_schedule_step(state, batch, score_fn, keep, "row", interval, warmup, stats)
+        states.append((state, batch))
+    return states, made, seen
+
+
+@given(st.integers(1, 40), st.floats(0.05, 0.95), st.integers(1, 6), st.integers(0, 10),
+       st.sampled_from(["batch", "interval"]))
+@settings(max_examples=30)
+def test_schedule_updates_exactly_at_warmup_plus_multiples_of_interval(steps, keep, interval, warmup, stats):
+    states, made, _ = run_schedule(steps, keep, interval, warmup, stats)
+    due = set(range(warmup, steps, interval))
+    previous = D.mask_init((3, 6), dtype=torch.float64)
+    for s, (state, _) in enumerate(states):
+        assert state.step == s + 1
+        assert state.updates == previous.updates + (s in due)
+        if s in due:
+            assert torch.equal(state.mask, D.topk_mask(made[state.updates - 1], keep))
+            assert state.change == D.mask_change(previous.mask, state.mask)
+        else:
+            assert torch.equal(state.mask, previous.mask)
+        previous = state
+    assert len(made) == len(due)
+
+
+@given(st.integers(1, 12), st.integers(1, 4), st.integers(0, 12))
+@settings(max_examples=30)
+def test_schedule_mask_is_all_ones_before_warmup(steps, interval, warmup):
+    states, _, _ = run_schedule(steps, 0.3, interval, warmup, "batch")
+    for state, _ in states[:warmup]:
+        assert torch.equal(state.mask, torch.ones(3, 6, dtype=torch.float64))
+
+
+@given(st.integers(1, 30), st.integers(1, 5), st.integers(0, 6))
+@settings(max_examples=30)
+def test_interval_stats_pool_every_batch_since_the_last_update(steps, interval, warmup):
+    states, _, seen = run_schedule(steps, 0.5, interval, warmup, "interval")
+    batches = [batch for _, batch in states]
+    for i, s in enumerate(range(warmup, steps, interval)):
+        first = warmup if s == warmup else s - interval + 1
+        expected = None
+        for m in batches[first:s + 1]:
+            expected = D.merge_moments(expected, m)
+        for a, b in zip(seen[i], expected):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert states[s][0].pooled is None
+
+
+@given(st.integers(1, 20), st.integers(1, 5), st.integers(0, 6))
+@settings(max_examples=30)
+def test_batch_stats_score_only_the_current_batch(steps, interval, warmup):
+    states, _, seen = run_schedule(steps, 0.5, interval, warmup, "batch")
+    for i, s in enumerate(range(warmup, steps, interval)):
+        assert seen[i] is states[s][1]
+
+
+@given(st.integers(0, 10**6), st.lists(st.integers(1, 9), min_size=1, max_size=4), st.integers(2, 12))
+@settings(max_examples=30)
+def test_interval_schedule_scores_equal_batch_scores_on_concatenated_batches(seed, sizes, d):
+    """With interval t = number of batches, the update after them scores exactly the concatenation."""
+    parts = split_batches(seed, sizes, d)
+    w = torch.randn(3, d, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    got = []
+
+    def score_fn(m):
+        got.append(D.scores_from_moments(m, w))
+        return got[-1]
+
+    t, state = len(parts), D.mask_init(w.shape, dtype=w.dtype)
+    for v in parts + [parts[0]]:            # update at step 0 (one batch), then at step t
+        state = D.mask_schedule_step(state, D.moments(v), score_fn, 0.5, interval=t, stats="interval")
+    want = D.edge_scores(torch.cat(parts[1:] + [parts[0]]).double(), w)
+    torch.testing.assert_close(got[-1], want, rtol=1e-6, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- --dcm-freeze
+
+def sgd_run(freeze, steps=5, seed=0):
+    """Full-mask steps first (so momentum buffers are non-zero everywhere), then masked steps."""
+    g = torch.Generator().manual_seed(seed)
+    v, y = torch.randn(32, 10, generator=g), torch.randint(4, (32,), generator=g)
+    w = torch.nn.Parameter(torch.randn(4, 10, generator=g))
+    b = torch.nn.Parameter(torch.zeros(4))
+    opt = torch.optim.SGD([w, b], lr=0.1, momentum=0.9, weight_decay=1e-2)
+    M = D.topk_mask(D.edge_scores(v, w.detach()), 0.5)
+    w_at_mask = None
+    for step in range(2 * steps):
+        mask = None if step < steps else M
+        if step == steps:
+            w_at_mask = w.detach().clone()
+        opt.zero_grad()
+        F.cross_entropy(D.masked_linear(v, w, b, mask), y).backward()
+        w_before = w.detach().clone()
+        opt.step()
+        if freeze and mask is not None:
+            with torch.no_grad():
+                w.copy_(D.freeze_masked(w, w_before, mask))
+    return w.detach(), w_at_mask, M
+
+
+def test_freeze_leaves_masked_entries_unchanged_through_sgd_with_momentum_and_weight_decay():
+    w, w_at_mask, M = sgd_run(freeze=True)
+    assert torch.equal(w[M == 0], w_at_mask[M == 0])
+    assert bool((w[M == 1] != w_at_mask[M == 1]).all())
+
+
+def test_stock_sgd_moves_masked_entries_without_freeze():
+    w, w_at_mask, M = sgd_run(freeze=False)
+    assert bool((w[M == 0] != w_at_mask[M == 0]).all())
+
+
+def test_freeze_takes_masked_entries_from_before_and_the_rest_from_after():
+    after, before = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[7.0, 8.0, 9.0]])
+    assert D.freeze_masked(after, before, torch.tensor([[1.0, 0.0, 1.0]])).tolist() == [[1.0, 8.0, 3.0]]
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+@pytest.mark.parametrize("old, new, change", [
+    ([[1, 1, 0, 0]], [[1, 1, 0, 0]], 0.0),
+    ([[1, 1, 0, 0]], [[0, 0, 1, 1]], 1.0),
+    ([[1, 1, 0, 0]], [[0, 1, 1, 0]], 1 - 1 / 3),
+    ([[1, 1, 1, 0]], [[1, 0, 0, 0]], 1 - 1 / 3),
+    ([[0, 0, 0, 0]], [[0, 0, 0, 0]], 0.0),
+])
+def test_mask_change_is_one_minus_jaccard(old, new, change):
+    assert D.mask_change(torch.tensor(old, dtype=torch.float32),
+                         torch.tensor(new, dtype=torch.float32)) == pytest.approx(change)
+
+
+@pytest.mark.parametrize("mask, fraction", [
+    ([[1, 1, 0, 0]], 0.5), ([[1, 1], [1, 0]], 0.75), ([[0, 0, 0]], 0.0), ([[1]], 1.0)])
+def test_kept_fraction_is_the_share_of_kept_edges(mask, fraction):
+    assert D.kept_fraction(torch.tensor(mask, dtype=torch.float32)) == fraction
+
+
+def test_mask_due_matches_the_schedule_definition():
+    assert [s for s in range(12) if D.mask_due(s, 3, 2)] == [2, 5, 8, 11]
+    assert [s for s in range(4) if D.mask_due(s, 1, 0)] == [0, 1, 2, 3]
+
+
+# ----------------------------------------------------------------------------- bad input
+
+V, W = torch.randn(4, 3), torch.randn(2, 3)
+ONES = D.mask_init((2, 3))
+BAD_CALLS = {
+    "v not 2-D": lambda: D.edge_scores(torch.randn(4), W),
+    "w not 2-D": lambda: D.edge_scores_literal(V, torch.randn(2, 3, 1)),
+    "d mismatch": lambda: D.edge_activations(V, torch.randn(2, 5)),
+    "empty batch": lambda: D.edge_scores(torch.randn(0, 3), W),
+    "mask shape": lambda: D.masked_linear(V, W, None, torch.ones(3, 2)),
+    "bias shape": lambda: D.masked_linear(V, W, torch.zeros(3), None),
+    "keep 0": lambda: D.topk_mask(W, 0.0),
+    "keep > 1": lambda: D.topk_mask(W, 1.5),
+    "keep nan": lambda: D.topk_mask(W, float("nan")),
+    "scope": lambda: D.topk_mask(W, 0.5, "column"),
+    "scores not 2-D": lambda: D.topk_mask(torch.rand(5), 0.5),
+    "interval 0": lambda: D.mask_schedule_step(ONES, D.moments(V), lambda m: W, 0.5, interval=0),
+    "warmup < 0": lambda: D.mask_schedule_step(ONES, D.moments(V), lambda m: W, 0.5, warmup=-1),
+    "stats": lambda: D.mask_schedule_step(ONES, D.moments(V), lambda m: W, 0.5, stats="epoch"),
+    "schedule keep": lambda: D.mask_schedule_step(ONES, D.moments(V), lambda m: W, 2.0),
+    "score_fn shape": lambda: D.mask_schedule_step(ONES, D.moments(V), lambda m: W.T, 0.5),
+    "moments length": lambda: D.std_from_moments(D.moments(V)[:2]),
+    "moments features": lambda: D.scores_from_moments(D.moments(torch.randn(4, 5)), W),
+    "merge lengths": lambda: D.merge_moments(D.moments(V), D.moments(V)[:2]),
+    "freeze shape": lambda: D.freeze_masked(W, torch.randn(3, 2), torch.ones(2, 3)),
+    "change shape": lambda: D.mask_change(torch.ones(2, 3), torch.ones(3, 2)),
+    "mask_init shape": lambda: D.mask_init((5,)),
+    "empty kept_fraction": lambda: D.kept_fraction(torch.ones(0, 3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CALLS))
+def test_bad_input_raises_a_one_line_value_error(name):
+    with pytest.raises(ValueError) as info:
+        BAD_CALLS[name]()
+    assert "\n" not in str(info.value) and ":" in str(info.value)
