@@ -1,0 +1,138 @@
+"""Backbones for dcm-ref: the networks that produce the features v the DCM head reads.
+
+DCM (Zhang et al., arXiv 2508.09697) only touches the classifier head, so the
+backbones here are ordinary ``nn.Module``s that map images to features
+``v: (B, d)``; the heads and everything DCM stay pure functions (dcm_ref.py,
+kan.py, train.py). Protocols follow SPEC §7 (APL/ANL CIFAR-10 8-layer CNN,
+CIFAR-style ResNets).
+
+    net = make_backbone("cnn8", in_shape=(3, 32, 32))
+    v = net(torch.randn(4, 3, 32, 32))         # (4, 256)
+    net.feature_dim, net.last_layer            # 256, the layer Fig. 3 probes
+"""
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+BACKBONES = ("mlp", "cnn8", "preact-resnet18", "resnet34")
+
+
+class MLP(nn.Module):
+    """Two hidden layers (Linear+BN+ReLU), x: (B, C, H, W) -> v: (B, 256)."""
+
+    def __init__(self, in_shape, width=256):
+        super().__init__()
+        d_in = in_shape[0] * in_shape[1] * in_shape[2]
+        self.fc1, self.bn1 = nn.Linear(d_in, width), nn.BatchNorm1d(width)
+        self.fc2, self.bn2 = nn.Linear(width, width), nn.BatchNorm1d(width)
+        self.feature_dim, self.last_layer = width, self.fc2
+
+    def forward(self, x):
+        h = F.relu(self.bn1(self.fc1(x.flatten(1))))
+        return F.relu(self.bn2(self.fc2(h)))
+
+
+def _conv_bn(c_in, c_out):
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+class CNN8(nn.Module):
+    """The 8-layer CNN of APL/ANL (SPEC §7): 64,64,pool,128,128,pool,196,196,pool,
+    FC -> 256 + BN + ReLU. The FC input size follows the input (3136 on 32x32).
+    x: (B, C, H, W) -> v: (B, 256)."""
+
+    def __init__(self, in_shape, width=256):
+        super().__init__()
+        c, h, w = in_shape
+        layers, c_prev = [], c
+        for c_out, pool in ((64, False), (64, True), (128, False), (128, True), (196, False), (196, True)):
+            layers += _conv_bn(c_prev, c_out)
+            if pool and min(h, w) >= 2:  # tiny inputs (8x8 digits) stop pooling at 1x1
+                layers.append(nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+            c_prev = c_out
+        self.features = nn.Sequential(*layers)
+        self.fc, self.bn = nn.Linear(196 * h * w, width), nn.BatchNorm1d(width)
+        self.feature_dim, self.last_layer = width, self.fc
+
+    def forward(self, x):
+        return F.relu(self.bn(self.fc(self.features(x).flatten(1))))
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation basic block (He et al. 2016, identity mappings)."""
+
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(c_in), nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(c_out), nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Conv2d(c_in, c_out, 1, stride, bias=False)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(x))
+        skip = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + skip
+
+
+class BasicBlock(nn.Module):
+    """Post-activation basic block of the original ResNet."""
+
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out)
+        self.conv2, self.bn2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet (3x3 stem, no max-pool, stages 64-128-256-512).
+    x: (B, C, H, W) -> v: (B, 512). ``last_layer`` is the last conv of the net."""
+
+    def __init__(self, in_shape, block, depths, preact):
+        super().__init__()
+        self.preact = preact
+        self.stem = nn.Conv2d(in_shape[0], 64, 3, 1, 1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(64) if not preact else nn.Identity()
+        stages, c_prev = [], 64
+        for i, (c_out, n) in enumerate(zip((64, 128, 256, 512), depths)):
+            for j in range(n):
+                stages.append(block(c_prev, c_out, 2 if (i > 0 and j == 0) else 1))
+                c_prev = c_out
+        self.stages = nn.Sequential(*stages)
+        self.final_bn = nn.BatchNorm2d(512) if preact else nn.Identity()
+        self.feature_dim = 512
+        self.last_layer = stages[-1].conv2
+
+    def forward(self, x):
+        out = self.stem(x)
+        out = out if self.preact else F.relu(self.stem_bn(out))
+        out = self.stages(out)
+        if self.preact:
+            out = F.relu(self.final_bn(out))
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+
+def make_backbone(name, in_shape):
+    """Build a backbone by name for inputs of shape ``in_shape = (C, H, W)``.
+
+    Returns an nn.Module with ``.feature_dim`` (d) and ``.last_layer`` (the
+    layer whose parameters the gradient-error diagnostic of Fig. 3 probes)."""
+    if name == "mlp":
+        return MLP(in_shape)
+    if name == "cnn8":
+        return CNN8(in_shape)
+    if name == "preact-resnet18":
+        return ResNet(in_shape, PreActBlock, (2, 2, 2, 2), preact=True)
+    if name == "resnet34":
+        return ResNet(in_shape, BasicBlock, (3, 4, 6, 3), preact=False)
+    raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")

@@ -1,0 +1,620 @@
+"""Train a classifier on noisy labels, with or without Dynamic Connection Masking.
+
+The experiment of Zhang et al., "Combating Noisy Labels via Dynamic Connection
+Masking" (arXiv 2508.09697): a backbone produces features v, a head (FC or KAN)
+maps them to logits, and DCM masks the head's least informative edges
+(dcm_ref.py, kan.py) so noisy-label gradients reach the backbone through fewer
+paths. Labels are corrupted by noise.py; losses come from losses.py.
+
+    python train.py                                   # digits, MLP, DFC head, 40% symmetric noise
+    python train.py --dataset fashion-mnist --head fc --noise symmetric --noise-rate 0.6
+    python train.py --dataset cifar10 --data-dir ~/data --backbone cnn8 --head dfc \\
+        --loss anl_ce --noise symmetric --noise-rate 0.8 --epochs 120    # SPEC §7 protocol
+    python train.py --out runs/my-run --resume --epochs 60           # continue a run
+
+Outputs in --out DIR: config.json, noise_report.json, metrics.jsonl (one JSON
+object per epoch), final.json and checkpoint.pt (written atomically each epoch).
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import data
+import dcm_ref
+import kan
+import losses
+import nets
+import noise
+
+HEADS = ("fc", "dfc", "kan", "dkan")
+METHODS = ("standard", "coteaching", "elr")
+NOISES = ("none", "symmetric", "asymmetric", "pairflip", "instance", "cifar100-superclass")
+CKPT_IGNORED = {"epochs", "resume", "out", "stop_after", "device", "compile", "overwrite"}
+
+
+class UserError(Exception):
+    """A mistake in the command line or the data: reported in one line, exit 2."""
+
+
+# ----------------------------------------------------------------------------- Flags
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="digits", help=f"one of {', '.join(data.DATASETS)}")
+    g.add_argument("--data-dir", default=None, help="dataset folder (default: the dataset's usual place, see README)")
+    g.add_argument("--noisy-labels-file", default=None, help="CIFAR-N label file (CIFAR-10_human.pt / CIFAR-100_human.pt)")
+    g.add_argument("--noisy-labels", default=None, help="CIFAR-N label set: aggre|worst|rand1|rand2|rand3 (10) or noisy100 (100)")
+    g.add_argument("--limit-train", type=int, default=0, help="use a seeded class-stratified subset of N training samples (0 = all)")
+    g.add_argument("--val-frac", type=float, default=0.0, help="hold out this fraction of the NOISY training set as validation (for choosing hyper-parameters without the test set)")
+    g.add_argument("--augment", default="auto", choices=("auto", "none", "crop-flip"), help="auto = crop-flip for CIFAR, none otherwise")
+    g = p.add_argument_group("label noise (SPEC §5)")
+    g.add_argument("--noise", default="symmetric", choices=NOISES)
+    g.add_argument("--noise-rate", type=float, default=0.4, help="fraction of labels flipped, in [0, 1)")
+    g.add_argument("--noise-include-true", action="store_true", help="symmetric noise may keep the true class (ELR/DivideMix convention)")
+    g.add_argument("--noise-sampling", default="exact", choices=("exact", "bernoulli"), help="exact = exactly round(T[i,j]*n_i) flips per class")
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", default="mlp", help=f"one of {', '.join(nets.BACKBONES)}")
+    g.add_argument("--head", default="dfc", help="fc | dfc (DCM on FC) | kan | dkan (DCM on KAN)")
+    g.add_argument("--kan-grid", type=int, default=5, help="KAN head: B-spline grid intervals")
+    g.add_argument("--kan-order", type=int, default=3, help="KAN head: B-spline order")
+    g = p.add_argument_group("DCM (SPEC §2)")
+    g.add_argument("--keep", type=float, default=0.1, help="fraction of head edges kept, in (0, 1]; 1 = no masking")
+    g.add_argument("--dcm-scope", default="row", choices=("row", "global"), help="row: each class keeps round(keep*d) inputs; global: round(keep*C*d) edges overall")
+    g.add_argument("--dcm-interval", type=int, default=1, help="recompute the mask every t optimizer steps")
+    g.add_argument("--dcm-warmup", type=int, default=0, help="optimizer steps with the full head before masking starts")
+    g.add_argument("--dcm-stats", default="batch", choices=("batch", "interval"), help="score edges on the current batch (Eq. 2) or on moments pooled since the last update")
+    g.add_argument("--dcm-eval", default="full", choices=("full", "masked"), help="evaluate with the full head (paper default) or with the last mask")
+    g.add_argument("--dcm-freeze", action="store_true", help="masked head weights stay exactly unchanged by a step (no weight decay/momentum drift)")
+    g = p.add_argument_group("loss and method (SPEC §4)")
+    g.add_argument("--loss", default="ce", help=f"one of {', '.join(sorted(losses.LOSSES))}")
+    g.add_argument("--loss-arg", action="append", default=[], metavar="KEY=VALUE", help="override a loss hyper-parameter, e.g. --loss-arg q=0.5 (repeatable)")
+    g.add_argument("--method", default="standard", help="standard | coteaching (two networks) | elr (early-learning regularisation)")
+    g.add_argument("--forget-rate", type=float, default=None, help="co-teaching tau (default: the noise rate)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
+    g.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=None, help="default 1e-4, and 0 for anl_* losses (their L1 term replaces it)")
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--epochs", type=int, default=30)
+    g.add_argument("--schedule", default="cosine", choices=("cosine", "step", "none"), help="step = x0.1 at 50%% and 75%% of training")
+    g.add_argument("--grad-clip", type=float, default=5.0, help="max gradient norm (0 = off)")
+    g.add_argument("--seed", type=int, default=0, help="seeds the model, the noise, the batches and the augmentation")
+    g.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda | cuda:N")
+    g.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<head>-<loss>-<noise><rate>-s<seed>)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    g.add_argument("--stop-after", type=int, default=0, help="stop (resumably) after this epoch, as if interrupted")
+    return p
+
+
+def explicit_flags(argv):
+    """Names of the flags the user typed (to tell them apart from defaults on --resume)."""
+    p = build_parser()
+    for a in p._actions:
+        a.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
+
+
+def check_args(a):
+    """Validate flag values; raises UserError with one line."""
+    checks = [
+        (a.dataset in data.DATASETS, f"--dataset {a.dataset!r} is unknown; expected one of {', '.join(data.DATASETS)}"),
+        (a.backbone in nets.BACKBONES, f"--backbone {a.backbone!r} is unknown; expected one of {', '.join(nets.BACKBONES)}"),
+        (a.head in HEADS, f"--head {a.head!r} is unknown; expected one of {', '.join(HEADS)}"),
+        (a.method in METHODS, f"--method {a.method!r} is unknown; expected one of {', '.join(METHODS)}"),
+        (a.loss in losses.LOSSES, f"--loss {a.loss!r} is unknown; expected one of {', '.join(sorted(losses.LOSSES))}"),
+        (0.0 <= a.noise_rate < 1.0, f"--noise-rate must be in [0, 1), got {a.noise_rate}"),
+        (0.0 < a.keep <= 1.0, f"--keep must be in (0, 1], got {a.keep}"),
+        (a.epochs >= 1, f"--epochs must be >= 1, got {a.epochs}"),
+        (a.batch_size >= 2, f"--batch-size must be >= 2 (batch statistics), got {a.batch_size}"),
+        (a.lr > 0, f"--lr must be > 0, got {a.lr}"),
+        (a.dcm_interval >= 1, f"--dcm-interval must be >= 1, got {a.dcm_interval}"),
+        (a.dcm_warmup >= 0, f"--dcm-warmup must be >= 0, got {a.dcm_warmup}"),
+        (a.limit_train >= 0, f"--limit-train must be >= 0, got {a.limit_train}"),
+        (0.0 <= a.val_frac < 1.0, f"--val-frac must be in [0, 1), got {a.val_frac}"),
+        (a.weight_decay is None or a.weight_decay >= 0, f"--weight-decay must be >= 0, got {a.weight_decay}"),
+        (a.grad_clip >= 0, f"--grad-clip must be >= 0, got {a.grad_clip}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
+    if a.dataset in ("cifar10n", "cifar100n") and a.noise != "none":
+        raise UserError(f"--dataset {a.dataset} brings its own human noise; add --noise none (got --noise {a.noise})")
+
+
+def parse_loss_args(items):
+    """['q=0.5', 'alpha=2'] -> {'q': 0.5, 'alpha': 2.0}."""
+    out = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        try:
+            out[key.strip()] = float(val)
+        except ValueError:
+            raise UserError(f"--loss-arg expects KEY=NUMBER, got {item!r}") from None
+        if not sep:
+            raise UserError(f"--loss-arg expects KEY=NUMBER, got {item!r}")
+    return out
+
+
+def pick_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for CUDA, but this torch ({torch.__version__}) sees no GPU; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device; expected auto, cpu, cuda or cuda:N") from None
+
+
+# ----------------------------------------------------------------------------- Heads
+# A head is a params dict plus pure functions. The DCM heads split the forward
+# in two so that the edge scores can reuse what the forward computes:
+#   feats = head_features(v)         v for FC, Φ = [silu, B-spline bases] for KAN
+#   logits = head_forward(feats, M)   one matmul with the masked weights
+
+def head_init(kind, d, num_classes, grid, order):
+    """Initial head parameters (dict of tensors; the KAN grid is a buffer)."""
+    if kind in ("fc", "dfc"):
+        lin = nn.Linear(d, num_classes)  # PyTorch's default init
+        return {"w": lin.weight.detach().clone(), "b": lin.bias.detach().clone()}
+    return kan.kan_init(d, num_classes, grid_size=grid, order=order)
+
+
+def head_features(kind, params, v):
+    """v: (B, d) -> v for FC heads, Φ: (B, d, 1+G') for KAN heads (after the non-affine layer norm)."""
+    return v if kind in ("fc", "dfc") else kan.dkan_features(params, v)
+
+
+def head_moments(kind, feats):
+    """Mergeable batch moments of the head input (all-reduced in multi-process runs)."""
+    return dcm_ref.moments(feats) if kind in ("fc", "dfc") else kan.kan_moments(feats)
+
+
+def head_scores(kind, params, m):
+    """Edge importance S (C, d) from moments: Eq. 2 in its exact fast form."""
+    with torch.no_grad():
+        if kind in ("fc", "dfc"):
+            return dcm_ref.scores_from_moments(m, params["w"])
+        return kan.kan_scores_from_moments(m, params)
+
+
+def head_forward(kind, params, feats, mask):
+    """Logits (B, C); mask (C, d) or None for the full head."""
+    if kind in ("fc", "dfc"):
+        return dcm_ref.masked_linear(feats, params["w"], params["b"], mask)
+    return kan.kan_forward_features(params, feats, mask)
+
+
+def head_masked_weights(kind):
+    """Names of the head tensors whose (C, d, ...) entries the mask gates."""
+    return ("w",) if kind in ("fc", "dfc") else ("base_weight", "spline_weight")
+
+
+class Net(nn.Module):
+    """Backbone (nn.Module) + head params. Only a container: the head math is the
+    pure functions above, so this holds parameters for the optimizer, DDP and
+    checkpoints."""
+
+    def __init__(self, backbone, head):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.ParameterDict({k: nn.Parameter(t) for k, t in head.items() if k != "grid"})
+        self.register_buffer("grid", head.get("grid", torch.zeros(0)))
+
+    def head_params(self):
+        out = dict(self.head.items())
+        if self.grid.numel():
+            out["grid"] = self.grid
+        return out
+
+
+def build_net(a, in_shape, num_classes):
+    backbone = nets.make_backbone(a.backbone, in_shape)
+    head = head_init(a.head, backbone.feature_dim, num_classes, a.kan_grid, a.kan_order)
+    return Net(backbone, head)
+
+
+def net_forward(net, x, mstate, a, compiled=None, reduce=lambda m: m):
+    """One forward with the DCM schedule. x: (B, ...) -> logits (B, C), new mask state."""
+    v = (compiled or net.backbone)(x)
+    params = net.head_params()
+    feats = head_features(a.head, params, v)
+    mask = None
+    if a.head in ("dfc", "dkan"):
+        m = reduce(head_moments(a.head, feats))
+        mstate = dcm_ref.mask_schedule_step(
+            mstate, m, lambda mm: head_scores(a.head, params, mm), a.keep, scope=a.dcm_scope,
+            interval=a.dcm_interval, warmup=a.dcm_warmup, stats=a.dcm_stats)
+        mask = mstate.mask
+    return head_forward(a.head, params, feats, mask).float(), mstate
+
+
+def eval_logits(net, x, mean, std, a, mstate, batch=1024):
+    """Logits (N, C) of a uint8 tensor x in eval mode, without augmentation."""
+    net.eval()
+    mask = mstate.mask if (a.head in ("dfc", "dkan") and a.dcm_eval == "masked") else None
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            xb = data.to_float(x[i:i + batch], mean, std)
+            params = net.head_params()
+            feats = head_features(a.head, params, net.backbone(xb))
+            out.append(head_forward(a.head, params, feats, mask).float())
+    net.train()
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------- Data and noise
+
+def noisy_labels(a, ds, x, y):
+    """Corrupt clean labels y (N,) per the flags; returns (noisy (N,), transition matrix or None)."""
+    C, seed = ds.num_classes, a.seed
+    if ds.noisy_train is not None:
+        return ds.noisy_train, None
+    if a.noise == "none" or a.noise_rate == 0:
+        return y.clone(), None
+    if a.noise == "instance":
+        return noise.instance_dependent(x, y, a.noise_rate, C, seed), None
+    if a.noise == "cifar100-superclass":
+        if ds.fine_to_coarse is None:
+            raise UserError(f"--noise cifar100-superclass needs CIFAR-100's coarse labels; --dataset {a.dataset} has none")
+        T = noise.superclass_transition_matrix(ds.fine_to_coarse, a.noise_rate)
+    else:
+        T = noise.transition_matrix(a.noise, C, a.noise_rate, dataset=a.dataset, include_true=a.noise_include_true)
+    return noise.corrupt_labels(y, T, seed, sampling=a.noise_sampling), T
+
+
+def prepare_data(a, device):
+    """Load, subset, corrupt and split; everything ends up as tensors on `device`."""
+    ds = data.load_dataset(a.dataset, a.data_dir, a.noisy_labels_file, a.noisy_labels)
+    x, y = ds.x_train, ds.y_train
+    if a.limit_train and a.limit_train < len(y):
+        idx = data.stratified_subset(y, a.limit_train, a.seed)
+        x, y = x[idx], y[idx]
+        if ds.noisy_train is not None:
+            ds = ds._replace(noisy_train=ds.noisy_train[idx])
+    y_noisy, T = noisy_labels(a, ds, x, y)
+    y_noisy = torch.as_tensor(y_noisy, dtype=torch.long)
+    report = noise.noise_report(y, y_noisy, ds.num_classes)
+    report.update(seed=a.seed, kind=a.noise if ds.noisy_train is None else f"human:{a.noisy_labels or 'default'}",
+                  nominal_rate=a.noise_rate, T_nominal=None if T is None else np.asarray(T).tolist())
+    val = None
+    if a.val_frac > 0:
+        n_val = max(1, int(round(a.val_frac * len(y))))
+        vidx = data.stratified_subset(y_noisy, n_val, a.seed + 1)
+        keep = torch.ones(len(y), dtype=torch.bool)
+        keep[vidx] = False
+        val = (x[vidx].to(device), y_noisy[vidx].to(device))
+        x, y, y_noisy = x[keep], y[keep], y_noisy[keep]
+    aug = data.default_augment(a.dataset) if a.augment == "auto" else a.augment
+    return dict(x=x.to(device), y=y.to(device), y_noisy=y_noisy.to(device), x_test=ds.x_test.to(device),
+                y_test=ds.y_test.to(device), C=ds.num_classes, mean=ds.mean, std=ds.std, aug=aug,
+                val=val, report=report, in_shape=tuple(ds.x_train.shape[1:]))
+
+
+# ----------------------------------------------------------------------------- Training
+
+def lr_at(a, step, total):
+    """Learning rate at optimizer step `step` of `total` (cosine / step / none)."""
+    if a.schedule == "cosine":
+        return a.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+    if a.schedule == "step":
+        return a.lr * (0.1 ** ((step >= 0.5 * total) + (step >= 0.75 * total)))
+    return a.lr
+
+
+def make_optimizer(a, net):
+    wd = a.weight_decay if a.weight_decay is not None else (0.0 if a.loss.startswith("anl_") else 1e-4)
+    if a.optimizer == "sgd":
+        return torch.optim.SGD(net.parameters(), lr=a.lr, momentum=a.momentum, weight_decay=wd)
+    return torch.optim.Adam(net.parameters(), lr=a.lr, weight_decay=wd)
+
+
+def optimizer_step(a, net, opt, loss, mask):
+    """Backward, clip, step; with --dcm-freeze the masked head entries are restored exactly."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if a.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), a.grad_clip)
+    frozen = {}
+    if a.dcm_freeze and mask is not None:
+        frozen = {k: net.head[k].detach().clone() for k in head_masked_weights(a.head)}
+    opt.step()
+    with torch.no_grad():
+        for k, before in frozen.items():
+            m = mask.reshape(mask.shape + (1,) * (before.dim() - 2))
+            net.head[k].copy_(dcm_ref.freeze_masked(net.head[k], before, m.expand_as(before)))
+
+
+class NonFiniteLoss(Exception):
+    pass
+
+
+def train_epoch(a, st, d, epoch, total_steps, loss_fn, delta):
+    """One pass over the training set. st: run state (nets, opts, masks, elr memory, step)."""
+    N, B = len(d["y"]), min(a.batch_size, len(d["y"]))
+    g = torch.Generator().manual_seed(a.seed * 100003 + epoch)
+    perm = torch.randperm(N, generator=g).to(d["x"].device)
+    gaug = torch.Generator(device=d["x"].device).manual_seed(a.seed * 100003 + epoch)
+    tot_loss, n_seen, changes = 0.0, 0, []
+    for i in range(0, N - B + 1, B):  # drop the last partial batch: BN and batch std need B >= 2
+        idx = perm[i:i + B]
+        xb = d["x"][idx]
+        if d["aug"] == "crop-flip":  # on raw pixels, so padding is black as in torchvision's RandomCrop
+            xb = data.augment_batch(xb.float(), gaug)
+        xb = data.to_float(xb, d["mean"], d["std"])
+        lr = lr_at(a, st["step"], total_steps)
+        for opt in st["opts"]:
+            for group in opt.param_groups:
+                group["lr"] = lr
+        loss_val, ch = train_step(a, st, xb, d["y_noisy"][idx], idx, loss_fn, delta, epoch)
+        if not math.isfinite(loss_val):
+            raise NonFiniteLoss(f"non-finite training loss ({loss_val}) at epoch {epoch}, step {st['step']}; "
+                                f"lower --lr or use --grad-clip; the last good checkpoint is kept")
+        tot_loss, n_seen = tot_loss + loss_val * len(idx), n_seen + len(idx)
+        changes += ch
+        st["step"] += 1
+    return tot_loss / max(n_seen, 1), changes, n_seen
+
+
+def train_step(a, st, xb, yb, idx, loss_fn, delta, epoch):
+    """One optimizer step for every network of the method. Returns (loss, mask changes)."""
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if (a.amp and xb.is_cuda) else torch.autocast("cpu", enabled=False)
+    outs, changes = [], []
+    for k, net in enumerate(st["nets"]):
+        with ctx:
+            logits, new_state = net_forward(net, xb, st["masks"][k], a, st["compiled"][k])
+        if new_state.updates != st["masks"][k].updates:
+            changes.append(new_state.change)
+        st["masks"][k] = new_state
+        outs.append(logits)
+    if a.method == "coteaching":
+        la, lb = loss_fn(outs[0], yb), loss_fn(outs[1], yb)
+        tau = a.forget_rate if a.forget_rate is not None else a.noise_rate
+        keep_a, keep_b = losses.coteaching_select(la.detach(), lb.detach(), losses.forget_rate(epoch, tau))
+        per_net = [la[keep_a].mean(), lb[keep_b].mean()]
+    elif a.method == "elr":
+        lv, new_t = losses.elr_loss(outs[0], yb, st["elr_t"][idx], **st["elr_hp"])
+        st["elr_t"][idx] = new_t
+        per_net = [lv.mean()]
+    else:
+        per_net = [loss_fn(outs[0], yb).mean()]
+    for net, opt, loss, mstate in zip(st["nets"], st["opts"], per_net, st["masks"]):
+        if delta:
+            loss = loss + delta * losses.l1_penalty(net.parameters())
+        mask = mstate.mask if a.head in ("dfc", "dkan") else None
+        optimizer_step(a, net, opt, loss, mask)
+    return per_net[0].item(), changes
+
+
+def evaluate(a, st, d):
+    """Test accuracy, train accuracy vs noisy/clean labels and confidence on clean vs noisy samples."""
+    net, ms = st["nets"][0], st["masks"][0]
+    test_acc = (eval_logits(net, d["x_test"], d["mean"], d["std"], a, ms).argmax(1) == d["y_test"]).float().mean()
+    z = eval_logits(net, d["x"], d["mean"], d["std"], a, ms)
+    pred, p = z.argmax(1), z.softmax(1)
+    is_noisy = d["y_noisy"] != d["y"]
+    p_given = p.gather(1, d["y_noisy"][:, None])[:, 0]
+    out = dict(test_acc=test_acc.item(), train_acc_noisy=(pred == d["y_noisy"]).float().mean().item(),
+               train_acc_clean=(pred == d["y"]).float().mean().item(),
+               conf_clean=p_given[~is_noisy].mean().item() if (~is_noisy).any() else None,
+               conf_noisy=p_given[is_noisy].mean().item() if is_noisy.any() else None,
+               fit_noisy=(pred[is_noisy] == d["y_noisy"][is_noisy]).float().mean().item() if is_noisy.any() else None)
+    if d["val"] is not None:
+        zv = eval_logits(net, d["val"][0], d["mean"], d["std"], a, ms)
+        out["val_acc_noisy"] = (zv.argmax(1) == d["val"][1]).float().mean().item()
+    if len(st["nets"]) > 1:
+        zb = eval_logits(st["nets"][1], d["x_test"], d["mean"], d["std"], a, st["masks"][1])
+        out["test_acc_b"] = (zb.argmax(1) == d["y_test"]).float().mean().item()
+    return out
+
+
+# ----------------------------------------------------------------------------- Checkpoints and files
+
+def atomic_write(path, write):
+    """Write via a temp file and os.replace, so a crash never leaves half a file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path, obj):
+    def w(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+    atomic_write(path, w)
+
+
+def write_metrics(path, history):
+    def w(tmp):
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(m) + "\n" for m in history)
+    atomic_write(path, w)
+
+
+def checkpoint(st, epoch, history, best, config):
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"config": config, "epoch": epoch, "step": st["step"], "history": history, "best": best,
+            "nets": [n.state_dict() for n in st["nets"]], "opts": [o.state_dict() for o in st["opts"]],
+            "masks": [m._asdict() for m in st["masks"]], "elr_t": st["elr_t"], "y_noisy": st["y_noisy"], "rng": rng}
+
+
+def load_checkpoint(path, device):
+    try:
+        return torch.load(path, map_location=device, weights_only=False)  # our own file: it holds python scalars and dicts
+    except (OSError, RuntimeError, EOFError) as e:
+        raise UserError(f"cannot read checkpoint {path}: {e}; it is missing or corrupt") from None
+
+
+def run_dir(a):
+    """The --out folder; a default name gets a -2, -3... suffix instead of replacing an older run."""
+    if a.out:
+        return a.out
+    base = os.path.join("runs", f"{a.dataset}-{a.head}-{a.loss}-{a.noise}{a.noise_rate:g}-s{a.seed}")
+    out, k = base, 2
+    while os.path.exists(os.path.join(out, "checkpoint.pt")) and not a.resume:
+        out, k = f"{base}-{k}", k + 1
+    return out
+
+
+def resolve_resume(a, argv, out, device):
+    """On --resume, take the saved config and refuse flags that contradict it."""
+    path = os.path.join(out, "checkpoint.pt")
+    if not os.path.exists(path):
+        raise UserError(f"--resume: no checkpoint at {path}; start the run without --resume")
+    ck = load_checkpoint(path, device)
+    typed = explicit_flags(argv) - CKPT_IGNORED
+    clash = sorted(k for k in typed if ck["config"].get(k) != getattr(a, k))
+    if clash:
+        saved = ", ".join(f"--{k.replace('_', '-')} {ck['config'].get(k)}" for k in clash)
+        raise UserError(f"--resume: flags contradict the saved run ({saved}); drop them or start a new --out")
+    for k, v in ck["config"].items():
+        if k not in CKPT_IGNORED and hasattr(a, k):
+            setattr(a, k, v)
+    return ck
+
+
+# ----------------------------------------------------------------------------- Main
+
+def setup(a, argv):
+    """Everything before the first step; raises UserError on bad input."""
+    check_args(a)
+    device = pick_device(a.device)
+    out = run_dir(a)
+    ck = resolve_resume(a, argv, out, device) if a.resume else None
+    if ck is None and os.path.exists(os.path.join(out, "checkpoint.pt")) and not a.overwrite:
+        raise UserError(f"{out} already holds a run; use --resume to continue it, --overwrite to replace it, or another --out")
+    hp = parse_loss_args(a.loss_arg)
+    try:
+        cfg = losses.loss_config(a.loss, 10, "cifar10", noise=a.noise, **hp)  # validates names early
+        d = prepare_data(a, device)
+        cfg = losses.loss_config(a.loss, d["C"], a.dataset, noise=a.noise, **hp)
+        loss_fn = losses.make_loss(a.loss, d["C"], a.dataset, noise=a.noise, **hp)
+    except data.DataError as e:
+        raise UserError(str(e)) from None
+    except ValueError as e:  # noise/loss validation (rates, maps, hyper-parameter names)
+        raise UserError(str(e)) from None
+    return device, out, ck, d, cfg, loss_fn
+
+
+def init_state(a, d, device, ck):
+    torch.manual_seed(a.seed)
+    n_nets = 2 if a.method == "coteaching" else 1
+    nets_ = [build_net(a, d["in_shape"], d["C"]).to(device) for _ in range(n_nets)]
+    opts = [make_optimizer(a, n) for n in nets_]
+    C, dim = d["C"], nets_[0].backbone.feature_dim
+    masks = [dcm_ref.mask_init((C, dim), device=device) for _ in nets_]
+    st = dict(nets=nets_, opts=opts, masks=masks, step=0, y_noisy=d["y_noisy"], elr_t=None,
+              compiled=[torch.compile(n.backbone) if a.compile else None for n in nets_])
+    if a.method == "elr":
+        st["elr_t"] = torch.zeros(len(d["y"]), C, device=device)
+        st["elr_hp"] = {k: v for k, v in losses.loss_config("elr", C, a.dataset, noise=a.noise).items() if k in ("beta", "lam")}
+    if ck is not None:
+        for n, sd in zip(nets_, ck["nets"]):
+            n.load_state_dict(sd)
+        for o, sd in zip(opts, ck["opts"]):
+            o.load_state_dict(sd)
+        st["masks"] = [dcm_ref.MaskState(**m) for m in ck["masks"]]
+        st["step"], st["elr_t"] = ck["step"], ck["elr_t"]
+        if not torch.equal(ck["y_noisy"].to(device), d["y_noisy"]):
+            raise UserError("--resume: the noisy labels differ from the saved run's (data or noise flags changed)")
+        torch.set_rng_state(ck["rng"]["cpu"])
+    return st
+
+
+def fmt_pct(x):
+    return "  -  " if x is None else f"{100 * x:5.1f}%"
+
+
+def run(a, argv):
+    device, out, ck, d, cfg, loss_fn = setup(a, argv)
+    os.makedirs(out, exist_ok=True)
+    st = init_state(a, d, device, ck)
+    config = {k: v for k, v in vars(a).items()}
+    meta = dict(config, out=out, world_size=1, device_used=str(device), torch=torch.__version__,
+                numpy=np.__version__, python=sys.version.split()[0], loss_hparams=cfg, n_train=len(d["y"]))
+    write_json(os.path.join(out, "config.json"), meta)
+    write_json(os.path.join(out, "noise_report.json"), d["report"])
+    history, best = (ck["history"], ck["best"]) if ck else ([], {"acc": -1.0, "epoch": 0})
+    start = ck["epoch"] if ck else 0
+    write_metrics(os.path.join(out, "metrics.jsonl"), history)
+    ck_path = os.path.join(out, "checkpoint.pt")
+    if ck is None:
+        atomic_write(ck_path, lambda t: torch.save(checkpoint(st, 0, history, best, config), t))
+    N, B = len(d["y"]), min(a.batch_size, len(d["y"]))
+    steps_per_epoch = (N - B) // B + 1
+    total = a.epochs * steps_per_epoch
+    delta = cfg.get("delta", 0.0) if a.loss.startswith("anl_") else 0.0
+    print(f"dcm-ref: {a.dataset} ({N} train, {len(d['y_test'])} test, noise {d['report']['rate']:.3f}) "
+          f"{a.backbone}+{a.head} loss={a.loss} method={a.method} on {device} -> {out}", flush=True)
+    for epoch in range(start + 1, a.epochs + 1):
+        t0 = time.time()
+        try:
+            tr_loss, changes, n_seen = train_epoch(a, st, d, epoch, total, loss_fn, delta)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: {ck_path} holds epoch {epoch - 1}; continue with --out {out} --resume", file=sys.stderr)
+            return 130
+        t_train = time.time() - t0
+        ev = evaluate(a, st, d)
+        if ev["test_acc"] > best["acc"]:
+            best = {"acc": ev["test_acc"], "epoch": epoch}
+        ms = st["masks"][0]
+        m = dict(epoch=epoch, lr=lr_at(a, st["step"] - 1, total), train_loss=tr_loss, **ev,
+                 kept=dcm_ref.kept_fraction(ms.mask) if a.head in ("dfc", "dkan") else 1.0,
+                 mask_change=float(np.mean(changes)) if changes else 0.0, mask_updates=ms.updates,
+                 seconds=time.time() - t0, samples_per_s=n_seen / max(t_train, 1e-9))
+        m["eta_s"] = (a.epochs - epoch) * m["seconds"]
+        history.append(m)
+        write_metrics(os.path.join(out, "metrics.jsonl"), history)
+        atomic_write(ck_path, lambda t: torch.save(checkpoint(st, epoch, history, best, config), t))
+        print(f"epoch {epoch:3d}/{a.epochs}  lr {m['lr']:.4f}  loss {tr_loss:.4f}  "
+              f"train(noisy) {fmt_pct(ev['train_acc_noisy'])}  train(clean) {fmt_pct(ev['train_acc_clean'])}  "
+              f"test {fmt_pct(ev['test_acc'])}  kept {m['kept']:.3f}  change {m['mask_change']:.3f}  "
+              f"{m['seconds']:.1f}s  eta {m['eta_s']:.0f}s", flush=True)
+        if a.stop_after and epoch >= a.stop_after and epoch < a.epochs:
+            print(f"stopped after epoch {epoch} (--stop-after); continue with --out {out} --resume")
+            return 0
+    final = dict(test_acc_last=history[-1]["test_acc"], test_acc_best=best["acc"], best_epoch=best["epoch"],
+                 epochs=a.epochs, wall_s=float(sum(h["seconds"] for h in history)),
+                 train_samples_per_s=float(np.mean([h["samples_per_s"] for h in history])), noise_rate=d["report"]["rate"])
+    write_json(os.path.join(out, "final.json"), final)
+    print(f"done: test accuracy last {100 * final['test_acc_last']:.2f}%  best {100 * final['test_acc_best']:.2f}% "
+          f"(epoch {final['best_epoch']})  in {final['wall_s']:.1f}s -> {out}")
+    return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    a = build_parser().parse_args(argv)
+    try:
+        return run(a, argv)
+    except UserError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
