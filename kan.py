@@ -133,17 +133,18 @@ def _uniform_spacing(grid, order, dtype):
 def _locate(x, grid, t0, h):
     """Knot interval of each x and local coordinate, matching Cox–de Boor's [t_i, t_{i+1}).
 
-    x: (B, d), grid: (d, K), t0, h: (d,) -> i: (B, d) long in [-1, K-1]
-    (-1 and K-1 mean outside the grid), u = (x - t_i)/h: (B, d).
+    x: (B, d), grid: (d, K), t0, h: (d,) -> i: (B, d) float holding an integer in
+    [-1, K-1] (-1 and K-1 mean outside the grid), u = (x - t_i)/h: (B, d).
     """
     d, k = grid.shape
     s = (x - t0) / h
-    i = s.floor().clamp_(0, k - 2).nan_to_num_(0.0).long()
+    i = s.floor().clamp_(0, k - 2).nan_to_num_(0.0)
     # floor((x - t0)/h) can be off by one at a knot through rounding; compare with
     # the stored knots themselves so the interval is exactly Cox–de Boor's.
-    flat = i + k * torch.arange(d, device=x.device)
-    g = grid.to(x.dtype)
-    i = i - (x < g.take(flat)).long() + (x >= g.take(flat + 1)).long()
+    flat = (i.long() + k * torch.arange(d, device=x.device)).view(-1)
+    g = grid.to(x.dtype).reshape(-1)
+    lo, hi = g.index_select(0, flat).view_as(x), g.index_select(0, flat + 1).view_as(x)
+    i = torch.where(x < lo, i - 1, torch.where(x >= hi, i + 1, i))
     return i, s - i
 
 
@@ -152,35 +153,45 @@ class _UniformBSpline(torch.autograd.Function):
 
     On a uniform grid B_g(x) = N_p((x - t_0)/h - g). With i the knot interval of x
     and u its local coordinate, the only non-zero bases are g = i - r, r = 0..p,
-    with value P_r(u) (piece r of N_p) and derivative P_r'(u)/h: one tiny matmul
-    of the powers [1, u, …, u^p] with a constant table, then a scatter.
+    with value P_r(u) (piece r of N_p) and derivative P_r'(u)/h. The work is done
+    piece-major, (p+1, B, d), so every elementwise op runs over contiguous memory;
+    one scatter then writes the p+1 values of each (b, k) into Φ.
     """
 
     @staticmethod
     def forward(ctx, x, grid, t0, h, order, with_silu):
-        n, lead = grid.shape[1] - 1 - order, int(with_silu)
-        i, u = _locate(x, grid, t0, h)
-        g = i.unsqueeze(-1) - torch.arange(order + 1, device=x.device)   # basis of piece r: (B, d, p+1)
-        # Drops x outside the grid (i = -1 or K-1) and pieces whose basis is cut off at the ends.
-        valid = (g >= 0) & (g < n)
-        powers = _powers(u, order)                                       # (B, d, p+1)
-        # clamp: the expanded monomial form can round to -1e-17 where a piece touches 0.
-        vals = (powers @ _piece_table(order, x)).clamp_(min=0) * valid
-        index = g.clamp_(0, n - 1) + lead
-        out = x.new_zeros(x.shape[0], x.shape[1], lead + n)
-        out.scatter_add_(2, index, vals)   # add, not overwrite: clamped invalid pieces carry zeros
+        n = grid.shape[1] - 1 - order
+        width = n + int(with_silu)
+        i, u = _locate(x, grid, t0, h)                                           # (B, d)
+        r = torch.arange(order + 1, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        g = i - r                                                                # (p+1, B, d)
+        gc = g.clamp(0, n - 1)
+        # kept = [0 <= g < n] as 0/1 floats (float ops are much cheaper than bool masks on CPU):
+        # drops x outside the grid (i = -1 or K-1) and pieces whose basis is cut off at the ends.
+        kept = (1 - (g - gc).abs_()).clamp_(min=0)
+        powers = _powers(u, order)                                               # (p+1, B, d)
+        # clamp: the expanded polynomial can round to -1e-17 where a piece touches 0.
+        vals = _polyval(powers, _piece_table(order, x)).clamp_(min=0).mul_(kept)
+        # Flat position in Φ (B, d, width) of basis g of row (b, k); clamped dropped pieces add 0.
+        rows = torch.arange(x.numel(), device=x.device).view(x.shape) * width + (width - n)
+        index = gc.long().add_(rows)
+        out = x.new_zeros(x.shape[0], x.shape[1], width)
+        out.view(-1).scatter_add_(0, index.view(-1), vals.view(-1))
         if with_silu:
             out[..., 0] = F.silu(x)
-        ctx.save_for_backward(x, powers, index, valid, h)
+        ctx.save_for_backward(x, powers, index, kept, h)
         ctx.order, ctx.with_silu = order, with_silu
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, powers, index, valid, h = ctx.saved_tensors
+        x, powers, index, kept, h = ctx.saved_tensors
         p = ctx.order
-        dvals = (powers[..., :p] @ _piece_table(p, x, derivative=True)) * valid   # dP_r/du
-        grad_x = (grad_out.gather(2, index) * dvals).sum(dim=-1) / h
+        grad_x = torch.zeros_like(x)
+        if p > 0:   # order 0 is piecewise constant: zero derivative
+            dvals = _polyval(powers[:p], _piece_table(p, x, derivative=True)).mul_(kept)
+            picked = grad_out.reshape(-1).index_select(0, index.view(-1)).view_as(dvals)
+            grad_x = (picked * dvals).sum(dim=0) / h   # dB/dx = P_r'(u)/h
         if ctx.with_silu:
             sig = torch.sigmoid(x)
             grad_x = grad_x + grad_out[..., 0] * sig * (1 + x * (1 - sig))   # silu'(x)
@@ -200,11 +211,17 @@ def _piece_table(order, like, derivative=False):
 
 
 def _powers(u, order):
-    """u: (B, d) -> (B, d, order+1) = [1, u, u², …, u^order], by repeated products."""
+    """u: (B, d) -> (order+1, B, d) = [1, u, u², …, u^order], by repeated products."""
     cols = [torch.ones_like(u)]
     for _ in range(order):
         cols.append(cols[-1] * u)
-    return torch.stack(cols, dim=-1)
+    return torch.stack(cols)
+
+
+def _polyval(powers, table):
+    """Σ_m table[m, r]·u^m for every piece r.  powers: (M, B, d), table: (M, R) -> (R, B, d)."""
+    m, b, d = powers.shape
+    return (table.T @ powers.reshape(m, b * d)).view(table.shape[1], b, d)
 
 
 def _uniform_features(x, grid, order, with_silu):
