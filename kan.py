@@ -11,9 +11,9 @@ backward, and Cox–de Boor stays as the literal reference.
 
 Self-contained (torch only) so it can be copied on its own. Usage:
 
-    params = {k: t.requires_grad_() for k, t in kan_init(256, 10).items() if k != "grid"}
-    params["grid"] = kan_init(256, 10)["grid"]                # the grid is not trained
-    logits = dkan_forward(params, v, mask)                    # v: (B, 256), mask: (10, 256)
+    params = {k: t.requires_grad_(k != "grid") for k, t in kan_init(256, 10).items()}
+    mask = dcm_ref.topk_mask(dkan_edge_scores(params, v), keep=0.5)    # v: (B, 256)
+    logits = dkan_forward(params, v, mask)                             # (B, 10)
 """
 import math
 from fractions import Fraction
@@ -134,7 +134,7 @@ def _locate(x, grid, t0, h):
     """Knot interval of each x and local coordinate, matching Cox–de Boor's [t_i, t_{i+1}).
 
     x: (B, d), grid: (d, K), t0, h: (d,) -> i: (B, d) float holding an integer in
-    [-1, K-1] (-1 and K-1 mean outside the grid), u = (x - t_i)/h: (B, d).
+    [-1, K-1] (-1 and K-1 mean outside the grid), u = (x - t_i)/h in [0, 1]: (B, d).
     """
     d, k = grid.shape
     s = (x - t0) / h
@@ -145,7 +145,9 @@ def _locate(x, grid, t0, h):
     g = grid.to(x.dtype).reshape(-1)
     lo, hi = g.index_select(0, flat).view_as(x), g.index_select(0, flat + 1).view_as(x)
     i = torch.where(x < lo, i - 1, torch.where(x >= hi, i + 1, i))
-    return i, s - i
+    # clamp: u is in [0, 1) up to rounding inside the grid; outside (values dropped
+    # later) it keeps u^p finite, so huge or infinite x give 0, not inf·0 = NaN.
+    return i, (s - i).clamp_(0, 1)
 
 
 class _UniformBSpline(torch.autograd.Function):

@@ -75,11 +75,14 @@ def test_exactly_order_plus_one_bases_are_nonzero_off_the_knots(order, grid_size
         assert (count[off] == order + 1).all()
 
 
-def test_bases_vanish_outside_the_extended_grid():
-    grid = _grid(1, 5, 3)
-    x = torch.tensor([[-100.0], [grid[0, 0] - 1e-9], [grid[0, -1]], [7.0]], dtype=torch.float64)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bases_vanish_outside_the_extended_grid(dtype):
+    grid = _grid(1, 5, 3, dtype=dtype)
+    below = torch.nextafter(grid[0, 0], torch.tensor(-float("inf"), dtype=dtype)).item()
+    x = torch.tensor([[-1e30], [-100.0], [below], [grid[0, -1].item()], [7.0], [1e30]], dtype=dtype)
     for basis in (kan.bspline_basis, kan.bspline_basis_uniform):
         assert (basis(x, grid, 3) == 0).all()
+    assert (kan.bspline_basis_uniform(torch.tensor([[-float("inf")], [float("inf")]], dtype=dtype), grid, 3) == 0).all()
 
 
 @given(orders, grid_sizes, anywhere, st.floats(-50, 50), st.floats(0.01, 100), DTYPES)
