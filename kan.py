@@ -380,8 +380,8 @@ def kan_scores_from_features(params, phi):
     before the outer product, so large offsets do not cancel catastrophically
     (SPEC §3: centre first) and constant features give exactly 0.
     """
-    if phi.dim() != 3:
-        raise ValueError(f"phi: got shape {tuple(phi.shape)}, expected (B, d_in, F)")
+    if phi.dim() != 3 or phi.shape[0] == 0:
+        raise ValueError(f"phi: got shape {tuple(phi.shape)}, expected (B, d_in, F) with B >= 1")
     p = phi.detach().to(torch.float64).transpose(0, 1)                   # (d_in, B, F)
     p = p - p[:, :1]
     mean = p.mean(dim=1)                                                 # (d_in, F)

@@ -314,6 +314,8 @@ def test_init_shapes_and_seeded_determinism():
     lambda p: kan.bspline_basis(torch.zeros(2, 4), p["grid"], 6),          # grid too short for order
     lambda p: kan.bspline_basis(torch.zeros(2, 4), p["grid"].flip(1), 3),  # decreasing knots
     lambda p: kan.kan_scores_from_moments(kan.kan_moments(torch.zeros(2, 4, 5)), p),
+    lambda p: kan.kan_scores_from_moments(kan.kan_moments(torch.zeros(0, 4, 9)), p),   # n = 0
+    lambda p: kan.kan_edge_scores(p, torch.zeros(0, 4)),                   # empty batch
     lambda p: kan.kan_init(0, 3),
     lambda p: kan.kan_init(4, 3, grid_range=(1.0, -1.0)),
 ])
