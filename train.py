@@ -37,6 +37,7 @@ import noise
 HEADS = ("fc", "dfc", "kan", "dkan")
 METHODS = ("standard", "coteaching", "elr")
 NOISES = ("none", "symmetric", "asymmetric", "pairflip", "instance", "cifar100-superclass")
+PROBE_SIZE = 256  # Fig. 3 probe set: at most this many corrupted training samples
 CKPT_IGNORED = {"epochs", "resume", "out", "stop_after", "device", "compile", "overwrite"}
 
 
@@ -97,6 +98,11 @@ def build_parser():
     g.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     g.add_argument("--stop-after", type=int, default=0, help="stop (resumably) after this epoch, as if interrupted")
+    g = p.add_argument_group("diagnostics (SPEC §8; plot them with plot.py)")
+    g.add_argument("--track-grad-error", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"Fig. 3: each epoch, cosine between the noisy- and clean-label gradients on a fixed probe set of "
+                        f"<= {PROBE_SIZE} corrupted training samples (default: on when some training labels differ from the clean ones)")
+    g.add_argument("--save-masks", action="store_true", help="Fig. 5: write DIR/masks/epoch_XXX.npz (the first network's C x d bool mask) after every epoch")
     return p
 
 
@@ -127,6 +133,7 @@ def check_args(a):
         (0.0 <= a.val_frac < 1.0, f"--val-frac must be in [0, 1), got {a.val_frac}"),
         (a.weight_decay is None or a.weight_decay >= 0, f"--weight-decay must be >= 0, got {a.weight_decay}"),
         (a.grad_clip >= 0, f"--grad-clip must be >= 0, got {a.grad_clip}"),
+        (not a.save_masks or a.head in ("dfc", "dkan"), f"--save-masks needs a DCM head (--head dfc or dkan), got --head {a.head}"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -423,6 +430,69 @@ def evaluate(a, st, d):
     return out
 
 
+# ----------------------------------------------------------------------------- Diagnostics (SPEC §8)
+
+GRAD_FIELDS = ("grad_cos_last", "grad_cos_feat", "grad_err_feat_norm", "grad_err_feat_bound")
+
+
+def grad_probe(a, d):
+    """Indices (<= PROBE_SIZE,) of the fixed Fig. 3 probe set: corrupted training samples, or None when off.
+
+    Drawn once from the run seed with a private generator, so the global RNG (and
+    therefore the training trajectory) is untouched, and a resumed run gets the same set.
+    """
+    corrupted = (d["y_noisy"] != d["y"]).nonzero()[:, 0]
+    if a.track_grad_error is False or (a.track_grad_error is None and len(corrupted) == 0):
+        return None
+    if len(corrupted) == 0:
+        raise UserError("--track-grad-error needs training labels that differ from the clean ones (e.g. --noise-rate > 0); got none")
+    g = torch.Generator().manual_seed(a.seed * 100003 + 7919)
+    pick = torch.randperm(len(corrupted), generator=g)[:PROBE_SIZE].to(corrupted.device)
+    return corrupted[pick].sort().values
+
+
+def grad_error_metrics(a, st, d, probe, loss_fn):
+    """Fig. 3 for the first network on the probe set; GRAD_FIELDS -> float (None when off).
+
+    The model is in eval mode (BN uses and keeps its running stats, so the probe
+    leaves no trace), with no augmentation, but WITH the current training mask:
+    the masked gradient is the one that trains the network. The loss is the run's
+    per-sample --loss; label-independent terms (ANL's L1, ELR's regulariser) and
+    co-teaching's selection are left out: they are equal for both labels or not a
+    gradient. grad_err_feat_bound (FC heads with CE) is dcm_ref.feature_grad_error_bound.
+    """
+    if probe is None:
+        return dict.fromkeys(GRAD_FIELDS)
+    net, mask = st["nets"][0], st["masks"][0].mask if a.head in ("dfc", "dkan") else None
+    net.eval()
+    try:
+        with torch.enable_grad():
+            v = net.backbone(data.to_float(d["x"][probe], d["mean"], d["std"]))
+            params = net.head_params()
+            logits = head_forward(a.head, params, head_features(a.head, params, v), mask).float()
+            ge = dcm_ref.label_gradient_error(loss_fn, logits, v, list(net.backbone.last_layer.parameters()),
+                                              d["y_noisy"][probe], d["y"][probe])
+    finally:
+        net.train()
+    bound = None
+    if a.head in ("fc", "dfc") and a.loss == "ce":  # the bound is for CE's ∂L/∂z = p − e_label
+        w = params["w"].detach()
+        bound = dcm_ref.feature_grad_error_bound(w, torch.ones_like(w) if mask is None else mask)
+    return dict(grad_cos_last=ge.cos_params, grad_cos_feat=float(ge.cos_feat.mean()),
+                grad_err_feat_norm=float(ge.err_feat.mean()), grad_err_feat_bound=bound)
+
+
+def save_mask(out, epoch, mask):
+    """DIR/masks/epoch_XXX.npz with `mask`: (C, d) bool, the first network's mask after `epoch` (Fig. 5)."""
+    folder = os.path.join(out, "masks")
+    os.makedirs(folder, exist_ok=True)
+
+    def w(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to the temp name
+            np.savez_compressed(f, mask=mask.detach().cpu().numpy() != 0)
+    atomic_write(os.path.join(folder, f"epoch_{epoch:03d}.npz"), w)
+
+
 # ----------------------------------------------------------------------------- Checkpoints and files
 
 def atomic_write(path, write):
@@ -548,6 +618,7 @@ def fmt_pct(x):
 
 def run(a, argv):
     device, out, ck, d, cfg, loss_fn = setup(a, argv)
+    probe = grad_probe(a, d)
     os.makedirs(out, exist_ok=True)
     st = init_state(a, d, device, ck)
     config = {k: v for k, v in vars(a).items()}
@@ -582,14 +653,18 @@ def run(a, argv):
         m = dict(epoch=epoch, lr=lr_at(a, st["step"] - 1, total), train_loss=tr_loss, **ev,
                  kept=dcm_ref.kept_fraction(ms.mask) if a.head in ("dfc", "dkan") else 1.0,
                  mask_change=float(np.mean(changes)) if changes else 0.0, mask_updates=ms.updates,
+                 **grad_error_metrics(a, st, d, probe, loss_fn),
                  seconds=time.time() - t0, samples_per_s=n_seen / max(t_train, 1e-9))
         m["eta_s"] = (a.epochs - epoch) * m["seconds"]
         history.append(m)
+        if a.save_masks:
+            save_mask(out, epoch, ms.mask)
         write_metrics(os.path.join(out, "metrics.jsonl"), history)
         atomic_write(ck_path, lambda t: torch.save(checkpoint(st, epoch, history, best, config), t))
         print(f"epoch {epoch:3d}/{a.epochs}  lr {m['lr']:.4f}  loss {tr_loss:.4f}  "
               f"train(noisy) {fmt_pct(ev['train_acc_noisy'])}  train(clean) {fmt_pct(ev['train_acc_clean'])}  "
               f"test {fmt_pct(ev['test_acc'])}  kept {m['kept']:.3f}  change {m['mask_change']:.3f}  "
+              + (f"gcos {m['grad_cos_last']:+.2f}  " if probe is not None else "") +
               f"{m['seconds']:.1f}s  eta {m['eta_s']:.0f}s", flush=True)
         if a.stop_after and epoch >= a.stop_after and epoch < a.epochs:
             print(f"stopped after epoch {epoch} (--stop-after); continue with --out {out} --resume")
