@@ -1,0 +1,307 @@
+"""Figures of the diagnostics of Zhang et al., "Combating Noisy Labels via Dynamic
+Connection Masking" (arXiv 2508.09697), from the runs train.py writes (SPEC §8):
+accuracy and memorisation, gradient error (Fig. 3), confidence on clean vs noisy
+samples (Fig. 4), mask snapshots and mask change (Fig. 5).
+
+    python train.py --out runs/dfc --save-masks && python train.py --out runs/fc --head fc
+    python plot.py runs/dfc                                # PNGs written into runs/dfc
+    python plot.py runs/dfc runs/fc --out figs --epochs 1,10,30
+
+Writes accuracy.png, grad_error.png, confidence.png, mask_change.png, masks.png
+(needs --save-masks) and summary.png (four panels on one page). A figure whose data
+no run has is skipped, with a line saying so. matplotlib is imported only here.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+
+import numpy as np
+
+MATPLOTLIB_MISSING = "plot.py needs matplotlib: pip install matplotlib"
+DCM_HEADS = ("dfc", "dkan")
+
+
+class PlotError(Exception):
+    """Bad input: reported in one line, exit 2."""
+
+
+# ----------------------------------------------------------------------------- Reading runs
+
+def read_jsonl(path):
+    """Rows of a metrics.jsonl file (one dict per epoch)."""
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise PlotError(f"{path} line {n} is not JSON; the file is damaged") from None
+    return rows
+
+
+def read_run(path):
+    """One run folder -> dict(path, config, rows, masks={epoch: npz path})."""
+    metrics = os.path.join(path, "metrics.jsonl")
+    if not os.path.isfile(metrics):
+        raise PlotError(f"{path} is not a run folder (no metrics.jsonl); expected the --out DIR of train.py")
+    rows = read_jsonl(metrics)
+    if not rows:
+        raise PlotError(f"{metrics} has no epochs yet; let the run finish an epoch first")
+    cfg_path = os.path.join(path, "config.json")
+    config = {}
+    if os.path.isfile(cfg_path):
+        try:
+            with open(cfg_path) as f:
+                config = json.load(f)
+        except json.JSONDecodeError:
+            raise PlotError(f"{cfg_path} is not JSON; the file is damaged") from None
+    mask_dir = os.path.join(path, "masks")
+    masks = {}
+    if os.path.isdir(mask_dir):
+        for name in os.listdir(mask_dir):
+            m = re.fullmatch(r"epoch_(\d+)\.npz", name)
+            if m:
+                masks[int(m.group(1))] = os.path.join(mask_dir, name)
+    return dict(path=path, config=config, rows=rows, masks=dict(sorted(masks.items())))
+
+
+def run_label(config, path):
+    """'dfc keep 0.1 · ce' style label from config.json (head, keep, loss, method)."""
+    if not config:
+        return os.path.basename(os.path.normpath(path))
+    head = config.get("head", "?")
+    if head in DCM_HEADS:
+        head += f" keep {config.get('keep', '?'):g}" if isinstance(config.get("keep"), (int, float)) else ""
+    label = f"{head} · {config.get('loss', '?')}"
+    if config.get("method", "standard") != "standard":
+        label += f" · {config['method']}"
+    return label
+
+
+def labelled(runs):
+    """Attach a unique 'label' to every run; equal labels get the folder name appended."""
+    base = [run_label(r["config"], r["path"]) for r in runs]
+    out = []
+    for r, lab in zip(runs, base):
+        if base.count(lab) > 1:
+            lab += f" ({os.path.basename(os.path.normpath(r['path']))})"
+        out.append(dict(r, label=lab))
+    return out
+
+
+def series(rows, key):
+    """(epochs, values) of the rows where `key` is a number."""
+    pts = [(r["epoch"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+    return [e for e, _ in pts], [v for _, v in pts]
+
+
+def has(runs, key):
+    return any(series(r["rows"], key)[0] for r in runs)
+
+
+def parse_epochs(text):
+    """'1,5,30' -> [1, 5, 30]; None -> None (pick first, middle and last)."""
+    if text is None:
+        return None
+    try:
+        epochs = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise PlotError(f"--epochs expects epoch numbers like 1,5,30, got {text!r}") from None
+    if not epochs or min(epochs) < 1:
+        raise PlotError(f"--epochs expects epoch numbers >= 1 like 1,5,30, got {text!r}")
+    return epochs
+
+
+def mask_epochs(run, wanted):
+    """The saved epochs to draw for one run: `wanted`, or first, middle and last."""
+    saved = list(run["masks"])
+    if wanted is None:
+        return sorted({saved[0], saved[len(saved) // 2], saved[-1]})
+    missing = [e for e in wanted if e not in run["masks"]]
+    if missing:
+        raise PlotError(f"--epochs {missing[0]}: {run['path']} has no masks/epoch_{missing[0]:03d}.npz "
+                        f"(saved epochs {saved[0]}..{saved[-1]})")
+    return wanted
+
+
+# ----------------------------------------------------------------------------- Panels
+# Each panel draws every run in its own colour: solid, dashed and dotted lines tell
+# apart the quantities of one run.
+
+def load_pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PlotError(MATPLOTLIB_MISSING) from None
+    return plt
+
+
+def lines(ax, runs, keys, title, ylabel):
+    """keys: [(metric, suffix, linestyle)]; one colour per run."""
+    for i, r in enumerate(runs):
+        for key, suffix, style in keys:
+            x, y = series(r["rows"], key)
+            if x:
+                ax.plot(x, y, style, color=f"C{i % 10}", label=f"{r['label']}{suffix}", marker="." if len(x) < 3 else None)
+    ax.set_title(title, fontsize=10)
+    ax.set(xlabel="epoch", ylabel=ylabel)
+    ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=7)
+    else:  # e.g. the summary of an FC run has no mask change
+        ax.text(0.5, 0.5, "no data in these runs", ha="center", va="center", transform=ax.transAxes, color="0.5")
+
+
+def panel_accuracy(ax, runs):
+    lines(ax, runs, [("test_acc", ": test", "-"), ("train_acc_clean", ": train vs clean labels", ":"),
+                     ("train_acc_noisy", ": train vs noisy labels", "--")], "Accuracy and memorisation", "accuracy")
+    ax.set_ylim(0, 1)
+
+
+def panel_grad_cos(ax, runs, key="grad_cos_last", what="backbone's last layer θ"):
+    lines(ax, runs, [(key, "", "-")], f"Gradient error (Fig. 3): w.r.t. {what}", "cos(∇L(ỹ), ∇L(y))")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_ylim(-1.05, 1.05)
+
+
+def panel_grad_norm(ax, runs):
+    lines(ax, runs, [("grad_err_feat_norm", ": mean ‖∇ᵥL(ỹ) − ∇ᵥL(y)‖", "-"),
+                     ("grad_err_feat_bound", ": DCM bound 2√k·max|W⊙M| (CE)", "--")],
+          "Feature-gradient error per probe sample", "L2 norm")
+    ax.set_ylim(bottom=0)
+
+
+def panel_confidence(ax, runs):
+    lines(ax, runs, [("conf_clean", ": clean samples", "-"), ("conf_noisy", ": noisy samples", "--")],
+          "Confidence (Fig. 4): mean p of the given label", "mean softmax probability")
+    ax.set_ylim(0, 1)
+
+
+def panel_fit_noisy(ax, runs):
+    lines(ax, runs, [("fit_noisy", "", "-")], "Memorisation: noisy samples predicted as their noisy label", "share")
+    ax.set_ylim(0, 1)
+
+
+def dcm_runs(runs):
+    """The runs whose head is masked (config says dfc/dkan, or a kept fraction below 1)."""
+    return [r for r in runs if r["config"].get("head") in DCM_HEADS or any(v < 1 for v in series(r["rows"], "kept")[1])]
+
+
+def panel_mask_change(ax, runs):
+    lines(ax, dcm_runs(runs), [("mask_change", "", "-")], "Mask change (Fig. 5): mean 1 − Jaccard per update", "1 − Jaccard")
+    ax.set_ylim(bottom=0)
+
+
+def panel_kept(ax, runs):
+    lines(ax, dcm_runs(runs), [("kept", "", "-")], "Kept fraction of head edges", "fraction")
+    ax.set_ylim(0, 1.05)
+
+
+# ----------------------------------------------------------------------------- Figures
+
+def save(plt, fig, path, dpi):
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def fig_masks(plt, picks, path, dpi):
+    """Heatmaps of the saved masks: one row per (run, epochs) in picks, one column per epoch."""
+    ncol = max(len(e) for _, e in picks)
+    fig, axes = plt.subplots(len(picks), ncol, figsize=(3.2 * ncol, 2.2 * len(picks)), squeeze=False)
+    for row, (r, epochs) in enumerate(picks):
+        for col in range(ncol):
+            ax = axes[row][col]
+            if col >= len(epochs):
+                ax.axis("off")
+                continue
+            with np.load(r["masks"][epochs[col]]) as z:
+                m = z["mask"]
+            ax.imshow(m, aspect="auto", cmap="Greys", interpolation="nearest", vmin=0, vmax=1)
+            ax.set_title(f"{r['label']}\nepoch {epochs[col]}: kept {m.mean():.3f}", fontsize=8)
+            ax.set(xlabel="feature k", ylabel="class j")
+    fig.suptitle("DCM masks (black = kept edge)", fontsize=10)
+    save(plt, fig, path, dpi)
+
+
+def make_figures(runs, out, mask_picks, dpi):
+    """Write every figure the runs have data for into `out`; returns (written, skipped) messages.
+
+    mask_picks: [(run, [epochs])] for the heatmaps of masks.png."""
+    plt = load_pyplot()
+    written, skipped = [], []
+    dcm = dcm_runs(runs)
+    plans = [
+        ("accuracy.png", True, (1, 1), [panel_accuracy], runs, ""),
+        ("grad_error.png", has(runs, "grad_cos_last"), (1, 3), [panel_grad_cos,
+         lambda ax, rs: panel_grad_cos(ax, rs, "grad_cos_feat", "features v (mean per sample)"), panel_grad_norm],
+         runs, "no run tracked the gradient error (train.py --track-grad-error on noisy labels)"),
+        ("confidence.png", has(runs, "conf_noisy"), (1, 2), [panel_confidence, panel_fit_noisy], runs,
+         "no run has noisy training samples"),
+        ("mask_change.png", bool(dcm), (1, 2), [panel_mask_change, panel_kept], dcm, "no run has a DCM head (dfc, dkan)"),
+        ("summary.png", True, (2, 2), [panel_accuracy, panel_grad_cos, panel_confidence, panel_mask_change], runs, ""),
+    ]
+    for name, ok, (nr, nc), panels, rs, why in plans:
+        if not ok:
+            skipped.append(f"{name} ({why})")
+            continue
+        fig, axes = plt.subplots(nr, nc, figsize=(5.2 * nc, 3.6 * nr), squeeze=False)
+        for ax, panel in zip(axes.flat, panels):
+            panel(ax, rs)
+        save(plt, fig, os.path.join(out, name), dpi)
+        written.append(name)
+    if mask_picks:
+        fig_masks(plt, mask_picks, os.path.join(out, "masks.png"), dpi)
+        written.append("masks.png")
+    else:
+        skipped.append("masks.png (no masks/*.npz: train with --save-masks)")
+    return written, skipped
+
+
+# ----------------------------------------------------------------------------- Main
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by train.py --out")
+    p.add_argument("--out", default=None, help="folder for the PNGs (default: the run folder when there is one run)")
+    p.add_argument("--epochs", default=None, help="epochs of the mask heatmaps, e.g. 1,5,30 (default: first, middle, last saved)")
+    p.add_argument("--dpi", type=int, default=100, help="resolution of the PNGs")
+    return p
+
+
+def run(a):
+    if a.out is None and len(a.runs) > 1:
+        raise PlotError(f"{len(a.runs)} runs share one set of figures: add --out DIR")
+    if a.dpi < 10:
+        raise PlotError(f"--dpi must be >= 10, got {a.dpi}")
+    epochs = parse_epochs(a.epochs)
+    runs = labelled([read_run(p) for p in a.runs])
+    mask_picks = [(r, mask_epochs(r, epochs)) for r in runs if r["masks"]]  # bad --epochs fail before any drawing
+    out = a.out or a.runs[0]
+    os.makedirs(out, exist_ok=True)
+    written, skipped = make_figures(runs, out, mask_picks, a.dpi)
+    print(f"plot.py: wrote {', '.join(written)} to {out}")
+    for s in skipped:
+        print(f"plot.py: skipped {s}")
+    return 0
+
+
+def main(argv=None):
+    a = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(a)
+    except PlotError as e:
+        msg = str(e)
+        print(msg if msg == MATPLOTLIB_MISSING else f"plot.py: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Properties of the diagnostics (SPEC §8): the gradient error of Fig. 3
+(dcm_ref.label_gradient_error, train.py --track-grad-error), mask snapshots
+(--save-masks) and the figures of plot.py."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dcm_ref as D
+import plot
+import train
+
+QUICK = ["--limit-train", "300", "--epochs", "2", "--batch-size", "64"]
+FIGURES = ("accuracy.png", "grad_error.png", "confidence.png", "mask_change.png", "masks.png", "summary.png")
+GRAD_FIELDS = ("grad_cos_last", "grad_cos_feat", "grad_err_feat_norm", "grad_err_feat_bound")
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def dfc_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("runs") / "dfc")
+    assert train.main(QUICK + ["--out", out, "--save-masks"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def fc_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("runs") / "fc")
+    assert train.main(QUICK + ["--out", out, "--head", "fc"]) == 0
+    return out
+
+
+# ----------------------------------------------------------------------------- the pure functions
+
+def test_gradient_cosine_of_known_vectors():
+    assert math.isclose(D.gradient_cosine([torch.tensor([1.0, 0.0])], [torch.tensor([1.0, 1.0])]), 1 / math.sqrt(2))
+    # pieces are concatenated: ([1], [0]) vs ([1], [1]) is the same pair of vectors
+    assert math.isclose(D.gradient_cosine([torch.ones(1), torch.zeros(1)], [torch.ones(1), torch.ones(1)]),
+                        1 / math.sqrt(2))
+    assert math.isclose(D.gradient_cosine([torch.ones(1), None], [torch.ones(1), torch.ones(1)]), 1 / math.sqrt(2))
+    assert D.gradient_cosine([torch.tensor([2.0, -3.0])], [torch.tensor([-4.0, 6.0])]) == -1.0
+    assert D.gradient_cosine([torch.zeros(3)], [torch.ones(3)]) == 0.0
+
+
+@settings(max_examples=30)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 6), st.integers(2, 5), st.integers(1, 4), st.integers(1, 5))
+def test_label_gradient_error_matches_hand_computed_gradients_of_a_linear_model(seed, B, C, d, n_in):
+    """x -> v = x Aᵀ (the 'last layer' A) -> z = v Wᵀ, CE. By hand: ∂L_b/∂z_b = p_b − e_label,
+    ∂L_b/∂v_b = (p_b − e_label) W, ∂ΣL/∂A = Σ_b (∂L_b/∂v_b)ᵀ x_b."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, n_in, generator=g, dtype=torch.float64)
+    A = torch.randn(d, n_in, generator=g, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(C, d, generator=g, dtype=torch.float64)
+    y = torch.randint(0, C, (B,), generator=g)
+    y_noisy = (y + torch.randint(1, C, (B,), generator=g)) % C          # every label corrupted
+    v = x @ A.T
+    ge = D.label_gradient_error(lambda z, t: F.cross_entropy(z, t, reduction="none"), v @ W.T, v, [A], y_noisy, y)
+
+    xn, Wn = x.numpy(), W.numpy()
+    z = xn @ A.detach().numpy().T @ Wn.T
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    gv = {k: (p - np.eye(C)[lab.numpy()]) @ Wn for k, lab in (("noisy", y_noisy), ("clean", y))}
+    gA = {k: gv[k].T @ xn for k in gv}
+    cos = lambda a, b: float((a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b)))
+    assert math.isclose(ge.cos_params, cos(gA["noisy"], gA["clean"]), abs_tol=1e-9)
+    for b in range(B):
+        assert math.isclose(float(ge.cos_feat[b]), cos(gv["noisy"][b], gv["clean"][b]), abs_tol=1e-9)
+    assert np.allclose(ge.err_feat.numpy(), np.linalg.norm(gv["noisy"] - gv["clean"], axis=1), atol=1e-9)
+
+
+@settings(max_examples=40)
+@given(st.integers(0, 2**31 - 1), st.integers(2, 16), st.integers(2, 8), st.integers(4, 64),
+       st.floats(0.01, 0.2))
+def test_feature_gradient_error_obeys_the_dcm_bound_for_small_keep(seed, B, C, d, keep):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(B, d, generator=g, dtype=torch.float64, requires_grad=True)
+    w, b = torch.randn(C, d, generator=g, dtype=torch.float64), torch.randn(C, generator=g, dtype=torch.float64)
+    mask = D.topk_mask(D.edge_scores(v.detach(), w), keep)
+    y = torch.randint(0, C, (B,), generator=g)
+    y_noisy = (y + torch.randint(1, C, (B,), generator=g)) % C
+    logits = D.masked_linear(v, w, b, mask)
+    ge = D.label_gradient_error(lambda z, t: F.cross_entropy(z, t, reduction="none"), logits, v, [w.requires_grad_()],
+                                y_noisy, y)
+    bound = D.feature_grad_error_bound(w.detach(), mask)
+    assert bool((ge.err_feat <= bound * (1 + 1e-12)).all())
+    # and it is exactly the closed form of the core: (W⊙M)[ỹ] − (W⊙M)[y]
+    assert torch.allclose(ge.err_feat, D.feature_grad_error(w.detach(), mask, y, y_noisy).norm(dim=1), atol=1e-12)
+
+
+def test_label_gradient_error_rejects_labels_of_the_wrong_shape():
+    v = torch.randn(3, 2, requires_grad=True)
+    ce = lambda z, t: F.cross_entropy(z, t, reduction="none")
+    with pytest.raises(ValueError, match="y_noisy"):
+        D.label_gradient_error(ce, v @ torch.ones(2, 2), v, [v], torch.zeros(2, dtype=torch.long), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="params"):
+        D.label_gradient_error(ce, v @ torch.ones(2, 2), v, [], torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------- train.py
+
+def test_run_logs_the_gradient_error_fields(dfc_run):
+    rows = read_jsonl(os.path.join(dfc_run, "metrics.jsonl"))
+    for r in rows:
+        assert -1.0 <= r["grad_cos_last"] <= 1.0 and -1.0 <= r["grad_cos_feat"] <= 1.0
+        assert 0.0 < r["grad_err_feat_norm"] <= r["grad_err_feat_bound"]
+        for key in ("conf_clean", "conf_noisy", "fit_noisy", "train_acc_noisy", "train_acc_clean", "kept", "mask_change"):
+            assert math.isfinite(r[key])
+
+
+def test_save_masks_writes_one_bool_mask_per_epoch_with_exact_kept_count(dfc_run):
+    names = sorted(os.listdir(os.path.join(dfc_run, "masks")))
+    assert names == ["epoch_001.npz", "epoch_002.npz"]
+    for name in names:
+        with np.load(os.path.join(dfc_run, "masks", name)) as z:
+            m = z["mask"]
+        assert m.shape == (10, 256) and m.dtype == np.bool_
+        assert (m.sum(axis=1) == round(0.1 * 256)).all()  # row scope: every class keeps k inputs
+
+
+def test_logged_feature_error_is_the_masked_head_error_on_the_probe_set(dfc_run):
+    """Recompute from the checkpoint: the probe is a fixed set of corrupted samples and the
+    gradient goes through the CURRENT training mask (CE: error = (W⊙M)[ỹ] − (W⊙M)[y])."""
+    a = train.build_parser().parse_args(QUICK)
+    d = train.prepare_data(a, torch.device("cpu"))
+    probe = train.grad_probe(a, d)
+    assert 0 < len(probe) <= train.PROBE_SIZE and bool((d["y_noisy"][probe] != d["y"][probe]).all())
+    assert torch.equal(probe, train.grad_probe(a, d))
+    ck = torch.load(os.path.join(dfc_run, "checkpoint.pt"), weights_only=False)
+    w, mask = ck["nets"][0]["head.w"], ck["masks"][0]["mask"]
+    expected = D.feature_grad_error(w, mask, d["y"][probe], d["y_noisy"][probe]).norm(dim=1).mean()
+    last = read_jsonl(os.path.join(dfc_run, "metrics.jsonl"))[-1]
+    assert math.isclose(last["grad_err_feat_norm"], float(expected), rel_tol=1e-5)
+
+
+def test_tracking_the_gradient_error_leaves_the_training_trajectory_unchanged(tmp_path, dfc_run):
+    out = str(tmp_path / "off")
+    assert train.main(QUICK + ["--out", out, "--no-track-grad-error"]) == 0
+    drop = set(GRAD_FIELDS) | {"seconds", "eta_s", "samples_per_s"}
+    keep = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]
+    off = read_jsonl(os.path.join(out, "metrics.jsonl"))
+    assert all(r[k] is None for r in off for k in GRAD_FIELDS)
+    assert keep(off) == keep(read_jsonl(os.path.join(dfc_run, "metrics.jsonl")))
+    a = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)["nets"][0]
+    b = torch.load(os.path.join(dfc_run, "checkpoint.pt"), weights_only=False)["nets"][0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gradient_error_is_off_by_default_without_corrupted_labels(tmp_path, capsys):
+    out = str(tmp_path / "clean")
+    assert train.main(QUICK + ["--out", out, "--noise", "none", "--epochs", "1"]) == 0
+    assert all(r[k] is None for r in read_jsonl(os.path.join(out, "metrics.jsonl")) for k in GRAD_FIELDS)
+    capsys.readouterr()
+    assert train.main(QUICK + ["--out", str(tmp_path / "x"), "--noise", "none", "--track-grad-error"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--track-grad-error" in err[0]
+
+
+def test_save_masks_without_a_dcm_head_is_a_one_line_error(tmp_path, capsys):
+    assert train.main(QUICK + ["--out", str(tmp_path / "x"), "--head", "fc", "--save-masks"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--save-masks" in err[0]
+
+
+# ----------------------------------------------------------------------------- plot.py
+
+def assert_pngs(folder, names):
+    for name in names:
+        with open(os.path.join(folder, name), "rb") as f:
+            head = f.read(8)
+        assert head == b"\x89PNG\r\n\x1a\n" and os.path.getsize(os.path.join(folder, name)) > 1000, name
+
+
+def test_plot_writes_every_figure_next_to_a_single_run(dfc_run):
+    assert plot.main([dfc_run, "--dpi", "40"]) == 0
+    assert_pngs(dfc_run, FIGURES)
+
+
+def test_plot_overlays_several_runs_into_out(tmp_path, dfc_run, fc_run, capsys):
+    out = str(tmp_path / "figs")
+    assert plot.main([dfc_run, fc_run, "--out", out, "--epochs", "2", "--dpi", "40"]) == 0
+    assert_pngs(out, FIGURES)
+    assert plot.run_label(json.load(open(os.path.join(fc_run, "config.json"))), fc_run) == "fc · ce"
+
+
+@pytest.mark.parametrize("case", ["missing", "no_metrics", "empty_metrics", "two_runs_no_out", "mask_epoch"])
+def test_plot_bad_input_exits_2_with_one_line(tmp_path, dfc_run, capsys, case):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    argv, needle = {
+        "missing": ([str(tmp_path / "nope")], "metrics.jsonl"),
+        "no_metrics": ([str(bad)], "metrics.jsonl"),
+        "empty_metrics": ([str(bad)], "no epochs"),
+        "two_runs_no_out": ([dfc_run, dfc_run], "--out"),
+        "mask_epoch": ([dfc_run, "--epochs", "7"], "epoch_007"),
+    }[case]
+    if case == "empty_metrics":
+        (bad / "metrics.jsonl").write_text("")
+    capsys.readouterr()
+    assert plot.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0]
+
+
+def test_plot_without_matplotlib_says_how_to_install(dfc_run, monkeypatch, capsys):
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # makes `import matplotlib` fail
+    assert plot.main([dfc_run]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["plot.py needs matplotlib: pip install matplotlib"]
