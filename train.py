@@ -101,7 +101,7 @@ def build_parser():
     g = p.add_argument_group("diagnostics (SPEC §8; plot them with plot.py)")
     g.add_argument("--track-grad-error", action=argparse.BooleanOptionalAction, default=None,
                    help=f"Fig. 3: each epoch, cosine between the noisy- and clean-label gradients on a fixed probe set of "
-                        f"<= {PROBE_SIZE} corrupted training samples (default: on when some training labels differ from the clean ones)")
+                        f"<= {PROBE_SIZE} corrupted training samples; None = on when some training labels differ from the clean ones")
     g.add_argument("--save-masks", action="store_true", help="Fig. 5: write DIR/masks/epoch_XXX.npz (the first network's C x d bool mask) after every epoch")
     return p
 
