@@ -1,0 +1,425 @@
+"""Benchmarks for dcm-ref: speed of the DCM heads (issue 2, part 5); accuracy comes with issue 7.
+
+Speed measures what SPEC §2-§3 claim about cost, as RATIOS of two (or three)
+implementations timed side by side in one process: for each comparison the
+callables run interleaved (A, B, then B, A, ...) for many rounds and the ratio
+is the median over rounds of t_A / t_B from the same round, so load from other
+processes hits both sides alike. One thread by default (--threads).
+
+    python bench.py speed                       # full table at the four issue shapes
+    python bench.py speed --quick               # tiny shapes, a few seconds (used by the tests)
+    python bench.py speed --device cuda --out speed.md
+
+Rows (ratio = A / B; the (B, d, C) are batch, features, classes):
+  DFC / FC head fwd+bwd        the DCM head of Fig. 2 with a fresh mask every step (moments ->
+                               Eq. 2 fast form -> top-k mask -> masked linear) vs F.linear
+  DFC / FC train step (mlp)    nets.py "mlp" backbone (width d) + head + CE + SGD step, DFC via
+                               dcm_ref.mask_schedule_step as train.py runs it; and 10 such
+                               steps with --dcm-interval 10 (mask cost amortised)
+  score literal / fast         Eq. 2 as written (B×C×d) vs the exact |W|·std_b v: time, peak memory
+  KAN closed / Cox–de Boor     kan.kan_forward(basis="closed") vs basis="cox", fwd+bwd
+  KAN closed / nn.Linear       the same closed-form KAN vs a linear head of the same (d, C)
+  DKAN score literal / fast    std_b φ_jk(x_bk) as written vs sqrt(c_jkᵀ Σ_k c_jk): time, memory
+
+Peak memory: on CPU, torch.profiler(profile_memory=True); each op's self
+allocation (bytes allocated minus freed inside it, children excluded) is summed in
+start-time order and the peak of that running sum is reported, together with the
+largest single allocation. On CUDA, torch.cuda.max_memory_allocated over the call.
+"""
+import argparse
+import copy
+import itertools
+import math
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dcm_ref
+import kan
+import nets
+
+# ----------------------------------------------------------------------------- settings
+
+SHAPES = ((256, 512, 10), (256, 512, 100), (128, 2048, 14), (256, 2048, 1000))   # (B, d, C), issue 2
+QUICK_SHAPES = ((8, 16, 3), (16, 32, 5))       # --quick: seconds, for the tests
+TARGET_SHAPE = (256, 512, 100)                 # where issue 2 states the score and KAN targets
+BUDGET_S = 4.0                                 # wall time per comparison, sets the rounds
+ROUNDS = (7, 300)                              # min and max interleaved rounds
+# Peak bytes of the literal forms, in units of B·C·d·itemsize (measured at small shapes
+# with the profiler below): FC literal holds A only; DKAN literal holds the silu part,
+# the bmm output and their sum.
+LITERAL_FACTOR = {"score": 1.0, "dkan": 3.0}
+STEP = "DFC / FC train step (mlp backbone)"                   # row names of the train-step rows
+STEP_INTERVAL = 10                                             # --dcm-interval of the amortised row
+STEPS = f"DFC / FC {STEP_INTERVAL} train steps, mask every {STEP_INTERVAL} (mlp backbone)"
+
+
+# ----------------------------------------------------------------------------- timing and memory
+
+def sync(device):
+    """Wait for queued device work, so the timers read finished work (CUDA is asynchronous)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_once(fn, device):
+    """Seconds for one call of fn, device work included."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def time_interleaved(fns, device, rounds):
+    """Time fns (name -> callable) interleaved; -> name -> list of seconds, one per round.
+
+    Two warm-up calls each first (allocator, lazy init). The order flips every
+    round so neither side always runs right after the other.
+    """
+    names = list(fns)
+    for name in names * 2:
+        fns[name]()
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            times[name].append(time_once(fns[name], device))
+    return times
+
+
+def pick_rounds(fns, device, budget_s, bounds):
+    """Rounds that fit budget_s, from one call of each fn, clamped to bounds=(lo, hi)."""
+    per_round = sum(time_once(fn, device) for fn in fns.values())
+    return int(min(max(budget_s / max(per_round, 1e-9), bounds[0]), bounds[1]))
+
+
+def paired_ratio(ta, tb):
+    """Median over rounds of t_A / t_B measured in the same round."""
+    return statistics.median(a / b for a, b in zip(ta, tb))
+
+
+def allocation_deltas(fn, device):
+    """Bytes allocated minus freed by each profiler event of one call of fn, in start order.
+
+    Self values (children excluded), so nested ops are not counted twice; the
+    "[memory]" events carry frees outside any op.
+    """
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=acts, profile_memory=True) as prof:
+        fn()
+        sync(device)
+    field = "self_device_memory_usage" if device.type == "cuda" else "self_cpu_memory_usage"
+    return [getattr(e, field) for e in sorted(prof.events(), key=lambda e: e.time_range.start)]
+
+
+def peak_memory(fn, device):
+    """-> (peak bytes above the start, largest single allocation in bytes) for one call of fn.
+
+    CPU: peak of the running sum of allocation_deltas. CUDA: max_memory_allocated.
+    """
+    fn()   # warm-up, so lazy one-time allocations are not counted
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    deltas = allocation_deltas(fn, device)
+    peak = max(itertools.accumulate(deltas, initial=0))
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - base
+    return peak, max(deltas, default=0)
+
+
+# ----------------------------------------------------------------------------- the compared callables
+
+def dfc_head_fns(B, d, C, keep, device, gen):
+    """Head only: v (B, d) needs grad; w (C, d), b (C,) parameters. -> {"DFC": fn, "FC": fn}.
+
+    DFC is the train.py path with a mask update every step (--dcm-interval 1, the
+    most expensive setting): moments -> scores_from_moments -> topk_mask -> masked_linear.
+    """
+    v = torch.randn(B, d, generator=gen).to(device).requires_grad_()
+    w = (torch.randn(C, d, generator=gen) / math.sqrt(d)).to(device).requires_grad_()
+    b = torch.zeros(C, device=device, requires_grad=True)
+    gz = torch.randn(B, C, generator=gen).to(device)
+
+    def dfc():
+        mask = dcm_ref.topk_mask(dcm_ref.scores_from_moments(dcm_ref.moments(v), w.detach()), keep)
+        return torch.autograd.grad(dcm_ref.masked_linear(v, w, b, mask), (v, w, b), gz)
+
+    def fc():
+        return torch.autograd.grad(F.linear(v, w, b), (v, w, b), gz)
+
+    return {"DFC": dfc, "FC": fc}
+
+
+def train_step_fns(B, d, C, keep, device, gen, interval=1):
+    """`interval` full SGD steps: nets.py "mlp" backbone of width d on (1, 28, 28) inputs,
+    head, CE, step. DFC calls dcm_ref.mask_schedule_step every step, as train.py does,
+    so the mask is recomputed once per call (--dcm-interval `interval`): the time per
+    call is the amortised cost. Each side has its own copy of the model and optimizer.
+    -> {"DFC": fn, "FC": fn}.
+    """
+    x = torch.randn(B, 1, 28, 28, generator=gen).to(device)
+    y = torch.randint(0, C, (B,), generator=gen).to(device)
+    with torch.random.fork_rng(devices=[]):   # seeded init without touching the caller's RNG
+        torch.manual_seed(0)
+        backbone, head = nets.MLP((1, 28, 28), width=d), nn.Linear(d, C)
+    return {"DFC": _make_steps(backbone, head, x, y, keep, device, interval, dcm=True),
+            "FC": _make_steps(backbone, head, x, y, keep, device, interval, dcm=False)}
+
+
+def _make_steps(backbone, head, x, y, keep, device, interval, dcm):
+    """One closure = `interval` optimizer steps on private copies of backbone and head."""
+    net = nn.ModuleDict({"backbone": copy.deepcopy(backbone), "head": copy.deepcopy(head)}).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    w, b = net["head"].weight, net["head"].bias
+    state = [dcm_ref.mask_init(w.shape, device=device)]   # the mask state threads through the steps
+
+    def steps():
+        for _ in range(interval):
+            v = net["backbone"](x)
+            mask = None
+            if dcm:
+                state[0] = dcm_ref.mask_schedule_step(
+                    state[0], dcm_ref.moments(v), lambda m: dcm_ref.scores_from_moments(m, w), keep,
+                    interval=interval)
+                mask = state[0].mask
+            loss = F.cross_entropy(dcm_ref.masked_linear(v, w, b, mask), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    return steps
+
+
+def score_fns(B, d, C, device, gen):
+    """FC edge scores, no grad: -> {"literal": fn, "fast": fn} (Eq. 2 as written vs |W|·std_b v)."""
+    v = torch.randn(B, d, generator=gen).to(device)
+    w = torch.randn(C, d, generator=gen).to(device)
+    return {"literal": lambda: dcm_ref.edge_scores_literal(v, w),
+            "fast": lambda: dcm_ref.edge_scores(v, w)}
+
+
+def _kan_setup(B, d, C, device, gen):
+    params = {k: t.to(device) for k, t in kan.kan_init(d, C, generator=gen).items()}
+    x = (torch.rand(B, d, generator=gen) * 2 - 1).to(device)   # inside grid_range: all bases live
+    return params, x
+
+
+def kan_fns(B, d, C, device, gen):
+    """KAN layer d -> C fwd+bwd (grads of x and coefficients) with each basis, and nn.Linear.
+
+    -> {"cox": fn, "closed": fn, "linear": fn}.
+    """
+    params, x = _kan_setup(B, d, C, device, gen)
+    params = {k: t.requires_grad_(k != "grid") for k, t in params.items()}
+    x.requires_grad_()
+    wrt = (x, params["base_weight"], params["spline_weight"])
+    lin = nn.Linear(d, C).to(device)
+    gy = torch.randn(B, C, generator=gen).to(device)
+
+    def kan_step(basis):
+        return lambda: torch.autograd.grad(kan.kan_forward(params, x, basis=basis), wrt, gy)
+
+    return {"cox": kan_step("cox"), "closed": kan_step("closed"),
+            "linear": lambda: torch.autograd.grad(lin(x), (x, lin.weight, lin.bias), gy)}
+
+
+def dkan_score_fns(B, d, C, device, gen):
+    """DKAN edge scores, no grad: -> {"literal": fn, "fast": fn} (std_b φ_jk vs sqrt(cᵀΣc))."""
+    params, x = _kan_setup(B, d, C, device, gen)
+    return {"literal": lambda: kan.kan_edge_scores_literal(params, x),
+            "fast": lambda: kan.kan_edge_scores(params, x)}
+
+
+# ----------------------------------------------------------------------------- rows of the speed table
+
+def fmt_time(seconds):
+    return f"{seconds:.3g} s" if seconds >= 1 else f"{seconds * 1e3:.3g} ms"
+
+
+def fmt_bytes(n):
+    for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} B"
+
+
+def verdict(ratio, op, bound, applies=True):
+    """Target cell: 'op bound: met' / 'NOT met', or '—' where the issue sets no target."""
+    if not applies:
+        return "—"
+    ok = ratio <= bound if op == "≤" else ratio >= bound
+    return f"{op} {bound:g}: {'met' if ok else 'NOT met'}"
+
+
+def row(comparison, shape, a, b, ratio, target="—"):
+    """One table row; ratio is a float (A / B) or a string such as 'skipped: ...'."""
+    cell = f"{ratio:.3g}" if isinstance(ratio, float) else ratio
+    return {"comparison": comparison, "shape": "(" + ", ".join(map(str, shape)) + ")",
+            "a": a, "b": b, "ratio": cell, "target": target}
+
+
+def timed_rows(fns, pairs, shape, device, cfg, targets):
+    """Time fns interleaved; one row per (comparison, A name, B name) in pairs.
+
+    targets: comparison -> (op, bound, applies) or absent for no target.
+    """
+    rounds = pick_rounds(fns, device, cfg["budget"], cfg["rounds"])
+    times = time_interleaved(fns, device, rounds)
+    out = []
+    for comparison, a, b in pairs:
+        ratio = paired_ratio(times[a], times[b])
+        target = verdict(ratio, *targets[comparison]) if comparison in targets else "—"
+        out.append(row(comparison, shape,
+                       f"{a} {fmt_time(statistics.median(times[a]))}",
+                       f"{b} {fmt_time(statistics.median(times[b]))}", ratio, target))
+    return out
+
+
+def literal_rows(kind, fns, shape, device, cfg, dtype_bytes=4):
+    """Time and memory rows of a literal-vs-fast score comparison (kind "score" or "dkan"),
+    or skipped rows when the literal form would need more than --max-literal-gb."""
+    B, d, C = shape
+    names = {"score": ("score literal / fast", 20.0), "dkan": ("DKAN score literal / fast", 6.0)}
+    name, bound = names[kind]
+    need = LITERAL_FACTOR[kind] * B * C * d * dtype_bytes
+    if need > cfg["max_literal_gb"] * 1e9:
+        why = f"skipped: literal needs ≈ {need / 1e9:.1f} GB > --max-literal-gb {cfg['max_literal_gb']:g}"
+        return [row(f"{name}: time", shape, "—", "—", why), row(f"{name}: peak memory", shape, "—", "—", why)]
+    at_target = tuple(shape) == TARGET_SHAPE
+    out = timed_rows(fns, [(f"{name}: time", "literal", "fast")], shape, device, cfg,
+                     {f"{name}: time": ("≥", bound, at_target)})
+    (lit_peak, _), (fast_peak, fast_big) = (peak_memory(fns[k], device) for k in ("literal", "fast"))
+    bcd = B * C * d * dtype_bytes
+    # The issue's memory target is for the FC score; the DKAN fast form holds Φ (B·d·(1+G')
+    # float64), which can exceed B·C·d for small C, and is judged by time only.
+    target = "—" if kind == "dkan" else (
+        f"fast allocates no B×C×d ({fmt_bytes(fast_big)} largest < {fmt_bytes(bcd)}): "
+        f"{'met' if fast_big < bcd else 'NOT met'}")
+    out.append(row(f"{name}: peak memory", shape, f"literal {fmt_bytes(lit_peak)}",
+                   f"fast {fmt_bytes(fast_peak)}", lit_peak / max(fast_peak, 1), target))
+    return out
+
+
+def speed_rows(shape, device, cfg):
+    """Every comparison at one (B, d, C)."""
+    B, d, C = shape
+    gen = torch.Generator().manual_seed(0)
+    at_target = tuple(shape) == TARGET_SHAPE
+    rows = timed_rows(dfc_head_fns(B, d, C, cfg["keep"], device, gen),
+                      [("DFC / FC head fwd+bwd", "DFC", "FC")], shape, device, cfg,
+                      {"DFC / FC head fwd+bwd": ("≤", 1.05, True)})
+    rows += timed_rows(train_step_fns(B, d, C, cfg["keep"], device, gen),
+                       [(STEP, "DFC", "FC")], shape, device, cfg, {STEP: ("≤", 1.05, True)})
+    rows += timed_rows(train_step_fns(B, d, C, cfg["keep"], device, gen, interval=STEP_INTERVAL),
+                       [(STEPS, "DFC", "FC")], shape, device, cfg, {})
+    rows += literal_rows("score", score_fns(B, d, C, device, gen), shape, device, cfg)
+    rows += timed_rows(kan_fns(B, d, C, device, gen),
+                       [("KAN closed / Cox–de Boor fwd+bwd", "closed", "cox"),
+                        ("KAN closed / nn.Linear fwd+bwd", "closed", "linear")], shape, device, cfg,
+                       {"KAN closed / Cox–de Boor fwd+bwd": ("≤", 0.4, at_target)})
+    rows += literal_rows("dkan", dkan_score_fns(B, d, C, device, gen), shape, device, cfg)
+    return rows
+
+
+COLUMNS = (("comparison", "comparison (A / B)"), ("shape", "(B, d, C)"), ("a", "A"), ("b", "B"),
+           ("ratio", "A / B"), ("target", "target"))
+
+
+def markdown_table(rows):
+    """rows (dicts keyed by COLUMNS) -> a GitHub markdown table, one line per row."""
+    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |",
+             "|" + "|".join(" --- " for _ in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(r[key] for key, _ in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def machine_line(device):
+    """CPU model, cores, torch version, threads (and the GPU name on CUDA)."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    return (f"{cpu}, {torch.multiprocessing.cpu_count()} cores{gpu}; torch {torch.__version__}, "
+            f"{torch.get_num_threads()} thread(s), device {device.type}")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def speed_main(args):
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench.py: --device cuda given, but torch sees no CUDA device")
+    if not 0 < args.keep <= 1:
+        raise SystemExit(f"bench.py: --keep must be in (0, 1], got {args.keep}")
+    if not (args.budget > 0 and args.max_literal_gb >= 0):
+        raise SystemExit(f"bench.py: --budget must be > 0 and --max-literal-gb >= 0, "
+                         f"got {args.budget} and {args.max_literal_gb}")
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cfg = {"keep": args.keep, "max_literal_gb": args.max_literal_gb,
+           "budget": 0.02 if args.quick else args.budget, "rounds": (3, 5) if args.quick else ROUNDS}
+    rows = []
+    for shape in (QUICK_SHAPES if args.quick else SHAPES):
+        rows += speed_rows(shape, device, cfg)
+        print(f"bench: done {shape}", file=sys.stderr, flush=True)
+    text = (f"Machine: {machine_line(device)}.\n"
+            f"Command: python bench.py {' '.join(args.argv)}\n"
+            "Ratios: median over interleaved rounds of t_A / t_B from the same round.\n\n"
+            + markdown_table(rows) + "\n")
+    print(text, end="")
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+
+
+def accuracy_main(args):
+    # Issue 7 fills this in (and its sub-parser below): accuracy of DFC/DKAN vs FC under noise.
+    raise SystemExit("bench.py accuracy: not implemented yet (issue 7)")
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="dcm-ref benchmarks (see the module docstring).")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("speed", help="side-by-side speed and memory ratios of the DCM heads")
+    s.add_argument("--quick", action="store_true", help="tiny shapes and 3-5 rounds (a smoke test, not a measurement)")
+    s.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where tensors live (default cpu)")
+    s.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1: shared, noisy machines)")
+    s.add_argument("--keep", type=float, default=0.1, help="DFC kept fraction (default 0.1, as train.py's --keep)")
+    s.add_argument("--budget", type=float, default=BUDGET_S,
+                   help=f"seconds per comparison, sets the rounds within {ROUNDS} (default {BUDGET_S})")
+    s.add_argument("--max-literal-gb", type=float, default=4.0,
+                   help="skip a literal score form whose B×C×d tensors would exceed this many GB (default 4)")
+    s.add_argument("--out", help="also write the table (markdown) to this file")
+    s.set_defaults(run=speed_main)
+    a = sub.add_parser("accuracy", help="accuracy of the heads under label noise (issue 7, not yet)")
+    a.set_defaults(run=accuracy_main)
+    return p
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
