@@ -119,10 +119,68 @@ def topk_mask(scores: Tensor, keep: float, scope: str = "row") -> Tensor:
     scores: (C, d) -> M: (C, d), same dtype and device, values 0/1.
     scope "row": every class j keeps exactly k = max(1, round(keep·d)) inputs;
     scope "global": exactly max(1, round(keep·C·d)) edges over the whole matrix.
-    Ties: among equal scores the lower (flat) index wins. A stable descending sort
-    keeps equal scores in index order on CPU and CUDA alike, so the mask is
-    deterministic. keep = 1 returns all ones (plain FC). NaN scores sort first
-    (they are kept); they only arise from NaN features.
+    keep = 1 returns all ones (plain FC).
+
+    The mask is the one a stable descending sort defines (`_topk_mask_sort`, bit
+    for bit): ties among equal scores go to the lower (flat) index, so the mask
+    is deterministic on CPU and CUDA alike; NaN ranks above every number and
+    ties with NaN (NaN scores are kept first; they only arise from NaN features).
+    Computed by threshold, not by sort: t = k-th largest score per row (one
+    unsorted torch.topk); if exactly k scores are ≥ t in every row, those are
+    the mask. Otherwise (ties at t, or NaN) `_first_k_by_rank` picks them exactly.
+    The check reads one bool per row back to the host (a sync on GPU).
+    """
+    _check_2d("scores", scores, "(C, d)")
+    _check_keep(keep)
+    _check_scope(scope)
+    if keep == 1:
+        return torch.ones_like(scores)
+    flat = scores if scope == "row" else scores.reshape(1, -1)
+    flat = flat.to(torch.uint8) if flat.dtype == torch.bool else flat   # topk has no bool kernel
+    k = kept_count(keep, flat.shape[1])
+    top = torch.topk(flat, k, dim=1, sorted=False).values              # (R, k), NaN counts as largest
+    kept = flat >= top.amin(dim=1, keepdim=True)   # a NaN in top gives a NaN threshold: the count below fails
+    if not bool((kept.sum(dim=1) == k).all()):
+        kept = _first_k_by_rank(flat, top, k)
+    return kept.to(scores.dtype).reshape(scores.shape)
+
+
+def _kth_largest(top: Tensor) -> Tensor:
+    """k-th largest per row of the top-k values top: (R, k) -> (R, 1), NaN ranked largest.
+
+    That is the smallest non-NaN value, or NaN when all k are NaN.
+    """
+    if not top.is_floating_point():
+        return top.amin(dim=1, keepdim=True)
+    nan = top.isnan()
+    t = top.masked_fill(nan, math.inf).amin(dim=1, keepdim=True)
+    return t.masked_fill(nan.all(dim=1, keepdim=True), math.nan)
+
+
+def _first_k_by_rank(flat: Tensor, top: Tensor, k: int) -> Tensor:
+    """The first k entries of each row in stable descending order, as a bool mask.
+
+    flat: (R, n) scores, top: (R, k) their k largest (any order) -> (R, n) bool.
+    Every entry ranked strictly above the k-th largest t is kept; the entries
+    tied with t fill the remaining slots in index order (cumsum), which is what
+    a stable sort does. NaN ranks above numbers and ties with NaN.
+    """
+    t = _kth_largest(top)
+    above, tied = flat > t, flat == t
+    if flat.is_floating_point() and bool(top.isnan().any()):   # no NaN in the top k: none anywhere
+        t_nan, x_nan = t.isnan(), flat.isnan()
+        above |= x_nan & ~t_nan
+        tied |= x_nan & t_nan
+    room = k - above.sum(dim=1, keepdim=True)
+    return above | (tied & (tied.cumsum(dim=1, dtype=torch.int32) <= room))
+
+
+def _topk_mask_sort(scores: Tensor, keep: float, scope: str = "row") -> Tensor:
+    """Reference definition of topk_mask by a full stable descending sort (slow: O(n log n) per row).
+
+    scores: (C, d) -> M: (C, d) in scores.dtype. torch.sort keeps equal scores in
+    index order and puts NaN first, so the first k sorted indices are the mask.
+    Kept for tests: topk_mask must equal it bit for bit.
     """
     _check_2d("scores", scores, "(C, d)")
     _check_keep(keep)
@@ -164,9 +222,10 @@ def moments(v: Tensor) -> Moments:
     same scores and therefore the same mask.
     """
     _check_2d("v", v, "(B, d)")
-    vd = v.detach().to(torch.float64)
+    vd = v.detach().to(torch.float64, copy=True)   # our own buffer: squared in place below
     n = torch.tensor(float(vd.shape[0]), dtype=torch.float64, device=vd.device)
-    return (n, vd.sum(dim=0), (vd * vd).sum(dim=0))
+    s1 = vd.sum(dim=0)
+    return (n, s1, vd.square_().sum(dim=0))        # float32² is exact in float64
 
 
 def merge_moments(a: Optional[Moments], b: Optional[Moments]) -> Optional[Moments]:
@@ -211,7 +270,10 @@ def scores_from_moments(m: Moments, w: Tensor) -> Tensor:
     if std_v.shape != (w.shape[1],):
         raise ValueError(f"m: expected moments over {w.shape[1]} features (w is "
                          f"{tuple(w.shape)}), got std of shape {tuple(std_v.shape)}")
-    return (w.detach().to(torch.float64).abs() * std_v).to(w.dtype)
+    # One float64 copy of w, updated in place: the same float64 products, rounded
+    # once to w.dtype, as (|w|.double() * std).to(w.dtype), without two more (C, d) temporaries.
+    w64 = w.detach().to(torch.float64, copy=True)
+    return w64.abs_().mul_(std_v).to(w.dtype)
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -308,13 +370,33 @@ def freeze_masked(w_after: Tensor, w_before: Tensor, mask: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- diagnostics (Fig. 5, §2 bound)
 
 def mask_change(m_old: Tensor, m_new: Tensor) -> float:
-    """Mask change between updates (Fig. 5): 1 − |kept_old ∩ kept_new| / |kept_old ∪ kept_new|; 0 if both empty."""
+    """Mask change between updates (Fig. 5): 1 − |kept_old ∩ kept_new| / |kept_old ∪ kept_new|; 0 if both empty.
+
+    m_old, m_new: (C, d) masks with values 0/1 (as topk_mask returns; any dtype).
+    For 0/1 masks |A ∩ B| = Σ a·b (one dot product) and |A ∪ B| = Σa + Σb − |A ∩ B|:
+    no bool temporaries, one read-back to the host.
+    """
     _check_mask(m_new, m_old)
-    kept_old, kept_new = m_old != 0, m_new != 0
-    union = int((kept_old | kept_new).sum())
+    a, b = _exact_count_view(m_old), _exact_count_view(m_new)
+    if a.dtype != b.dtype:                         # torch.dot wants one dtype
+        a, b = a.to(torch.float64), b.to(torch.float64)
+    inter, n_old, n_new = torch.stack((torch.dot(a, b), a.sum(), b.sum())).tolist()
+    union = n_old + n_new - inter
     if union == 0:
         return 0.0
-    return 1.0 - int((kept_old & kept_new).sum()) / union
+    return 1.0 - inter / union
+
+
+def _exact_count_view(mask: Tensor) -> Tensor:
+    """mask: (C, d) 0/1 -> (C·d,) float in which sums of the entries are exact integers.
+
+    float32/float64 sums of 0/1 values are exact while every partial sum fits the
+    mantissa (numel ≤ 2/eps, 2²⁴ for float32); otherwise count in float64.
+    """
+    flat = mask.reshape(-1)
+    if flat.dtype in (torch.float32, torch.float64) and flat.numel() <= 2 / torch.finfo(flat.dtype).eps:
+        return flat
+    return flat.to(torch.float64)
 
 
 def kept_fraction(mask: Tensor) -> float:

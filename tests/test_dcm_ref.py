@@ -132,6 +132,43 @@ def test_mask_has_the_scores_dtype_and_only_zeros_and_ones(seed, C, d, dtype, ke
     assert bool(((M == 0) | (M == 1)).all())
 
 
+SPECIALS = [0.0, -0.0, 1.0, 2.0, -1.0, 0.5, math.inf, -math.inf, math.nan]
+ALL_DTYPES = st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16])
+
+
+@st.composite
+def tied_scores(draw):
+    """(C, d) scores drawn from a palette of 1-4 values (zeros of both signs, ±inf, NaN
+    included), so most rows tie at the k-th largest score."""
+    C, d = draw(st.integers(1, 8)), draw(st.integers(1, 40))
+    palette = torch.tensor(draw(st.lists(st.sampled_from(SPECIALS), min_size=1, max_size=4)))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    picks = torch.randint(0, len(palette), (C, d), generator=g)
+    return palette[picks].to(draw(ALL_DTYPES))
+
+
+@given(tied_scores(), KEEPS, st.sampled_from(["row", "global"]))
+def test_topk_mask_equals_the_stable_sort_definition_under_heavy_ties_and_nan(S, keep, scope):
+    got, want = D.topk_mask(S, keep, scope), D._topk_mask_sort(S, keep, scope)
+    assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+@given(st.integers(0, 10**6), st.integers(1, 10), st.integers(1, 60), ALL_DTYPES, KEEPS,
+       st.sampled_from(["row", "global"]))
+def test_topk_mask_equals_the_stable_sort_definition_on_random_scores(seed, C, d, dtype, keep, scope):
+    S = random_scores(seed, C, d).to(dtype)       # float16/bfloat16 rounding adds a few ties
+    got, want = D.topk_mask(S, keep, scope), D._topk_mask_sort(S, keep, scope)
+    assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+def test_nan_scores_rank_first_and_tie_in_index_order():
+    nan = math.nan
+    S = torch.tensor([[1.0, nan, 3.0, nan, 2.0], [nan, 1.0, nan, nan, 1.0], [nan, 1.0, 1.0, 0.0, 0.0]])
+    assert D.topk_mask(S, 0.6).tolist() == [[0, 1, 1, 1, 0], [1, 0, 1, 1, 0], [1, 1, 1, 0, 0]]
+    # globally k = 5: the first 5 of the 6 NaNs in flat index order
+    assert D.topk_mask(S, 1 / 3, "global").tolist() == [[0, 1, 0, 1, 0], [1, 0, 1, 1, 0], [0] * 5]
+
+
 @given(head_case(), st.booleans())
 def test_keep_one_reproduces_plain_linear_bit_for_bit(case, with_bias):
     v, w = case
@@ -274,6 +311,37 @@ def test_scores_from_pooled_moments_equal_scores_on_concatenated_batches(seed, s
     got, want = D.scores_from_moments(pooled, w), D.edge_scores(torch.cat(parts), w)
     assert got.dtype == w.dtype
     torch.testing.assert_close(got, want, rtol=1e-5, atol=float(score_tolerance(parts[0], w).max()))
+
+
+@given(head_case(), st.booleans())
+def test_moments_are_float64_sums_of_the_features_bit_for_bit(case, transposed):
+    v = case[0].T.contiguous().T if transposed else case[0]   # column-major input too
+    vd = v.double()
+    n, s1, s2 = D.moments(v)
+    assert float(n) == v.shape[0]
+    assert torch.equal(s1, vd.sum(dim=0)) and torch.equal(s2, (vd * vd).sum(dim=0))
+
+
+@given(head_case())
+def test_moments_and_scores_leave_their_inputs_unchanged(case):
+    v, w = case                                   # float64 inputs: no dtype copy to hide behind
+    v0, w0 = v.clone(), w.clone()
+    D.scores_from_moments(D.moments(v), w)
+    assert torch.equal(v, v0) and torch.equal(w, w0)
+
+
+@given(st.integers(0, 10**6), st.integers(1, 8), st.integers(1, 12), ALL_DTYPES)
+def test_scores_from_moments_round_the_float64_products_once_bit_for_bit(seed, C, d, dtype):
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.randn(C, d, generator=g, dtype=torch.float64)
+         * 10.0 ** torch.randint(-20, 20, (C, d), generator=g)).to(dtype)
+    w.view(-1)[:4] = torch.tensor([-0.0, math.inf, math.nan, -math.inf])[:w.numel()]
+    v = torch.randn(5, d, generator=g, dtype=torch.float64)
+    v = v * 10.0 ** torch.randint(-20, 20, (d,), generator=g)
+    m = D.moments(v)
+    want = (w.double().abs() * D.std_from_moments(m)).to(dtype)
+    got = D.scores_from_moments(m, w)
+    assert got.dtype == dtype and torch.equal(got.view(torch.uint8), want.view(torch.uint8))
 
 
 def test_std_from_moments_of_constant_features_is_zero_not_nan():
@@ -430,6 +498,26 @@ def test_freeze_takes_masked_entries_from_before_and_the_rest_from_after():
 def test_mask_change_is_one_minus_jaccard(old, new, change):
     assert D.mask_change(torch.tensor(old, dtype=torch.float32),
                          torch.tensor(new, dtype=torch.float32)) == pytest.approx(change)
+
+
+@given(st.integers(0, 10**6), st.integers(1, 8), st.integers(1, 30), st.floats(0, 1), st.floats(0, 1),
+       st.sampled_from([torch.float32, torch.float64, torch.bool]),
+       st.sampled_from([torch.float32, torch.bool]))
+def test_mask_change_is_one_minus_jaccard_of_the_kept_sets(seed, C, d, p_old, p_new, dtype_old, dtype_new):
+    g = torch.Generator().manual_seed(seed)
+    old, new = torch.rand(C, d, generator=g) < p_old, torch.rand(C, d, generator=g) < p_new
+    kept_old = set(old.flatten().nonzero().flatten().tolist())
+    kept_new = set(new.flatten().nonzero().flatten().tolist())
+    union = kept_old | kept_new
+    want = 1.0 - len(kept_old & kept_new) / len(union) if union else 0.0
+    assert D.mask_change(old.to(dtype_old), new.to(dtype_new)) == want
+
+
+def test_mask_change_counts_exactly_past_float32_integers():
+    n = 2**24 + 1                                 # float32 sums of n ones round to 2**24
+    old, new = torch.ones(1, n), torch.ones(1, n)
+    new[0, -1] = 0
+    assert D.mask_change(old, new) == 1.0 - (n - 1) / n
 
 
 @pytest.mark.parametrize("mask, fraction", [
