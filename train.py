@@ -11,9 +11,14 @@ paths. Labels are corrupted by noise.py; losses come from losses.py.
     python train.py --dataset cifar10 --data-dir ~/data --backbone cnn8 --head dfc \\
         --loss anl_ce --noise symmetric --noise-rate 0.8 --epochs 120    # SPEC §7 protocol
     python train.py --out runs/my-run --resume --epochs 60           # continue a run
+    torchrun --standalone --nproc_per_node=4 train.py --head dfc     # 4 processes (GPUs), same flags
 
 Outputs in --out DIR: config.json, noise_report.json, metrics.jsonl (one JSON
 object per epoch), final.json and checkpoint.pt (written atomically each epoch).
+
+Multi-process (torchrun, SPEC §2): --batch-size is the GLOBAL batch, split evenly
+over the ranks; gradients are averaged and DCM moments summed over ranks, so every
+rank holds the same parameters and the same mask (docs/multiprocess.md).
 """
 import argparse
 import json
@@ -21,9 +26,11 @@ import math
 import os
 import sys
 import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -39,10 +46,15 @@ METHODS = ("standard", "coteaching", "elr")
 NOISES = ("none", "symmetric", "asymmetric", "pairflip", "instance", "cifar100-superclass")
 PROBE_SIZE = 256  # Fig. 3 probe set: at most this many corrupted training samples
 CKPT_IGNORED = {"epochs", "resume", "out", "stop_after", "device", "compile", "overwrite"}
+RANK_DUMP_ENV = "DCM_REF_RANK_DUMP"  # test/debug hook: each rank saves its state per epoch in this folder
 
 
 class UserError(Exception):
     """A mistake in the command line or the data: reported in one line, exit 2."""
+
+
+class PeerFailed(Exception):
+    """Another rank failed during setup and reported it; this rank exits quietly (exit 2)."""
 
 
 # ----------------------------------------------------------------------------- Flags
@@ -156,7 +168,16 @@ def parse_loss_args(items):
     return out
 
 
-def pick_device(name):
+def pick_device(name, dd=None):
+    """torch.device for --device; under torchrun (dd.world > 1) CUDA means cuda:LOCAL_RANK."""
+    dd = dd or Dist()
+    if dd.world > 1 and name in ("auto", "cuda") and torch.cuda.is_available():
+        if dd.local_rank >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK {dd.local_rank} has no GPU ({torch.cuda.device_count()} visible); "
+                            f"start at most {torch.cuda.device_count()} processes per node")
+        return torch.device("cuda", dd.local_rank)
+    if dd.world > 1 and name.startswith("cuda:"):
+        raise UserError(f"--device {name}: under torchrun every rank uses cuda:LOCAL_RANK; use --device cuda or auto")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -165,6 +186,106 @@ def pick_device(name):
         return torch.device(name)
     except RuntimeError:
         raise UserError(f"--device {name!r} is not a device; expected auto, cpu, cuda or cuda:N") from None
+
+
+# ----------------------------------------------------------------------------- Multi-process (torchrun, SPEC §2)
+# Not a separate code path: at world size 1 no process group exists and every
+# helper below returns its input, so `python train.py` runs exactly as before.
+# What crosses ranks, and why each choice (docs/multiprocess.md):
+#   DCM moments     all_sum before scoring   -> every rank computes the same mask, from the global batch
+#   gradients       average_grads after backward, before clipping -> the global batch's step on every rank
+#   BN running stats average_bn_stats each epoch, before eval/checkpoint -> one set of buffers
+#   ELR memory rows all_gather_rows each step -> the same (N, C) memory on every rank
+#   eval logits     all_gather_rows          -> identical metrics on every rank, 1/W of the compute each
+
+class Dist(NamedTuple):
+    """This process's place in a torchrun job: rank, world size, local rank (its GPU index)."""
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+
+def dist_from_env(env):
+    """Dist from torchrun's RANK, WORLD_SIZE, LOCAL_RANK (a mapping like os.environ); Dist() without WORLD_SIZE."""
+    if "WORLD_SIZE" not in env:
+        return Dist()
+    try:
+        dd = Dist(int(env.get("RANK", "0")), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")))
+    except ValueError:
+        dd = None
+    if dd is None or not (dd.world >= 1 and 0 <= dd.rank < dd.world and dd.local_rank >= 0):
+        got = "/".join(str(env.get(k)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+        raise UserError(f"RANK/WORLD_SIZE/LOCAL_RANK = {got}; expected integers with 0 <= RANK < WORLD_SIZE (as torchrun sets them)")
+    return dd
+
+
+def init_distributed(dd):
+    """Join the job through torchrun's env:// rendezvous. CPU tensors travel by gloo and CUDA
+    tensors by NCCL, so the small CPU messages (setup errors, loss sums) need no GPU."""
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, rank=dd.rank, world_size=dd.world)
+
+
+def all_sum(ts, dd):
+    """Elementwise sum over ranks of a tuple of same-dtype tensors, in one all-reduce.
+
+    Used as net_forward's `reduce` on DCM moments (n, Σv, Σv²) / (n, ΣΦ, ΣΦΦᵀ): moments
+    merge by sums, so the result is the moments of the global batch. Returns new tensors
+    (the same tuple at world size 1).
+    """
+    if dd.world == 1:
+        return ts
+    flat = torch.cat([t.reshape(-1) for t in ts])
+    dist.all_reduce(flat)
+    return tuple(c.view_as(t) for c, t in zip(flat.split([t.numel() for t in ts]), ts))
+
+
+def all_gather_rows(t, sizes, dd):
+    """Every rank's rows, concatenated in rank order. t: (sizes[rank], ...) -> (Σ sizes, ...)."""
+    if dd.world == 1:
+        return t
+    assert len(t) == sizes[dd.rank], (len(t), sizes, dd)
+    n = max(sizes)  # all_gather needs equal shapes: pad, gather, trim
+    padded = torch.cat([t, t.new_zeros((n - len(t),) + tuple(t.shape[1:]))])
+    parts = [torch.empty_like(padded) for _ in range(dd.world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+
+def _mean_over_ranks_(tensors, dd):
+    """Replace each tensor (same dtype) by its mean over ranks, in place, with one all-reduce."""
+    tensors = list(tensors)
+    if dd.world == 1 or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= dd.world
+    for t, c in zip(tensors, flat.split([t.numel() for t in tensors])):
+        t.copy_(c.view_as(t))
+
+
+def average_grads(params, dd):
+    """After backward: .grad ← mean over ranks. Each rank's loss is the mean over its equal shard,
+    so this is the gradient of the global batch's mean loss, and identical on every rank."""
+    _mean_over_ranks_((p.grad for p in params if p.grad is not None), dd)
+
+
+def average_bn_stats(net, dd):
+    """BatchNorm running mean/var ← mean over ranks. In training BN normalises with its own
+    shard's statistics (as DDP without SyncBatchNorm); its running stats, used by evaluation
+    and saved in checkpoints, are made one set so every rank evaluates the same model."""
+    bns = [m for m in net.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))]
+    _mean_over_ranks_((b for m in bns for b in (m.running_mean, m.running_var) if b is not None), dd)
+
+
+def first_failure(failed, dd):
+    """Lowest rank whose setup failed, or -1: one all-reduce that every rank reaches, so a
+    user error on any rank stops them all, and no rank writes files before all have read them."""
+    if dd.world == 1:
+        return 0 if failed else -1
+    r = torch.tensor([dd.rank if failed else dd.world])
+    dist.all_reduce(r, op=dist.ReduceOp.MIN)
+    return -1 if int(r) == dd.world else int(r)
 
 
 # ----------------------------------------------------------------------------- Heads
@@ -250,8 +371,14 @@ def net_forward(net, x, mstate, a, compiled=None, reduce=lambda m: m):
     return head_forward(a.head, params, feats, mask).float(), mstate
 
 
-def eval_logits(net, x, mean, std, a, mstate, batch=1024):
-    """Logits (N, C) of a uint8 tensor x in eval mode, without augmentation."""
+def eval_logits(net, x, mean, std, a, mstate, batch=1024, dd=Dist()):
+    """Logits (N, C) of a uint8 tensor x (N, ...) in eval mode, without augmentation.
+
+    Multi-process: each rank computes a contiguous 1/W of the rows and every rank
+    receives all N rows, so metrics computed from them agree on all ranks.
+    """
+    sizes = [len(part) for part in x.tensor_split(dd.world)]
+    x = x.tensor_split(dd.world)[dd.rank]
     net.eval()
     mask = mstate.mask if (a.head in ("dfc", "dkan") and a.dcm_eval == "masked") else None
     out = []
@@ -262,7 +389,10 @@ def eval_logits(net, x, mean, std, a, mstate, batch=1024):
             feats = head_features(a.head, params, net.backbone(xb))
             out.append(head_forward(a.head, params, feats, mask).float())
     net.train()
-    return torch.cat(out)
+    if not out:  # a rank can get no rows of a set smaller than the world size
+        C = net.head_params()["w" if a.head in ("fc", "dfc") else "base_weight"].shape[0]
+        out = [torch.zeros(0, C, device=x.device)]
+    return all_gather_rows(torch.cat(out), sizes, dd)
 
 
 # ----------------------------------------------------------------------------- Data and noise
@@ -331,10 +461,12 @@ def make_optimizer(a, net):
     return torch.optim.Adam(net.parameters(), lr=a.lr, weight_decay=wd)
 
 
-def optimizer_step(a, net, opt, loss, mask):
-    """Backward, clip, step; with --dcm-freeze the masked head entries are restored exactly."""
+def optimizer_step(a, net, opt, loss, mask, dd=Dist()):
+    """Backward, average gradients over ranks, clip, step; with --dcm-freeze the masked head
+    entries are restored exactly. Clipping after the average clips the global gradient."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    average_grads(net.parameters(), dd)
     if a.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(net.parameters(), a.grad_clip)
     frozen = {}
@@ -352,14 +484,20 @@ class NonFiniteLoss(Exception):
 
 
 def train_epoch(a, st, d, epoch, total_steps, loss_fn, delta):
-    """One pass over the training set. st: run state (nets, opts, masks, elr memory, step)."""
+    """One pass over the training set. st: run state (nets, opts, masks, elr memory, step, dist).
+
+    The permutation is the same on every rank; each rank takes its 1/W of every global
+    batch of B, so all ranks take the same number of steps. Crops/flips differ per rank.
+    Returns the mean loss and the sample count over all ranks, and the mask changes.
+    """
+    dd = st["dist"]
     N, B = len(d["y"]), min(a.batch_size, len(d["y"]))
     g = torch.Generator().manual_seed(a.seed * 100003 + epoch)
     perm = torch.randperm(N, generator=g).to(d["x"].device)
-    gaug = torch.Generator(device=d["x"].device).manual_seed(a.seed * 100003 + epoch)
+    gaug = torch.Generator(device=d["x"].device).manual_seed(a.seed * 100003 + epoch + 1000003 * dd.rank)
     tot_loss, n_seen, changes = 0.0, 0, []
     for i in range(0, N - B + 1, B):  # drop the last partial batch: BN and batch std need B >= 2
-        idx = perm[i:i + B]
+        idx = perm[i:i + B].tensor_split(dd.world)[dd.rank]
         xb = d["x"][idx]
         if d["aug"] == "crop-flip":  # on raw pixels, so padding is black as in torchvision's RandomCrop
             xb = data.augment_batch(xb.float(), gaug)
@@ -375,28 +513,34 @@ def train_epoch(a, st, d, epoch, total_steps, loss_fn, delta):
         tot_loss, n_seen = tot_loss + loss_val * len(idx), n_seen + len(idx)
         changes += ch
         st["step"] += 1
+    if dd.world > 1:
+        tot, n = all_sum((torch.tensor([tot_loss, n_seen], dtype=torch.float64),), dd)[0]
+        tot_loss, n_seen = float(tot), int(n)
     return tot_loss / max(n_seen, 1), changes, n_seen
 
 
 def train_step(a, st, xb, yb, idx, loss_fn, delta, epoch):
     """One optimizer step for every network of the method. Returns (loss, mask changes)."""
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if (a.amp and xb.is_cuda) else torch.autocast("cpu", enabled=False)
+    dd = st["dist"]
     outs, changes = [], []
     for k, net in enumerate(st["nets"]):
         with ctx:
-            logits, new_state = net_forward(net, xb, st["masks"][k], a, st["compiled"][k])
+            logits, new_state = net_forward(net, xb, st["masks"][k], a, st["compiled"][k],
+                                            reduce=lambda m: all_sum(m, dd))  # global-batch moments
         if new_state.updates != st["masks"][k].updates:
             changes.append(new_state.change)
         st["masks"][k] = new_state
         outs.append(logits)
-    if a.method == "coteaching":
+    if a.method == "coteaching":  # each rank selects small-loss samples within its shard, as per-GPU co-teaching
         la, lb = loss_fn(outs[0], yb), loss_fn(outs[1], yb)
         tau = a.forget_rate if a.forget_rate is not None else a.noise_rate
         keep_a, keep_b = losses.coteaching_select(la.detach(), lb.detach(), losses.forget_rate(epoch, tau))
         per_net = [la[keep_a].mean(), lb[keep_b].mean()]
     elif a.method == "elr":
         lv, new_t = losses.elr_loss(outs[0], yb, st["elr_t"][idx], **st["elr_hp"])
-        st["elr_t"][idx] = new_t
+        sizes = [len(idx)] * dd.world  # every rank's new rows, so the memory stays the same everywhere
+        st["elr_t"][all_gather_rows(idx, sizes, dd)] = all_gather_rows(new_t, sizes, dd)
         per_net = [lv.mean()]
     else:
         per_net = [loss_fn(outs[0], yb).mean()]
@@ -404,15 +548,16 @@ def train_step(a, st, xb, yb, idx, loss_fn, delta, epoch):
         if delta:
             loss = loss + delta * losses.l1_penalty(net.parameters())
         mask = mstate.mask if a.head in ("dfc", "dkan") else None
-        optimizer_step(a, net, opt, loss, mask)
+        optimizer_step(a, net, opt, loss, mask, dd)
     return per_net[0].item(), changes
 
 
 def evaluate(a, st, d):
-    """Test accuracy, train accuracy vs noisy/clean labels and confidence on clean vs noisy samples."""
-    net, ms = st["nets"][0], st["masks"][0]
-    test_acc = (eval_logits(net, d["x_test"], d["mean"], d["std"], a, ms).argmax(1) == d["y_test"]).float().mean()
-    z = eval_logits(net, d["x"], d["mean"], d["std"], a, ms)
+    """Test accuracy, train accuracy vs noisy/clean labels and confidence on clean vs noisy samples.
+    Identical on every rank: the logits are computed sharded and gathered whole."""
+    net, ms, dd = st["nets"][0], st["masks"][0], st["dist"]
+    test_acc = (eval_logits(net, d["x_test"], d["mean"], d["std"], a, ms, dd=dd).argmax(1) == d["y_test"]).float().mean()
+    z = eval_logits(net, d["x"], d["mean"], d["std"], a, ms, dd=dd)
     pred, p = z.argmax(1), z.softmax(1)
     is_noisy = d["y_noisy"] != d["y"]
     p_given = p.gather(1, d["y_noisy"][:, None])[:, 0]
@@ -422,10 +567,10 @@ def evaluate(a, st, d):
                conf_noisy=p_given[is_noisy].mean().item() if is_noisy.any() else None,
                fit_noisy=(pred[is_noisy] == d["y_noisy"][is_noisy]).float().mean().item() if is_noisy.any() else None)
     if d["val"] is not None:
-        zv = eval_logits(net, d["val"][0], d["mean"], d["std"], a, ms)
+        zv = eval_logits(net, d["val"][0], d["mean"], d["std"], a, ms, dd=dd)
         out["val_acc_noisy"] = (zv.argmax(1) == d["val"][1]).float().mean().item()
     if len(st["nets"]) > 1:
-        zb = eval_logits(st["nets"][1], d["x_test"], d["mean"], d["std"], a, st["masks"][1])
+        zb = eval_logits(st["nets"][1], d["x_test"], d["mean"], d["std"], a, st["masks"][1], dd=dd)
         out["test_acc_b"] = (zb.argmax(1) == d["y_test"]).float().mean().item()
     return out
 
@@ -566,10 +711,12 @@ def resolve_resume(a, argv, out, device):
 
 # ----------------------------------------------------------------------------- Main
 
-def setup(a, argv):
+def setup(a, argv, dd):
     """Everything before the first step; raises UserError on bad input."""
     check_args(a)
-    device = pick_device(a.device)
+    device = pick_device(a.device, dd)
+    if device.type == "cuda" and dd.world > 1:
+        torch.cuda.set_device(device)  # NCCL talks through the current device
     out = run_dir(a)
     ck = resolve_resume(a, argv, out, device) if a.resume else None
     if ck is None and os.path.exists(os.path.join(out, "checkpoint.pt")) and not a.overwrite:
@@ -584,17 +731,23 @@ def setup(a, argv):
         raise UserError(str(e)) from None
     except ValueError as e:  # noise/loss validation (rates, maps, hyper-parameter names)
         raise UserError(str(e)) from None
+    B = min(a.batch_size, len(d["y"]))
+    if dd.world > 1 and (B % dd.world or B // dd.world < 2):
+        raise UserError(f"--batch-size {B} is the global batch and must split into {dd.world} equal "
+                        f"per-rank shards of >= 2 samples; use a multiple of {dd.world} >= {2 * dd.world}")
     return device, out, ck, d, cfg, loss_fn
 
 
-def init_state(a, d, device, ck):
+def init_state(a, d, device, ck, dd=Dist()):
+    """Networks, optimizers, masks, ELR memory; from the checkpoint `ck` when resuming.
+    The seed is the same on every rank, so every rank builds the same initial networks."""
     torch.manual_seed(a.seed)
     n_nets = 2 if a.method == "coteaching" else 1
     nets_ = [build_net(a, d["in_shape"], d["C"]).to(device) for _ in range(n_nets)]
     opts = [make_optimizer(a, n) for n in nets_]
     C, dim = d["C"], nets_[0].backbone.feature_dim
     masks = [dcm_ref.mask_init((C, dim), device=device) for _ in nets_]
-    st = dict(nets=nets_, opts=opts, masks=masks, step=0, y_noisy=d["y_noisy"], elr_t=None,
+    st = dict(nets=nets_, opts=opts, masks=masks, step=0, y_noisy=d["y_noisy"], elr_t=None, dist=dd,
               compiled=[torch.compile(n.backbone) if a.compile else None for n in nets_])
     if a.method == "elr":
         st["elr_t"] = torch.zeros(len(d["y"]), C, device=device)
@@ -616,36 +769,66 @@ def fmt_pct(x):
     return "  -  " if x is None else f"{100 * x:5.1f}%"
 
 
-def run(a, argv):
-    device, out, ck, d, cfg, loss_fn = setup(a, argv)
-    probe = grad_probe(a, d)
-    os.makedirs(out, exist_ok=True)
-    st = init_state(a, d, device, ck)
+def start(a, argv, dd):
+    """Setup, probe set and initial state on every rank, then agree: when any rank failed,
+    all stop and only the lowest failing rank reports. The agreement is also the barrier
+    that keeps rank 0 from writing into --out before every rank has read it."""
+    err = None
+    try:
+        device, out, ck, d, cfg, loss_fn = setup(a, argv, dd)
+        probe = grad_probe(a, d)
+        st = init_state(a, d, device, ck, dd)
+    except UserError as e:
+        err = e
+    first = first_failure(err is not None, dd)
+    if first == dd.rank:
+        raise err
+    if first >= 0:
+        raise PeerFailed()
+    return device, out, ck, d, cfg, loss_fn, probe, st
+
+
+def save_rank_state(folder, rank, epoch, state):
+    """Debug/test hook (env DCM_REF_RANK_DUMP=folder): every rank saves what it would checkpoint."""
+    os.makedirs(folder, exist_ok=True)
+    torch.save(state, os.path.join(folder, f"rank{rank}_epoch{epoch:03d}.pt"))
+
+
+def run(a, argv, dd=Dist()):
+    device, out, ck, d, cfg, loss_fn, probe, st = start(a, argv, dd)
+    lead = dd.rank == 0  # only rank 0 prints and writes files
+    say = print if lead else (lambda *args, **kwargs: None)
     config = {k: v for k, v in vars(a).items()}
-    meta = dict(config, out=out, world_size=1, device_used=str(device), torch=torch.__version__,
+    meta = dict(config, out=out, world_size=dd.world, device_used=str(device), torch=torch.__version__,
                 numpy=np.__version__, python=sys.version.split()[0], loss_hparams=cfg, n_train=len(d["y"]))
-    write_json(os.path.join(out, "config.json"), meta)
-    write_json(os.path.join(out, "noise_report.json"), d["report"])
     history, best = (ck["history"], ck["best"]) if ck else ([], {"acc": -1.0, "epoch": 0})
-    start = ck["epoch"] if ck else 0
-    write_metrics(os.path.join(out, "metrics.jsonl"), history)
+    start_epoch = ck["epoch"] if ck else 0
     ck_path = os.path.join(out, "checkpoint.pt")
-    if ck is None:
-        atomic_write(ck_path, lambda t: torch.save(checkpoint(st, 0, history, best, config), t))
+    if lead:
+        os.makedirs(out, exist_ok=True)
+        write_json(os.path.join(out, "config.json"), meta)
+        write_json(os.path.join(out, "noise_report.json"), d["report"])
+        write_metrics(os.path.join(out, "metrics.jsonl"), history)
+        if ck is None:
+            atomic_write(ck_path, lambda t: torch.save(checkpoint(st, 0, history, best, config), t))
     N, B = len(d["y"]), min(a.batch_size, len(d["y"]))
     steps_per_epoch = (N - B) // B + 1
     total = a.epochs * steps_per_epoch
     delta = cfg.get("delta", 0.0) if a.loss.startswith("anl_") else 0.0
-    print(f"dcm-ref: {a.dataset} ({N} train, {len(d['y_test'])} test, noise {d['report']['rate']:.3f}) "
-          f"{a.backbone}+{a.head} loss={a.loss} method={a.method} on {device} -> {out}", flush=True)
-    for epoch in range(start + 1, a.epochs + 1):
+    ranks = f" x {dd.world} ranks (batch {B // dd.world} per rank)" if dd.world > 1 else ""
+    say(f"dcm-ref: {a.dataset} ({N} train, {len(d['y_test'])} test, noise {d['report']['rate']:.3f}) "
+        f"{a.backbone}+{a.head} loss={a.loss} method={a.method} on {device}{ranks} -> {out}", flush=True)
+    rank_dump = os.environ.get(RANK_DUMP_ENV)
+    for epoch in range(start_epoch + 1, a.epochs + 1):
         t0 = time.time()
         try:
             tr_loss, changes, n_seen = train_epoch(a, st, d, epoch, total, loss_fn, delta)
         except KeyboardInterrupt:
-            print(f"\ninterrupted: {ck_path} holds epoch {epoch - 1}; continue with --out {out} --resume", file=sys.stderr)
+            say(f"\ninterrupted: {ck_path} holds epoch {epoch - 1}; continue with --out {out} --resume", file=sys.stderr)
             return 130
         t_train = time.time() - t0
+        for net in st["nets"]:
+            average_bn_stats(net, dd)  # before eval, the probe and the checkpoint: one set of BN stats
         ev = evaluate(a, st, d)
         if ev["test_acc"] > best["acc"]:
             best = {"acc": ev["test_acc"], "epoch": epoch}
@@ -657,23 +840,27 @@ def run(a, argv):
                  seconds=time.time() - t0, samples_per_s=n_seen / max(t_train, 1e-9))
         m["eta_s"] = (a.epochs - epoch) * m["seconds"]
         history.append(m)
-        if a.save_masks:
-            save_mask(out, epoch, ms.mask)
-        write_metrics(os.path.join(out, "metrics.jsonl"), history)
-        atomic_write(ck_path, lambda t: torch.save(checkpoint(st, epoch, history, best, config), t))
-        print(f"epoch {epoch:3d}/{a.epochs}  lr {m['lr']:.4f}  loss {tr_loss:.4f}  "
+        if rank_dump:
+            save_rank_state(rank_dump, dd.rank, epoch, checkpoint(st, epoch, history, best, config))
+        if lead:
+            if a.save_masks:
+                save_mask(out, epoch, ms.mask)
+            write_metrics(os.path.join(out, "metrics.jsonl"), history)
+            atomic_write(ck_path, lambda t: torch.save(checkpoint(st, epoch, history, best, config), t))
+        say(f"epoch {epoch:3d}/{a.epochs}  lr {m['lr']:.4f}  loss {tr_loss:.4f}  "
               f"train(noisy) {fmt_pct(ev['train_acc_noisy'])}  train(clean) {fmt_pct(ev['train_acc_clean'])}  "
               f"test {fmt_pct(ev['test_acc'])}  kept {m['kept']:.3f}  change {m['mask_change']:.3f}  "
               + (f"gcos {m['grad_cos_last']:+.2f}  " if probe is not None else "") +
               f"{m['seconds']:.1f}s  eta {m['eta_s']:.0f}s", flush=True)
         if a.stop_after and epoch >= a.stop_after and epoch < a.epochs:
-            print(f"stopped after epoch {epoch} (--stop-after); continue with --out {out} --resume")
+            say(f"stopped after epoch {epoch} (--stop-after); continue with --out {out} --resume")
             return 0
     final = dict(test_acc_last=history[-1]["test_acc"], test_acc_best=best["acc"], best_epoch=best["epoch"],
                  epochs=a.epochs, wall_s=float(sum(h["seconds"] for h in history)),
                  train_samples_per_s=float(np.mean([h["samples_per_s"] for h in history])), noise_rate=d["report"]["rate"])
-    write_json(os.path.join(out, "final.json"), final)
-    print(f"done: test accuracy last {100 * final['test_acc_last']:.2f}%  best {100 * final['test_acc_best']:.2f}% "
+    if lead:
+        write_json(os.path.join(out, "final.json"), final)
+    say(f"done: test accuracy last {100 * final['test_acc_last']:.2f}%  best {100 * final['test_acc_best']:.2f}% "
           f"(epoch {final['best_epoch']})  in {final['wall_s']:.1f}s -> {out}")
     return 0
 
@@ -682,13 +869,26 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     a = build_parser().parse_args(argv)
     try:
-        return run(a, argv)
+        dd = dist_from_env(os.environ)
     except UserError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteLoss as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
+    if dd.world > 1:
+        init_distributed(dd)
+    who = f" (rank {dd.rank})" if dd.rank > 0 else ""
+    try:
+        return run(a, argv, dd)
+    except PeerFailed:
+        return 2  # the failing rank has printed why
+    except UserError as e:
+        print(f"train.py: error{who}: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as e:  # one rank's loss: torchrun then stops the others
+        print(f"train.py: error{who}: {e}", file=sys.stderr)
         return 3
+    finally:
+        if dd.world > 1:
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,311 @@
+"""Multi-process training (SPEC §2; train.py under torchrun) on 2 CPU ranks over gloo:
+every rank holds bit-identical parameters, masks and ELR memory; the mask from
+all-reduced moments is the single-process mask of the global batch; a 2-rank step is
+the single-process step of the global batch; a 2-rank run writes the files of a 1-rank
+run and resumes exactly; a user error stops every rank with one line.
+
+Ranks get torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
+One run goes through torchrun itself; the others start the two ranks directly, which
+skips torchrun's agent process (about half the start-up time on a 2-core machine).
+Run as `python tests/test_ddp.py worker OUT` (with those variables set), this file is
+the worker of the direct tests of the reduction helpers (bottom of the file).
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dcm_ref as D
+import kan
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK = ["--limit-train", "256", "--epochs", "2", "--batch-size", "64"]  # 4 steps/epoch, 32 per rank
+ELR_FLAGS = ["--head", "dkan", "--method", "elr", "--dcm-stats", "interval", "--dcm-interval", "2",
+             "--augment", "crop-flip", "--save-masks"]
+COT_FLAGS = ["--head", "dfc", "--method", "coteaching", "--dcm-freeze"]
+TIMING = {"seconds", "eta_s", "samples_per_s", "wall_s", "train_samples_per_s"}
+
+
+# ----------------------------------------------------------------------------- launching ranks
+
+def _env(extra=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)  # 1 thread each: 2 ranks on 2 cores
+    env.update(extra or {})
+    return env
+
+
+def launch(args, nproc=2, extra_env=None, timeout=120):
+    """Start nproc ranks of `python *args` with torchrun's variables; -> [(rc, stdout, stderr)] by rank."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs, logs = [], []
+    for r in range(nproc):
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # files: a full pipe cannot block a rank
+        env = _env(dict(extra_env or {}, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nproc),
+                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
+        procs.append(subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=err, text=True))
+        logs.append((out, err))
+    try:
+        rcs = [p.wait(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    results = []
+    for rc, (out, err) in zip(rcs, logs):
+        out.seek(0)
+        err.seek(0)
+        results.append((rc, out.read(), err.read()))
+    return results
+
+
+def train_ranks(flags, extra_env=None):
+    results = launch(["train.py", *flags], extra_env=extra_env)
+    for rc, out, err in results:
+        assert rc == 0, err
+    return results
+
+
+def torchrun(flags, extra_env=None):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *flags]
+    r = subprocess.run(cmd, cwd=ROOT, env=_env(extra_env), capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def tensors(obj, prefix=""):
+    """{path: tensor} of every tensor inside nested dicts/lists/tuples."""
+    if isinstance(obj, torch.Tensor):
+        return {prefix: obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    out = {}
+    for k, v in items:
+        out.update(tensors(v, f"{prefix}/{k}"))
+    return out
+
+
+def load(path):
+    return torch.load(path, weights_only=False)
+
+
+# ----------------------------------------------------------------------------- runs (once per module)
+
+@pytest.fixture(scope="module")
+def elr_runs(tmp_path_factory):
+    """DKAN + ELR + pooled-interval statistics + per-rank crops: full 2-rank run through torchrun,
+    the same run stopped after epoch 1 and resumed (direct launches), and a 1-rank run."""
+    root = tmp_path_factory.mktemp("elr")
+    full, part, one, dump = (str(root / n) for n in ("full", "part", "one", "dump"))
+    torchrun(QUICK + ELR_FLAGS + ["--out", full], {train.RANK_DUMP_ENV: dump})
+    train_ranks(QUICK + ELR_FLAGS + ["--out", part, "--stop-after", "1"])
+    first = read_jsonl(os.path.join(part, "metrics.jsonl"))
+    train_ranks(["--out", part, "--resume", "--epochs", "2"])
+    assert train.main(QUICK + ELR_FLAGS + ["--out", one]) == 0
+    return dict(full=full, part=part, one=one, dump=dump, part_after_stop=first)
+
+
+@pytest.fixture(scope="module")
+def cot_dump(tmp_path_factory):
+    """Co-teaching (two networks, two masks) with --dcm-freeze on 2 ranks; per-rank state dumps."""
+    root = tmp_path_factory.mktemp("cot")
+    dump = str(root / "dump")
+    train_ranks(QUICK + COT_FLAGS + ["--out", str(root / "run")], {train.RANK_DUMP_ENV: dump})
+    return dump
+
+
+@pytest.fixture(scope="module")
+def worker_results(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("worker") / "res")
+    for rc, _, err in launch([os.path.abspath(__file__), "worker", out]):
+        assert rc == 0, err
+    return [load(f"{out}.rank{r}") for r in range(2)]
+
+
+# ----------------------------------------------------------------------------- properties
+
+def test_torchrun_environment_is_read_and_checked():
+    assert train.dist_from_env({}) == train.Dist(0, 1, 0)
+    assert train.dist_from_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == train.Dist(1, 2, 1)
+    for bad in ({"RANK": "2", "WORLD_SIZE": "2"}, {"RANK": "x", "WORLD_SIZE": "2"}, {"WORLD_SIZE": "0"}):
+        with pytest.raises(train.UserError, match="WORLD_SIZE"):
+            train.dist_from_env(bad)
+
+
+@pytest.mark.parametrize("which", ["elr", "coteaching"])
+def test_every_rank_holds_bit_identical_parameters_masks_and_memory(which, elr_runs, cot_dump):
+    dump = elr_runs["dump"] if which == "elr" else cot_dump
+    for epoch in (1, 2):
+        s0, s1 = (load(os.path.join(dump, f"rank{r}_epoch{epoch:03d}.pt")) for r in range(2))
+        t0, t1 = tensors(s0), tensors(s1)
+        assert t0.keys() == t1.keys()
+        assert [k for k in t0 if not torch.equal(t0[k], t1[k])] == []
+        for m in s0["masks"]:  # not vacuous: real masks, recomputed during the run
+            assert m["updates"] > 0 and 0 < float(m["mask"].mean()) < 0.2
+        assert len(s0["nets"]) == (2 if which == "coteaching" else 1)
+
+
+def test_elr_memory_holds_the_rows_of_every_rank(elr_runs):
+    """Each rank computes the new targets of its own shard; after the epoch every rank's memory
+    holds all 256 rows (4 global batches of 64), not only the 128 it computed."""
+    for r in range(2):
+        t = load(os.path.join(elr_runs["dump"], f"rank{r}_epoch001.pt"))["elr_t"]
+        assert int((t.abs().sum(1) > 0).sum()) == 256
+
+
+def test_mask_from_all_reduced_moments_equals_single_process_mask_of_the_global_batch(worker_results):
+    for res in worker_results:
+        for head in ("dfc", "dkan"):
+            s_ddp, s_one = res[f"{head}_scores"]
+            assert torch.allclose(s_ddp, s_one, rtol=1e-6, atol=1e-9)
+            m_ddp, m_one = res[f"{head}_mask"]
+            assert torch.equal(m_ddp, m_one) and 0 < float(m_one.mean()) < 1
+        for m_ddp, m_one in zip(*res["interval_masks"]):  # pooled moments over the interval, too
+            assert torch.equal(m_ddp, m_one)
+
+
+def test_two_rank_step_equals_single_process_step_of_the_global_batch(worker_results):
+    """BN-free net, 3 SGD steps with momentum, DCM masks and active clipping: averaged gradients
+    of the per-rank shard means are the gradient of the global batch's mean."""
+    for res in worker_results:
+        ddp, one = res["step_params"]
+        for k in one:
+            assert torch.allclose(ddp[k], one[k], rtol=1e-5, atol=1e-6), k
+        assert all(torch.equal(a, b) for a, b in zip(*res["step_masks"]))
+        assert res["grad_norm"] > res["clip"]  # the clip bites, so its place (after the average) matters
+    assert all(torch.equal(worker_results[0]["step_params"][0][k], worker_results[1]["step_params"][0][k])
+               for k in worker_results[0]["step_params"][0])
+
+
+def test_sharded_evaluation_returns_every_row_in_order(worker_results):
+    for res in worker_results:
+        z_ddp, z_one = res["eval"]
+        assert z_ddp.shape == z_one.shape == (37, 5)
+        assert torch.allclose(z_ddp, z_one, rtol=1e-5, atol=1e-6)
+
+
+def test_every_rank_learns_the_lowest_failing_rank(worker_results):
+    """Setup failed nowhere / on rank 1 only / on both: every rank gets -1 / 1 / 0 and stops alike."""
+    assert [res["first_failure"] for res in worker_results] == [[-1, 1, 0]] * 2
+
+
+def test_two_rank_run_writes_the_files_of_a_one_rank_run(elr_runs):
+    def files(out):
+        return sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs)
+    assert files(elr_runs["full"]) == files(elr_runs["one"])
+    assert "masks/epoch_002.npz" in files(elr_runs["full"])
+    cfg = {n: json.load(open(os.path.join(elr_runs[n], "config.json"))) for n in ("full", "one")}
+    assert cfg["full"]["world_size"] == 2 and cfg["one"]["world_size"] == 1
+    assert cfg["full"].keys() == cfg["one"].keys()
+    rows = {n: read_jsonl(os.path.join(elr_runs[n], "metrics.jsonl")) for n in ("full", "one")}
+    assert [r.keys() for r in rows["full"]] == [r.keys() for r in rows["one"]]
+    final = {n: json.load(open(os.path.join(elr_runs[n], "final.json"))) for n in ("full", "one")}
+    assert final["full"].keys() == final["one"].keys() and 0 <= final["full"]["test_acc_last"] <= 1
+
+
+def test_resume_under_two_ranks_ends_exactly_where_the_uninterrupted_run_ends(elr_runs):
+    assert len(elr_runs["part_after_stop"]) == 1
+
+    def comparable(out):
+        return [{k: v for k, v in r.items() if k not in TIMING} for r in read_jsonl(os.path.join(out, "metrics.jsonl"))]
+    assert comparable(elr_runs["full"]) == comparable(elr_runs["part"])
+    a, b = (load(os.path.join(elr_runs[n], "checkpoint.pt")) for n in ("full", "part"))
+    ta, tb = tensors({k: a[k] for k in ("nets", "opts", "masks", "elr_t")}), \
+        tensors({k: b[k] for k in ("nets", "opts", "masks", "elr_t")})
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_user_error_stops_every_rank_with_one_line(tmp_path):
+    """63 does not split into 2 equal shards: every rank exits 2, one line in all, no hang."""
+    results = launch(["train.py", *QUICK, "--batch-size", "63", "--out", str(tmp_path / "x")], timeout=90)
+    assert [rc for rc, _, _ in results] == [2, 2]
+    lines = [line for _, _, err in results for line in err.strip().splitlines()]
+    assert len(lines) == 1 and "--batch-size 63" in lines[0] and "Traceback" not in lines[0], lines
+    assert not os.path.exists(tmp_path / "x")
+
+
+# ----------------------------------------------------------------------------- the worker
+
+def _moment_checks(dd, g):
+    """DFC and DKAN masks from all-reduced shard moments vs from the whole batch (in one process)."""
+    res = {}
+    v = torch.randn(12, 16, generator=g) * torch.rand(16, generator=g) * 3
+    w = torch.randn(5, 16, generator=g)
+    shard = v.tensor_split(dd.world)[dd.rank]
+    s_ddp = D.scores_from_moments(train.all_sum(D.moments(shard), dd), w)
+    s_one = D.edge_scores(v, w)
+    res["dfc_scores"], res["dfc_mask"] = (s_ddp, s_one), (D.topk_mask(s_ddp, 0.3), D.topk_mask(s_one, 0.3))
+    params = kan.kan_init(16, 5, generator=g)
+    phi = train.head_features("dkan", params, v)
+    s_ddp = kan.kan_scores_from_moments(train.all_sum(kan.kan_moments(phi.tensor_split(dd.world)[dd.rank]), dd), params)
+    s_one = kan.kan_scores_from_moments(kan.kan_moments(phi), params)
+    res["dkan_scores"], res["dkan_mask"] = (s_ddp, s_one), (D.topk_mask(s_ddp, 0.3), D.topk_mask(s_one, 0.3))
+    batches = [torch.randn(8, 16, generator=g) * torch.rand(16, generator=g) for _ in range(6)]
+    masks = []
+    for ctx in (dd, train.Dist()):
+        st, out = D.mask_init((5, 16)), []
+        for b in batches:
+            st = D.mask_schedule_step(st, train.all_sum(D.moments(b.tensor_split(ctx.world)[ctx.rank]), ctx),
+                                      lambda m: D.scores_from_moments(m, w), 0.3, interval=3, stats="interval")
+            out.append(st.mask)
+        masks.append(out)
+    res["interval_masks"] = masks
+    return res
+
+
+def _step_checks(dd, g):
+    """3 training steps of a BN-free net: 2 ranks on shards vs one process on the global batches."""
+    a = train.build_parser().parse_args(["--head", "dfc", "--keep", "0.3", "--grad-clip", "0.05"])
+    xs, ys = torch.randn(3, 8, 1, 8, 8, generator=g), torch.randint(0, 5, (3, 8), generator=g)
+    res = {"clip": a.grad_clip}
+    params, masks = [], []
+    for ctx in (dd, train.Dist()):
+        torch.manual_seed(1)
+        net = train.Net(nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh()), train.head_init("dfc", 16, 5, 5, 3))
+        opt = torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-4)
+        ms, kept = D.mask_init((5, 16)), []
+        for x, y in zip(xs, ys):
+            xb, yb = x.tensor_split(ctx.world)[ctx.rank], y.tensor_split(ctx.world)[ctx.rank]
+            logits, ms = train.net_forward(net, xb, ms, a, reduce=lambda m: train.all_sum(m, ctx))
+            loss = F.cross_entropy(logits, yb)
+            if ctx.world == 1 and "grad_norm" not in res:
+                gr = torch.autograd.grad(loss, list(net.parameters()), retain_graph=True)
+                res["grad_norm"] = float(torch.cat([t.reshape(-1) for t in gr]).norm())
+            train.optimizer_step(a, net, opt, loss, ms.mask, ctx)
+            kept.append(ms.mask)
+        params.append({k: t.detach().clone() for k, t in net.state_dict().items()})
+        masks.append(kept)
+    res["step_params"], res["step_masks"] = tuple(params), tuple(masks)
+    x8 = torch.randint(0, 256, (37, 1, 8, 8), dtype=torch.uint8, generator=g)
+    res["eval"] = tuple(train.eval_logits(net, x8, (0.5,), (0.25,), a, ms, batch=8, dd=c) for c in (dd, train.Dist()))
+    return res
+
+
+def worker(out):
+    dd = train.dist_from_env(os.environ)
+    train.init_distributed(dd)
+    try:
+        g = torch.Generator().manual_seed(0)  # same data on every rank; each takes its shard
+        res = _moment_checks(dd, g)
+        res.update(_step_checks(dd, g))
+        res["first_failure"] = [train.first_failure(dd.rank in fails, dd) for fails in ((), (1,), (0, 1))]
+        torch.save(res, f"{out}.rank{dd.rank}")
+    finally:
+        train.dist.destroy_process_group()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
+    worker(sys.argv[2])
