@@ -1,4 +1,5 @@
-"""Backbones for dcm-ref: the networks that produce the features v the DCM head reads.
+"""Backbones and heads for dcm-ref: the networks that produce the features v,
+and the classifier heads (FC, DFC, KAN, DKAN) as pure functions over a params dict.
 
 DCM (Zhang et al., arXiv 2508.09697) only touches the classifier head, so the
 backbones here are ordinary ``nn.Module``s that map images to features
@@ -13,6 +14,9 @@ CIFAR-style ResNets).
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+import dcm_ref
+import kan
 
 BACKBONES = ("mlp", "cnn8", "preact-resnet18", "resnet34")
 
@@ -136,3 +140,65 @@ def make_backbone(name, in_shape):
     if name == "resnet34":
         return ResNet(in_shape, BasicBlock, (3, 4, 6, 3), preact=False)
     raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
+
+
+# ----------------------------------------------------------------------------- Heads
+# A head is a params dict plus pure functions. The DCM heads split the forward
+# in two so that the edge scores can reuse what the forward computes:
+#   feats = head_features(v)         v for FC, Φ = [silu, B-spline bases] for KAN
+#   logits = head_forward(feats, M)   one matmul with the masked weights
+
+def head_init(kind, d, num_classes, grid, order):
+    """Initial head parameters (dict of tensors; the KAN grid is a buffer)."""
+    if kind in ("fc", "dfc"):
+        lin = nn.Linear(d, num_classes)  # PyTorch's default init
+        return {"w": lin.weight.detach().clone(), "b": lin.bias.detach().clone()}
+    return kan.kan_init(d, num_classes, grid_size=grid, order=order)
+
+
+def head_features(kind, params, v):
+    """v: (B, d) -> v for FC heads, Φ: (B, d, 1+G') for KAN heads (after the non-affine layer norm)."""
+    return v if kind in ("fc", "dfc") else kan.dkan_features(params, v)
+
+
+def head_moments(kind, feats):
+    """Mergeable batch moments of the head input (all-reduced in multi-process runs)."""
+    return dcm_ref.moments(feats) if kind in ("fc", "dfc") else kan.kan_moments(feats)
+
+
+def head_scores(kind, params, m):
+    """Edge importance S (C, d) from moments: Eq. 2 in its exact fast form."""
+    with torch.no_grad():
+        if kind in ("fc", "dfc"):
+            return dcm_ref.scores_from_moments(m, params["w"])
+        return kan.kan_scores_from_moments(m, params)
+
+
+def head_forward(kind, params, feats, mask):
+    """Logits (B, C); mask (C, d) or None for the full head."""
+    if kind in ("fc", "dfc"):
+        return dcm_ref.masked_linear(feats, params["w"], params["b"], mask)
+    return kan.kan_forward_features(params, feats, mask)
+
+
+def head_masked_weights(kind):
+    """Names of the head tensors whose (C, d, ...) entries the mask gates."""
+    return ("w",) if kind in ("fc", "dfc") else ("base_weight", "spline_weight")
+
+
+class Net(nn.Module):
+    """Backbone (nn.Module) + head params. Only a container: the head math is the
+    pure head functions above, so this holds parameters for the optimizer, DDP and
+    checkpoints."""
+
+    def __init__(self, backbone, head):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.ParameterDict({k: nn.Parameter(t) for k, t in head.items() if k != "grid"})
+        self.register_buffer("grid", head.get("grid", torch.zeros(0)))
+
+    def head_params(self):
+        out = dict(self.head.items())
+        if self.grid.numel():
+            out["grid"] = self.grid
+        return out

@@ -31,12 +31,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 import data
 import dcm_ref
-import kan
 import losses
 import nets
 import noise
@@ -288,87 +286,25 @@ def first_failure(failed, dd):
     return -1 if int(r) == dd.world else int(r)
 
 
-# ----------------------------------------------------------------------------- Heads
-# A head is a params dict plus pure functions. The DCM heads split the forward
-# in two so that the edge scores can reuse what the forward computes:
-#   feats = head_features(v)         v for FC, Φ = [silu, B-spline bases] for KAN
-#   logits = head_forward(feats, M)   one matmul with the masked weights
-
-def head_init(kind, d, num_classes, grid, order):
-    """Initial head parameters (dict of tensors; the KAN grid is a buffer)."""
-    if kind in ("fc", "dfc"):
-        lin = nn.Linear(d, num_classes)  # PyTorch's default init
-        return {"w": lin.weight.detach().clone(), "b": lin.bias.detach().clone()}
-    return kan.kan_init(d, num_classes, grid_size=grid, order=order)
-
-
-def head_features(kind, params, v):
-    """v: (B, d) -> v for FC heads, Φ: (B, d, 1+G') for KAN heads (after the non-affine layer norm)."""
-    return v if kind in ("fc", "dfc") else kan.dkan_features(params, v)
-
-
-def head_moments(kind, feats):
-    """Mergeable batch moments of the head input (all-reduced in multi-process runs)."""
-    return dcm_ref.moments(feats) if kind in ("fc", "dfc") else kan.kan_moments(feats)
-
-
-def head_scores(kind, params, m):
-    """Edge importance S (C, d) from moments: Eq. 2 in its exact fast form."""
-    with torch.no_grad():
-        if kind in ("fc", "dfc"):
-            return dcm_ref.scores_from_moments(m, params["w"])
-        return kan.kan_scores_from_moments(m, params)
-
-
-def head_forward(kind, params, feats, mask):
-    """Logits (B, C); mask (C, d) or None for the full head."""
-    if kind in ("fc", "dfc"):
-        return dcm_ref.masked_linear(feats, params["w"], params["b"], mask)
-    return kan.kan_forward_features(params, feats, mask)
-
-
-def head_masked_weights(kind):
-    """Names of the head tensors whose (C, d, ...) entries the mask gates."""
-    return ("w",) if kind in ("fc", "dfc") else ("base_weight", "spline_weight")
-
-
-class Net(nn.Module):
-    """Backbone (nn.Module) + head params. Only a container: the head math is the
-    pure functions above, so this holds parameters for the optimizer, DDP and
-    checkpoints."""
-
-    def __init__(self, backbone, head):
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.ParameterDict({k: nn.Parameter(t) for k, t in head.items() if k != "grid"})
-        self.register_buffer("grid", head.get("grid", torch.zeros(0)))
-
-    def head_params(self):
-        out = dict(self.head.items())
-        if self.grid.numel():
-            out["grid"] = self.grid
-        return out
-
-
 def build_net(a, in_shape, num_classes):
     backbone = nets.make_backbone(a.backbone, in_shape)
-    head = head_init(a.head, backbone.feature_dim, num_classes, a.kan_grid, a.kan_order)
-    return Net(backbone, head)
+    head = nets.head_init(a.head, backbone.feature_dim, num_classes, a.kan_grid, a.kan_order)
+    return nets.Net(backbone, head)
 
 
 def net_forward(net, x, mstate, a, compiled=None, reduce=lambda m: m):
     """One forward with the DCM schedule. x: (B, ...) -> logits (B, C), new mask state."""
     v = (compiled or net.backbone)(x)
     params = net.head_params()
-    feats = head_features(a.head, params, v)
+    feats = nets.head_features(a.head, params, v)
     mask = None
     if a.head in ("dfc", "dkan"):
-        m = reduce(head_moments(a.head, feats))
+        m = reduce(nets.head_moments(a.head, feats))
         mstate = dcm_ref.mask_schedule_step(
-            mstate, m, lambda mm: head_scores(a.head, params, mm), a.keep, scope=a.dcm_scope,
+            mstate, m, lambda mm: nets.head_scores(a.head, params, mm), a.keep, scope=a.dcm_scope,
             interval=a.dcm_interval, warmup=a.dcm_warmup, stats=a.dcm_stats)
         mask = mstate.mask
-    return head_forward(a.head, params, feats, mask).float(), mstate
+    return nets.head_forward(a.head, params, feats, mask).float(), mstate
 
 
 def eval_logits(net, x, mean, std, a, mstate, batch=1024, dd=Dist()):
@@ -386,8 +322,8 @@ def eval_logits(net, x, mean, std, a, mstate, batch=1024, dd=Dist()):
         for i in range(0, len(x), batch):
             xb = data.to_float(x[i:i + batch], mean, std)
             params = net.head_params()
-            feats = head_features(a.head, params, net.backbone(xb))
-            out.append(head_forward(a.head, params, feats, mask).float())
+            feats = nets.head_features(a.head, params, net.backbone(xb))
+            out.append(nets.head_forward(a.head, params, feats, mask).float())
     net.train()
     if not out:  # a rank can get no rows of a set smaller than the world size
         C = net.head_params()["w" if a.head in ("fc", "dfc") else "base_weight"].shape[0]
@@ -471,7 +407,7 @@ def optimizer_step(a, net, opt, loss, mask, dd=Dist()):
         torch.nn.utils.clip_grad_norm_(net.parameters(), a.grad_clip)
     frozen = {}
     if a.dcm_freeze and mask is not None:
-        frozen = {k: net.head[k].detach().clone() for k in head_masked_weights(a.head)}
+        frozen = {k: net.head[k].detach().clone() for k in nets.head_masked_weights(a.head)}
     opt.step()
     with torch.no_grad():
         for k, before in frozen.items():
@@ -614,7 +550,7 @@ def grad_error_metrics(a, st, d, probe, loss_fn):
         with torch.enable_grad():
             v = net.backbone(data.to_float(d["x"][probe], d["mean"], d["std"]))
             params = net.head_params()
-            logits = head_forward(a.head, params, head_features(a.head, params, v), mask).float()
+            logits = nets.head_forward(a.head, params, nets.head_features(a.head, params, v), mask).float()
             ge = dcm_ref.label_gradient_error(loss_fn, logits, v, list(net.backbone.last_layer.parameters()),
                                               d["y_noisy"][probe], d["y"][probe])
     finally:

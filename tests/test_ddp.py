@@ -25,6 +25,7 @@ from torch import nn
 
 import dcm_ref as D
 import kan
+import nets
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -252,7 +253,7 @@ def _moment_checks(dd, g):
     s_one = D.edge_scores(v, w)
     res["dfc_scores"], res["dfc_mask"] = (s_ddp, s_one), (D.topk_mask(s_ddp, 0.3), D.topk_mask(s_one, 0.3))
     params = kan.kan_init(16, 5, generator=g)
-    phi = train.head_features("dkan", params, v)
+    phi = nets.head_features("dkan", params, v)
     s_ddp = kan.kan_scores_from_moments(train.all_sum(kan.kan_moments(phi.tensor_split(dd.world)[dd.rank]), dd), params)
     s_one = kan.kan_scores_from_moments(kan.kan_moments(phi), params)
     res["dkan_scores"], res["dkan_mask"] = (s_ddp, s_one), (D.topk_mask(s_ddp, 0.3), D.topk_mask(s_one, 0.3))
@@ -277,7 +278,7 @@ def _step_checks(dd, g):
     params, masks = [], []
     for ctx in (dd, train.Dist()):
         torch.manual_seed(1)
-        net = train.Net(nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh()), train.head_init("dfc", 16, 5, 5, 3))
+        net = nets.Net(nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh()), nets.head_init("dfc", 16, 5, 5, 3))
         opt = torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-4)
         ms, kept = D.mask_init((5, 16)), []
         for x, y in zip(xs, ys):
