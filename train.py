@@ -43,7 +43,7 @@ HEADS = ("fc", "dfc", "kan", "dkan")
 METHODS = ("standard", "coteaching", "elr")
 NOISES = ("none", "symmetric", "asymmetric", "pairflip", "instance", "cifar100-superclass")
 PROBE_SIZE = 256  # Fig. 3 probe set: at most this many corrupted training samples
-CKPT_IGNORED = {"epochs", "resume", "out", "stop_after", "device", "compile", "overwrite"}
+CKPT_IGNORED = {"epochs", "resume", "out", "stop_after", "device", "compile", "overwrite", "threads"}
 RANK_DUMP_ENV = "DCM_REF_RANK_DUMP"  # test/debug hook: each rank saves its state per epoch in this folder
 
 
@@ -103,6 +103,7 @@ def build_parser():
     g.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda | cuda:N")
     g.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default); 1 avoids slow-downs when other jobs share the cores")
     g = p.add_argument_group("run")
     g.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<head>-<loss>-<noise><rate>-s<seed>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
@@ -804,6 +805,8 @@ def run(a, argv, dd=Dist()):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     a = build_parser().parse_args(argv)
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
     try:
         dd = dist_from_env(os.environ)
     except UserError as e:
