@@ -1,0 +1,184 @@
+"""bench.py accuracy: the grid harness on a tiny injected grid (digits, 200 samples, 1 epoch,
+2 seeds, fc vs dfc) runs real train.py subprocesses, skips finished runs, survives a crashing
+run (a stand-in train.py), and aggregates hand-made final.json files into the expected mean ± std tables."""
+import csv
+import json
+import os
+
+import pytest
+
+import bench
+
+TINY_COMMON = dict(bench.COMMON, dataset="digits", limit_train=200, epochs=1)
+TINY_MAIN = {"noises": (("symmetric", 0.6),), "losses": ("ce",), "heads": ("fc", "dfc")}
+TINY_ABLATIONS = {"keep p": (("ce",), {"fc (no DCM)": {"head": "fc"},       # the same runs as main's fc
+                                       "keep 0.3": {"keep": 0.3}})}
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setattr(bench, "COMMON", TINY_COMMON)
+    monkeypatch.setattr(bench, "MAIN", TINY_MAIN)
+    monkeypatch.setattr(bench, "ABLATIONS", TINY_ABLATIONS)
+    monkeypatch.setattr(bench, "SEEDS", (0, 1))
+
+
+def keys_of(head, loss="ce", **flags):
+    """Run keys of one tiny setting for seeds 0 and 1."""
+    cfg = dict(TINY_COMMON, noise="symmetric", noise_rate=0.6, loss=loss, head=head, **flags)
+    return [bench.make_run(dict(cfg, seed=s)).key for s in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    """Run the tiny main grid for real once (4 train.py subprocesses, 2 at a time); -> runs dir."""
+    mp = pytest.MonkeyPatch()
+    for name, value in (("COMMON", TINY_COMMON), ("MAIN", TINY_MAIN), ("ABLATIONS", TINY_ABLATIONS), ("SEEDS", (0, 1))):
+        mp.setattr(bench, name, value)
+    runs = tmp_path_factory.mktemp("acc") / "runs"
+    try:
+        bench.main(["accuracy", "--grid", "main", "--runs-dir", str(runs), "--jobs", "2"])
+    finally:
+        mp.undo()
+    return runs
+
+
+def test_harness_runs_every_tiny_config_to_a_final_json(ran):
+    for key in keys_of("fc") + keys_of("dfc"):
+        final = json.loads((ran / key / "final.json").read_text())
+        assert 0.0 <= final["test_acc_last"] <= 1.0
+        assert (ran / key / "stdout.log").read_text().startswith("$ ")
+
+
+FAKE_TRAIN = """import json, os, sys
+out = sys.argv[sys.argv.index("--out") + 1]
+if sys.argv[sys.argv.index("--seed") + 1] == "0":
+    sys.exit("crash")
+json.dump({"test_acc_last": 0.5, "test_acc_best": 0.5}, open(os.path.join(out, "final.json"), "w"))
+"""
+
+
+def test_crashing_run_is_reported_and_the_next_run_still_runs(tiny, tmp_path, monkeypatch):
+    (tmp_path / "train.py").write_text(FAKE_TRAIN)   # a real subprocess that crashes for seed 0
+    monkeypatch.setattr(bench, "ROOT", str(tmp_path))
+    runs = bench.plan(bench.grid_settings(bench.COMMON, "main"), (0, 1))[:2]   # fc seed 0, then dfc seed 0
+    runs = [runs[0], bench.make_run(dict(runs[0].cfg, seed=1))]
+    codes = bench.execute(runs, str(tmp_path / "runs"), jobs=1, threads=1, log=lambda s: None)
+    assert codes == {runs[0].key: 1, runs[1].key: 0}
+    assert (tmp_path / "runs" / runs[1].key / "final.json").exists()
+    assert "crash" in (tmp_path / "runs" / runs[0].key / "stdout.log").read_text()
+
+
+def test_second_call_launches_no_subprocess_for_finished_runs(ran, tiny, monkeypatch, capsys):
+
+    def no_launch(*a, **k):
+        raise AssertionError("a finished run was launched again")
+    monkeypatch.setattr(bench, "launch", no_launch)
+    bench.main(["accuracy", "--grid", "main", "--runs-dir", str(ran), "--jobs", "2"])
+    assert "4 already done, 0 to run" in capsys.readouterr().err
+
+
+def test_duplicate_configs_of_main_and_ablations_are_one_run(tiny):
+    runs = bench.plan(bench.grid_settings(bench.COMMON, "all"), bench.SEEDS)
+    assert len(runs) == len({r.key for r in runs}) == 6   # fc, dfc, keep 0.3 (x 2 seeds); "fc (no DCM)" = main's fc
+
+
+def test_full_grid_shares_dfc_keep_0_1_between_main_and_keep_ablation():
+    main = {r.key for r in bench.plan(bench.grid_settings(bench.COMMON, "main"), bench.SEEDS)}
+    abl = bench.plan(bench.grid_settings(bench.COMMON, "ablations"), bench.SEEDS)
+    shared = [r for r in abl if r.key in main]
+    assert len(main) == 6 * 5 * 4 * 3
+    # fc and dfc (keep 0.1, t 1, B 128, batch stats, full eval) for ce and anl_ce at sym 0.6, 3 seeds
+    assert len(shared) == 2 * 2 * 3
+    assert {r.cfg["head"] for r in shared} == {"fc", "dfc"}
+
+
+def test_run_with_a_checkpoint_but_no_final_json_is_resumed(tiny, tmp_path, monkeypatch):
+    run = bench.make_run(dict(TINY_COMMON, noise="symmetric", noise_rate=0.6, loss="ce", head="fc", seed=0))
+    (tmp_path / run.key).mkdir()
+    (tmp_path / run.key / "checkpoint.pt").write_bytes(b"")
+    seen = []
+    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kw: seen.append((cmd, kw)) or
+                        type("P", (), {"returncode": 0})())
+    bench.launch(run, str(tmp_path), threads=3)
+    cmd, kw = seen[0]
+    assert cmd[-1] == "--resume" and cmd[-3:-1] == ["--out", str(tmp_path / run.key)]
+    assert kw["env"]["OMP_NUM_THREADS"] == "3" and kw["env"]["MKL_NUM_THREADS"] == "3"
+
+
+def write_fake_run(runs, key, last, best, val):
+    """A finished run's files as train.py writes them (fractions in [0, 1])."""
+    (runs / key).mkdir(parents=True)
+    (runs / key / "final.json").write_text(json.dumps({"test_acc_last": last, "test_acc_best": best, "best_epoch": 1}))
+    (runs / key / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_acc_noisy": val}) + "\n")
+    (runs / key / "config.json").write_text(json.dumps({"device_used": "cpu"}))
+
+
+@pytest.fixture
+def fake(tiny, tmp_path):
+    """fc: last 80, 84  best 85, 87  val 40, 42 | dfc: last 90, 86  best 86.8, 88.8  val 50, 44 (%)."""
+    runs = tmp_path / "runs"
+    for key, last, best, val in zip(keys_of("fc") + keys_of("dfc"), (.80, .84, .90, .86),
+                                    (.85, .87, .868, .888), (.40, .42, .50, .44)):
+        write_fake_run(runs, key, last, best, val)
+    md, table = tmp_path / "B.md", tmp_path / "acc.csv"
+    bench.main(["accuracy", "--grid", "main", "--table-only", "--runs-dir", str(runs),
+                "--out-md", str(md), "--out-csv", str(table)])
+    return md.read_text(), list(csv.DictReader(table.open()))
+
+
+def md_rows(text):
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("|")]
+
+
+def test_main_table_has_the_header_and_one_row_per_noise_loss_pair(fake):
+    rows = md_rows(fake[0])
+    assert rows[0] == list(bench.MAIN_HEADER)
+    assert [r[:4] for r in rows[2:]] == [["sym 0.6", "ce", "fc → dfc", "2/2"]]   # no kan/dkan in the grid
+
+
+def test_main_table_means_stds_and_differences_match_hand_computation(fake):
+    # last: fc 82 ± sqrt(8) = 2.83, dfc 88 ± 2.83, Δ +6 > sqrt(8 + 8) = 4 -> yes
+    # best: fc 86 ± sqrt(2) = 1.41, dfc 87.8 ± 1.41, Δ +1.8 < sqrt(2 + 2) = 2 -> no (though > each std)
+    assert md_rows(fake[0])[2][4:] == ["82.00 ± 2.83", "88.00 ± 2.83", "+6.00", "yes",
+                                       "86.00 ± 1.41", "87.80 ± 1.41", "+1.80", "no"]
+
+
+def test_csv_has_one_row_per_setting_with_val_means(fake):
+    rows = {r["setting"]: r for r in fake[1]}
+    assert set(rows) == {"fc", "dfc"}
+    assert float(rows["fc"]["val_mean"]) == pytest.approx(41.0)
+    assert float(rows["dfc"]["val_std"]) == pytest.approx(18 ** 0.5)
+    assert rows["dfc"]["n"] == "2"
+
+
+def test_one_seed_gives_no_spread_verdict():
+    assert bench.beyond_spread((1, 80.0, None), (1, 90.0, None)) == (10.0, "n/a")
+
+
+def test_recommendation_uses_validation_not_test(tiny, tmp_path, monkeypatch):
+    # keep 0.3 has the higher test accuracy, keep 0.05 the higher validation accuracy
+    abl = {"keep p": (("ce",), {"keep 0.05": {"keep": 0.05}, "keep 0.3": {"keep": 0.3}})}
+    monkeypatch.setattr(bench, "ABLATIONS", abl)
+    runs = tmp_path / "runs"
+    for keep, test, val in ((0.05, .70, .45), (0.3, .90, .35)):
+        for key in keys_of("dfc", keep=keep):
+            write_fake_run(runs, key, test, test, val)
+    results = {k: bench.load_result(str(runs / k)) for k in os.listdir(runs)}
+    (line,) = bench.recommend(TINY_COMMON, abl, (0, 1), results)
+    assert "**keep 0.05**" in line
+
+
+def test_write_section_replaces_only_the_accuracy_section(tmp_path):
+    path = tmp_path / "B.md"
+    path.write_text("# B\n\n## Speed\nfast\n\n## Accuracy\nold\n\n## Later\nkept\n")
+    bench.write_section(str(path), "## Accuracy\nnew\n")
+    assert path.read_text() == "# B\n\n## Speed\nfast\n\n## Accuracy\nnew\n\n## Later\nkept\n"
+
+
+def test_write_section_appends_when_the_file_has_none(tmp_path):
+    path = tmp_path / "B.md"
+    path.write_text("# B\n\n## Speed\nfast\n")
+    bench.write_section(str(path), "## Accuracy\nnew\n")
+    assert path.read_text() == "# B\n\n## Speed\nfast\n\n## Accuracy\nnew\n"
