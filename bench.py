@@ -760,25 +760,56 @@ def reproduce_command(args):
     return shlex.join(cmd + (["--only", args.only] if args.only else []))
 
 
-def setup_lines(args, common, results, keys, failed):
+def record_launch(args):
+    """Append this launch (command, parallelism, machine, time) to <runs-dir>/launches.jsonl: the
+    section is usually written later by a --table-only call, which must report the runs' machine."""
+    os.makedirs(args.runs_dir, exist_ok=True)
+    entry = dict(command=reproduce_command(args), jobs=args.jobs, threads=args.threads_per_job, cpu=cpu_name(),
+                 cores=os.cpu_count(), torch=torch.__version__, python=platform.python_version(),
+                 started=datetime.datetime.now().isoformat(timespec="seconds"))
+    with open(os.path.join(args.runs_dir, "launches.jsonl"), "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def read_launches(runs_dir):
+    try:
+        with open(os.path.join(runs_dir, "launches.jsonl")) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def machine_and_commands(args):
+    """-> (machine line, commands line) from the recorded launches, else from this call."""
+    launches = read_launches(args.runs_dir)
+    last = launches[-1] if launches else dict(
+        command=reproduce_command(args), jobs=args.jobs, threads=args.threads_per_job, cpu=cpu_name(),
+        cores=os.cpu_count(), torch=torch.__version__, python=platform.python_version())
+    machine = (f"CPU {last['cpu']}, {last['cores']} cores, torch {last['torch']}, Python {last['python']}; "
+               f"{last['jobs']} run(s) in parallel x {last['threads']} thread(s) each (OMP/MKL_NUM_THREADS)")
+    commands = list(dict.fromkeys(l["command"] for l in launches)) or [last["command"]]
+    return machine, ", then ".join(f"`{c}`" for c in commands)
+
+
+def setup_lines(args, common, results, keys):
     """The bullet list above the tables: date, machine, commands, flags, protocol."""
     done = [k for k in keys if results.get(k)]
+    started = [k for k in keys if not results.get(k) and os.path.isdir(os.path.join(args.runs_dir, k))]
     dates = finished_dates(args.runs_dir, done)
     devices = sorted({results[k]["device"] or "?" for k in done}) or ["—"]
-    flags = " ".join(train_argv({k: v for k, v in common.items()}))
+    machine, commands = machine_and_commands(args)
     return [
         f"- Date: {datetime.date.today().isoformat()} (tables written)"
         + (f"; runs finished {dates[0]} to {dates[1]}." if dates else "; no run finished yet."),
-        f"- Machine: CPU {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, Python "
-        f"{platform.python_version()}; {args.jobs} run(s) in parallel x {args.threads_per_job} thread(s) "
-        f"each (OMP/MKL_NUM_THREADS); devices the runs used: {', '.join(devices)}.",
-        f"- Command: `{reproduce_command(args)}` (resumable: rerun it to continue; add `--table-only "
-        f"--out-md BENCHMARKS.md --out-csv accuracy.csv` to rewrite this section).",
-        f"- Every run is `python train.py {flags} <row flags> --seed s --out <runs-dir>/<key>`, "
-        f"seeds {', '.join(map(str, SEEDS))}. Grid defaults: --epochs {COMMON['epochs']}, "
+        f"- Machine: {machine}; devices the runs used: {', '.join(devices)}.",
+        f"- Command: {commands} (resumable: rerun it to continue; `python bench.py accuracy --table-only "
+        f"--runs-dir {args.runs_dir} --out-md BENCHMARKS.md --out-csv accuracy.csv` rewrites this section).",
+        f"- Every run is `python train.py {' '.join(train_argv(common))} <row flags> --seed s --out "
+        f"<runs-dir>/<key>`, seeds {', '.join(map(str, SEEDS))}. Grid defaults: --epochs {COMMON['epochs']}, "
         f"--limit-train {COMMON['limit_train']}; this table: --epochs {args.epochs}, --limit-train {args.limit_train}.",
         f"- Runs finished: {len(done)} of {len(keys)}"
-        + (f"; FAILED (see <run>/stdout.log): {', '.join(sorted(failed))}" if failed else "")
+        + (f"; started but not finished (running, or failed: see <run>/stdout.log): {len(started)}"
+           + (f" ({', '.join(started)})" if len(started) <= 10 else "") if started else "")
         + ". A cell with fewer seeds says so in n; — = no finished run.",
         "- Accuracies in %: mean ± sample std (n − 1) over seeds of the clean-label test accuracy at the "
         "last epoch (`last`) and at the epoch with the highest test accuracy (`best`, as the papers "
@@ -792,9 +823,9 @@ def setup_lines(args, common, results, keys, failed):
     ]
 
 
-def accuracy_section(args, common, grid, ablations, results, keys, failed):
+def accuracy_section(args, common, grid, ablations, results, keys):
     """The markdown of BENCHMARKS.md's '## Accuracy' section (starts with that heading)."""
-    parts = ["## Accuracy", "", *setup_lines(args, common, results, keys, failed)]
+    parts = ["## Accuracy", "", *setup_lines(args, common, results, keys)]
     if args.grid in ("main", "all"):
         rows = main_rows(common, grid, SEEDS, results)
         parts += ["", f"### Main table: base head vs its DCM version ({common['dataset']}, "
@@ -906,11 +937,14 @@ def accuracy_main(args):
           file=sys.stderr)
     if args.dry_run:
         return dry_run(todo, runs_dir, args.jobs)
-    codes = {} if args.table_only else execute(todo, runs_dir, args.jobs, args.threads_per_job,
-                                               log=lambda s: print(s, file=sys.stderr, flush=True))
+    codes = {}
+    if not args.table_only:
+        record_launch(args)
+        codes = execute(todo, runs_dir, args.jobs, args.threads_per_job,
+                        log=lambda s: print(s, file=sys.stderr, flush=True))
     failed = [k for k, rc in codes.items() if rc != 0]
     results = {k: load_result(os.path.join(runs_dir, k)) for k in keys}
-    section = accuracy_section(args, common, MAIN, ABLATIONS, results, keys, failed)
+    section = accuracy_section(args, common, MAIN, ABLATIONS, results, keys)
     print(section, end="")
     if args.out_md:
         write_section(args.out_md, section)

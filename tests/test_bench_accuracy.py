@@ -78,6 +78,12 @@ def test_second_call_launches_no_subprocess_for_finished_runs(ran, tiny, monkeyp
     assert "4 already done, 0 to run" in capsys.readouterr().err
 
 
+def test_table_only_call_reports_the_launch_of_the_runs_not_its_own(ran, tiny, capsys):
+    bench.main(["accuracy", "--grid", "main", "--table-only", "--runs-dir", str(ran)])   # --jobs 1 here
+    machine = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("- Machine:"))
+    assert "2 run(s) in parallel x 1 thread(s)" in machine
+
+
 def test_duplicate_configs_of_main_and_ablations_are_one_run(tiny):
     runs = bench.plan(bench.grid_settings(bench.COMMON, "all"), bench.SEEDS)
     assert len(runs) == len({r.key for r in runs}) == 6   # fc, dfc, keep 0.3 (x 2 seeds); "fc (no DCM)" = main's fc
