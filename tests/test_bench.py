@@ -81,9 +81,11 @@ def test_literal_forms_over_the_memory_limit_are_skipped_and_say_so():
     assert all(not r[4].startswith("skipped") for r in rows if "literal" not in r[0])
 
 
-def test_accuracy_subcommand_is_reserved_and_exits_with_a_message():
-    with pytest.raises(SystemExit, match="issue 7"):
-        bench.main(["accuracy"])
+def test_accuracy_without_grid_launches_nothing_and_says_how(tmp_path):
+    """The grid takes CPU-hours: a bare `bench.py accuracy` must not start it."""
+    with pytest.raises(SystemExit, match="--grid"):
+        bench.main(["accuracy", "--runs-dir", str(tmp_path / "runs")])
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 def test_paired_ratio_is_the_median_of_same_round_ratios():
