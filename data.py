@@ -4,6 +4,8 @@ Not a part of the DCM method itself: the loaders that feed train.py's
 experiments (the paper's benchmarks: clean data plus synthetic or human label noise).
 Everything is a tensor ready to move to the training device; augmentation is
 batch tensor ops (pad once, gather crops, flip by torch.where), no DataLoader.
+The real-world JPEG sets (WebVision-Mini, Clothing1M) are decoded once at load
+time by a thread pool (Pillow, optional) into the same uint8 tensors.
 
     ds = load_dataset("digits")                        # embedded default, no download
     x = to_float(ds.x_train[:128], ds.mean, ds.std)    # (128, 1, 8, 8) float32
@@ -13,10 +15,12 @@ Every user-facing problem with the files raises DataError (a ValueError) with
 one line naming what is wrong and how to fix it.
 """
 import gzip
+import math
 import os
 import pickle
 import zipfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -24,6 +28,9 @@ import torch
 import torch.nn.functional as F
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "cifar10n", "cifar100n")
+# Real-world noisy JPEG datasets (SPEC §6): web/crowd labels, clean training labels unknown.
+IMAGE_DATASETS = ("webvision-mini", "clothing1m")
+ALL_DATASETS = DATASETS + IMAGE_DATASETS
 
 _REPO_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 # Datasets absent here need --data-dir (no download ever happens).
@@ -69,10 +76,13 @@ class Dataset(NamedTuple):
     x_train: (N, C, H, W) uint8, y_train: (N,) int64 clean labels,
     x_test: (M, C, H, W) uint8, y_test: (M,) int64, num_classes: int,
     mean, std: per-channel tuples of floats for x/255 (training set statistics),
-    noisy_train: (N,) int64 human labels (CIFAR-N) or None,
+    noisy_train: (N,) int64 human (CIFAR-N) or web/crowd (IMAGE_DATASETS) labels or None,
     coarse_train: (N,) int64 CIFAR-100 superclass labels or None,
     fine_to_coarse: (100,) int64 superclass of each fine class (-1 if the class
-    is absent from the training set) or None.
+    is absent from the training set) or None,
+    clean_train_known: False when y_train are the noisy labels themselves (the
+    clean training labels of WebVision and Clothing1M are unknown),
+    x_val: (V, C, H, W) uint8, y_val: (V,) int64: a clean validation set or None.
     """
     name: str
     x_train: torch.Tensor
@@ -85,20 +95,30 @@ class Dataset(NamedTuple):
     noisy_train: Optional[torch.Tensor] = None
     coarse_train: Optional[torch.Tensor] = None
     fine_to_coarse: Optional[torch.Tensor] = None
+    clean_train_known: bool = True
+    x_val: Optional[torch.Tensor] = None
+    y_val: Optional[torch.Tensor] = None
 
 
 # ---------------------------------------------------------------- public API
 
-def load_dataset(name, data_dir=None, noisy_labels_file=None, noisy_labels=None):
-    """Load dataset `name` (one of DATASETS) from `data_dir` (default DEFAULT_DIRS[name]).
+def load_dataset(name, data_dir=None, noisy_labels_file=None, noisy_labels=None, **image_opts):
+    """Load dataset `name` (one of ALL_DATASETS) from `data_dir` (default DEFAULT_DIRS[name]).
 
     noisy_labels_file / noisy_labels: the CIFAR-N label file and which labels
     to take (aggre|worst|rand1|rand2|rand3|clean for cifar10n, noisy100|clean
     for cifar100n; default aggre / noisy100); only for cifar10n and cifar100n.
+    image_opts: keyword arguments of load_image_dataset (IMAGE_DATASETS only).
     Returns a Dataset (shapes in its docstring). Raises DataError.
     """
+    if name in IMAGE_DATASETS:
+        if noisy_labels_file is not None or noisy_labels is not None:
+            raise DataError(f"--noisy-labels-file/--noisy-labels apply to cifar10n and cifar100n only, not to {name}")
+        return load_image_dataset(name, data_dir, **image_opts)
     if name not in DATASETS:
-        raise DataError(f"dataset {name!r} is unknown; expected one of {', '.join(DATASETS)}")
+        raise DataError(f"dataset {name!r} is unknown; expected one of {', '.join(ALL_DATASETS)}")
+    if image_opts:
+        raise DataError(f"{', '.join(sorted(image_opts))} apply to {' and '.join(IMAGE_DATASETS)} only, not to {name}")
     is_n = name in CIFAR_N_DEFAULT
     if not is_n and (noisy_labels_file is not None or noisy_labels is not None):
         raise DataError(f"--noisy-labels-file/--noisy-labels apply to cifar10n and cifar100n only, "
@@ -122,14 +142,18 @@ def load_dataset(name, data_dir=None, noisy_labels_file=None, noisy_labels=None)
 
 
 def default_augment(name):
-    """The augmentation train.py uses by default: "crop-flip" for CIFAR, "none" otherwise.
+    """The augmentation train.py uses by default: "crop-flip" for CIFAR, "rrc-flip"
+    (random resized crop + flip) for IMAGE_DATASETS, "none" otherwise.
 
     Digits and (Fashion-)MNIST are centred, orientation-specific images (a flip
     changes a digit's meaning) and the usual noisy-label protocols train them
-    without augmentation; CIFAR uses the standard pad-4 crop + horizontal flip.
+    without augmentation; CIFAR uses the standard pad-4 crop + horizontal flip;
+    the ImageNet-style datasets use ImageNet's standard training transform.
     """
+    if name in IMAGE_DATASETS:
+        return "rrc-flip"
     if name not in DATASETS:
-        raise DataError(f"dataset {name!r} is unknown; expected one of {', '.join(DATASETS)}")
+        raise DataError(f"dataset {name!r} is unknown; expected one of {', '.join(ALL_DATASETS)}")
     return "crop-flip" if name.startswith("cifar") else "none"
 
 
@@ -422,3 +446,231 @@ def _load_cifar_n(name, path, which, n_train):
 def _one_line(e):
     """An exception's message squeezed onto one line."""
     return " ".join(str(e).split()) or type(e).__name__
+
+
+# ---------------------------------------------------------------- WebVision-Mini, Clothing1M (JPEG)
+# The JPEGs are decoded ONCE at load time by a pool of threads (Pillow releases
+# the GIL while decoding and resizing) into one uint8 tensor, so training keeps
+# the same all-tensors pipeline as the small datasets: random resized crop and
+# flip are batch tensor ops (random_resized_crop_flip). Memory: 3·S² bytes per
+# image, 150 kB at S = 224, so ~10 GB for WebVision-Mini's ~66k training images;
+# Clothing1M's 1M noisy images do not fit, hence `samples` (a class-balanced
+# subset, drawn once per run from the seed).
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+WEBVISION_CLASSES = 50   # "mini": the first 50 classes of WebVision 1.0 (Google images)
+CLOTHING1M_CLASSES = 14
+TEST_RESIZE = 256 / 224  # test: shorter side to 256 then centre crop 224 (ImageNet convention)
+_HOW_TO_GET.update({
+    "webvision-mini": "download WebVision 1.0 (resized, Google part + info + val) from "
+                      "https://data.vision.ee.ethz.ch/cvl/webvision/download.html and pass --data-dir",
+    "clothing1m": "request Clothing1M from its authors (https://github.com/Cysu/noisy_label) and pass --data-dir",
+})
+
+
+def load_image_dataset(name, data_dir, image_size=224, samples=0, seed=0, workers=8,
+                       train_list=None, test_list=None):
+    """WebVision-Mini or Clothing1M from its original layout (docs/realworld.md) as a Dataset.
+
+    Train images: shorter side resized to image_size, centre crop (S, S) with
+    S = image_size (random_resized_crop_flip then crops from it at batch time);
+    test/val images: shorter side to round(S·256/224), centre crop (S, S).
+    samples > 0: a seeded class-balanced subset (balanced_subset) of the noisy
+    training list. train_list / test_list (webvision-mini): two-column
+    `path label` files replacing info/*.txt, paths relative to data_dir.
+    The training labels are the noisy ones (noisy_train == y_train,
+    clean_train_known False). Returns a Dataset (3-channel, uint8).
+    """
+    if not isinstance(image_size, int) or image_size < 8:
+        raise DataError(f"--image-size must be an integer >= 8, got {image_size!r}")
+    if not isinstance(samples, int) or samples < 0:
+        raise DataError(f"--samples-per-epoch must be an integer >= 0, got {samples!r}")
+    if name == "clothing1m" and (train_list is not None or test_list is not None):
+        raise DataError("--train-list/--test-list apply to webvision-mini only, not to clothing1m")
+    folder = _image_folder(name, data_dir)
+    if name == "webvision-mini":
+        (tr_p, tr_y), (te_p, te_y) = _webvision_lists(folder, train_list, test_list)
+        val, C = None, WEBVISION_CLASSES
+    else:
+        (tr_p, tr_y), (te_p, te_y), val = _clothing1m_lists(folder)
+        C = CLOTHING1M_CLASSES
+    if samples:
+        pick = balanced_subset(tr_y, samples, seed).numpy()
+        tr_p, tr_y = [tr_p[i] for i in pick], tr_y[pick]
+    test_resize = round(image_size * TEST_RESIZE)
+    x_train = decode_images(tr_p, image_size, image_size, workers)
+    x_test = decode_images(te_p, image_size, test_resize, workers)
+    extra = {}
+    if val is not None:
+        extra = dict(x_val=decode_images(val[0], image_size, test_resize, workers), y_val=torch.from_numpy(val[1]))
+    y_train = torch.from_numpy(tr_y)
+    # ImageNet statistics, not the data's: the pretrained ResNet-50 expects them.
+    return Dataset(name, x_train, y_train, x_test, torch.from_numpy(te_y), C, IMAGENET_MEAN, IMAGENET_STD,
+                   noisy_train=y_train.clone(), clean_train_known=False, **extra)
+
+
+def balanced_subset(labels, n, seed):
+    """Seeded class-balanced subset: sorted indices (min(n, N),) int64 into labels (N,).
+
+    Every class gets the same count (within 1); a class with fewer samples than
+    its share gives all of them and the rest is spread over the larger classes
+    (water-filling from the smallest class up), so the total is exactly min(n, N).
+    Clothing1M's usual protocol draws n/14 images per class of the noisy set.
+    """
+    labels = torch.as_tensor(labels).long().cpu()
+    if not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n must be an integer >= 0, got {n!r}")
+    classes, counts = torch.unique(labels, return_counts=True)
+    order = torch.sort(counts, stable=True).indices            # smallest class first
+    take, rem = torch.zeros_like(counts), min(n, labels.numel())
+    for k, c in enumerate(order.tolist()):
+        take[c] = min(int(counts[c]), rem // (len(order) - k))
+        rem -= int(take[c])
+    g = torch.Generator().manual_seed(seed)
+    picked = [torch.nonzero(labels == cls).flatten()[torch.randperm(int(cnt), generator=g)[:int(t)]]
+              for cls, cnt, t in zip(classes.tolist(), counts.tolist(), take.tolist())]
+    return torch.sort(torch.cat(picked)).values if picked else torch.zeros(0, dtype=torch.int64)
+
+
+def random_resized_crop_flip(x, generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """ImageNet's training transform as one batch op: x (B, C, H, W) float -> (B, C, H, W).
+
+    Each sample gets a crop of area fraction s ~ U(scale) and aspect ratio r with
+    log r ~ U(log ratio), at a uniform position, resampled bilinearly to H×W, then
+    mirrored with probability 1/2 (one affine_grid + grid_sample for the batch).
+    A side longer than the image is clamped to the image (torchvision instead
+    retries and falls back to a centre crop). `generator` lives on x's device.
+    """
+    B, dev = x.shape[0], x.device
+    u = torch.rand(5, B, generator=generator, device=dev)
+    s = scale[0] + (scale[1] - scale[0]) * u[0]
+    r = torch.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[1])
+    w, h = torch.sqrt(s * r).clamp(max=1.0), torch.sqrt(s / r).clamp(max=1.0)  # fractions of W, H
+    cx, cy = (2 * u[2] - 1) * (1 - w), (2 * u[3] - 1) * (1 - h)   # centres in [-1, 1] coordinates
+    sign = torch.where(u[4] < 0.5, -1.0, 1.0)                      # -1: mirrored crop
+    theta = torch.zeros(B, 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * sign, cx, h, cy
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def decode_image(path, size, resize_to):
+    """One image file -> (3, size, size) uint8: RGB, shorter side resized to
+    resize_to (>= size, antialiased bilinear), centre crop size × size."""
+    Image = _pillow()
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (resize_to, resize_to))  # JPEG: decode at the smallest DCT scale >= target (fast)
+            im = im.convert("RGB")
+            w, h = im.size
+            k = resize_to / min(w, h)
+            nw, nh = max(size, round(w * k)), max(size, round(h * k))
+            im = im.resize((nw, nh), Image.BILINEAR)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            return np.asarray(im.crop((left, top, left + size, top + size))).transpose(2, 0, 1)
+    except (OSError, SyntaxError, ValueError) as e:  # missing, truncated or not an image
+        raise DataError(f"cannot read image {path} ({_one_line(e)}); check the file or the list naming it") from None
+
+
+def decode_images(paths, size, resize_to, workers=8):
+    """Decode every path (decode_image) with a pool of `workers` threads -> (N, 3, size, size) uint8."""
+    _pillow()  # a missing Pillow is one clear error, before any thread starts
+    out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
+
+    def one(i):
+        out[i] = decode_image(paths[i], size, resize_to)
+    with ThreadPoolExecutor(max(1, int(workers))) as pool:
+        for _ in pool.map(one, range(len(paths))):  # iterating re-raises a worker's DataError
+            pass
+    return torch.from_numpy(out)
+
+
+def _pillow():
+    """PIL.Image, imported lazily: only the JPEG datasets need Pillow."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError("webvision-mini and clothing1m need Pillow to decode JPEGs: pip install 'Pillow>=9'") from None
+    return Image
+
+
+def _image_folder(name, data_dir):
+    """The existing data folder of an image dataset; DataError otherwise."""
+    if data_dir is None:
+        raise DataError(f"{name} needs --data-dir DIR (layout in docs/realworld.md); to get it: {_HOW_TO_GET[name]}")
+    if not os.path.isdir(data_dir):
+        raise DataError(f"{name}: data directory {data_dir} does not exist (or is not a folder); "
+                        f"to get it: {_HOW_TO_GET[name]}")
+    return data_dir
+
+
+def _read_list(path, name, columns):
+    """A text list of `columns` whitespace-separated fields per line -> list of tuples of str."""
+    if not os.path.isfile(path):
+        raise DataError(f"{name}: list file {path} is missing (layout in docs/realworld.md); "
+                        f"to get it: {_HOW_TO_GET[name]}")
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for i, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != columns or (columns == 2 and not parts[1].lstrip("-").isdigit()):
+                expected = "'path label'" if columns == 2 else "one path"
+                raise DataError(f"{name}: {path} line {i} is {line.strip()[:80]!r}; expected {expected} per line")
+            rows.append(tuple(parts))
+    if not rows:
+        raise DataError(f"{name}: list file {path} is empty")
+    return rows
+
+
+def _labelled(path, name, root, num_classes, keep_below=False):
+    """`path label` list -> (absolute paths, labels (N,) int64); labels must lie in
+    0..num_classes-1, or with keep_below the others are dropped (WebVision's first 50)."""
+    rows = _read_list(path, name, 2)
+    y = np.array([int(r[1]) for r in rows], dtype=np.int64)
+    ok = (y >= 0) & (y < num_classes)
+    if not keep_below and not ok.all():
+        raise DataError(f"{name}: {path} has labels outside 0..{num_classes - 1} (e.g. {int(y[~ok][0])})")
+    paths = [os.path.join(root, r[0]) for r, k in zip(rows, ok) if k]
+    if not paths:
+        raise DataError(f"{name}: {path} has no image with a label in 0..{num_classes - 1}")
+    return paths, y[ok]
+
+
+def _webvision_lists(folder, train_list, test_list):
+    """WebVision 1.0: info/train_filelist_google.txt (paths relative to the data
+    folder) and info/val_filelist.txt (names in val_images_256/), classes < 50."""
+    name, C = "webvision-mini", WEBVISION_CLASSES
+    train = _labelled(train_list or os.path.join(folder, "info", "train_filelist_google.txt"), name, folder, C, True)
+    if test_list is not None:
+        test = _labelled(test_list, name, folder, C, True)
+    else:
+        test = _labelled(os.path.join(folder, "info", "val_filelist.txt"), name,
+                         os.path.join(folder, "val_images_256"), C, True)
+    return train, test
+
+
+def _clothing1m_lists(folder):
+    """Clothing1M: (train paths, noisy labels), (test paths, clean labels), (val paths, clean labels).
+
+    Train = noisy_train_key_list.txt labelled by noisy_label_kv.txt; test and
+    val = clean_{test,val}_key_list.txt labelled by clean_label_kv.txt. Keys
+    are paths relative to the data folder (images/x/yz/....jpg).
+    """
+    name, C = "clothing1m", CLOTHING1M_CLASSES
+    kv = {}
+    for which in ("noisy", "clean"):
+        path = os.path.join(folder, f"{which}_label_kv.txt")
+        keys, y = _labelled(path, name, "", C)
+        kv[which] = (dict(zip(keys, y.tolist())), path)
+    splits = []
+    for which, stem in (("noisy", "noisy_train"), ("clean", "clean_test"), ("clean", "clean_val")):
+        path = os.path.join(folder, f"{stem}_key_list.txt")
+        keys = [r[0] for r in _read_list(path, name, 1)]
+        table, kv_path = kv[which]
+        missing = [k for k in keys if k not in table]
+        if missing:
+            raise DataError(f"{name}: {len(missing)} keys of {path} have no label in {kv_path} (e.g. {missing[0]})")
+        splits.append(([os.path.join(folder, k) for k in keys], np.array([table[k] for k in keys], dtype=np.int64)))
+    return splits

@@ -5,7 +5,8 @@ DCM (Zhang et al., arXiv 2508.09697) only touches the classifier head, so the
 backbones here are ordinary ``nn.Module``s that map images to features
 ``v: (B, d)``; the heads and everything DCM stay pure functions (dcm_ref.py,
 kan.py, train.py). Protocols follow SPEC §7 (APL/ANL CIFAR-10 8-layer CNN,
-CIFAR-style ResNets).
+CIFAR-style ResNets; the ImageNet ResNet-50 for Clothing1M/WebVision, with
+load_pretrained reading torchvision-layout weights from a user file).
 
     net = make_backbone("cnn8", in_shape=(3, 32, 32))
     v = net(torch.randn(4, 3, 32, 32))         # (4, 256)
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 import dcm_ref
 import kan
 
-BACKBONES = ("mlp", "cnn8", "preact-resnet18", "resnet34")
+BACKBONES = ("mlp", "cnn8", "preact-resnet18", "resnet34", "resnet50")
 
 
 class MLP(nn.Module):
@@ -126,6 +127,84 @@ class ResNet(nn.Module):
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
 
 
+class Bottleneck(nn.Module):
+    """ResNet-50 bottleneck (1x1, 3x3 with the stride, 1x1 to 4x width), torchvision's
+    attribute names so an ImageNet state dict loads as is."""
+
+    def __init__(self, c_in, width, stride):
+        super().__init__()
+        c_out = 4 * width
+        self.conv1, self.bn1 = nn.Conv2d(c_in, width, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = nn.Conv2d(width, c_out, 1, bias=False), nn.BatchNorm2d(c_out)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        skip = x if self.downsample is None else self.downsample(x)
+        return F.relu(self.bn3(self.conv3(out)) + skip)
+
+
+class ResNet50(nn.Module):
+    """ImageNet ResNet-50 (He et al. 2016; stride in the 3x3 as torchvision's v1.5):
+    7x7/2 stem + 3x3/2 max-pool, bottleneck stages [3, 4, 6, 3] of widths 64..512.
+    x: (B, C, H, W) -> v: (B, 2048). Parameter names follow torchvision (conv1,
+    bn1, layer1..layer4) without its fc: the DCM head replaces it (SPEC §7, Clothing1M)."""
+
+    def __init__(self, in_shape):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_shape[0], 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        c_prev = 64
+        for i, (width, n) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3))):
+            blocks = []
+            for j in range(n):
+                blocks.append(Bottleneck(c_prev, width, 2 if (i > 0 and j == 0) else 1))
+                c_prev = 4 * width
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.feature_dim = 2048
+        self.last_layer = self.layer4[-1].conv3
+
+    def forward(self, x):
+        out = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+
+def load_pretrained(backbone, path):
+    """Copy an ImageNet state dict (torchvision key layout) from the file `path` into
+    `backbone` and return it. The classifier (fc.*) is ignored, a "module." prefix
+    (DataParallel) stripped, and a {"state_dict": ...} wrapper unwrapped; BN's
+    num_batches_tracked may be absent (old torchvision files). Raises ValueError
+    (one line) naming missing, unexpected or mis-shaped keys. Mutates `backbone`
+    in place: an nn.Module is the one stateful object here, as for load_state_dict."""
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)  # tensors only: no code runs
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        raise ValueError(f"--pretrained {path}: cannot read it ({' '.join(str(e).split())[:200]}); "
+                         f"expected a torch.save'd state dict") from None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ValueError(f"--pretrained {path}: holds a {type(sd).__name__}, expected a state dict")
+    sd = {k[7:] if k.startswith("module.") else k: v for k, v in sd.items() if not k.startswith(("fc.", "module.fc."))}
+    own = backbone.state_dict()
+    optional = {k for k in own if k.endswith("num_batches_tracked")}
+    missing = sorted(set(own) - set(sd) - optional)
+    unexpected = sorted(set(sd) - set(own))
+    shapes = sorted(k for k in set(sd) & set(own) if tuple(sd[k].shape) != tuple(own[k].shape))
+    if missing or unexpected or shapes:
+        def few(keys):
+            return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "") if keys else "none"
+        raise ValueError(f"--pretrained {path} does not fit the backbone: missing {few(missing)}; "
+                         f"unexpected {few(unexpected)}; shape mismatch {few(shapes)}")
+    backbone.load_state_dict(sd, strict=False)
+    return backbone
+
+
 def make_backbone(name, in_shape):
     """Build a backbone by name for inputs of shape ``in_shape = (C, H, W)``.
 
@@ -139,6 +218,8 @@ def make_backbone(name, in_shape):
         return ResNet(in_shape, PreActBlock, (2, 2, 2, 2), preact=True)
     if name == "resnet34":
         return ResNet(in_shape, BasicBlock, (3, 4, 6, 3), preact=False)
+    if name == "resnet50":
+        return ResNet50(in_shape)
     raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
 
 

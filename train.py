@@ -10,6 +10,8 @@ paths. Labels are corrupted by noise.py; losses come from losses.py.
     python train.py --dataset fashion-mnist --head fc --noise symmetric --noise-rate 0.6
     python train.py --dataset cifar10 --data-dir ~/data --backbone cnn8 --head dfc \\
         --loss anl_ce --noise symmetric --noise-rate 0.8 --epochs 120    # SPEC §7 protocol
+    python train.py --dataset clothing1m --data-dir ~/clothing1m --noise none --backbone resnet50 \\
+        --pretrained resnet50_imagenet.pth --samples-per-epoch 64000 --epochs 10   # docs/realworld.md
     python train.py --out runs/my-run --resume --epochs 60           # continue a run
     torchrun --standalone --nproc_per_node=4 train.py --head dfc     # 4 processes (GPUs), same flags
 
@@ -43,7 +45,7 @@ HEADS = ("fc", "dfc", "kan", "dkan")
 METHODS = ("standard", "coteaching", "elr")
 NOISES = ("none", "symmetric", "asymmetric", "pairflip", "instance", "cifar100-superclass")
 PROBE_SIZE = 256  # Fig. 3 probe set: at most this many corrupted training samples
-CKPT_IGNORED = {"epochs", "resume", "out", "stop_after", "device", "compile", "overwrite", "threads"}
+CKPT_IGNORED = {"epochs", "resume", "out", "stop_after", "device", "compile", "overwrite", "threads", "decode_workers"}
 RANK_DUMP_ENV = "DCM_REF_RANK_DUMP"  # test/debug hook: each rank saves its state per epoch in this folder
 
 
@@ -60,13 +62,21 @@ class PeerFailed(Exception):
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="digits", help=f"one of {', '.join(data.DATASETS)}")
+    g.add_argument("--dataset", default="digits", help=f"one of {', '.join(data.ALL_DATASETS)}")
     g.add_argument("--data-dir", default=None, help="dataset folder (default: the dataset's usual place, see README)")
     g.add_argument("--noisy-labels-file", default=None, help="CIFAR-N label file (CIFAR-10_human.pt / CIFAR-100_human.pt)")
     g.add_argument("--noisy-labels", default=None, help="CIFAR-N label set: aggre|worst|rand1|rand2|rand3 (10) or noisy100 (100)")
     g.add_argument("--limit-train", type=int, default=0, help="use a seeded class-stratified subset of N training samples (0 = all)")
     g.add_argument("--val-frac", type=float, default=0.0, help="hold out this fraction of the NOISY training set as validation (for choosing hyper-parameters without the test set)")
-    g.add_argument("--augment", default="auto", choices=("auto", "none", "crop-flip"), help="auto = crop-flip for CIFAR, none otherwise")
+    g.add_argument("--augment", default="auto", choices=("auto", "none", "crop-flip", "rrc-flip"),
+                   help="auto = crop-flip for CIFAR, rrc-flip (random resized crop + flip) for webvision-mini/clothing1m, none otherwise")
+    g = p.add_argument_group("real-world noisy datasets: webvision-mini, clothing1m (docs/realworld.md)")
+    g.add_argument("--image-size", type=int, default=None, help="training/test resolution S (S x S); default 224")
+    g.add_argument("--samples-per-epoch", type=int, default=0,
+                   help="train on a seeded class-balanced subset of N noisy images, drawn once per run (0 = all)")
+    g.add_argument("--decode-workers", type=int, default=8, help="threads decoding the JPEGs at load time")
+    g.add_argument("--train-list", default=None, help="webvision-mini: two-column 'path label' training list (paths relative to --data-dir)")
+    g.add_argument("--test-list", default=None, help="webvision-mini: two-column 'path label' test list (paths relative to --data-dir)")
     g = p.add_argument_group("label noise (SPEC §5)")
     g.add_argument("--noise", default="symmetric", choices=NOISES)
     g.add_argument("--noise-rate", type=float, default=0.4, help="fraction of labels flipped, in [0, 1)")
@@ -75,6 +85,7 @@ def build_parser():
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="mlp", help=f"one of {', '.join(nets.BACKBONES)}")
     g.add_argument("--head", default="dfc", help="fc | dfc (DCM on FC) | kan | dkan (DCM on KAN)")
+    g.add_argument("--pretrained", default=None, help="backbone weights: a state dict file in torchvision's key layout (fc.* ignored), e.g. ImageNet ResNet-50")
     g.add_argument("--kan-grid", type=int, default=5, help="KAN head: B-spline grid intervals")
     g.add_argument("--kan-order", type=int, default=3, help="KAN head: B-spline order")
     g = p.add_argument_group("DCM (SPEC §2)")
@@ -112,7 +123,8 @@ def build_parser():
     g = p.add_argument_group("diagnostics (SPEC §8; plot them with plot.py)")
     g.add_argument("--track-grad-error", action=argparse.BooleanOptionalAction, default=None,
                    help=f"Fig. 3: each epoch, cosine between the noisy- and clean-label gradients on a fixed probe set of "
-                        f"<= {PROBE_SIZE} corrupted training samples; None = on when some training labels differ from the clean ones")
+                        f"<= {PROBE_SIZE} corrupted training samples; None = on when some training labels differ from the clean ones "
+                        f"(off for webvision-mini/clothing1m: their clean training labels are unknown)")
     g.add_argument("--save-masks", action="store_true", help="Fig. 5: write DIR/masks/epoch_XXX.npz (the first network's C x d bool mask) after every epoch")
     return p
 
@@ -128,7 +140,7 @@ def explicit_flags(argv):
 def check_args(a):
     """Validate flag values; raises UserError with one line."""
     checks = [
-        (a.dataset in data.DATASETS, f"--dataset {a.dataset!r} is unknown; expected one of {', '.join(data.DATASETS)}"),
+        (a.dataset in data.ALL_DATASETS, f"--dataset {a.dataset!r} is unknown; expected one of {', '.join(data.ALL_DATASETS)}"),
         (a.backbone in nets.BACKBONES, f"--backbone {a.backbone!r} is unknown; expected one of {', '.join(nets.BACKBONES)}"),
         (a.head in HEADS, f"--head {a.head!r} is unknown; expected one of {', '.join(HEADS)}"),
         (a.method in METHODS, f"--method {a.method!r} is unknown; expected one of {', '.join(METHODS)}"),
@@ -145,12 +157,19 @@ def check_args(a):
         (a.weight_decay is None or a.weight_decay >= 0, f"--weight-decay must be >= 0, got {a.weight_decay}"),
         (a.grad_clip >= 0, f"--grad-clip must be >= 0, got {a.grad_clip}"),
         (not a.save_masks or a.head in ("dfc", "dkan"), f"--save-masks needs a DCM head (--head dfc or dkan), got --head {a.head}"),
+        (a.samples_per_epoch >= 0, f"--samples-per-epoch must be >= 0, got {a.samples_per_epoch}"),
+        (a.image_size is None or a.image_size >= 8, f"--image-size must be >= 8, got {a.image_size}"),
+        (a.pretrained is None or os.path.isfile(a.pretrained), f"--pretrained {a.pretrained} does not exist (or is not a file)"),
     ]
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
-    if a.dataset in ("cifar10n", "cifar100n") and a.noise != "none":
+    if a.dataset in ("cifar10n", "cifar100n") + data.IMAGE_DATASETS and a.noise != "none":
         raise UserError(f"--dataset {a.dataset} brings its own human noise; add --noise none (got --noise {a.noise})")
+    image_flags = [f for f, v in (("--image-size", a.image_size), ("--samples-per-epoch", a.samples_per_epoch),
+                                  ("--train-list", a.train_list), ("--test-list", a.test_list)) if v]
+    if image_flags and a.dataset not in data.IMAGE_DATASETS:
+        raise UserError(f"{', '.join(image_flags)} apply to {' and '.join(data.IMAGE_DATASETS)} only, not to --dataset {a.dataset}")
 
 
 def parse_loss_args(items):
@@ -287,8 +306,13 @@ def first_failure(failed, dd):
     return -1 if int(r) == dd.world else int(r)
 
 
-def build_net(a, in_shape, num_classes):
+def build_net(a, in_shape, num_classes, pretrained=None):
     backbone = nets.make_backbone(a.backbone, in_shape)
+    if pretrained is not None:
+        try:
+            nets.load_pretrained(backbone, pretrained)
+        except ValueError as e:
+            raise UserError(str(e)) from None
     head = nets.head_init(a.head, backbone.feature_dim, num_classes, a.kan_grid, a.kan_order)
     return nets.Net(backbone, head)
 
@@ -354,7 +378,11 @@ def noisy_labels(a, ds, x, y):
 
 def prepare_data(a, device):
     """Load, subset, corrupt and split; everything ends up as tensors on `device`."""
-    ds = data.load_dataset(a.dataset, a.data_dir, a.noisy_labels_file, a.noisy_labels)
+    image_opts = {}
+    if a.dataset in data.IMAGE_DATASETS:
+        image_opts = dict(image_size=a.image_size or 224, samples=a.samples_per_epoch, seed=a.seed,
+                          workers=a.decode_workers, train_list=a.train_list, test_list=a.test_list)
+    ds = data.load_dataset(a.dataset, a.data_dir, a.noisy_labels_file, a.noisy_labels, **image_opts)
     x, y = ds.x_train, ds.y_train
     if a.limit_train and a.limit_train < len(y):
         idx = data.stratified_subset(y, a.limit_train, a.seed)
@@ -363,9 +391,13 @@ def prepare_data(a, device):
             ds = ds._replace(noisy_train=ds.noisy_train[idx])
     y_noisy, T = noisy_labels(a, ds, x, y)
     y_noisy = torch.as_tensor(y_noisy, dtype=torch.long)
-    report = noise.noise_report(y, y_noisy, ds.num_classes)
-    report.update(seed=a.seed, kind=a.noise if ds.noisy_train is None else f"human:{a.noisy_labels or 'default'}",
-                  nominal_rate=a.noise_rate, T_nominal=None if T is None else np.asarray(T).tolist())
+    if ds.clean_train_known:
+        report = noise.noise_report(y, y_noisy, ds.num_classes)
+        report.update(seed=a.seed, kind=a.noise if ds.noisy_train is None else f"human:{a.noisy_labels or 'default'}",
+                      nominal_rate=a.noise_rate, T_nominal=None if T is None else np.asarray(T).tolist())
+    else:  # web/crowd labels only (WebVision, Clothing1M): the realised noise cannot be measured
+        report = dict(rate=None, per_class=None, T=None, seed=a.seed, kind=f"real-world:{a.dataset}",
+                      clean_labels="unknown", nominal_rate=None, T_nominal=None)
     val = None
     if a.val_frac > 0:
         n_val = max(1, int(round(a.val_frac * len(y))))
@@ -375,9 +407,11 @@ def prepare_data(a, device):
         val = (x[vidx].to(device), y_noisy[vidx].to(device))
         x, y, y_noisy = x[keep], y[keep], y_noisy[keep]
     aug = data.default_augment(a.dataset) if a.augment == "auto" else a.augment
+    clean_val = None if ds.x_val is None else (ds.x_val.to(device), ds.y_val.to(device))
     return dict(x=x.to(device), y=y.to(device), y_noisy=y_noisy.to(device), x_test=ds.x_test.to(device),
                 y_test=ds.y_test.to(device), C=ds.num_classes, mean=ds.mean, std=ds.std, aug=aug,
-                val=val, report=report, in_shape=tuple(ds.x_train.shape[1:]))
+                val=val, report=report, in_shape=tuple(ds.x_train.shape[1:]),
+                clean_known=ds.clean_train_known, clean_val=clean_val)
 
 
 # ----------------------------------------------------------------------------- Training
@@ -438,6 +472,8 @@ def train_epoch(a, st, d, epoch, total_steps, loss_fn, delta):
         xb = d["x"][idx]
         if d["aug"] == "crop-flip":  # on raw pixels, so padding is black as in torchvision's RandomCrop
             xb = data.augment_batch(xb.float(), gaug)
+        elif d["aug"] == "rrc-flip":
+            xb = data.random_resized_crop_flip(xb.float(), gaug)
         xb = data.to_float(xb, d["mean"], d["std"])
         lr = lr_at(a, st["step"], total_steps)
         for opt in st["opts"]:
@@ -503,6 +539,11 @@ def evaluate(a, st, d):
                conf_clean=p_given[~is_noisy].mean().item() if (~is_noisy).any() else None,
                conf_noisy=p_given[is_noisy].mean().item() if is_noisy.any() else None,
                fit_noisy=(pred[is_noisy] == d["y_noisy"][is_noisy]).float().mean().item() if is_noisy.any() else None)
+    if not d["clean_known"]:  # y is y_noisy there: clean-label metrics would be fake
+        out.update(train_acc_clean=None, conf_clean=None, conf_noisy=None, fit_noisy=None)
+    if d["clean_val"] is not None:  # Clothing1M's clean validation keys
+        zc = eval_logits(net, d["clean_val"][0], d["mean"], d["std"], a, ms, dd=dd)
+        out["val_acc_clean"] = (zc.argmax(1) == d["clean_val"][1]).float().mean().item()
     if d["val"] is not None:
         zv = eval_logits(net, d["val"][0], d["mean"], d["std"], a, ms, dd=dd)
         out["val_acc_noisy"] = (zv.argmax(1) == d["val"][1]).float().mean().item()
@@ -523,6 +564,10 @@ def grad_probe(a, d):
     Drawn once from the run seed with a private generator, so the global RNG (and
     therefore the training trajectory) is untouched, and a resumed run gets the same set.
     """
+    if not d["clean_known"]:
+        if a.track_grad_error:
+            raise UserError(f"--track-grad-error needs the clean training labels; --dataset {a.dataset} has only its noisy ones")
+        return None
     corrupted = (d["y_noisy"] != d["y"]).nonzero()[:, 0]
     if a.track_grad_error is False or (a.track_grad_error is None and len(corrupted) == 0):
         return None
@@ -680,7 +725,8 @@ def init_state(a, d, device, ck, dd=Dist()):
     The seed is the same on every rank, so every rank builds the same initial networks."""
     torch.manual_seed(a.seed)
     n_nets = 2 if a.method == "coteaching" else 1
-    nets_ = [build_net(a, d["in_shape"], d["C"]).to(device) for _ in range(n_nets)]
+    pretrained = a.pretrained if ck is None else None  # a resumed run's weights are in its checkpoint
+    nets_ = [build_net(a, d["in_shape"], d["C"], pretrained).to(device) for _ in range(n_nets)]
     opts = [make_optimizer(a, n) for n in nets_]
     C, dim = d["C"], nets_[0].backbone.feature_dim
     masks = [dcm_ref.mask_init((C, dim), device=device) for _ in nets_]
@@ -753,7 +799,8 @@ def run(a, argv, dd=Dist()):
     total = a.epochs * steps_per_epoch
     delta = cfg.get("delta", 0.0) if a.loss.startswith("anl_") else 0.0
     ranks = f" x {dd.world} ranks (batch {B // dd.world} per rank)" if dd.world > 1 else ""
-    say(f"dcm-ref: {a.dataset} ({N} train, {len(d['y_test'])} test, noise {d['report']['rate']:.3f}) "
+    rate = "unknown" if d["report"]["rate"] is None else f"{d['report']['rate']:.3f}"
+    say(f"dcm-ref: {a.dataset} ({N} train, {len(d['y_test'])} test, noise {rate}) "
         f"{a.backbone}+{a.head} loss={a.loss} method={a.method} on {device}{ranks} -> {out}", flush=True)
     rank_dump = os.environ.get(RANK_DUMP_ENV)
     for epoch in range(start_epoch + 1, a.epochs + 1):
