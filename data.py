@@ -82,7 +82,8 @@ class Dataset(NamedTuple):
     is absent from the training set) or None,
     clean_train_known: False when y_train are the noisy labels themselves (the
     clean training labels of WebVision and Clothing1M are unknown),
-    x_val: (V, C, H, W) uint8, y_val: (V,) int64: a clean validation set or None.
+    x_val: (V, C, H, W) uint8, y_val: (V,) int64: a second clean set or None
+    (Clothing1M's clean val keys, ILSVRC12 val for WebVision-Mini).
     """
     name: str
     x_train: torch.Tensor
@@ -469,7 +470,7 @@ _HOW_TO_GET.update({
 
 
 def load_image_dataset(name, data_dir, image_size=224, samples=0, seed=0, workers=8,
-                       train_list=None, test_list=None):
+                       train_list=None, test_list=None, imagenet_val_dir=None):
     """WebVision-Mini or Clothing1M from its original layout (docs/realworld.md) as a Dataset.
 
     Train images: shorter side resized to image_size, centre crop (S, S) with
@@ -478,6 +479,8 @@ def load_image_dataset(name, data_dir, image_size=224, samples=0, seed=0, worker
     samples > 0: a seeded class-balanced subset (balanced_subset) of the noisy
     training list. train_list / test_list (webvision-mini): two-column
     `path label` files replacing info/*.txt, paths relative to data_dir.
+    imagenet_val_dir (webvision-mini): ILSVRC12 val sorted into one folder per
+    synset; its first 50 classes become the second clean set (x_val, y_val).
     The training labels are the noisy ones (noisy_train == y_train,
     clean_train_known False). Returns a Dataset (3-channel, uint8).
     """
@@ -485,12 +488,14 @@ def load_image_dataset(name, data_dir, image_size=224, samples=0, seed=0, worker
         raise DataError(f"--image-size must be an integer >= 8, got {image_size!r}")
     if not isinstance(samples, int) or samples < 0:
         raise DataError(f"--samples-per-epoch must be an integer >= 0, got {samples!r}")
-    if name == "clothing1m" and (train_list is not None or test_list is not None):
-        raise DataError("--train-list/--test-list apply to webvision-mini only, not to clothing1m")
+    if name == "clothing1m" and (train_list is not None or test_list is not None or imagenet_val_dir is not None):
+        raise DataError("--train-list/--test-list/--imagenet-val-dir apply to webvision-mini only, not to clothing1m")
     folder = _image_folder(name, data_dir)
     if name == "webvision-mini":
         (tr_p, tr_y), (te_p, te_y) = _webvision_lists(folder, train_list, test_list)
         val, C = None, WEBVISION_CLASSES
+        if imagenet_val_dir is not None:
+            val = _imagenet_val(imagenet_val_dir, folder)
     else:
         (tr_p, tr_y), (te_p, te_y), val = _clothing1m_lists(folder)
         C = CLOTHING1M_CLASSES
@@ -649,6 +654,43 @@ def _webvision_lists(folder, train_list, test_list):
         test = _labelled(os.path.join(folder, "info", "val_filelist.txt"), name,
                          os.path.join(folder, "val_images_256"), C, True)
     return train, test
+
+
+def _imagenet_val(imagenet_dir, folder):
+    """ILSVRC12 val images of WebVision's first 50 classes -> (paths, labels (V,) int64).
+
+    WebVision 1.0 shares ILSVRC12's 1000 classes in the same order: class c is
+    line c of info/synsets.txt ("n01440764 tench, ..."), or, without that file,
+    the c-th synset folder of imagenet_dir in sorted order (ILSVRC's order).
+    """
+    name = "webvision-mini"
+    if not os.path.isdir(imagenet_dir):
+        raise DataError(f"{name}: --imagenet-val-dir {imagenet_dir} does not exist (or is not a folder)")
+    listed = os.path.join(folder, "info", "synsets.txt")
+    if os.path.isfile(listed):
+        synsets = [r[0] for r in _read_list_loose(listed)][:WEBVISION_CLASSES]
+    else:
+        synsets = sorted(f for f in os.listdir(imagenet_dir) if os.path.isdir(os.path.join(imagenet_dir, f)))
+        synsets = synsets[:WEBVISION_CLASSES]
+    paths, labels = [], []
+    for c, wnid in enumerate(synsets):
+        sub = os.path.join(imagenet_dir, wnid)
+        if not os.path.isdir(sub):
+            raise DataError(f"{name}: --imagenet-val-dir {imagenet_dir} has no folder {wnid} (class {c}); "
+                            f"expected ILSVRC12 val sorted into one folder per synset")
+        names = sorted(f for f in os.listdir(sub) if not f.startswith("."))
+        paths += [os.path.join(sub, f) for f in names]
+        labels += [c] * len(names)
+    if not paths:
+        raise DataError(f"{name}: --imagenet-val-dir {imagenet_dir} has no images in its first "
+                        f"{WEBVISION_CLASSES} synset folders")
+    return paths, np.array(labels, dtype=np.int64)
+
+
+def _read_list_loose(path):
+    """Lines of a text file split on whitespace (the first field is used), blank lines skipped."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return [line.split() for line in f if line.split()]
 
 
 def _clothing1m_lists(folder):

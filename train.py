@@ -77,6 +77,8 @@ def build_parser():
     g.add_argument("--decode-workers", type=int, default=8, help="threads decoding the JPEGs at load time")
     g.add_argument("--train-list", default=None, help="webvision-mini: two-column 'path label' training list (paths relative to --data-dir)")
     g.add_argument("--test-list", default=None, help="webvision-mini: two-column 'path label' test list (paths relative to --data-dir)")
+    g.add_argument("--imagenet-val-dir", default=None, help="webvision-mini: ILSVRC12 val in one folder per synset; "
+                   "its first 50 classes are a second clean test set (metric imagenet_acc)")
     g = p.add_argument_group("label noise (SPEC §5)")
     g.add_argument("--noise", default="symmetric", choices=NOISES)
     g.add_argument("--noise-rate", type=float, default=0.4, help="fraction of labels flipped, in [0, 1)")
@@ -167,7 +169,8 @@ def check_args(a):
     if a.dataset in ("cifar10n", "cifar100n") + data.IMAGE_DATASETS and a.noise != "none":
         raise UserError(f"--dataset {a.dataset} brings its own human noise; add --noise none (got --noise {a.noise})")
     image_flags = [f for f, v in (("--image-size", a.image_size), ("--samples-per-epoch", a.samples_per_epoch),
-                                  ("--train-list", a.train_list), ("--test-list", a.test_list)) if v]
+                                  ("--train-list", a.train_list), ("--test-list", a.test_list),
+                                  ("--imagenet-val-dir", a.imagenet_val_dir)) if v]
     if image_flags and a.dataset not in data.IMAGE_DATASETS:
         raise UserError(f"{', '.join(image_flags)} apply to {' and '.join(data.IMAGE_DATASETS)} only, not to --dataset {a.dataset}")
 
@@ -382,6 +385,8 @@ def prepare_data(a, device):
     if a.dataset in data.IMAGE_DATASETS:
         image_opts = dict(image_size=a.image_size or 224, samples=a.samples_per_epoch, seed=a.seed,
                           workers=a.decode_workers, train_list=a.train_list, test_list=a.test_list)
+        if a.dataset == "webvision-mini":
+            image_opts["imagenet_val_dir"] = a.imagenet_val_dir
     ds = data.load_dataset(a.dataset, a.data_dir, a.noisy_labels_file, a.noisy_labels, **image_opts)
     x, y = ds.x_train, ds.y_train
     if a.limit_train and a.limit_train < len(y):
@@ -407,7 +412,9 @@ def prepare_data(a, device):
         val = (x[vidx].to(device), y_noisy[vidx].to(device))
         x, y, y_noisy = x[keep], y[keep], y_noisy[keep]
     aug = data.default_augment(a.dataset) if a.augment == "auto" else a.augment
-    clean_val = None if ds.x_val is None else (ds.x_val.to(device), ds.y_val.to(device))
+    # The second clean set: Clothing1M's clean val keys, or ILSVRC12 val for WebVision.
+    metric = "val_acc_clean" if a.dataset == "clothing1m" else "imagenet_acc"
+    clean_val = None if ds.x_val is None else (ds.x_val.to(device), ds.y_val.to(device), metric)
     return dict(x=x.to(device), y=y.to(device), y_noisy=y_noisy.to(device), x_test=ds.x_test.to(device),
                 y_test=ds.y_test.to(device), C=ds.num_classes, mean=ds.mean, std=ds.std, aug=aug,
                 val=val, report=report, in_shape=tuple(ds.x_train.shape[1:]),
@@ -541,9 +548,9 @@ def evaluate(a, st, d):
                fit_noisy=(pred[is_noisy] == d["y_noisy"][is_noisy]).float().mean().item() if is_noisy.any() else None)
     if not d["clean_known"]:  # y is y_noisy there: clean-label metrics would be fake
         out.update(train_acc_clean=None, conf_clean=None, conf_noisy=None, fit_noisy=None)
-    if d["clean_val"] is not None:  # Clothing1M's clean validation keys
-        zc = eval_logits(net, d["clean_val"][0], d["mean"], d["std"], a, ms, dd=dd)
-        out["val_acc_clean"] = (zc.argmax(1) == d["clean_val"][1]).float().mean().item()
+    if d["clean_val"] is not None:  # Clothing1M's clean val keys / ILSVRC12 val for WebVision
+        xc, yc, metric = d["clean_val"]
+        out[metric] = (eval_logits(net, xc, d["mean"], d["std"], a, ms, dd=dd).argmax(1) == yc).float().mean().item()
     if d["val"] is not None:
         zv = eval_logits(net, d["val"][0], d["mean"], d["std"], a, ms, dd=dd)
         out["val_acc_noisy"] = (zv.argmax(1) == d["val"][1]).float().mean().item()

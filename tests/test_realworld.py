@@ -50,6 +50,20 @@ def make_webvision(root, train_labels=(0, 1, 2, 49, 50, 3, 999, 1), val_labels=(
     return train_rows, val_rows
 
 
+def make_imagenet_val(root, wv_root, per_class={0: 2, 3: 1, 49: 1, 50: 3}, synsets_file=True):
+    """ILSVRC12 val in one folder per synset (52 synsets, images in a few); optionally
+    WebVision's info/synsets.txt, listing the synsets in class order (here NOT sorted,
+    so the file, not the folder order, must decide the labels)."""
+    wnids = [f"n{9000000 - 1000 * c:08d}" for c in range(52)]   # descending: sorted order differs
+    for c, wnid in enumerate(wnids):
+        os.makedirs(os.path.join(root, wnid), exist_ok=True)
+        for k in range(per_class.get(c, 0)):
+            write_jpeg(os.path.join(root, wnid, f"ILSVRC2012_val_{c:03d}{k:02d}.JPEG"), color(c % 50, k))
+    if synsets_file:
+        write_list(os.path.join(wv_root, "info", "synsets.txt"), [(w, "a", "name") for w in wnids])
+    return wnids
+
+
 def make_clothing1m(root, n_train=42, n_test=14, n_val=14, sorted_train=False):
     """Clothing1M layout: kv label files, key lists, images/x/yz/*.jpg. Train keys carry
     noisy labels (clean label + 1 mod 14 where a clean one exists), test/val clean ones."""
@@ -110,6 +124,35 @@ def test_webvision_two_column_lists_replace_the_info_files(tmp_path):
                            test_list=str(tmp_path / "mine" / "test.txt"))
     assert ds.y_train.tolist() == [0, 1, 2] and ds.y_test.tolist() == [49]
     assert_colors(ds.x_test, ds.y_test, [3])
+
+
+def test_imagenet_val_takes_the_first_50_synsets_in_webvision_order(tmp_path):
+    make_webvision(str(tmp_path / "wv"))
+    make_imagenet_val(str(tmp_path / "inet"), str(tmp_path / "wv"))
+    ds = data.load_dataset("webvision-mini", str(tmp_path / "wv"), image_size=SIZE,
+                           imagenet_val_dir=str(tmp_path / "inet"))
+    assert ds.y_val.tolist() == [0, 0, 3, 49] and ds.x_val.shape == (4, 3, SIZE, SIZE)
+    assert_colors(ds.x_val, ds.y_val, [0, 1, 0, 0])
+
+
+def test_imagenet_val_without_synsets_file_uses_sorted_folders(tmp_path):
+    """Folders are named in descending order of the helper's index c, so sorted
+    position = 51 - c: c = 51 is class 0, c = 2 is class 49, c = 0 is class 51 (dropped)."""
+    make_webvision(str(tmp_path / "wv"))
+    make_imagenet_val(str(tmp_path / "inet"), str(tmp_path / "wv"), per_class={51: 1, 2: 1, 0: 1}, synsets_file=False)
+    ds = data.load_dataset("webvision-mini", str(tmp_path / "wv"), image_size=SIZE,
+                           imagenet_val_dir=str(tmp_path / "inet"))
+    assert ds.y_val.tolist() == [0, 49]
+    assert_colors(ds.x_val, [51, 2], [0, 0])   # the images of folders c = 51 and c = 2
+
+
+def test_imagenet_val_missing_synset_folder_is_named(tmp_path):
+    make_webvision(str(tmp_path / "wv"))
+    wnids = make_imagenet_val(str(tmp_path / "inet"), str(tmp_path / "wv"))
+    os.rmdir(tmp_path / "inet" / wnids[7])
+    with pytest.raises(data.DataError, match=f"no folder {wnids[7]} \\(class 7\\)"):
+        data.load_dataset("webvision-mini", str(tmp_path / "wv"), image_size=SIZE,
+                          imagenet_val_dir=str(tmp_path / "inet"))
 
 
 def test_clothing1m_trains_on_noisy_labels_and_tests_on_clean(tmp_path):
@@ -295,13 +338,16 @@ def test_clothing1m_one_epoch_run_with_pretrained_resnet50(tmp_path, capsys):
 
 def test_webvision_one_epoch_run_with_mlp(tmp_path, capsys):
     make_webvision(str(tmp_path / "wv"), train_labels=tuple(range(8)) * 2)
+    make_imagenet_val(str(tmp_path / "inet"), str(tmp_path / "wv"))
     out = str(tmp_path / "run")
     rc = train.main(["--dataset", "webvision-mini", "--data-dir", str(tmp_path / "wv"), "--noise", "none",
                      "--image-size", "16", "--epochs", "1", "--batch-size", "8", "--samples-per-epoch", "8",
-                     "--out", out])
+                     "--imagenet-val-dir", str(tmp_path / "inet"), "--out", out])
     assert rc == 0, capsys.readouterr().err
     cfg = json.load(open(os.path.join(out, "config.json")))
     assert cfg["n_train"] == 8
+    row = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))][0]
+    assert 0 <= row["imagenet_acc"] <= 1 and "val_acc_clean" not in row
 
 
 @pytest.mark.parametrize("flags, words", [
