@@ -8,8 +8,9 @@ import os
 import pytest
 
 import bench
+import bench_accuracy as acc
 
-TINY_COMMON = dict(bench.COMMON, dataset="digits", limit_train=200, epochs=1)
+TINY_COMMON = dict(acc.COMMON, dataset="digits", limit_train=200, epochs=1)
 TINY_MAIN = {"noises": (("symmetric", 0.6),), "losses": ("ce",), "heads": ("fc", "dfc")}
 TINY_ABLATIONS = {"keep p": (("ce",), {"fc (no DCM)": {"head": "fc"},       # the same runs as main's fc
                                        "keep 0.3": {"keep": 0.3}})}
@@ -17,16 +18,16 @@ TINY_ABLATIONS = {"keep p": (("ce",), {"fc (no DCM)": {"head": "fc"},       # th
 
 @pytest.fixture
 def tiny(monkeypatch):
-    monkeypatch.setattr(bench, "COMMON", TINY_COMMON)
-    monkeypatch.setattr(bench, "MAIN", TINY_MAIN)
-    monkeypatch.setattr(bench, "ABLATIONS", TINY_ABLATIONS)
-    monkeypatch.setattr(bench, "SEEDS", (0, 1))
+    monkeypatch.setattr(acc, "COMMON", TINY_COMMON)
+    monkeypatch.setattr(acc, "MAIN", TINY_MAIN)
+    monkeypatch.setattr(acc, "ABLATIONS", TINY_ABLATIONS)
+    monkeypatch.setattr(acc, "SEEDS", (0, 1))
 
 
 def keys_of(head, loss="ce", **flags):
     """Run keys of one tiny setting for seeds 0 and 1."""
     cfg = dict(TINY_COMMON, noise="symmetric", noise_rate=0.6, loss=loss, head=head, **flags)
-    return [bench.make_run(dict(cfg, seed=s)).key for s in (0, 1)]
+    return [acc.make_run(dict(cfg, seed=s)).key for s in (0, 1)]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def ran(tmp_path_factory):
     """Run the tiny main grid for real once (4 train.py subprocesses, 2 at a time); -> runs dir."""
     mp = pytest.MonkeyPatch()
     for name, value in (("COMMON", TINY_COMMON), ("MAIN", TINY_MAIN), ("ABLATIONS", TINY_ABLATIONS), ("SEEDS", (0, 1))):
-        mp.setattr(bench, name, value)
+        mp.setattr(acc, name, value)
     runs = tmp_path_factory.mktemp("acc") / "runs"
     try:
         bench.main(["accuracy", "--grid", "main", "--runs-dir", str(runs), "--jobs", "2"])
@@ -60,10 +61,10 @@ json.dump({"test_acc_last": 0.5, "test_acc_best": 0.5}, open(os.path.join(out, "
 
 def test_crashing_run_is_reported_and_the_next_run_still_runs(tiny, tmp_path, monkeypatch):
     (tmp_path / "train.py").write_text(FAKE_TRAIN)   # a real subprocess that crashes for seed 0
-    monkeypatch.setattr(bench, "ROOT", str(tmp_path))
-    runs = bench.plan(bench.grid_settings(bench.COMMON, "main"), (0, 1))[:2]   # fc seed 0, then dfc seed 0
-    runs = [runs[0], bench.make_run(dict(runs[0].cfg, seed=1))]
-    codes = bench.execute(runs, str(tmp_path / "runs"), jobs=1, threads=1, log=lambda s: None)
+    monkeypatch.setattr(acc, "ROOT", str(tmp_path))
+    runs = acc.plan(acc.grid_settings(acc.COMMON, "main"), (0, 1))[:2]   # fc seed 0, then dfc seed 0
+    runs = [runs[0], acc.make_run(dict(runs[0].cfg, seed=1))]
+    codes = acc.execute(runs, str(tmp_path / "runs"), jobs=1, threads=1, log=lambda s: None)
     assert codes == {runs[0].key: 1, runs[1].key: 0}
     assert (tmp_path / "runs" / runs[1].key / "final.json").exists()
     assert "crash" in (tmp_path / "runs" / runs[0].key / "stdout.log").read_text()
@@ -73,7 +74,7 @@ def test_second_call_launches_no_subprocess_for_finished_runs(ran, tiny, monkeyp
 
     def no_launch(*a, **k):
         raise AssertionError("a finished run was launched again")
-    monkeypatch.setattr(bench, "launch", no_launch)
+    monkeypatch.setattr(acc, "launch", no_launch)
     bench.main(["accuracy", "--grid", "main", "--runs-dir", str(ran), "--jobs", "2"])
     assert "4 already done, 0 to run" in capsys.readouterr().err
 
@@ -85,13 +86,13 @@ def test_table_only_call_reports_the_launch_of_the_runs_not_its_own(ran, tiny, c
 
 
 def test_duplicate_configs_of_main_and_ablations_are_one_run(tiny):
-    runs = bench.plan(bench.grid_settings(bench.COMMON, "all"), bench.SEEDS)
+    runs = acc.plan(acc.grid_settings(acc.COMMON, "all"), acc.SEEDS)
     assert len(runs) == len({r.key for r in runs}) == 6   # fc, dfc, keep 0.3 (x 2 seeds); "fc (no DCM)" = main's fc
 
 
 def test_full_grid_shares_dfc_keep_0_1_between_main_and_keep_ablation():
-    main = {r.key for r in bench.plan(bench.grid_settings(bench.COMMON, "main"), bench.SEEDS)}
-    abl = bench.plan(bench.grid_settings(bench.COMMON, "ablations"), bench.SEEDS)
+    main = {r.key for r in acc.plan(acc.grid_settings(acc.COMMON, "main"), acc.SEEDS)}
+    abl = acc.plan(acc.grid_settings(acc.COMMON, "ablations"), acc.SEEDS)
     shared = [r for r in abl if r.key in main]
     assert len(main) == 6 * 5 * 4 * 3
     # fc and dfc (keep 0.1, t 1, B 128, batch stats, full eval) for ce and anl_ce at sym 0.6, 3 seeds
@@ -100,13 +101,13 @@ def test_full_grid_shares_dfc_keep_0_1_between_main_and_keep_ablation():
 
 
 def test_run_with_a_checkpoint_but_no_final_json_is_resumed(tiny, tmp_path, monkeypatch):
-    run = bench.make_run(dict(TINY_COMMON, noise="symmetric", noise_rate=0.6, loss="ce", head="fc", seed=0))
+    run = acc.make_run(dict(TINY_COMMON, noise="symmetric", noise_rate=0.6, loss="ce", head="fc", seed=0))
     (tmp_path / run.key).mkdir()
     (tmp_path / run.key / "checkpoint.pt").write_bytes(b"")
     seen = []
-    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kw: seen.append((cmd, kw)) or
+    monkeypatch.setattr(acc.subprocess, "run", lambda cmd, **kw: seen.append((cmd, kw)) or
                         type("P", (), {"returncode": 0})())
-    bench.launch(run, str(tmp_path), threads=3)
+    acc.launch(run, str(tmp_path), threads=3)
     cmd, kw = seen[0]
     assert cmd[-1] == "--resume" and cmd[-3:-1] == ["--out", str(tmp_path / run.key)]
     assert kw["env"]["OMP_NUM_THREADS"] == "3" and kw["env"]["MKL_NUM_THREADS"] == "3"
@@ -140,7 +141,7 @@ def md_rows(text):
 
 def test_main_table_has_the_header_and_one_row_per_noise_loss_pair(fake):
     rows = md_rows(fake[0])
-    assert rows[0] == list(bench.MAIN_HEADER)
+    assert rows[0] == list(acc.MAIN_HEADER)
     assert [r[:4] for r in rows[2:]] == [["sym 0.6", "ce", "fc → dfc", "2/2"]]   # no kan/dkan in the grid
 
 
@@ -160,31 +161,31 @@ def test_csv_has_one_row_per_setting_with_val_means(fake):
 
 
 def test_one_seed_gives_no_spread_verdict():
-    assert bench.beyond_spread((1, 80.0, None), (1, 90.0, None)) == (10.0, "n/a")
+    assert acc.beyond_spread((1, 80.0, None), (1, 90.0, None)) == (10.0, "n/a")
 
 
 def test_recommendation_uses_validation_not_test(tiny, tmp_path, monkeypatch):
     # keep 0.3 has the higher test accuracy, keep 0.05 the higher validation accuracy
     abl = {"keep p": (("ce",), {"keep 0.05": {"keep": 0.05}, "keep 0.3": {"keep": 0.3}})}
-    monkeypatch.setattr(bench, "ABLATIONS", abl)
+    monkeypatch.setattr(acc, "ABLATIONS", abl)
     runs = tmp_path / "runs"
     for keep, test, val in ((0.05, .70, .45), (0.3, .90, .35)):
         for key in keys_of("dfc", keep=keep):
             write_fake_run(runs, key, test, test, val)
-    results = {k: bench.load_result(str(runs / k)) for k in os.listdir(runs)}
-    (line,) = bench.recommend(TINY_COMMON, abl, (0, 1), results)
+    results = {k: acc.load_result(str(runs / k)) for k in os.listdir(runs)}
+    (line,) = acc.recommend(TINY_COMMON, abl, (0, 1), results)
     assert "**keep 0.05**" in line
 
 
 def test_write_section_replaces_only_the_accuracy_section(tmp_path):
     path = tmp_path / "B.md"
     path.write_text("# B\n\n## Speed\nfast\n\n## Accuracy\nold\n\n## Later\nkept\n")
-    bench.write_section(str(path), "## Accuracy\nnew\n")
+    acc.write_section(str(path), "## Accuracy\nnew\n")
     assert path.read_text() == "# B\n\n## Speed\nfast\n\n## Accuracy\nnew\n\n## Later\nkept\n"
 
 
 def test_write_section_appends_when_the_file_has_none(tmp_path):
     path = tmp_path / "B.md"
     path.write_text("# B\n\n## Speed\nfast\n")
-    bench.write_section(str(path), "## Accuracy\nnew\n")
+    acc.write_section(str(path), "## Accuracy\nnew\n")
     assert path.read_text() == "# B\n\n## Speed\nfast\n\n## Accuracy\nnew\n"
