@@ -36,6 +36,7 @@ import torch.distributed as dist
 from torch import nn
 
 import data
+import data_images
 import dcm_ref
 import losses
 import nets
@@ -480,7 +481,7 @@ def train_epoch(a, st, d, epoch, total_steps, loss_fn, delta):
         if d["aug"] == "crop-flip":  # on raw pixels, so padding is black as in torchvision's RandomCrop
             xb = data.augment_batch(xb.float(), gaug)
         elif d["aug"] == "rrc-flip":
-            xb = data.random_resized_crop_flip(xb.float(), gaug)
+            xb = data_images.random_resized_crop_flip(xb.float(), gaug)
         xb = data.to_float(xb, d["mean"], d["std"])
         lr = lr_at(a, st["step"], total_steps)
         for opt in st["opts"]:
