@@ -113,6 +113,16 @@ def kept_count(keep: float, n: int) -> int:
     return max(1, round(keep * n))
 
 
+def _selection_rows(scores: Tensor, keep: float, scope: str) -> Tuple[Tensor, int]:
+    """Validate, and view scores (C, d) as the rows selection works on: (C, d) for
+    scope "row", (1, C·d) for "global"; returns (rows, k kept per row)."""
+    _check_2d("scores", scores, "(C, d)")
+    _check_keep(keep)
+    _check_scope(scope)
+    flat = scores if scope == "row" else scores.reshape(1, -1)
+    return flat, kept_count(keep, flat.shape[1])
+
+
 def topk_mask(scores: Tensor, keep: float, scope: str = "row") -> Tensor:
     """Keep the most important edges, mask the rest (SPEC §2 selection).
 
@@ -130,14 +140,10 @@ def topk_mask(scores: Tensor, keep: float, scope: str = "row") -> Tensor:
     the mask. Otherwise (ties at t, or NaN) `_first_k_by_rank` picks them exactly.
     The check reads one bool per row back to the host (a sync on GPU).
     """
-    _check_2d("scores", scores, "(C, d)")
-    _check_keep(keep)
-    _check_scope(scope)
-    if keep == 1:
+    flat, k = _selection_rows(scores, keep, scope)
+    if k == flat.shape[1]:
         return torch.ones_like(scores)
-    flat = scores if scope == "row" else scores.reshape(1, -1)
     flat = flat.to(torch.uint8) if flat.dtype == torch.bool else flat   # topk has no bool kernel
-    k = kept_count(keep, flat.shape[1])
     top = torch.topk(flat, k, dim=1, sorted=False).values              # (R, k), NaN counts as largest
     kept = flat >= top.amin(dim=1, keepdim=True)   # a NaN in top gives a NaN threshold: the count below fails
     if not bool((kept.sum(dim=1) == k).all()):
@@ -182,13 +188,9 @@ def _topk_mask_sort(scores: Tensor, keep: float, scope: str = "row") -> Tensor:
     index order and puts NaN first, so the first k sorted indices are the mask.
     Kept for tests: topk_mask must equal it bit for bit.
     """
-    _check_2d("scores", scores, "(C, d)")
-    _check_keep(keep)
-    _check_scope(scope)
-    if keep == 1:
+    flat, k = _selection_rows(scores, keep, scope)
+    if k == flat.shape[1]:
         return torch.ones_like(scores)
-    flat = scores if scope == "row" else scores.reshape(1, -1)
-    k = kept_count(keep, flat.shape[1])
     order = torch.sort(flat, dim=1, descending=True, stable=True).indices
     mask = torch.zeros_like(flat).scatter_(1, order[:, :k], 1)
     return mask.reshape(scores.shape)
