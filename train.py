@@ -28,12 +28,9 @@ import math
 import os
 import sys
 import time
-from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch import nn
 
 import data
 import data_images
@@ -41,6 +38,7 @@ import dcm_ref
 import losses
 import nets
 import noise
+import ranks
 
 HEADS = ("fc", "dfc", "kan", "dkan")
 METHODS = ("standard", "coteaching", "elr")
@@ -192,7 +190,7 @@ def parse_loss_args(items):
 
 def pick_device(name, dd=None):
     """torch.device for --device; under torchrun (dd.world > 1) CUDA means cuda:LOCAL_RANK."""
-    dd = dd or Dist()
+    dd = dd or ranks.Dist()
     if dd.world > 1 and name in ("auto", "cuda") and torch.cuda.is_available():
         if dd.local_rank >= torch.cuda.device_count():
             raise UserError(f"LOCAL_RANK {dd.local_rank} has no GPU ({torch.cuda.device_count()} visible); "
@@ -208,106 +206,6 @@ def pick_device(name, dd=None):
         return torch.device(name)
     except RuntimeError:
         raise UserError(f"--device {name!r} is not a device; expected auto, cpu, cuda or cuda:N") from None
-
-
-# ----------------------------------------------------------------------------- Multi-process (torchrun, SPEC §2)
-# Not a separate code path: at world size 1 no process group exists and every
-# helper below returns its input, so `python train.py` runs exactly as before.
-# What crosses ranks, and why each choice (docs/multiprocess.md):
-#   DCM moments     all_sum before scoring   -> every rank computes the same mask, from the global batch
-#   gradients       average_grads after backward, before clipping -> the global batch's step on every rank
-#   BN running stats average_bn_stats each epoch, before eval/checkpoint -> one set of buffers
-#   ELR memory rows all_gather_rows each step -> the same (N, C) memory on every rank
-#   eval logits     all_gather_rows          -> identical metrics on every rank, 1/W of the compute each
-
-class Dist(NamedTuple):
-    """This process's place in a torchrun job: rank, world size, local rank (its GPU index)."""
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-
-def dist_from_env(env):
-    """Dist from torchrun's RANK, WORLD_SIZE, LOCAL_RANK (a mapping like os.environ); Dist() without WORLD_SIZE."""
-    if "WORLD_SIZE" not in env:
-        return Dist()
-    try:
-        dd = Dist(int(env.get("RANK", "0")), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")))
-    except ValueError:
-        dd = None
-    if dd is None or not (dd.world >= 1 and 0 <= dd.rank < dd.world and dd.local_rank >= 0):
-        got = "/".join(str(env.get(k)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-        raise UserError(f"RANK/WORLD_SIZE/LOCAL_RANK = {got}; expected integers with 0 <= RANK < WORLD_SIZE (as torchrun sets them)")
-    return dd
-
-
-def init_distributed(dd):
-    """Join the job through torchrun's env:// rendezvous. CPU tensors travel by gloo and CUDA
-    tensors by NCCL, so the small CPU messages (setup errors, loss sums) need no GPU."""
-    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend, rank=dd.rank, world_size=dd.world)
-
-
-def all_sum(ts, dd):
-    """Elementwise sum over ranks of a tuple of same-dtype tensors, in one all-reduce.
-
-    Used as net_forward's `reduce` on DCM moments (n, Σv, Σv²) / (n, ΣΦ, ΣΦΦᵀ): moments
-    merge by sums, so the result is the moments of the global batch. Returns new tensors
-    (the same tuple at world size 1).
-    """
-    if dd.world == 1:
-        return ts
-    flat = torch.cat([t.reshape(-1) for t in ts])
-    dist.all_reduce(flat)
-    return tuple(c.view_as(t) for c, t in zip(flat.split([t.numel() for t in ts]), ts))
-
-
-def all_gather_rows(t, sizes, dd):
-    """Every rank's rows, concatenated in rank order. t: (sizes[rank], ...) -> (Σ sizes, ...)."""
-    if dd.world == 1:
-        return t
-    assert len(t) == sizes[dd.rank], (len(t), sizes, dd)
-    n = max(sizes)  # all_gather needs equal shapes: pad, gather, trim
-    padded = torch.cat([t, t.new_zeros((n - len(t),) + tuple(t.shape[1:]))])
-    parts = [torch.empty_like(padded) for _ in range(dd.world)]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
-
-
-def _mean_over_ranks_(tensors, dd):
-    """Replace each tensor (same dtype) by its mean over ranks, in place, with one all-reduce."""
-    tensors = list(tensors)
-    if dd.world == 1 or not tensors:
-        return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat)
-    flat /= dd.world
-    for t, c in zip(tensors, flat.split([t.numel() for t in tensors])):
-        t.copy_(c.view_as(t))
-
-
-def average_grads(params, dd):
-    """After backward: .grad ← mean over ranks. Each rank's loss is the mean over its equal shard,
-    so this is the gradient of the global batch's mean loss, and identical on every rank."""
-    _mean_over_ranks_((p.grad for p in params if p.grad is not None), dd)
-
-
-def average_bn_stats(net, dd):
-    """BatchNorm running mean/var ← mean over ranks. In training BN normalises with its own
-    shard's statistics (as DDP without SyncBatchNorm); its running stats, used by evaluation
-    and saved in checkpoints, are made one set so every rank evaluates the same model."""
-    bns = [m for m in net.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))]
-    _mean_over_ranks_((b for m in bns for b in (m.running_mean, m.running_var) if b is not None), dd)
-
-
-def first_failure(failed, dd):
-    """Lowest rank whose setup failed, or -1: one all-reduce that every rank reaches, so a
-    user error on any rank stops them all, and no rank writes files before all have read them."""
-    if dd.world == 1:
-        return 0 if failed else -1
-    r = torch.tensor([dd.rank if failed else dd.world])
-    dist.all_reduce(r, op=dist.ReduceOp.MIN)
-    return -1 if int(r) == dd.world else int(r)
 
 
 def build_net(a, in_shape, num_classes, pretrained=None):
@@ -336,7 +234,7 @@ def net_forward(net, x, mstate, a, compiled=None, reduce=lambda m: m):
     return nets.head_forward(a.head, params, feats, mask).float(), mstate
 
 
-def eval_logits(net, x, mean, std, a, mstate, batch=1024, dd=Dist()):
+def eval_logits(net, x, mean, std, a, mstate, batch=1024, dd=ranks.Dist()):
     """Logits (N, C) of a uint8 tensor x (N, ...) in eval mode, without augmentation.
 
     Multi-process: each rank computes a contiguous 1/W of the rows and every rank
@@ -357,7 +255,7 @@ def eval_logits(net, x, mean, std, a, mstate, batch=1024, dd=Dist()):
     if not out:  # a rank can get no rows of a set smaller than the world size
         C = net.head_params()["w" if a.head in ("fc", "dfc") else "base_weight"].shape[0]
         out = [torch.zeros(0, C, device=x.device)]
-    return all_gather_rows(torch.cat(out), sizes, dd)
+    return ranks.all_gather_rows(torch.cat(out), sizes, dd)
 
 
 # ----------------------------------------------------------------------------- Data and noise
@@ -440,12 +338,12 @@ def make_optimizer(a, net):
     return torch.optim.Adam(net.parameters(), lr=a.lr, weight_decay=wd)
 
 
-def optimizer_step(a, net, opt, loss, mask, dd=Dist()):
+def optimizer_step(a, net, opt, loss, mask, dd=ranks.Dist()):
     """Backward, average gradients over ranks, clip, step; with --dcm-freeze the masked head
     entries are restored exactly. Clipping after the average clips the global gradient."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    average_grads(net.parameters(), dd)
+    ranks.average_grads(net.parameters(), dd)
     if a.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(net.parameters(), a.grad_clip)
     frozen = {}
@@ -495,7 +393,7 @@ def train_epoch(a, st, d, epoch, total_steps, loss_fn, delta):
         changes += ch
         st["step"] += 1
     if dd.world > 1:
-        tot, n = all_sum((torch.tensor([tot_loss, n_seen], dtype=torch.float64),), dd)[0]
+        tot, n = ranks.all_sum((torch.tensor([tot_loss, n_seen], dtype=torch.float64),), dd)[0]
         tot_loss, n_seen = float(tot), int(n)
     return tot_loss / max(n_seen, 1), changes, n_seen
 
@@ -508,7 +406,7 @@ def train_step(a, st, xb, yb, idx, loss_fn, delta, epoch):
     for k, net in enumerate(st["nets"]):
         with ctx:
             logits, new_state = net_forward(net, xb, st["masks"][k], a, st["compiled"][k],
-                                            reduce=lambda m: all_sum(m, dd))  # global-batch moments
+                                            reduce=lambda m: ranks.all_sum(m, dd))  # global-batch moments
         if new_state.updates != st["masks"][k].updates:
             changes.append(new_state.change)
         st["masks"][k] = new_state
@@ -521,7 +419,7 @@ def train_step(a, st, xb, yb, idx, loss_fn, delta, epoch):
     elif a.method == "elr":
         lv, new_t = losses.elr_loss(outs[0], yb, st["elr_t"][idx], **st["elr_hp"])
         sizes = [len(idx)] * dd.world  # every rank's new rows, so the memory stays the same everywhere
-        st["elr_t"][all_gather_rows(idx, sizes, dd)] = all_gather_rows(new_t, sizes, dd)
+        st["elr_t"][ranks.all_gather_rows(idx, sizes, dd)] = ranks.all_gather_rows(new_t, sizes, dd)
         per_net = [lv.mean()]
     else:
         per_net = [loss_fn(outs[0], yb).mean()]
@@ -728,7 +626,7 @@ def setup(a, argv, dd):
     return device, out, ck, d, cfg, loss_fn
 
 
-def init_state(a, d, device, ck, dd=Dist()):
+def init_state(a, d, device, ck, dd=ranks.Dist()):
     """Networks, optimizers, masks, ELR memory; from the checkpoint `ck` when resuming.
     The seed is the same on every rank, so every rank builds the same initial networks."""
     torch.manual_seed(a.seed)
@@ -771,7 +669,7 @@ def start(a, argv, dd):
         st = init_state(a, d, device, ck, dd)
     except UserError as e:
         err = e
-    first = first_failure(err is not None, dd)
+    first = ranks.first_failure(err is not None, dd)
     if first == dd.rank:
         raise err
     if first >= 0:
@@ -785,7 +683,7 @@ def save_rank_state(folder, rank, epoch, state):
     torch.save(state, os.path.join(folder, f"rank{rank}_epoch{epoch:03d}.pt"))
 
 
-def run(a, argv, dd=Dist()):
+def run(a, argv, dd=ranks.Dist()):
     device, out, ck, d, cfg, loss_fn, probe, st = start(a, argv, dd)
     lead = dd.rank == 0  # only rank 0 prints and writes files
     say = print if lead else (lambda *args, **kwargs: None)
@@ -806,10 +704,10 @@ def run(a, argv, dd=Dist()):
     steps_per_epoch = (N - B) // B + 1
     total = a.epochs * steps_per_epoch
     delta = cfg.get("delta", 0.0) if a.loss.startswith("anl_") else 0.0
-    ranks = f" x {dd.world} ranks (batch {B // dd.world} per rank)" if dd.world > 1 else ""
+    per_rank = f" x {dd.world} ranks (batch {B // dd.world} per rank)" if dd.world > 1 else ""
     rate = "unknown" if d["report"]["rate"] is None else f"{d['report']['rate']:.3f}"
     say(f"dcm-ref: {a.dataset} ({N} train, {len(d['y_test'])} test, noise {rate}) "
-        f"{a.backbone}+{a.head} loss={a.loss} method={a.method} on {device}{ranks} -> {out}", flush=True)
+        f"{a.backbone}+{a.head} loss={a.loss} method={a.method} on {device}{per_rank} -> {out}", flush=True)
     rank_dump = os.environ.get(RANK_DUMP_ENV)
     for epoch in range(start_epoch + 1, a.epochs + 1):
         t0 = time.time()
@@ -820,7 +718,7 @@ def run(a, argv, dd=Dist()):
             return 130
         t_train = time.time() - t0
         for net in st["nets"]:
-            average_bn_stats(net, dd)  # before eval, the probe and the checkpoint: one set of BN stats
+            ranks.average_bn_stats(net, dd)  # before eval, the probe and the checkpoint: one set of BN stats
         ev = evaluate(a, st, d)
         if ev["test_acc"] > best["acc"]:
             best = {"acc": ev["test_acc"], "epoch": epoch}
@@ -863,12 +761,12 @@ def main(argv=None):
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     try:
-        dd = dist_from_env(os.environ)
-    except UserError as e:
+        dd = ranks.dist_from_env(os.environ)
+    except ValueError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
     if dd.world > 1:
-        init_distributed(dd)
+        ranks.init_distributed(dd)
     who = f" (rank {dd.rank})" if dd.rank > 0 else ""
     try:
         return run(a, argv, dd)
@@ -882,7 +780,7 @@ def main(argv=None):
         return 3
     finally:
         if dd.world > 1:
-            dist.destroy_process_group()
+            ranks.close()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,117 @@
+"""What crosses ranks when train.py runs under torchrun (SPEC §2; docs/multiprocess.md).
+
+Not a separate code path: at world size 1 no process group exists and every helper
+returns its input, so `python train.py` runs exactly as a single process. Each rank
+trains on its equal shard of the GLOBAL batch; what is exchanged, and why:
+
+    DCM moments      all_sum before scoring    -> every rank computes the same mask, from the global batch
+    gradients        average_grads after backward, before clipping -> the global batch's step everywhere
+    BN running stats average_bn_stats each epoch, before eval/checkpoint -> one set of buffers
+    ELR memory rows  all_gather_rows each step -> the same (N, C) memory on every rank
+    eval logits      all_gather_rows           -> identical metrics on every rank, 1/W of the compute each
+    setup errors     first_failure             -> a user error on any rank stops them all
+
+Explicit all-reduces, not DDP: the heads run outside the module's forward, co-teaching
+has two losses and the Fig. 3 probe takes extra gradients.
+"""
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+class Dist(NamedTuple):
+    """This process's place in a torchrun job: rank, world size, local rank (its GPU index)."""
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+
+def dist_from_env(env):
+    """Dist from torchrun's RANK, WORLD_SIZE, LOCAL_RANK (a mapping like os.environ); Dist() without
+    WORLD_SIZE. Values torchrun would not set raise ValueError with a one-line message."""
+    if "WORLD_SIZE" not in env:
+        return Dist()
+    try:
+        dd = Dist(int(env.get("RANK", "0")), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")))
+    except ValueError:
+        dd = None
+    if dd is None or not (dd.world >= 1 and 0 <= dd.rank < dd.world and dd.local_rank >= 0):
+        got = "/".join(str(env.get(k)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+        raise ValueError(f"RANK/WORLD_SIZE/LOCAL_RANK = {got}; expected integers with 0 <= RANK < WORLD_SIZE (as torchrun sets them)")
+    return dd
+
+
+def init_distributed(dd):
+    """Join the job through torchrun's env:// rendezvous. CPU tensors travel by gloo and CUDA
+    tensors by NCCL, so the small CPU messages (setup errors, loss sums) need no GPU."""
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, rank=dd.rank, world_size=dd.world)
+
+
+def close():
+    """Leave the process group (the end of a torchrun job)."""
+    dist.destroy_process_group()
+
+
+def all_sum(ts, dd):
+    """Elementwise sum over ranks of a tuple of same-dtype tensors, in one all-reduce.
+
+    Used as net_forward's `reduce` on DCM moments (n, Σv, Σv²) / (n, ΣΦ, ΣΦΦᵀ): moments
+    merge by sums, so the result is the moments of the global batch. Returns new tensors
+    (the same tuple at world size 1).
+    """
+    if dd.world == 1:
+        return ts
+    flat = torch.cat([t.reshape(-1) for t in ts])
+    dist.all_reduce(flat)
+    return tuple(c.view_as(t) for c, t in zip(flat.split([t.numel() for t in ts]), ts))
+
+
+def all_gather_rows(t, sizes, dd):
+    """Every rank's rows, concatenated in rank order. t: (sizes[rank], ...) -> (Σ sizes, ...)."""
+    if dd.world == 1:
+        return t
+    assert len(t) == sizes[dd.rank], (len(t), sizes, dd)
+    n = max(sizes)  # all_gather needs equal shapes: pad, gather, trim
+    padded = torch.cat([t, t.new_zeros((n - len(t),) + tuple(t.shape[1:]))])
+    parts = [torch.empty_like(padded) for _ in range(dd.world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+
+def _mean_over_ranks_(tensors, dd):
+    """Replace each tensor (same dtype) by its mean over ranks, in place, with one all-reduce."""
+    tensors = list(tensors)
+    if dd.world == 1 or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= dd.world
+    for t, c in zip(tensors, flat.split([t.numel() for t in tensors])):
+        t.copy_(c.view_as(t))
+
+
+def average_grads(params, dd):
+    """After backward: .grad ← mean over ranks. Each rank's loss is the mean over its equal shard,
+    so this is the gradient of the global batch's mean loss, and identical on every rank."""
+    _mean_over_ranks_((p.grad for p in params if p.grad is not None), dd)
+
+
+def average_bn_stats(net, dd):
+    """BatchNorm running mean/var ← mean over ranks. In training BN normalises with its own
+    shard's statistics (as DDP without SyncBatchNorm); its running stats, used by evaluation
+    and saved in checkpoints, are made one set so every rank evaluates the same model."""
+    bns = [m for m in net.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))]
+    _mean_over_ranks_((b for m in bns for b in (m.running_mean, m.running_var) if b is not None), dd)
+
+
+def first_failure(failed, dd):
+    """Lowest rank whose setup failed, or -1: one all-reduce that every rank reaches, so a
+    user error on any rank stops them all, and no rank writes files before all have read them."""
+    if dd.world == 1:
+        return 0 if failed else -1
+    r = torch.tensor([dd.rank if failed else dd.world])
+    dist.all_reduce(r, op=dist.ReduceOp.MIN)
+    return -1 if int(r) == dd.world else int(r)
