@@ -20,9 +20,11 @@ import os
 import platform
 import re
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from typing import NamedTuple
 
@@ -170,9 +172,46 @@ def run_state(run_dir):
     return "resume" if os.path.exists(os.path.join(run_dir, "checkpoint.pt")) else "new"
 
 
-def launch(run, runs_dir, threads):
+class Live:
+    """The train.py processes running now and the stop flag, shared by the pool's threads."""
+
+    def __init__(self):
+        self.lock, self.procs, self.stopping = threading.Lock(), set(), False
+
+    def start(self, cmd, **kw):
+        """Popen(cmd) unless stopping (-> None). In its own session, so a Ctrl-C in the terminal
+        reaches only bench.py, which forwards exactly one SIGINT to each run (stop())."""
+        with self.lock:
+            if self.stopping:
+                return None
+            proc = subprocess.Popen(cmd, start_new_session=True, **kw)
+            self.procs.add(proc)
+            return proc
+
+    def done(self, proc):
+        with self.lock:
+            self.procs.discard(proc)
+
+    def stop(self, grace_s=60.0):
+        """No new runs; SIGINT to the running ones (train.py then exits with its last finished
+        epoch's checkpoint, so a rerun resumes it), SIGKILL after grace_s."""
+        with self.lock:
+            self.stopping = True
+            procs = list(self.procs)
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def launch(run, runs_dir, threads, live=None):
     """Run train.py for `run` in a subprocess (log appended to <run>/stdout.log).
-    -> (return code, seconds). OMP/MKL_NUM_THREADS set torch's intra-op threads."""
+    -> (return code, seconds); (None, 0) if `live` is stopping. OMP/MKL_NUM_THREADS set
+    torch's intra-op threads."""
+    live = live or Live()
     out = os.path.join(runs_dir, run.key)
     resume = ["--resume"] if run_state(out) == "resume" else []
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), *run.argv, "--out", out, *resume]
@@ -182,7 +221,13 @@ def launch(run, runs_dir, threads):
     with open(os.path.join(out, "stdout.log"), "a") as log:
         log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()
-        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        proc = live.start(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if proc is None:
+            return None, 0.0
+        try:
+            rc = proc.wait()
+        finally:
+            live.done(proc)
     return rc, time.time() - t0
 
 
@@ -202,10 +247,11 @@ def execute(runs, runs_dir, jobs, threads, log=print):
         f"({jobs} job(s) x {threads} thread(s))")
     left = sum(estimate_s(r.cfg) for r in todo)
     spent = est_done = 0.0
-    codes, t0 = {}, time.time()
+    codes, t0, live = {}, time.time(), Live()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
-    futures = {pool.submit(launch, r, runs_dir, threads): r for r in todo}
+    old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
     try:
+        futures = {pool.submit(launch, r, runs_dir, threads, live): r for r in todo}
         for k, fut in enumerate(concurrent.futures.as_completed(futures), 1):
             run = futures[fut]
             rc, secs = fut.result()
@@ -216,12 +262,24 @@ def execute(runs, runs_dir, jobs, threads, log=print):
             status = "ok" if rc == 0 else f"FAILED rc={rc}, see {os.path.join(runs_dir, run.key, 'stdout.log')}"
             log(f"[{k}/{len(todo)}] {run.key}  {secs:.0f}s  {status}  "
                 f"elapsed {fmt_duration(time.time() - t0)}  eta {fmt_duration(eta)}")
-    except KeyboardInterrupt:   # the running train.py got the Ctrl-C too and saved a checkpoint
+    except KeyboardInterrupt:   # Ctrl-C or SIGTERM: stop launching, let the running runs checkpoint
         pool.shutdown(wait=False, cancel_futures=True)
+        live.stop()
         raise SystemExit("bench.py accuracy: interrupted; rerun the same command to continue "
                          "(finished runs are kept, started ones resume from their checkpoint)") from None
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     pool.shutdown()
     return codes
+
+
+def _main_thread():
+    return threading.current_thread() is threading.main_thread()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 # ----------------------------------------------------------------------------- results

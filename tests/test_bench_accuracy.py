@@ -4,6 +4,10 @@ run (a stand-in train.py), and aggregates hand-made final.json files into the ex
 import csv
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -70,6 +74,44 @@ def test_crashing_run_is_reported_and_the_next_run_still_runs(tiny, tmp_path, mo
     assert "crash" in (tmp_path / "runs" / runs[0].key / "stdout.log").read_text()
 
 
+SLOW_TRAIN = """import os, sys, time
+out = sys.argv[sys.argv.index("--out") + 1]
+open(os.path.join(out, "started"), "w").close()
+try:
+    time.sleep(120)
+except KeyboardInterrupt:
+    open(os.path.join(out, "interrupted"), "a").write("x")
+    sys.exit(130)
+"""
+
+DRIVER = """import sys
+sys.path.insert(0, {repo!r})
+import bench_accuracy as acc
+acc.ROOT = {fake!r}
+common = dict(acc.COMMON, dataset="digits", limit_train=200, epochs=1)
+runs = [acc.make_run(dict(common, noise="symmetric", noise_rate=0.6, loss="ce", head="fc", seed=s)) for s in range(4)]
+acc.execute(runs, {runs!r}, jobs=2, threads=1, log=lambda s: None)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_stops_launching_and_forwards_one_sigint_to_each_running_run(tmp_path, sig):
+    (tmp_path / "train.py").write_text(SLOW_TRAIN)
+    runs = tmp_path / "runs"
+    driver = DRIVER.format(repo=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           fake=str(tmp_path), runs=str(runs))
+    proc = subprocess.Popen([sys.executable, "-c", driver], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while len(list(runs.glob("*/started"))) < 2:   # both jobs' runs are sleeping
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "timeout"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "interrupted; rerun the same command to continue" in err
+    assert len(list(runs.glob("*/started"))) == 2            # runs 3 and 4 never started
+    assert sorted(p.read_text() for p in runs.glob("*/interrupted")) == ["x", "x"]   # one SIGINT each
+
+
 def test_second_call_launches_no_subprocess_for_finished_runs(ran, tiny, monkeypatch, capsys):
 
     def no_launch(*a, **k):
@@ -105,9 +147,15 @@ def test_run_with_a_checkpoint_but_no_final_json_is_resumed(tiny, tmp_path, monk
     (tmp_path / run.key).mkdir()
     (tmp_path / run.key / "checkpoint.pt").write_bytes(b"")
     seen = []
-    monkeypatch.setattr(acc.subprocess, "run", lambda cmd, **kw: seen.append((cmd, kw)) or
-                        type("P", (), {"returncode": 0})())
-    acc.launch(run, str(tmp_path), threads=3)
+
+    class FakePopen:
+        def __init__(self, cmd, **kw):
+            seen.append((cmd, kw))
+
+        def wait(self):
+            return 0
+    monkeypatch.setattr(acc.subprocess, "Popen", FakePopen)
+    assert acc.launch(run, str(tmp_path), threads=3)[0] == 0
     cmd, kw = seen[0]
     assert cmd[-1] == "--resume" and cmd[-3:-1] == ["--out", str(tmp_path / run.key)]
     assert kw["env"]["OMP_NUM_THREADS"] == "3" and kw["env"]["MKL_NUM_THREADS"] == "3"
