@@ -44,7 +44,8 @@ HEADS = ("fc", "dfc", "kan", "dkan")
 METHODS = ("standard", "coteaching", "elr")
 NOISES = ("none", "symmetric", "asymmetric", "pairflip", "instance", "cifar100-superclass")
 PROBE_SIZE = 256  # Fig. 3 probe set: at most this many corrupted training samples
-CKPT_IGNORED = {"epochs", "resume", "out", "stop_after", "device", "compile", "overwrite", "threads", "decode_workers"}
+CKPT_IGNORED = {"epochs", "resume", "out", "stop_after", "device", "compile", "overwrite", "threads", "decode_workers",
+                "train_eval_every"}
 RANK_DUMP_ENV = "DCM_REF_RANK_DUMP"  # test/debug hook: each rank saves its state per epoch in this folder
 
 
@@ -126,6 +127,9 @@ def build_parser():
                    help=f"Fig. 3: each epoch, cosine between the noisy- and clean-label gradients on a fixed probe set of "
                         f"<= {PROBE_SIZE} corrupted training samples; None = on when some training labels differ from the clean ones "
                         f"(off for webvision-mini/clothing1m: their clean training labels are unknown)")
+    g.add_argument("--train-eval-every", type=int, default=1, metavar="N",
+                   help="the pass over the whole training set (train accuracy vs noisy/clean labels, confidence) every N epochs "
+                        "and at the last; 0 = never (its metrics are null). Saves a forward pass over the training set, e.g. for ResNet-50 at 224x224")
     g.add_argument("--save-masks", action="store_true", help="Fig. 5: write DIR/masks/epoch_XXX.npz (the first network's C x d bool mask) after every epoch")
     return p
 
@@ -157,6 +161,7 @@ def check_args(a):
         (0.0 <= a.val_frac < 1.0, f"--val-frac must be in [0, 1), got {a.val_frac}"),
         (a.weight_decay is None or a.weight_decay >= 0, f"--weight-decay must be >= 0, got {a.weight_decay}"),
         (a.grad_clip >= 0, f"--grad-clip must be >= 0, got {a.grad_clip}"),
+        (a.train_eval_every >= 0, f"--train-eval-every must be >= 0 (0 = never), got {a.train_eval_every}"),
         (not a.save_masks or a.head in ("dfc", "dkan"), f"--save-masks needs a DCM head (--head dfc or dkan), got --head {a.head}"),
         (a.samples_per_epoch >= 0, f"--samples-per-epoch must be >= 0, got {a.samples_per_epoch}"),
         (a.image_size is None or a.image_size >= 8, f"--image-size must be >= 8, got {a.image_size}"),
@@ -431,22 +436,38 @@ def train_step(a, st, xb, yb, idx, loss_fn, delta, epoch):
     return per_net[0].item(), changes
 
 
-def evaluate(a, st, d):
-    """Test accuracy, train accuracy vs noisy/clean labels and confidence on clean vs noisy samples.
-    Identical on every rank: the logits are computed sharded and gathered whole."""
-    net, ms, dd = st["nets"][0], st["masks"][0], st["dist"]
-    test_acc = (eval_logits(net, d["x_test"], d["mean"], d["std"], a, ms, dd=dd).argmax(1) == d["y_test"]).float().mean()
+TRAIN_METRICS = ("train_acc_noisy", "train_acc_clean", "conf_clean", "conf_noisy", "fit_noisy")
+
+
+def train_metrics(a, net, ms, d, dd):
+    """One pass over the training set -> {TRAIN_METRICS}: accuracy against the noisy and the
+    clean labels, mean p of the given label on clean vs noisy samples, fit of the noisy ones."""
     z = eval_logits(net, d["x"], d["mean"], d["std"], a, ms, dd=dd)
     pred, p = z.argmax(1), z.softmax(1)
     is_noisy = d["y_noisy"] != d["y"]
     p_given = p.gather(1, d["y_noisy"][:, None])[:, 0]
-    out = dict(test_acc=test_acc.item(), train_acc_noisy=(pred == d["y_noisy"]).float().mean().item(),
+    out = dict(train_acc_noisy=(pred == d["y_noisy"]).float().mean().item(),
                train_acc_clean=(pred == d["y"]).float().mean().item(),
                conf_clean=p_given[~is_noisy].mean().item() if (~is_noisy).any() else None,
                conf_noisy=p_given[is_noisy].mean().item() if is_noisy.any() else None,
                fit_noisy=(pred[is_noisy] == d["y_noisy"][is_noisy]).float().mean().item() if is_noisy.any() else None)
     if not d["clean_known"]:  # y is y_noisy there: clean-label metrics would be fake
         out.update(train_acc_clean=None, conf_clean=None, conf_noisy=None, fit_noisy=None)
+    return out
+
+
+def train_eval_due(a, epoch):
+    """Whether this epoch evaluates the whole training set (--train-eval-every; always the last epoch)."""
+    return a.train_eval_every > 0 and (epoch % a.train_eval_every == 0 or epoch == a.epochs)
+
+
+def evaluate(a, st, d, train_pass=True):
+    """Test accuracy; with train_pass also train accuracy vs noisy/clean labels and confidence on
+    clean vs noisy samples (else None). Identical on every rank: the logits are computed sharded
+    and gathered whole."""
+    net, ms, dd = st["nets"][0], st["masks"][0], st["dist"]
+    test_acc = (eval_logits(net, d["x_test"], d["mean"], d["std"], a, ms, dd=dd).argmax(1) == d["y_test"]).float().mean()
+    out = dict(test_acc=test_acc.item(), **(train_metrics(a, net, ms, d, dd) if train_pass else dict.fromkeys(TRAIN_METRICS)))
     if d["clean_val"] is not None:  # Clothing1M's clean val keys / ILSVRC12 val for WebVision
         xc, yc, metric = d["clean_val"]
         out[metric] = (eval_logits(net, xc, d["mean"], d["std"], a, ms, dd=dd).argmax(1) == yc).float().mean().item()
@@ -719,7 +740,7 @@ def run(a, argv, dd=ranks.Dist()):
         t_train = time.time() - t0
         for net in st["nets"]:
             ranks.average_bn_stats(net, dd)  # before eval, the probe and the checkpoint: one set of BN stats
-        ev = evaluate(a, st, d)
+        ev = evaluate(a, st, d, train_eval_due(a, epoch))
         if ev["test_acc"] > best["acc"]:
             best = {"acc": ev["test_acc"], "epoch": epoch}
         ms = st["masks"][0]

@@ -93,6 +93,18 @@ def test_resume_ends_exactly_where_an_uninterrupted_run_ends(tmp_path, flags):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_train_eval_every_skips_only_the_train_set_pass(tmp_path):
+    every = read_jsonl(os.path.join(run_ok(tmp_path, "--epochs", "3", name="every"), "metrics.jsonl"))
+    sparse = read_jsonl(os.path.join(run_ok(tmp_path, "--epochs", "3", "--train-eval-every", "2", name="sparse"), "metrics.jsonl"))
+    never = read_jsonl(os.path.join(run_ok(tmp_path, "--epochs", "3", "--train-eval-every", "0", name="never"), "metrics.jsonl"))
+    for key in train.TRAIN_METRICS:
+        assert [r[key] is None for r in sparse] == [True, False, False]   # epoch 2, and the last (3)
+        assert [r[key] for r in sparse][1:] == [r[key] for r in every][1:]
+        assert all(r[key] is None for r in never) and all(r[key] is not None for r in every)
+    other = [k for k in _comparable(every)[0] if k not in train.TRAIN_METRICS]
+    assert [[r[k] for k in other] for r in never] == [[r[k] for k in other] for r in every]   # same training
+
+
 def test_help_lists_every_flag():
     text = train.build_parser().format_help()
     for action in train.build_parser()._actions:
@@ -124,6 +136,7 @@ def cli(*args, cwd=None):
     (["--loss-arg", "q"], "--loss-arg"),
     (["--loss", "gce", "--loss-arg", "zeta=1"], "zeta"),
     (["--resume"], "checkpoint"),
+    (["--train-eval-every", "-1"], "--train-eval-every"),
 ])
 def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, args, needle):
     r = cli("--out", str(tmp_path / "x"), *args)
