@@ -81,6 +81,10 @@ ABLATIONS = {   # name -> (losses, {row label: flags over COMMON + ABLATION_BASE
     "dcm-eval": (BOTH, {"full": {"dcm_eval": "full"}, "masked": {"dcm_eval": "masked"}}),
     "co-teaching": (BOTH, {"fc": {"method": "coteaching", "head": "fc"},
                            "dfc": {"method": "coteaching", "head": "dfc"}}),
+    # The grid's 20 000-sample budget against the full 60 000 (54 000 trained): does the verdict hold?
+    "training-set size": (BOTH, {
+        "fc, 20k": {"head": "fc"}, "dfc, 20k": {},
+        "fc, 60k": {"head": "fc", "limit_train": 0}, "dfc, 60k": {"limit_train": 0}}),
     # ELR brings its own loss (CE + its regulariser), so only ce: anl_ce would only add ANL's L1.
     "ELR": (("ce",), {"fc": {"method": "elr", "head": "fc"}, "dfc": {"method": "elr", "head": "dfc"}}),
 }
