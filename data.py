@@ -81,7 +81,10 @@ class Dataset(NamedTuple):
     clean_train_known: False when y_train are the noisy labels themselves (the
     clean training labels of WebVision and Clothing1M are unknown),
     x_val: (V, C, H, W) uint8, y_val: (V,) int64: a second clean set or None
-    (Clothing1M's clean val keys, ILSVRC12 val for WebVision-Mini).
+    (Clothing1M's clean val keys, ILSVRC12 val for WebVision-Mini),
+    train_pool: (paths, labels (P,) int64 numpy) of the whole noisy training list
+    when x_train is a subset of it (--samples-per-epoch), else None;
+    train_ids: (N,) int64 rows of train_pool that x_train holds, or None.
     """
     name: str
     x_train: torch.Tensor
@@ -97,6 +100,8 @@ class Dataset(NamedTuple):
     clean_train_known: bool = True
     x_val: Optional[torch.Tensor] = None
     y_val: Optional[torch.Tensor] = None
+    train_pool: Optional[tuple] = None
+    train_ids: Optional[torch.Tensor] = None
 
 
 # ---------------------------------------------------------------- public API

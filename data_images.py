@@ -43,9 +43,10 @@ def load_image_dataset(name, data_dir, image_size=224, samples=0, seed=0, worker
     Train images: shorter side resized to image_size, centre crop (S, S) with
     S = image_size (random_resized_crop_flip then crops from it at batch time);
     test/val images: shorter side to round(S·256/224), centre crop (S, S).
-    samples > 0: a seeded class-balanced subset (balanced_subset) of the noisy
-    training list. train_list / test_list (webvision-mini): two-column
-    `path label` files replacing info/*.txt, paths relative to data_dir.
+    samples > 0: epoch 1's seeded class-balanced subset (draw_train_subset) of the
+    noisy training list, which is kept in train_pool for the later epochs' draws.
+    train_list / test_list (webvision-mini): two-column `path label` files
+    replacing info/*.txt, paths relative to data_dir.
     imagenet_val_dir (webvision-mini): ILSVRC12 val sorted into one folder per
     synset; its first 50 classes become the second clean set (x_val, y_val).
     The training labels are the noisy ones (noisy_train == y_train,
@@ -66,19 +67,39 @@ def load_image_dataset(name, data_dir, image_size=224, samples=0, seed=0, worker
     else:
         (tr_p, tr_y), (te_p, te_y), val = _clothing1m_lists(folder)
         C = CLOTHING1M_CLASSES
+    pool, ids = None, None
     if samples:
-        pick = balanced_subset(tr_y, samples, seed).numpy()
-        tr_p, tr_y = [tr_p[i] for i in pick], tr_y[pick]
+        pool = (tr_p, tr_y)
+        x_train, y_train, ids = draw_train_subset(pool, samples, seed, 1, image_size, workers)
+    else:
+        x_train, y_train = decode_images(tr_p, image_size, image_size, workers), torch.from_numpy(tr_y)
     test_resize = round(image_size * TEST_RESIZE)
-    x_train = decode_images(tr_p, image_size, image_size, workers)
     x_test = decode_images(te_p, image_size, test_resize, workers)
     extra = {}
     if val is not None:
         extra = dict(x_val=decode_images(val[0], image_size, test_resize, workers), y_val=torch.from_numpy(val[1]))
-    y_train = torch.from_numpy(tr_y)
     # ImageNet statistics, not the data's: the pretrained ResNet-50 expects them.
     return Dataset(name, x_train, y_train, x_test, torch.from_numpy(te_y), C, IMAGENET_MEAN, IMAGENET_STD,
-                   noisy_train=y_train.clone(), clean_train_known=False, **extra)
+                   noisy_train=y_train.clone(), clean_train_known=False, train_pool=pool, train_ids=ids, **extra)
+
+
+def subset_seed(seed, epoch):
+    """Seed of epoch's class-balanced training subset (epochs count from 1; epoch 1 uses `seed`)."""
+    return seed + 1000003 * (epoch - 1)
+
+
+def draw_train_subset(pool, n, seed, epoch, image_size, workers=8):
+    """Epoch's seeded class-balanced subset of the noisy training list, decoded.
+
+    pool: (paths, labels (P,) int64 numpy). -> x (n', 3, S, S) uint8 (S = image_size,
+    training transform), y (n',) int64, ids (n',) int64 sorted rows of the pool, with
+    n' = min(n, P). The same (seed, epoch) always gives the same subset, so a resumed
+    run redraws exactly the subset its epoch had.
+    """
+    paths, labels = pool
+    ids = balanced_subset(labels, n, subset_seed(seed, epoch))
+    x = decode_images([paths[i] for i in ids.tolist()], image_size, image_size, workers)
+    return x, torch.from_numpy(labels[ids.numpy()]), ids
 
 
 def balanced_subset(labels, n, seed):

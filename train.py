@@ -73,7 +73,10 @@ def build_parser():
     g = p.add_argument_group("real-world noisy datasets: webvision-mini, clothing1m (docs/realworld.md)")
     g.add_argument("--image-size", type=int, default=None, help="training/test resolution S (S x S); default 224")
     g.add_argument("--samples-per-epoch", type=int, default=0,
-                   help="train on a seeded class-balanced subset of N noisy images, drawn once per run (0 = all)")
+                   help="train each epoch on a new seeded class-balanced subset of N noisy images, decoded at the "
+                        "start of the epoch (0 = all, decoded once)")
+    g.add_argument("--subset-once", action="store_true",
+                   help="with --samples-per-epoch: keep epoch 1's subset for the whole run (decodes N images once; not the usual protocol)")
     g.add_argument("--decode-workers", type=int, default=8, help="threads decoding the JPEGs at load time")
     g.add_argument("--train-list", default=None, help="webvision-mini: two-column 'path label' training list (paths relative to --data-dir)")
     g.add_argument("--test-list", default=None, help="webvision-mini: two-column 'path label' test list (paths relative to --data-dir)")
@@ -164,6 +167,7 @@ def check_args(a):
         (a.train_eval_every >= 0, f"--train-eval-every must be >= 0 (0 = never), got {a.train_eval_every}"),
         (not a.save_masks or a.head in ("dfc", "dkan"), f"--save-masks needs a DCM head (--head dfc or dkan), got --head {a.head}"),
         (a.samples_per_epoch >= 0, f"--samples-per-epoch must be >= 0, got {a.samples_per_epoch}"),
+        (not a.subset_once or a.samples_per_epoch > 0, "--subset-once needs --samples-per-epoch N (the subset to keep)"),
         (a.image_size is None or a.image_size >= 8, f"--image-size must be >= 8, got {a.image_size}"),
         (a.pretrained is None or os.path.isfile(a.pretrained), f"--pretrained {a.pretrained} does not exist (or is not a file)"),
     ]
@@ -315,6 +319,10 @@ def prepare_data(a, device):
         keep[vidx] = False
         val = (x[vidx].to(device), y_noisy[vidx].to(device))
         x, y, y_noisy = x[keep], y[keep], y_noisy[keep]
+    pool = None if a.subset_once else ds.train_pool
+    if pool is not None and (a.val_frac > 0 or a.limit_train):
+        raise UserError("--val-frac/--limit-train cannot be combined with a new --samples-per-epoch subset every epoch "
+                        "(a held-out image would be drawn for training later); add --subset-once, or drop them")
     aug = data.default_augment(a.dataset) if a.augment == "auto" else a.augment
     # The second clean set: Clothing1M's clean val keys, or ILSVRC12 val for WebVision.
     metric = "val_acc_clean" if a.dataset == "clothing1m" else "imagenet_acc"
@@ -322,7 +330,21 @@ def prepare_data(a, device):
     return dict(x=x.to(device), y=y.to(device), y_noisy=y_noisy.to(device), x_test=ds.x_test.to(device),
                 y_test=ds.y_test.to(device), C=ds.num_classes, mean=ds.mean, std=ds.std, aug=aug,
                 val=val, report=report, in_shape=tuple(ds.x_train.shape[1:]),
-                clean_known=ds.clean_train_known, clean_val=clean_val)
+                clean_known=ds.clean_train_known, clean_val=clean_val, pool=pool, subset_epoch=1,
+                # ids: each training row's id in the ELR memory (its row of the pool when subsets are redrawn)
+                ids=(ds.train_ids if pool is not None else torch.arange(len(y))).to(device),
+                n_ids=len(y) if pool is None else len(pool[1]))
+
+
+def redraw_subset(a, d, epoch):
+    """--samples-per-epoch: replace d's training set by epoch's class-balanced subset (in place).
+    Seeded by (seed, epoch), so every rank and a resumed run draw the same images. -> seconds."""
+    t0 = time.time()
+    x, y, ids = data_images.draw_train_subset(d["pool"], a.samples_per_epoch, a.seed, epoch,
+                                              a.image_size or 224, a.decode_workers)
+    dev = d["x"].device
+    d.update(x=x.to(dev), y=y.to(dev), y_noisy=y.to(dev), ids=ids.to(dev), subset_epoch=epoch)
+    return time.time() - t0
 
 
 # ----------------------------------------------------------------------------- Training
@@ -390,7 +412,7 @@ def train_epoch(a, st, d, epoch, total_steps, loss_fn, delta):
         for opt in st["opts"]:
             for group in opt.param_groups:
                 group["lr"] = lr
-        loss_val, ch = train_step(a, st, xb, d["y_noisy"][idx], idx, loss_fn, delta, epoch)
+        loss_val, ch = train_step(a, st, xb, d["y_noisy"][idx], d["ids"][idx], loss_fn, delta, epoch)
         if not math.isfinite(loss_val):
             raise NonFiniteLoss(f"non-finite training loss ({loss_val}) at epoch {epoch}, step {st['step']}; "
                                 f"lower --lr or use --grad-clip; the last good checkpoint is kept")
@@ -403,8 +425,9 @@ def train_epoch(a, st, d, epoch, total_steps, loss_fn, delta):
     return tot_loss / max(n_seen, 1), changes, n_seen
 
 
-def train_step(a, st, xb, yb, idx, loss_fn, delta, epoch):
-    """One optimizer step for every network of the method. Returns (loss, mask changes)."""
+def train_step(a, st, xb, yb, ids, loss_fn, delta, epoch):
+    """One optimizer step for every network of the method; ids: the batch's rows of the ELR
+    memory. Returns (loss, mask changes)."""
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if (a.amp and xb.is_cuda) else torch.autocast("cpu", enabled=False)
     dd = st["dist"]
     outs, changes = [], []
@@ -422,9 +445,9 @@ def train_step(a, st, xb, yb, idx, loss_fn, delta, epoch):
         keep_a, keep_b = losses.coteaching_select(la.detach(), lb.detach(), losses.forget_rate(epoch, tau))
         per_net = [la[keep_a].mean(), lb[keep_b].mean()]
     elif a.method == "elr":
-        lv, new_t = losses.elr_loss(outs[0], yb, st["elr_t"][idx], **st["elr_hp"])
-        sizes = [len(idx)] * dd.world  # every rank's new rows, so the memory stays the same everywhere
-        st["elr_t"][ranks.all_gather_rows(idx, sizes, dd)] = ranks.all_gather_rows(new_t, sizes, dd)
+        lv, new_t = losses.elr_loss(outs[0], yb, st["elr_t"][ids], **st["elr_hp"])
+        sizes = [len(ids)] * dd.world  # every rank's new rows, so the memory stays the same everywhere
+        st["elr_t"][ranks.all_gather_rows(ids, sizes, dd)] = ranks.all_gather_rows(new_t, sizes, dd)
         per_net = [lv.mean()]
     else:
         per_net = [loss_fn(outs[0], yb).mean()]
@@ -660,7 +683,7 @@ def init_state(a, d, device, ck, dd=ranks.Dist()):
     st = dict(nets=nets_, opts=opts, masks=masks, step=0, y_noisy=d["y_noisy"], elr_t=None, dist=dd,
               compiled=[torch.compile(n.backbone) if a.compile else None for n in nets_])
     if a.method == "elr":
-        st["elr_t"] = torch.zeros(len(d["y"]), C, device=device)
+        st["elr_t"] = torch.zeros(d["n_ids"], C, device=device)
         st["elr_hp"] = {k: v for k, v in losses.loss_config("elr", C, a.dataset, noise=a.noise).items() if k in ("beta", "lam")}
     if ck is not None:
         for n, sd in zip(nets_, ck["nets"]):
@@ -731,6 +754,9 @@ def run(a, argv, dd=ranks.Dist()):
         f"{a.backbone}+{a.head} loss={a.loss} method={a.method} on {device}{per_rank} -> {out}", flush=True)
     rank_dump = os.environ.get(RANK_DUMP_ENV)
     for epoch in range(start_epoch + 1, a.epochs + 1):
+        if d["pool"] is not None and d["subset_epoch"] != epoch:
+            secs = redraw_subset(a, d, epoch)
+            say(f"epoch {epoch:3d}: new class-balanced subset of {len(d['y'])} images decoded in {secs:.1f}s", flush=True)
         t0 = time.time()
         try:
             tr_loss, changes, n_seen = train_epoch(a, st, d, epoch, total, loss_fn, delta)

@@ -176,6 +176,21 @@ def test_samples_draws_a_class_balanced_subset_of_the_noisy_set(tmp_path):
     assert torch.bincount(ds.y_train, minlength=14).tolist() == [2] * 14
 
 
+def test_each_epoch_draws_its_own_balanced_subset_and_epoch_1_is_the_loaded_one(tmp_path):
+    keys = make_clothing1m(str(tmp_path), n_train=70, sorted_train=True)
+    ds = data.load_dataset("clothing1m", str(tmp_path), image_size=SIZE, samples=28, seed=3, workers=2)
+    paths, labels = ds.train_pool
+    assert len(paths) == 70 and torch.equal(torch.from_numpy(labels)[ds.train_ids], ds.y_train)
+    draws = [data_images.draw_train_subset(ds.train_pool, 28, 3, e, SIZE, 2) for e in (1, 2, 3)]
+    assert torch.equal(draws[0][2], ds.train_ids) and torch.equal(draws[0][0], ds.x_train)
+    for x, y, ids in draws:
+        assert torch.bincount(y, minlength=14).tolist() == [2] * 14
+        assert_colors(x, y, ids.tolist())   # the right images: their pixels encode their label and index
+    assert len({tuple(ids.tolist()) for _, _, ids in draws}) == 3     # new images every epoch
+    again = data_images.draw_train_subset(ds.train_pool, 28, 3, 2, SIZE, 2)
+    assert torch.equal(again[2], draws[1][2]) and torch.equal(again[0], draws[1][0])
+
+
 def test_test_images_are_resized_to_8_7_of_the_size_then_centre_cropped(tmp_path):
     """A white 64x64 image with a black 4-pixel frame. The test transform resizes it to
     18x18 (16·256/224) and crops the central 16x16, which cuts the frame away, so the
@@ -353,10 +368,59 @@ def test_webvision_one_epoch_run_with_mlp(tmp_path, capsys):
     assert 0 <= row["imagenet_acc"] <= 1 and "val_acc_clean" not in row
 
 
+def clothing_run(tmp_path, name, *flags):
+    out = str(tmp_path / name)
+    rc = train.main(["--dataset", "clothing1m", "--data-dir", str(tmp_path / "c1m"), "--noise", "none",
+                     "--image-size", "16", "--samples-per-epoch", "14", "--batch-size", "7",
+                     "--decode-workers", "2", "--out", out, *flags])
+    assert rc == 0
+    return out
+
+
+def metrics(out):
+    drop = {"seconds", "eta_s", "samples_per_s"}
+    return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in open(os.path.join(out, "metrics.jsonl"))]
+
+
+def test_samples_per_epoch_redraws_every_epoch_and_resumes_exactly(tmp_path, capsys):
+    make_clothing1m(str(tmp_path / "c1m"), n_train=42)
+    full = clothing_run(tmp_path, "full", "--epochs", "3", "--method", "elr")
+    assert capsys.readouterr().out.count("new class-balanced subset of 14 images") == 2   # epochs 2 and 3
+    part = clothing_run(tmp_path, "part", "--epochs", "3", "--method", "elr", "--stop-after", "2")
+    assert train.main(["--out", part, "--resume", "--epochs", "3"]) == 0
+    assert metrics(full) == metrics(part)
+    a, b = (torch.load(os.path.join(o, "checkpoint.pt"), weights_only=False) for o in (full, part))
+    assert all(torch.equal(a["nets"][0][k], b["nets"][0][k]) for k in a["nets"][0])
+    assert torch.equal(a["elr_t"], b["elr_t"])
+    # the ELR memory has a row per image of the whole noisy list; rows never drawn stay zero
+    ids = set().union(*(data_images.balanced_subset(torch.tensor([(i % 14 + 1) % 14 for i in range(42)]), 14,
+                                                    data_images.subset_seed(0, e)).tolist() for e in (1, 2, 3)))
+    assert a["elr_t"].shape == (42, 14)
+    assert set(a["elr_t"].abs().sum(1).nonzero()[:, 0].tolist()) == ids and len(ids) < 42
+
+
+def test_subset_once_keeps_epoch_1_subset(tmp_path, capsys):
+    make_clothing1m(str(tmp_path / "c1m"), n_train=42)
+    once = clothing_run(tmp_path, "once", "--epochs", "2", "--subset-once", "--method", "elr")
+    assert "new class-balanced subset" not in capsys.readouterr().out
+    assert torch.load(os.path.join(once, "checkpoint.pt"), weights_only=False)["elr_t"].shape == (14, 14)
+    redrawn = clothing_run(tmp_path, "redrawn", "--epochs", "2", "--method", "elr")
+    assert metrics(once)[0] == metrics(redrawn)[0] and metrics(once)[1] != metrics(redrawn)[1]
+
+
+def test_validation_split_with_redrawn_subsets_is_refused(tmp_path, capsys):
+    make_clothing1m(str(tmp_path / "c1m"), n_train=28)
+    rc = train.main(["--dataset", "clothing1m", "--data-dir", str(tmp_path / "c1m"), "--noise", "none", "--image-size", "16",
+                     "--samples-per-epoch", "14", "--val-frac", "0.2", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "add --subset-once" in err and err.count("\n") == 1
+
+
 @pytest.mark.parametrize("flags, words", [
     (["--dataset", "digits", "--image-size", "16"], "--image-size apply to webvision-mini and clothing1m only"),
     (["--dataset", "clothing1m", "--data-dir", "x"], "brings its own human noise"),
     (["--dataset", "digits", "--pretrained", "/nonexistent.pth"], "--pretrained /nonexistent.pth does not exist"),
+    (["--dataset", "digits", "--subset-once"], "--subset-once needs --samples-per-epoch"),
 ])
 def test_bad_real_world_flags_give_one_line(tmp_path, capsys, flags, words):
     assert train.main(flags + ["--out", str(tmp_path / "run")]) == 2
