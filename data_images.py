@@ -68,7 +68,7 @@ def load_image_dataset(name, data_dir, image_size=224, samples=0, seed=0, worker
         (tr_p, tr_y), (te_p, te_y), val = _clothing1m_lists(folder)
         C = CLOTHING1M_CLASSES
     pool, ids = None, None
-    if samples:
+    if 0 < samples < len(tr_y):   # else every image, decoded once
         pool = (tr_p, tr_y)
         x_train, y_train, ids = draw_train_subset(pool, samples, seed, 1, image_size, workers)
     else:
