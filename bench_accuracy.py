@@ -347,6 +347,29 @@ def beyond_spread(base, dcm):
     return diff, "yes" if abs(diff) > math.hypot(base[2], dcm[2]) else "no"
 
 
+# Two-sided 5 % critical values of Student's t by degrees of freedom (df > 9 uses df 9's,
+# which is conservative there).
+T_CRIT = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def paired_t(base_keys, dcm_keys, results, field):
+    """Paired t-test of DCM − base over the seeds both finished -> (t or None, 'better'/'worse'/'no'/'n/a').
+
+    Pairs by seed: runs of one seed share the noisy labels, the subset, the batch order
+    and the initialisation, so the per-seed difference cancels what they share and the
+    test is sharper than comparing the two spreads. 'better'/'worse' when |t| exceeds
+    the two-sided 5 % critical value; n/a below 2 pairs.
+    """
+    diffs = [results[d][field] - results[b][field]
+             for b, d in zip(base_keys, dcm_keys) if results.get(b) and results.get(d)]
+    if len(diffs) < 2:
+        return None, "n/a"
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    t = mean / (sd / math.sqrt(len(diffs))) if sd > 0 else math.copysign(math.inf, mean) if mean else 0.0
+    crit = T_CRIT.get(len(diffs) - 1, T_CRIT[9])
+    return t, "better" if t > crit else "worse" if t < -crit else "no"
+
+
 # ----------------------------------------------------------------------------- tables
 
 
@@ -357,25 +380,26 @@ def md_table(header, rows):
 
 def main_rows(common, grid, seeds, results):
     """One row per (noise, loss, pair): the base head vs its DCM head, last and best epoch."""
-    stats_of = {k: setting_stats(f, seeds, results)[0] for k, f in main_settings(common, grid)}
+    stats_of = {k: setting_stats(f, seeds, results) for k, f in main_settings(common, grid)}
     rows = []
     for (noise, rate), loss in itertools.product(grid["noises"], grid["losses"]):
         for base, dcm in PAIRS:
             if base not in grid["heads"] and dcm not in grid["heads"]:
                 continue
-            sb, sd = (stats_of.get((noise, rate, loss, h), {}) for h in (base, dcm))
+            (sb, kb), (sd, kd) = (stats_of.get((noise, rate, loss, h), ({}, [])) for h in (base, dcm))
             cells = [f"{NOISE_LABEL.get(noise, noise)} {rate:g}", loss, f"{base} → {dcm}",
                      f"{sb.get('last', (0,))[0]}/{sd.get('last', (0,))[0]}"]
             for field in ("last", "best"):
                 b, d = sb.get(field, (0, None, None)), sd.get(field, (0, None, None))
                 diff, verdict = beyond_spread(b, d)
                 cells += [fmt_ms(b), fmt_ms(d), "—" if diff is None else f"{diff:+.2f}", verdict]
-            rows.append(cells)
+            t, paired = paired_t(kb, kd, results, "last")
+            rows.append(cells + [paired if t is None else f"{t:+.1f} ({paired})"])
     return rows
 
 
 MAIN_HEADER = ("noise", "loss", "base → DCM", "n (base/DCM)", "last: base", "last: DCM", "last: Δ",
-               "last: Δ > spread", "best: base", "best: DCM", "best: Δ", "best: Δ > spread")
+               "last: Δ > spread", "best: base", "best: DCM", "best: Δ", "best: Δ > spread", "last: paired t (5 %)")
 
 
 def verdict_summary(rows):
@@ -383,9 +407,11 @@ def verdict_summary(rows):
     up = sum(r[7] == "yes" and r[6].startswith("+") for r in rows)
     down = sum(r[7] == "yes" and r[6].startswith("-") for r in rows)
     within = sum(r[7] == "no" for r in rows)
+    better, worse = (sum(r[12].endswith(f"({w})") for r in rows) for w in ("better", "worse"))
     return (f"Last epoch, DCM − base: higher beyond the seed spread in {up} of {len(rows)} rows, "
             f"lower beyond it in {down}, within it in {within}, not decidable (missing seeds) in "
-            f"{len(rows) - up - down - within}.")
+            f"{len(rows) - up - down - within}. Paired t-test over seeds at 5 %: DCM better in {better} "
+            f"rows, worse in {worse}.")
 
 
 def ablation_rows(common, ablations, seeds, results):
@@ -537,6 +563,9 @@ def setup_lines(args, common, results, keys):
         "a, increasing in a, so it ranks settings as the clean accuracy would.",
         "- `Δ > spread` is yes when |mean DCM − mean base| > sqrt(std_base² + std_DCM²), the seed std "
         "of the difference of one DCM run and one base run; n/a with fewer than 2 seeds.",
+        "- `paired t`: t = mean/(std/√n) of the per-seed differences DCM − base of the last-epoch accuracy "
+        "(runs of one seed share noisy labels, subset, batch order and initialisation); better/worse when "
+        "|t| exceeds the two-sided 5 % critical value (4.30 for 3 seeds), else no.",
     ]
 
 

@@ -196,8 +196,26 @@ def test_main_table_has_the_header_and_one_row_per_noise_loss_pair(fake):
 def test_main_table_means_stds_and_differences_match_hand_computation(fake):
     # last: fc 82 ± sqrt(8) = 2.83, dfc 88 ± 2.83, Δ +6 > sqrt(8 + 8) = 4 -> yes
     # best: fc 86 ± sqrt(2) = 1.41, dfc 87.8 ± 1.41, Δ +1.8 < sqrt(2 + 2) = 2 -> no (though > each std)
-    assert md_rows(fake[0])[2][4:] == ["82.00 ± 2.83", "88.00 ± 2.83", "+6.00", "yes",
+    assert md_rows(fake[0])[2][4:12] == ["82.00 ± 2.83", "88.00 ± 2.83", "+6.00", "yes",
                                        "86.00 ± 1.41", "87.80 ± 1.41", "+1.80", "no"]
+
+
+def test_main_table_paired_t_matches_hand_computation(fake):
+    # last, per seed: dfc − fc = 10, 2 -> mean 6, std sqrt(32), t = 6 / (sqrt(32)/sqrt(2)) = 1.5 < 12.706 (df 1)
+    assert md_rows(fake[0])[2][12] == "+1.5 (no)"
+    assert "Paired t-test over seeds at 5 %: DCM better in 0 rows, worse in 0." in fake[0]
+
+
+def test_paired_t_sees_a_consistent_gain_that_the_spreads_hide():
+    base, dcm = (80.0, 84.0, 82.0), (81.0, 85.1, 82.9)   # seed effects ±2, DCM − base = 1.0, 1.1, 0.9
+    results = {f"b{i}": {"last": v} for i, v in enumerate(base)} | {f"d{i}": {"last": v} for i, v in enumerate(dcm)}
+    t, verdict = acc.paired_t(["b0", "b1", "b2"], ["d0", "d1", "d2"], results, "last")
+    assert t == pytest.approx(1.0 / (0.1 / 3 ** 0.5)) and verdict == "better"
+    unpaired = acc.beyond_spread(acc.stats(list(base)), acc.stats(list(dcm)))
+    assert unpaired[1] == "no"
+    flipped = {k: {"last": -v["last"]} for k, v in results.items()}
+    assert acc.paired_t(["b0", "b1", "b2"], ["d0", "d1", "d2"], flipped, "last")[1] == "worse"
+    assert acc.paired_t(["b0", "bX"], ["d0", "dX"], results, "last") == (None, "n/a")   # one pair left
 
 
 def test_csv_has_one_row_per_setting_with_val_means(fake):
