@@ -22,7 +22,8 @@ Rows (ratio = A / B; the (B, d, C) are batch, features, classes):
   KAN closed / nn.Linear       the same closed-form KAN vs a linear head of the same (d, C)
   DKAN score literal / fast    std_b φ_jk(x_bk) as written vs sqrt(c_jkᵀ Σ_k c_jk): time, memory
 
-Accuracy (issue 7) lives in bench_accuracy.py; `python bench.py accuracy --help`.
+Accuracy (issue 7): the grid and its runner in bench_accuracy.py, the tables in bench_report.py;
+`python bench.py accuracy --help`.
 
 Peak memory: on CPU, torch.profiler(profile_memory=True); each op's self
 allocation (bytes allocated minus freed inside it, children excluded) is summed in
@@ -33,7 +34,9 @@ import argparse
 import copy
 import itertools
 import math
+import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -45,7 +48,8 @@ from torch import nn
 import dcm_ref
 import kan
 import nets
-import bench_accuracy
+import bench_accuracy as acc
+import bench_report as report
 
 # ----------------------------------------------------------------------------- settings
 
@@ -387,6 +391,82 @@ def speed_main(args):
             f.write(text)
 
 
+# ----------------------------------------------------------------------------- accuracy command (issue 7)
+# The grid and its runner: bench_accuracy.py; the tables: bench_report.py.
+
+def dry_run(runs, runs_dir, jobs):
+    """Print each run's state and train.py flags, and the estimated time of what is left."""
+    left = 0.0
+    for r in runs:
+        state = acc.run_state(os.path.join(runs_dir, r.key))
+        left += 0.0 if state == "done" else acc.estimate_s(r.cfg)
+        print(f"{state:6s}  {r.key}  {' '.join(r.argv)}")
+    print(f"{len(runs)} runs; estimated time left ≈ {acc.fmt_duration(left)} of CPU at 1 thread each "
+          f"(≈ {acc.fmt_duration(left / jobs)} with --jobs {jobs} on free cores)")
+
+
+def accuracy_main(args):
+    if args.grid is None and not (args.dry_run or args.table_only):
+        raise SystemExit("bench.py accuracy: launching the issue 7 grid takes hours of CPU; name it with "
+                         "--grid main|ablations|all (or look first with --dry-run)")
+    args.grid = args.grid or "all"
+    common = dict(acc.COMMON, epochs=args.epochs, limit_train=args.limit_train)
+    runs = acc.plan(acc.grid_settings(common, args.grid), acc.SEEDS)
+    keys = [r.key for r in runs]
+    try:
+        todo = [r for r in runs if not args.only or re.search(args.only, r.key + " " + " ".join(r.argv))]
+    except re.error as e:
+        raise SystemExit(f"bench.py: --only {args.only!r} is not a regular expression ({e})")
+    runs_dir = args.runs_dir
+    print(f"accuracy grid {args.grid}: --epochs {args.epochs} --limit-train {args.limit_train} "
+          f"(grid defaults {acc.COMMON['epochs']}, {acc.COMMON['limit_train']}), seeds {acc.SEEDS}, "
+          f"runs in {runs_dir}",
+          file=sys.stderr)
+    if args.dry_run:
+        return dry_run(todo, runs_dir, args.jobs)
+    codes = {}
+    if not args.table_only:
+        report.record_launch(args)
+        codes = acc.execute(todo, runs_dir, args.jobs, args.threads_per_job,
+                            log=lambda s: print(s, file=sys.stderr, flush=True))
+    failed = [k for k, rc in codes.items() if rc != 0]
+    results = {k: report.load_result(os.path.join(runs_dir, k)) for k in keys}
+    section = report.accuracy_section(args, common, acc.MAIN, acc.ABLATIONS, results, keys)
+    print(section, end="")
+    if args.out_md:
+        report.write_section(args.out_md, section)
+    if args.out_csv:
+        report.write_csv(args.out_csv, report.csv_rows(common, acc.MAIN, acc.ABLATIONS, acc.SEEDS, results, args.grid))
+    if failed:
+        raise SystemExit(f"bench.py accuracy: {len(failed)} run(s) failed: {', '.join(failed)}")
+
+
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def add_accuracy_parser(sub):
+    a = sub.add_parser("accuracy", help="test accuracy of FC/KAN vs DFC/DKAN heads under label noise (issue 7)")
+    a.add_argument("--grid", choices=("main", "ablations", "all"),
+                   help="which tables' runs; required to launch runs (hours of CPU), default all with --dry-run/--table-only")
+    a.add_argument("--runs-dir", default="bench_runs", help="one folder per run, named by its key (default bench_runs)")
+    a.add_argument("--jobs", type=positive_int, default=1, help="runs in parallel, each its own process (default 1)")
+    a.add_argument("--threads-per-job", type=positive_int, default=1, help="OMP/MKL threads of each run (default 1)")
+    a.add_argument("--epochs", type=positive_int, default=acc.COMMON["epochs"],
+                   help=f"train.py --epochs of every run (grid default {acc.COMMON['epochs']})")
+    a.add_argument("--limit-train", type=non_negative_int, default=acc.COMMON["limit_train"],
+                   help=f"train.py --limit-train of every run, 0 = all (grid default {acc.COMMON['limit_train']})")
+    a.add_argument("--only", metavar="REGEX", help="launch only the runs whose key or train.py flags match (re.search)")
+    a.add_argument("--dry-run", action="store_true", help="list the runs (done / resume / new) and the estimated time; run nothing")
+    a.add_argument("--table-only", action="store_true", help="run nothing; tabulate the finished runs")
+    a.add_argument("--out-md", metavar="FILE", help="put the tables into FILE's '## Accuracy' section (replaced or appended; the rest kept)")
+    a.add_argument("--out-csv", metavar="FILE", help="also write one CSV row per setting (means, stds, n, run keys)")
+    a.set_defaults(run=accuracy_main)
+
+
 def positive_int(text):
     value = int(text)
     if value < 1:
@@ -408,7 +488,7 @@ def build_parser():
                    help="skip a literal score form whose B×C×d tensors would exceed this many GB (default 4)")
     s.add_argument("--out", help="also write the table (markdown) to this file")
     s.set_defaults(run=speed_main)
-    bench_accuracy.add_accuracy_parser(sub)
+    add_accuracy_parser(sub)
     return p
 
 

@@ -13,6 +13,7 @@ import pytest
 
 import bench
 import bench_accuracy as acc
+import bench_report as report
 
 TINY_COMMON = dict(acc.COMMON, dataset="digits", limit_train=200, epochs=1)
 TINY_MAIN = {"noises": (("symmetric", 0.6),), "losses": ("ce",), "heads": ("fc", "dfc")}
@@ -189,7 +190,7 @@ def md_rows(text):
 
 def test_main_table_has_the_header_and_one_row_per_noise_loss_pair(fake):
     rows = md_rows(fake[0])
-    assert rows[0] == list(acc.MAIN_HEADER)
+    assert rows[0] == list(report.MAIN_HEADER)
     assert [r[:4] for r in rows[2:]] == [["sym 0.6", "ce", "fc → dfc", "2/2"]]   # no kan/dkan in the grid
 
 
@@ -209,13 +210,13 @@ def test_main_table_paired_t_matches_hand_computation(fake):
 def test_paired_t_sees_a_consistent_gain_that_the_spreads_hide():
     base, dcm = (80.0, 84.0, 82.0), (81.0, 85.1, 82.9)   # seed effects ±2, DCM − base = 1.0, 1.1, 0.9
     results = {f"b{i}": {"last": v} for i, v in enumerate(base)} | {f"d{i}": {"last": v} for i, v in enumerate(dcm)}
-    t, verdict = acc.paired_t(["b0", "b1", "b2"], ["d0", "d1", "d2"], results, "last")
+    t, verdict = report.paired_t(["b0", "b1", "b2"], ["d0", "d1", "d2"], results, "last")
     assert t == pytest.approx(1.0 / (0.1 / 3 ** 0.5)) and verdict == "better"
-    unpaired = acc.beyond_spread(acc.stats(list(base)), acc.stats(list(dcm)))
+    unpaired = report.beyond_spread(report.stats(list(base)), report.stats(list(dcm)))
     assert unpaired[1] == "no"
     flipped = {k: {"last": -v["last"]} for k, v in results.items()}
-    assert acc.paired_t(["b0", "b1", "b2"], ["d0", "d1", "d2"], flipped, "last")[1] == "worse"
-    assert acc.paired_t(["b0", "bX"], ["d0", "dX"], results, "last") == (None, "n/a")   # one pair left
+    assert report.paired_t(["b0", "b1", "b2"], ["d0", "d1", "d2"], flipped, "last")[1] == "worse"
+    assert report.paired_t(["b0", "bX"], ["d0", "dX"], results, "last") == (None, "n/a")   # one pair left
 
 
 def test_csv_has_one_row_per_setting_with_val_means(fake):
@@ -227,7 +228,7 @@ def test_csv_has_one_row_per_setting_with_val_means(fake):
 
 
 def test_one_seed_gives_no_spread_verdict():
-    assert acc.beyond_spread((1, 80.0, None), (1, 90.0, None)) == (10.0, "n/a")
+    assert report.beyond_spread((1, 80.0, None), (1, 90.0, None)) == (10.0, "n/a")
 
 
 def test_recommendation_uses_validation_not_test(tiny, tmp_path, monkeypatch):
@@ -238,20 +239,20 @@ def test_recommendation_uses_validation_not_test(tiny, tmp_path, monkeypatch):
     for keep, test, val in ((0.05, .70, .45), (0.3, .90, .35)):
         for key in keys_of("dfc", keep=keep):
             write_fake_run(runs, key, test, test, val)
-    results = {k: acc.load_result(str(runs / k)) for k in os.listdir(runs)}
-    (line,) = acc.recommend(TINY_COMMON, abl, (0, 1), results)
+    results = {k: report.load_result(str(runs / k)) for k in os.listdir(runs)}
+    (line,) = report.recommend(TINY_COMMON, abl, (0, 1), results)
     assert "**keep 0.05**" in line
 
 
 def test_write_section_replaces_only_the_accuracy_section(tmp_path):
     path = tmp_path / "B.md"
     path.write_text("# B\n\n## Speed\nfast\n\n## Accuracy\nold\n\n## Later\nkept\n")
-    acc.write_section(str(path), "## Accuracy\nnew\n")
+    report.write_section(str(path), "## Accuracy\nnew\n")
     assert path.read_text() == "# B\n\n## Speed\nfast\n\n## Accuracy\nnew\n\n## Later\nkept\n"
 
 
 def test_write_section_appends_when_the_file_has_none(tmp_path):
     path = tmp_path / "B.md"
     path.write_text("# B\n\n## Speed\nfast\n")
-    acc.write_section(str(path), "## Accuracy\nnew\n")
+    report.write_section(str(path), "## Accuracy\nnew\n")
     assert path.read_text() == "# B\n\n## Speed\nfast\n\n## Accuracy\nnew\n"
