@@ -17,6 +17,7 @@ one line naming what is wrong and how to fix it.
 import gzip
 import os
 import pickle
+import time
 import zipfile
 import zlib
 from typing import NamedTuple, Optional
@@ -24,6 +25,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+import noise
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "cifar10n", "cifar100n")
 # Real-world noisy JPEG datasets (SPEC §6): web/crowd labels, clean training labels unknown.
@@ -240,6 +243,90 @@ def augment_batch(x, generator, pad=4, flip=True, padding_mode="zeros"):
         mirror = torch.rand(B, generator=generator, device=x.device) < 0.5
         x = torch.where(mirror[:, None, None, None], x.flip(3), x)
     return x
+
+
+# ---------------------------------------------------------------- the experiment's training data
+# train.py's data step: its flags `a` -> noisy labels, the noise report, the validation
+# split and the per-epoch subsets of the real-world sets. Errors are DataError.
+
+def noisy_labels(a, ds, x, y):
+    """Corrupt clean labels y (N,) per the flags; returns (noisy (N,), transition matrix or None)."""
+    C, seed = ds.num_classes, a.seed
+    if ds.noisy_train is not None:
+        return ds.noisy_train, None
+    if a.noise == "none" or a.noise_rate == 0:
+        return y.clone(), None
+    if a.noise == "instance":
+        return noise.instance_dependent(x, y, a.noise_rate, C, seed), None
+    if a.noise == "cifar100-superclass":
+        if ds.fine_to_coarse is None:
+            raise DataError(f"--noise cifar100-superclass needs CIFAR-100's coarse labels; --dataset {a.dataset} has none")
+        T = noise.superclass_transition_matrix(ds.fine_to_coarse, a.noise_rate)
+    else:
+        T = noise.transition_matrix(a.noise, C, a.noise_rate, dataset=a.dataset, include_true=a.noise_include_true)
+    return noise.corrupt_labels(y, T, seed, sampling=a.noise_sampling), T
+
+
+def prepare_training_data(a, device):
+    """Load, subset, corrupt and split per train.py's flags `a`; everything ends up as tensors
+    on `device` in one dict (x, y, y_noisy, x_test, y_test, val, report, ...)."""
+    image_opts = {}
+    if a.dataset in IMAGE_DATASETS:
+        image_opts = dict(image_size=a.image_size or 224, samples=a.samples_per_epoch, seed=a.seed,
+                          workers=a.decode_workers, train_list=a.train_list, test_list=a.test_list)
+        if a.dataset == "webvision-mini":
+            image_opts["imagenet_val_dir"] = a.imagenet_val_dir
+    ds = load_dataset(a.dataset, a.data_dir, a.noisy_labels_file, a.noisy_labels, **image_opts)
+    x, y = ds.x_train, ds.y_train
+    if a.limit_train and a.limit_train < len(y):
+        idx = stratified_subset(y, a.limit_train, a.seed)
+        x, y = x[idx], y[idx]
+        if ds.noisy_train is not None:
+            ds = ds._replace(noisy_train=ds.noisy_train[idx])
+    y_noisy, T = noisy_labels(a, ds, x, y)
+    y_noisy = torch.as_tensor(y_noisy, dtype=torch.long)
+    if ds.clean_train_known:
+        report = noise.noise_report(y, y_noisy, ds.num_classes)
+        report.update(seed=a.seed, kind=a.noise if ds.noisy_train is None else f"human:{a.noisy_labels or 'default'}",
+                      nominal_rate=a.noise_rate, T_nominal=None if T is None else np.asarray(T).tolist())
+    else:  # web/crowd labels only (WebVision, Clothing1M): the realised noise cannot be measured
+        report = dict(rate=None, per_class=None, T=None, seed=a.seed, kind=f"real-world:{a.dataset}",
+                      clean_labels="unknown", nominal_rate=None, T_nominal=None)
+    val = None
+    if a.val_frac > 0:
+        n_val = max(1, int(round(a.val_frac * len(y))))
+        vidx = stratified_subset(y_noisy, n_val, a.seed + 1)
+        keep = torch.ones(len(y), dtype=torch.bool)
+        keep[vidx] = False
+        val = (x[vidx].to(device), y_noisy[vidx].to(device))
+        x, y, y_noisy = x[keep], y[keep], y_noisy[keep]
+    pool = None if a.subset_once else ds.train_pool
+    if pool is not None and (a.val_frac > 0 or a.limit_train):
+        raise DataError("--val-frac/--limit-train cannot be combined with a new --samples-per-epoch subset every epoch "
+                        "(a held-out image would be drawn for training later); add --subset-once, or drop them")
+    aug = default_augment(a.dataset) if a.augment == "auto" else a.augment
+    # The second clean set: Clothing1M's clean val keys, or ILSVRC12 val for WebVision.
+    metric = "val_acc_clean" if a.dataset == "clothing1m" else "imagenet_acc"
+    clean_val = None if ds.x_val is None else (ds.x_val.to(device), ds.y_val.to(device), metric)
+    return dict(x=x.to(device), y=y.to(device), y_noisy=y_noisy.to(device), x_test=ds.x_test.to(device),
+                y_test=ds.y_test.to(device), C=ds.num_classes, mean=ds.mean, std=ds.std, aug=aug,
+                val=val, report=report, in_shape=tuple(ds.x_train.shape[1:]),
+                clean_known=ds.clean_train_known, clean_val=clean_val, pool=pool, subset_epoch=1,
+                # ids: each training row's id in the ELR memory (its row of the pool when subsets are redrawn)
+                ids=(ds.train_ids if pool is not None else torch.arange(len(y))).to(device),
+                n_ids=len(y) if pool is None else len(pool[1]))
+
+
+def redraw_subset(a, d, epoch):
+    """--samples-per-epoch: replace d's training set by epoch's class-balanced subset (in place).
+    Seeded by (seed, epoch), so every rank and a resumed run draw the same images. -> seconds."""
+    import data_images
+    t0 = time.time()
+    x, y, ids = data_images.draw_train_subset(d["pool"], a.samples_per_epoch, a.seed, epoch,
+                                              a.image_size or 224, a.decode_workers)
+    dev = d["x"].device
+    d.update(x=x.to(dev), y=y.to(dev), y_noisy=y.to(dev), ids=ids.to(dev), subset_epoch=epoch)
+    return time.time() - t0
 
 
 # ---------------------------------------------------------------- folders

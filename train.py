@@ -4,7 +4,7 @@ The experiment of Zhang et al., "Combating Noisy Labels via Dynamic Connection
 Masking" (arXiv 2508.09697): a backbone produces features v, a head (FC or KAN)
 maps them to logits, and DCM masks the head's least informative edges
 (dcm_ref.py, kan.py) so noisy-label gradients reach the backbone through fewer
-paths. Labels are corrupted by noise.py; losses come from losses.py.
+paths. data.py loads the data and corrupts labels with noise.py; losses come from losses.py.
 
     python train.py                                   # digits, MLP, DFC head, 40% symmetric noise
     python train.py --dataset fashion-mnist --head fc --noise symmetric --noise-rate 0.6
@@ -37,7 +37,6 @@ import data_images
 import dcm_ref
 import losses
 import nets
-import noise
 import ranks
 
 HEADS = ("fc", "dfc", "kan", "dkan")
@@ -265,86 +264,6 @@ def eval_logits(net, x, mean, std, a, mstate, batch=1024, dd=ranks.Dist()):
         C = net.head_params()["w" if a.head in ("fc", "dfc") else "base_weight"].shape[0]
         out = [torch.zeros(0, C, device=x.device)]
     return ranks.all_gather_rows(torch.cat(out), sizes, dd)
-
-
-# ----------------------------------------------------------------------------- Data and noise
-
-def noisy_labels(a, ds, x, y):
-    """Corrupt clean labels y (N,) per the flags; returns (noisy (N,), transition matrix or None)."""
-    C, seed = ds.num_classes, a.seed
-    if ds.noisy_train is not None:
-        return ds.noisy_train, None
-    if a.noise == "none" or a.noise_rate == 0:
-        return y.clone(), None
-    if a.noise == "instance":
-        return noise.instance_dependent(x, y, a.noise_rate, C, seed), None
-    if a.noise == "cifar100-superclass":
-        if ds.fine_to_coarse is None:
-            raise UserError(f"--noise cifar100-superclass needs CIFAR-100's coarse labels; --dataset {a.dataset} has none")
-        T = noise.superclass_transition_matrix(ds.fine_to_coarse, a.noise_rate)
-    else:
-        T = noise.transition_matrix(a.noise, C, a.noise_rate, dataset=a.dataset, include_true=a.noise_include_true)
-    return noise.corrupt_labels(y, T, seed, sampling=a.noise_sampling), T
-
-
-def prepare_data(a, device):
-    """Load, subset, corrupt and split; everything ends up as tensors on `device`."""
-    image_opts = {}
-    if a.dataset in data.IMAGE_DATASETS:
-        image_opts = dict(image_size=a.image_size or 224, samples=a.samples_per_epoch, seed=a.seed,
-                          workers=a.decode_workers, train_list=a.train_list, test_list=a.test_list)
-        if a.dataset == "webvision-mini":
-            image_opts["imagenet_val_dir"] = a.imagenet_val_dir
-    ds = data.load_dataset(a.dataset, a.data_dir, a.noisy_labels_file, a.noisy_labels, **image_opts)
-    x, y = ds.x_train, ds.y_train
-    if a.limit_train and a.limit_train < len(y):
-        idx = data.stratified_subset(y, a.limit_train, a.seed)
-        x, y = x[idx], y[idx]
-        if ds.noisy_train is not None:
-            ds = ds._replace(noisy_train=ds.noisy_train[idx])
-    y_noisy, T = noisy_labels(a, ds, x, y)
-    y_noisy = torch.as_tensor(y_noisy, dtype=torch.long)
-    if ds.clean_train_known:
-        report = noise.noise_report(y, y_noisy, ds.num_classes)
-        report.update(seed=a.seed, kind=a.noise if ds.noisy_train is None else f"human:{a.noisy_labels or 'default'}",
-                      nominal_rate=a.noise_rate, T_nominal=None if T is None else np.asarray(T).tolist())
-    else:  # web/crowd labels only (WebVision, Clothing1M): the realised noise cannot be measured
-        report = dict(rate=None, per_class=None, T=None, seed=a.seed, kind=f"real-world:{a.dataset}",
-                      clean_labels="unknown", nominal_rate=None, T_nominal=None)
-    val = None
-    if a.val_frac > 0:
-        n_val = max(1, int(round(a.val_frac * len(y))))
-        vidx = data.stratified_subset(y_noisy, n_val, a.seed + 1)
-        keep = torch.ones(len(y), dtype=torch.bool)
-        keep[vidx] = False
-        val = (x[vidx].to(device), y_noisy[vidx].to(device))
-        x, y, y_noisy = x[keep], y[keep], y_noisy[keep]
-    pool = None if a.subset_once else ds.train_pool
-    if pool is not None and (a.val_frac > 0 or a.limit_train):
-        raise UserError("--val-frac/--limit-train cannot be combined with a new --samples-per-epoch subset every epoch "
-                        "(a held-out image would be drawn for training later); add --subset-once, or drop them")
-    aug = data.default_augment(a.dataset) if a.augment == "auto" else a.augment
-    # The second clean set: Clothing1M's clean val keys, or ILSVRC12 val for WebVision.
-    metric = "val_acc_clean" if a.dataset == "clothing1m" else "imagenet_acc"
-    clean_val = None if ds.x_val is None else (ds.x_val.to(device), ds.y_val.to(device), metric)
-    return dict(x=x.to(device), y=y.to(device), y_noisy=y_noisy.to(device), x_test=ds.x_test.to(device),
-                y_test=ds.y_test.to(device), C=ds.num_classes, mean=ds.mean, std=ds.std, aug=aug,
-                val=val, report=report, in_shape=tuple(ds.x_train.shape[1:]),
-                clean_known=ds.clean_train_known, clean_val=clean_val, pool=pool, subset_epoch=1,
-                # ids: each training row's id in the ELR memory (its row of the pool when subsets are redrawn)
-                ids=(ds.train_ids if pool is not None else torch.arange(len(y))).to(device),
-                n_ids=len(y) if pool is None else len(pool[1]))
-
-
-def redraw_subset(a, d, epoch):
-    """--samples-per-epoch: replace d's training set by epoch's class-balanced subset (in place).
-    Seeded by (seed, epoch), so every rank and a resumed run draw the same images. -> seconds."""
-    t0 = time.time()
-    x, y, ids = data_images.draw_train_subset(d["pool"], a.samples_per_epoch, a.seed, epoch,
-                                              a.image_size or 224, a.decode_workers)
-    dev = d["x"].device
-    d.update(x=x.to(dev), y=y.to(dev), y_noisy=y.to(dev), ids=ids.to(dev), subset_epoch=epoch)
-    return time.time() - t0
 
 
 # ----------------------------------------------------------------------------- Training
@@ -656,7 +575,7 @@ def setup(a, argv, dd):
     hp = parse_loss_args(a.loss_arg)
     try:
         cfg = losses.loss_config(a.loss, 10, "cifar10", noise=a.noise, **hp)  # validates names early
-        d = prepare_data(a, device)
+        d = data.prepare_training_data(a, device)
         cfg = losses.loss_config(a.loss, d["C"], a.dataset, noise=a.noise, **hp)
         loss_fn = losses.make_loss(a.loss, d["C"], a.dataset, noise=a.noise, **hp)
     except data.DataError as e:
@@ -755,7 +674,7 @@ def run(a, argv, dd=ranks.Dist()):
     rank_dump = os.environ.get(RANK_DUMP_ENV)
     for epoch in range(start_epoch + 1, a.epochs + 1):
         if d["pool"] is not None and d["subset_epoch"] != epoch:
-            secs = redraw_subset(a, d, epoch)
+            secs = data.redraw_subset(a, d, epoch)
             say(f"epoch {epoch:3d}: new class-balanced subset of {len(d['y'])} images decoded in {secs:.1f}s", flush=True)
         t0 = time.time()
         try:
@@ -819,7 +738,7 @@ def main(argv=None):
         return run(a, argv, dd)
     except PeerFailed:
         return 2  # the failing rank has printed why
-    except UserError as e:
+    except (UserError, data.DataError) as e:  # DataError here: an image unreadable at an epoch's redraw
         print(f"train.py: error{who}: {e}", file=sys.stderr)
         return 2
     except NonFiniteLoss as e:  # one rank's loss: torchrun then stops the others

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import data
 import dcm_ref as D
 import plot
 import train
@@ -132,7 +133,7 @@ def test_logged_feature_error_is_the_masked_head_error_on_the_probe_set(dfc_run)
     """Recompute from the checkpoint: the probe is a fixed set of corrupted samples and the
     gradient goes through the CURRENT training mask (CE: error = (W⊙M)[ỹ] − (W⊙M)[y])."""
     a = train.build_parser().parse_args(QUICK)
-    d = train.prepare_data(a, torch.device("cpu"))
+    d = data.prepare_training_data(a, torch.device("cpu"))
     probe = train.grad_probe(a, d)
     assert 0 < len(probe) <= train.PROBE_SIZE and bool((d["y_noisy"][probe] != d["y"][probe]).all())
     assert torch.equal(probe, train.grad_probe(a, d))
