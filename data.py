@@ -33,10 +33,10 @@ DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "cifar10n
 IMAGE_DATASETS = ("webvision-mini", "clothing1m")
 ALL_DATASETS = DATASETS + IMAGE_DATASETS
 
-_REPO_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+_EMBEDDED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded")
 # Datasets absent here need --data-dir (no download ever happens).
 DEFAULT_DIRS = {
-    "digits": _REPO_DATA,                                   # data/digits.npz, committed
+    "digits": _EMBEDDED,                                    # embedded/digits.npz, committed
     "fashion-mnist": "/usr/share/datasets/fashion-mnist",   # Debian: dataset-fashion-mnist
 }
 
@@ -54,7 +54,7 @@ CIFAR_FILES = {"cifar10": ("data_batch_1", "data_batch_2", "data_batch_3",
 CIFAR_N_DEFAULT = {"cifar10n": "aggre", "cifar100n": "noisy100"}
 
 _HOW_TO_GET = {
-    "digits": "restore data/digits.npz from the repository (git checkout -- data/digits.npz)",
+    "digits": "restore embedded/digits.npz from the repository (git checkout -- embedded/digits.npz)",
     "mnist": "download the four files from https://yann.lecun.com/exdb/mnist/ (or a mirror) "
              "and pass --data-dir",
     "fashion-mnist": "apt-get install dataset-fashion-mnist, or download the four files from "
@@ -115,14 +115,14 @@ def load_dataset(name, data_dir=None, noisy_labels_file=None, noisy_labels=None,
     noisy_labels_file / noisy_labels: the CIFAR-N label file and which labels
     to take (aggre|worst|rand1|rand2|rand3|clean for cifar10n, noisy100|clean
     for cifar100n; default aggre / noisy100); only for cifar10n and cifar100n.
-    image_opts: keyword arguments of data_images.load_image_dataset (IMAGE_DATASETS only).
+    image_opts: keyword arguments of realworld.load_image_dataset (IMAGE_DATASETS only).
     Returns a Dataset (shapes in its docstring). Raises DataError.
     """
     if name in IMAGE_DATASETS:
         if noisy_labels_file is not None or noisy_labels is not None:
             raise DataError(f"--noisy-labels-file/--noisy-labels apply to cifar10n and cifar100n only, not to {name}")
-        import data_images  # JPEG datasets: Pillow and the decoding pool only when needed
-        return data_images.load_image_dataset(name, data_dir, **image_opts)
+        import realworld  # JPEG datasets: Pillow and the decoding pool only when needed
+        return realworld.load_image_dataset(name, data_dir, **image_opts)
     if name not in DATASETS:
         raise DataError(f"dataset {name!r} is unknown; expected one of {', '.join(ALL_DATASETS)}")
     if image_opts:
@@ -320,9 +320,9 @@ def prepare_training_data(a, device):
 def redraw_subset(a, d, epoch):
     """--samples-per-epoch: replace d's training set by epoch's class-balanced subset (in place).
     Seeded by (seed, epoch), so every rank and a resumed run draw the same images. -> seconds."""
-    import data_images
+    import realworld
     t0 = time.time()
-    x, y, ids = data_images.draw_train_subset(d["pool"], a.samples_per_epoch, a.seed, epoch,
+    x, y, ids = realworld.draw_train_subset(d["pool"], a.samples_per_epoch, a.seed, epoch,
                                               a.image_size or 224, a.decode_workers)
     dev = d["x"].device
     d.update(x=x.to(dev), y=y.to(dev), y_noisy=y.to(dev), ids=ids.to(dev), subset_epoch=epoch)
@@ -371,7 +371,7 @@ def _load_digits(folder):
     """digits.npz -> x_train (1297, 1, 8, 8), y_train, x_test (500, 1, 8, 8), y_test.
 
     The file holds images (1797, 8, 8) uint8 in 0..16 and labels (1797,) uint8
-    (see data/README.md); values are rescaled to 0..255 by round(v·255/16).
+    (see embedded/README.md); values are rescaled to 0..255 by round(v·255/16).
     """
     path = _find_file(folder, "digits", ["digits.npz"])
     try:

@@ -33,11 +33,11 @@ import numpy as np
 import torch
 
 import data
-import data_images
 import dcm_ref
+import distributed
 import losses
 import nets
-import ranks
+import realworld
 
 HEADS = ("fc", "dfc", "kan", "dkan")
 METHODS = ("standard", "coteaching", "elr")
@@ -198,7 +198,7 @@ def parse_loss_args(items):
 
 def pick_device(name, dd=None):
     """torch.device for --device; under torchrun (dd.world > 1) CUDA means cuda:LOCAL_RANK."""
-    dd = dd or ranks.Dist()
+    dd = dd or distributed.Dist()
     if dd.world > 1 and name in ("auto", "cuda") and torch.cuda.is_available():
         if dd.local_rank >= torch.cuda.device_count():
             raise UserError(f"LOCAL_RANK {dd.local_rank} has no GPU ({torch.cuda.device_count()} visible); "
@@ -242,7 +242,7 @@ def net_forward(net, x, mstate, a, compiled=None, reduce=lambda m: m):
     return nets.head_forward(a.head, params, feats, mask).float(), mstate
 
 
-def eval_logits(net, x, mean, std, a, mstate, batch=1024, dd=ranks.Dist()):
+def eval_logits(net, x, mean, std, a, mstate, batch=1024, dd=distributed.Dist()):
     """Logits (N, C) of a uint8 tensor x (N, ...) in eval mode, without augmentation.
 
     Multi-process: each rank computes a contiguous 1/W of the rows and every rank
@@ -263,7 +263,7 @@ def eval_logits(net, x, mean, std, a, mstate, batch=1024, dd=ranks.Dist()):
     if not out:  # a rank can get no rows of a set smaller than the world size
         C = net.head_params()["w" if a.head in ("fc", "dfc") else "base_weight"].shape[0]
         out = [torch.zeros(0, C, device=x.device)]
-    return ranks.all_gather_rows(torch.cat(out), sizes, dd)
+    return distributed.all_gather_rows(torch.cat(out), sizes, dd)
 
 
 # ----------------------------------------------------------------------------- Training
@@ -284,12 +284,12 @@ def make_optimizer(a, net):
     return torch.optim.Adam(net.parameters(), lr=a.lr, weight_decay=wd)
 
 
-def optimizer_step(a, net, opt, loss, mask, dd=ranks.Dist()):
+def optimizer_step(a, net, opt, loss, mask, dd=distributed.Dist()):
     """Backward, average gradients over ranks, clip, step; with --dcm-freeze the masked head
     entries are restored exactly. Clipping after the average clips the global gradient."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    ranks.average_grads(net.parameters(), dd)
+    distributed.average_grads(net.parameters(), dd)
     if a.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(net.parameters(), a.grad_clip)
     frozen = {}
@@ -325,7 +325,7 @@ def train_epoch(a, st, d, epoch, total_steps, loss_fn, delta):
         if d["aug"] == "crop-flip":  # on raw pixels, so padding is black as in torchvision's RandomCrop
             xb = data.augment_batch(xb.float(), gaug)
         elif d["aug"] == "rrc-flip":
-            xb = data_images.random_resized_crop_flip(xb.float(), gaug)
+            xb = realworld.random_resized_crop_flip(xb.float(), gaug)
         xb = data.to_float(xb, d["mean"], d["std"])
         lr = lr_at(a, st["step"], total_steps)
         for opt in st["opts"]:
@@ -339,7 +339,7 @@ def train_epoch(a, st, d, epoch, total_steps, loss_fn, delta):
         changes += ch
         st["step"] += 1
     if dd.world > 1:
-        tot, n = ranks.all_sum((torch.tensor([tot_loss, n_seen], dtype=torch.float64),), dd)[0]
+        tot, n = distributed.all_sum((torch.tensor([tot_loss, n_seen], dtype=torch.float64),), dd)[0]
         tot_loss, n_seen = float(tot), int(n)
     return tot_loss / max(n_seen, 1), changes, n_seen
 
@@ -353,7 +353,7 @@ def train_step(a, st, xb, yb, ids, loss_fn, delta, epoch):
     for k, net in enumerate(st["nets"]):
         with ctx:
             logits, new_state = net_forward(net, xb, st["masks"][k], a, st["compiled"][k],
-                                            reduce=lambda m: ranks.all_sum(m, dd))  # global-batch moments
+                                            reduce=lambda m: distributed.all_sum(m, dd))  # global-batch moments
         if new_state.updates != st["masks"][k].updates:
             changes.append(new_state.change)
         st["masks"][k] = new_state
@@ -366,7 +366,7 @@ def train_step(a, st, xb, yb, ids, loss_fn, delta, epoch):
     elif a.method == "elr":
         lv, new_t = losses.elr_loss(outs[0], yb, st["elr_t"][ids], **st["elr_hp"])
         sizes = [len(ids)] * dd.world  # every rank's new rows, so the memory stays the same everywhere
-        st["elr_t"][ranks.all_gather_rows(ids, sizes, dd)] = ranks.all_gather_rows(new_t, sizes, dd)
+        st["elr_t"][distributed.all_gather_rows(ids, sizes, dd)] = distributed.all_gather_rows(new_t, sizes, dd)
         per_net = [lv.mean()]
     else:
         per_net = [loss_fn(outs[0], yb).mean()]
@@ -589,7 +589,7 @@ def setup(a, argv, dd):
     return device, out, ck, d, cfg, loss_fn
 
 
-def init_state(a, d, device, ck, dd=ranks.Dist()):
+def init_state(a, d, device, ck, dd=distributed.Dist()):
     """Networks, optimizers, masks, ELR memory; from the checkpoint `ck` when resuming.
     The seed is the same on every rank, so every rank builds the same initial networks."""
     torch.manual_seed(a.seed)
@@ -632,7 +632,7 @@ def start(a, argv, dd):
         st = init_state(a, d, device, ck, dd)
     except UserError as e:
         err = e
-    first = ranks.first_failure(err is not None, dd)
+    first = distributed.first_failure(err is not None, dd)
     if first == dd.rank:
         raise err
     if first >= 0:
@@ -646,7 +646,7 @@ def save_rank_state(folder, rank, epoch, state):
     torch.save(state, os.path.join(folder, f"rank{rank}_epoch{epoch:03d}.pt"))
 
 
-def run(a, argv, dd=ranks.Dist()):
+def run(a, argv, dd=distributed.Dist()):
     device, out, ck, d, cfg, loss_fn, probe, st = start(a, argv, dd)
     lead = dd.rank == 0  # only rank 0 prints and writes files
     say = print if lead else (lambda *args, **kwargs: None)
@@ -684,7 +684,7 @@ def run(a, argv, dd=ranks.Dist()):
             return 130
         t_train = time.time() - t0
         for net in st["nets"]:
-            ranks.average_bn_stats(net, dd)  # before eval, the probe and the checkpoint: one set of BN stats
+            distributed.average_bn_stats(net, dd)  # before eval, the probe and the checkpoint: one set of BN stats
         ev = evaluate(a, st, d, train_eval_due(a, epoch))
         if ev["test_acc"] > best["acc"]:
             best = {"acc": ev["test_acc"], "epoch": epoch}
@@ -727,12 +727,12 @@ def main(argv=None):
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     try:
-        dd = ranks.dist_from_env(os.environ)
+        dd = distributed.dist_from_env(os.environ)
     except ValueError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
     if dd.world > 1:
-        ranks.init_distributed(dd)
+        distributed.init_distributed(dd)
     who = f" (rank {dd.rank})" if dd.rank > 0 else ""
     try:
         return run(a, argv, dd)
@@ -746,7 +746,7 @@ def main(argv=None):
         return 3
     finally:
         if dd.world > 1:
-            ranks.close()
+            distributed.close()
 
 
 if __name__ == "__main__":

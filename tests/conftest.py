@@ -1,5 +1,5 @@
 """Shared pytest settings: hypothesis without per-example deadlines (CI machines
-are noisy; speed lives in bench.py, never in tests) and the repo root on sys.path."""
+are noisy; speed lives in bench/speed.py, never in tests) and the repo root on sys.path."""
 import os
 import sys
 

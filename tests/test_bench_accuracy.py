@@ -1,4 +1,4 @@
-"""bench.py accuracy: the grid harness on a tiny injected grid (digits, 200 samples, 1 epoch,
+"""bench/accuracy.py, bench/report.py (`python -m bench accuracy`): the grid harness on a tiny injected grid (digits, 200 samples, 1 epoch,
 2 seeds, fc vs dfc) runs real train.py subprocesses, skips finished runs, survives a crashing
 run (a stand-in train.py), and aggregates hand-made final.json files into the expected mean ± std tables."""
 import csv
@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-import bench
-import bench_accuracy as acc
-import bench_report as report
+from bench import accuracy as acc
+from bench import cli
+from bench import report
 
 TINY_COMMON = dict(acc.COMMON, dataset="digits", limit_train=200, epochs=1)
 TINY_MAIN = {"noises": (("symmetric", 0.6),), "losses": ("ce",), "heads": ("fc", "dfc")}
@@ -43,7 +43,7 @@ def ran(tmp_path_factory):
         mp.setattr(acc, name, value)
     runs = tmp_path_factory.mktemp("acc") / "runs"
     try:
-        bench.main(["accuracy", "--grid", "main", "--runs-dir", str(runs), "--jobs", "2"])
+        cli.main(["accuracy", "--grid", "main", "--runs-dir", str(runs), "--jobs", "2"])
     finally:
         mp.undo()
     return runs
@@ -87,7 +87,7 @@ except KeyboardInterrupt:
 
 DRIVER = """import sys
 sys.path.insert(0, {repo!r})
-import bench_accuracy as acc
+from bench import accuracy as acc
 acc.ROOT = {fake!r}
 common = dict(acc.COMMON, dataset="digits", limit_train=200, epochs=1)
 runs = [acc.make_run(dict(common, noise="symmetric", noise_rate=0.6, loss="ce", head="fc", seed=s)) for s in range(4)]
@@ -118,12 +118,12 @@ def test_second_call_launches_no_subprocess_for_finished_runs(ran, tiny, monkeyp
     def no_launch(*a, **k):
         raise AssertionError("a finished run was launched again")
     monkeypatch.setattr(acc, "launch", no_launch)
-    bench.main(["accuracy", "--grid", "main", "--runs-dir", str(ran), "--jobs", "2"])
+    cli.main(["accuracy", "--grid", "main", "--runs-dir", str(ran), "--jobs", "2"])
     assert "4 already done, 0 to run" in capsys.readouterr().err
 
 
 def test_table_only_call_reports_the_launch_of_the_runs_not_its_own(ran, tiny, capsys):
-    bench.main(["accuracy", "--grid", "main", "--table-only", "--runs-dir", str(ran)])   # --jobs 1 here
+    cli.main(["accuracy", "--grid", "main", "--table-only", "--runs-dir", str(ran)])   # --jobs 1 here
     machine = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("- Machine:"))
     assert "2 run(s) in parallel x 1 thread(s)" in machine
 
@@ -178,7 +178,7 @@ def fake(tiny, tmp_path):
                                     (.85, .87, .868, .888), (.40, .42, .50, .44)):
         write_fake_run(runs, key, last, best, val)
     md, table = tmp_path / "B.md", tmp_path / "acc.csv"
-    bench.main(["accuracy", "--grid", "main", "--table-only", "--runs-dir", str(runs),
+    cli.main(["accuracy", "--grid", "main", "--table-only", "--runs-dir", str(runs),
                 "--out-md", str(md), "--out-csv", str(table)])
     return md.read_text(), list(csv.DictReader(table.open()))
 

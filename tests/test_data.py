@@ -123,7 +123,7 @@ def test_digits_has_1297_train_and_500_test_images_of_1x8x8_uint8():
 
 
 def test_digits_split_is_a_partition_of_the_file_rescaled_to_0_255():
-    with np.load(os.path.join(ROOT, "data", "digits.npz")) as z:
+    with np.load(os.path.join(ROOT, "embedded", "digits.npz")) as z:
         images, labels = z["images"], z["labels"]
     expected = np.round(images.astype(np.float64) * 255 / 16).reshape(len(images), -1)
     ds = load_dataset("digits")
@@ -154,9 +154,9 @@ def test_digits_mean_std_are_the_training_set_statistics():
 
 
 def test_digits_file_matches_the_sha256_in_data_readme():
-    with open(os.path.join(ROOT, "data", "digits.npz"), "rb") as f:
+    with open(os.path.join(ROOT, "embedded", "digits.npz"), "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
-    with open(os.path.join(ROOT, "data", "README.md")) as f:
+    with open(os.path.join(ROOT, "embedded", "README.md")) as f:
         assert digest in f.read()
 
 

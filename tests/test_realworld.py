@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 import data
-import data_images
+import realworld
 import nets
 import train
 
@@ -181,13 +181,13 @@ def test_each_epoch_draws_its_own_balanced_subset_and_epoch_1_is_the_loaded_one(
     ds = data.load_dataset("clothing1m", str(tmp_path), image_size=SIZE, samples=28, seed=3, workers=2)
     paths, labels = ds.train_pool
     assert len(paths) == 70 and torch.equal(torch.from_numpy(labels)[ds.train_ids], ds.y_train)
-    draws = [data_images.draw_train_subset(ds.train_pool, 28, 3, e, SIZE, 2) for e in (1, 2, 3)]
+    draws = [realworld.draw_train_subset(ds.train_pool, 28, 3, e, SIZE, 2) for e in (1, 2, 3)]
     assert torch.equal(draws[0][2], ds.train_ids) and torch.equal(draws[0][0], ds.x_train)
     for x, y, ids in draws:
         assert torch.bincount(y, minlength=14).tolist() == [2] * 14
         assert_colors(x, y, ids.tolist())   # the right images: their pixels encode their label and index
     assert len({tuple(ids.tolist()) for _, _, ids in draws}) == 3     # new images every epoch
-    again = data_images.draw_train_subset(ds.train_pool, 28, 3, 2, SIZE, 2)
+    again = realworld.draw_train_subset(ds.train_pool, 28, 3, 2, SIZE, 2)
     assert torch.equal(again[2], draws[1][2]) and torch.equal(again[0], draws[1][0])
 
 
@@ -213,7 +213,7 @@ def test_test_images_are_resized_to_8_7_of_the_size_then_centre_cropped(tmp_path
 @given(counts=st.lists(st.integers(0, 30), min_size=1, max_size=6), n=st.integers(0, 120), seed=st.integers(0, 5))
 def test_balanced_subset_gives_equal_counts_within_one_except_exhausted_classes(counts, n, seed):
     labels = torch.cat([torch.full((c,), k) for k, c in enumerate(counts)]).long()
-    idx = data_images.balanced_subset(labels, n, seed)
+    idx = realworld.balanced_subset(labels, n, seed)
     assert len(idx) == min(n, len(labels)) and torch.equal(idx, idx.unique())
     got = torch.bincount(labels[idx], minlength=len(counts))
     have = torch.tensor(counts)
@@ -223,7 +223,7 @@ def test_balanced_subset_gives_equal_counts_within_one_except_exhausted_classes(
         # exhausted classes got no more than a share (+1: a class may be exhausted by the remainder,
         # e.g. counts 6, 30, 30 and n = 65 give 6, 29, 30)
         assert (got[~open_] <= got[open_].max() + 1).all()
-    assert torch.equal(idx, data_images.balanced_subset(labels, n, seed))
+    assert torch.equal(idx, realworld.balanced_subset(labels, n, seed))
 
 
 # ---------------------------------------------------------------- errors
@@ -282,7 +282,7 @@ def test_missing_pillow_is_one_line_naming_pillow(tmp_path, monkeypatch):
 
 def test_full_scale_square_crop_is_the_image_or_its_mirror():
     x = torch.rand(32, 3, 8, 8)
-    y = data_images.random_resized_crop_flip(x, torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    y = realworld.random_resized_crop_flip(x, torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
     same = (y - x).abs().amax((1, 2, 3)) < 1e-5
     mirrored = (y - x.flip(3)).abs().amax((1, 2, 3)) < 1e-5
     assert (same | mirrored).all() and same.any() and mirrored.any()
@@ -292,11 +292,11 @@ def test_random_resized_crop_zooms_into_one_region():
     """With area 1/4, each output is a 2x upsampled quarter: a constant image stays
     constant, and a crop of a horizontal ramp spans about half the ramp's range."""
     ramp = torch.linspace(0, 1, 32).expand(16, 3, 32, 32)
-    y = data_images.random_resized_crop_flip(ramp, torch.Generator().manual_seed(1), scale=(0.25, 0.25), ratio=(1.0, 1.0))
+    y = realworld.random_resized_crop_flip(ramp, torch.Generator().manual_seed(1), scale=(0.25, 0.25), ratio=(1.0, 1.0))
     spread = y.amax((1, 2, 3)) - y.amin((1, 2, 3))
     assert torch.allclose(spread, torch.full_like(spread, 0.5), atol=0.05)
     c = torch.full((4, 3, 8, 8), 0.3)
-    assert torch.allclose(data_images.random_resized_crop_flip(c, torch.Generator().manual_seed(2)), c)
+    assert torch.allclose(realworld.random_resized_crop_flip(c, torch.Generator().manual_seed(2)), c)
 
 
 # ---------------------------------------------------------------- ResNet-50 and --pretrained
@@ -393,8 +393,8 @@ def test_samples_per_epoch_redraws_every_epoch_and_resumes_exactly(tmp_path, cap
     assert all(torch.equal(a["nets"][0][k], b["nets"][0][k]) for k in a["nets"][0])
     assert torch.equal(a["elr_t"], b["elr_t"])
     # the ELR memory has a row per image of the whole noisy list; rows never drawn stay zero
-    ids = set().union(*(data_images.balanced_subset(torch.tensor([(i % 14 + 1) % 14 for i in range(42)]), 14,
-                                                    data_images.subset_seed(0, e)).tolist() for e in (1, 2, 3)))
+    ids = set().union(*(realworld.balanced_subset(torch.tensor([(i % 14 + 1) % 14 for i in range(42)]), 14,
+                                                    realworld.subset_seed(0, e)).tolist() for e in (1, 2, 3)))
     assert a["elr_t"].shape == (42, 14)
     assert set(a["elr_t"].abs().sum(1).nonzero()[:, 0].tolist()) == ids and len(ids) < 42
 

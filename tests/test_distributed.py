@@ -7,7 +7,7 @@ run and resumes exactly; a user error stops every rank with one line.
 Ranks get torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
 One run goes through torchrun itself; the others start the two ranks directly, which
 skips torchrun's agent process (about half the start-up time on a 2-core machine).
-Run as `python tests/test_ddp.py worker OUT` (with those variables set), this file is
+Run as `python tests/test_distributed.py worker OUT` (with those variables set), this file is
 the worker of the direct tests of the reduction helpers (bottom of the file).
 """
 import json
@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import dcm_ref as D
+import distributed
 import kan
 import nets
-import ranks
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -145,11 +145,11 @@ def worker_results(tmp_path_factory):
 # ----------------------------------------------------------------------------- properties
 
 def test_torchrun_environment_is_read_and_checked():
-    assert ranks.dist_from_env({}) == ranks.Dist(0, 1, 0)
-    assert ranks.dist_from_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == ranks.Dist(1, 2, 1)
+    assert distributed.dist_from_env({}) == distributed.Dist(0, 1, 0)
+    assert distributed.dist_from_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == distributed.Dist(1, 2, 1)
     for bad in ({"RANK": "2", "WORLD_SIZE": "2"}, {"RANK": "x", "WORLD_SIZE": "2"}, {"WORLD_SIZE": "0"}):
         with pytest.raises(ValueError, match="WORLD_SIZE"):
-            ranks.dist_from_env(bad)
+            distributed.dist_from_env(bad)
 
 
 def test_bad_torchrun_environment_is_a_one_line_error_not_a_traceback(monkeypatch, capsys):
@@ -258,20 +258,20 @@ def _moment_checks(dd, g):
     v = torch.randn(12, 16, generator=g) * torch.rand(16, generator=g) * 3
     w = torch.randn(5, 16, generator=g)
     shard = v.tensor_split(dd.world)[dd.rank]
-    s_ddp = D.scores_from_moments(ranks.all_sum(D.moments(shard), dd), w)
+    s_ddp = D.scores_from_moments(distributed.all_sum(D.moments(shard), dd), w)
     s_one = D.edge_scores(v, w)
     res["dfc_scores"], res["dfc_mask"] = (s_ddp, s_one), (D.topk_mask(s_ddp, 0.3), D.topk_mask(s_one, 0.3))
     params = kan.kan_init(16, 5, generator=g)
     phi = nets.head_features("dkan", params, v)
-    s_ddp = kan.kan_scores_from_moments(ranks.all_sum(kan.kan_moments(phi.tensor_split(dd.world)[dd.rank]), dd), params)
+    s_ddp = kan.kan_scores_from_moments(distributed.all_sum(kan.kan_moments(phi.tensor_split(dd.world)[dd.rank]), dd), params)
     s_one = kan.kan_scores_from_moments(kan.kan_moments(phi), params)
     res["dkan_scores"], res["dkan_mask"] = (s_ddp, s_one), (D.topk_mask(s_ddp, 0.3), D.topk_mask(s_one, 0.3))
     batches = [torch.randn(8, 16, generator=g) * torch.rand(16, generator=g) for _ in range(6)]
     masks = []
-    for ctx in (dd, ranks.Dist()):
+    for ctx in (dd, distributed.Dist()):
         st, out = D.mask_init((5, 16)), []
         for b in batches:
-            st = D.mask_schedule_step(st, ranks.all_sum(D.moments(b.tensor_split(ctx.world)[ctx.rank]), ctx),
+            st = D.mask_schedule_step(st, distributed.all_sum(D.moments(b.tensor_split(ctx.world)[ctx.rank]), ctx),
                                       lambda m: D.scores_from_moments(m, w), 0.3, interval=3, stats="interval")
             out.append(st.mask)
         masks.append(out)
@@ -285,14 +285,14 @@ def _step_checks(dd, g):
     xs, ys = torch.randn(3, 8, 1, 8, 8, generator=g), torch.randint(0, 5, (3, 8), generator=g)
     res = {"clip": a.grad_clip}
     params, masks = [], []
-    for ctx in (dd, ranks.Dist()):
+    for ctx in (dd, distributed.Dist()):
         torch.manual_seed(1)
         net = nets.Net(nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh()), nets.head_init("dfc", 16, 5, 5, 3))
         opt = torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-4)
         ms, kept = D.mask_init((5, 16)), []
         for x, y in zip(xs, ys):
             xb, yb = x.tensor_split(ctx.world)[ctx.rank], y.tensor_split(ctx.world)[ctx.rank]
-            logits, ms = train.net_forward(net, xb, ms, a, reduce=lambda m: ranks.all_sum(m, ctx))
+            logits, ms = train.net_forward(net, xb, ms, a, reduce=lambda m: distributed.all_sum(m, ctx))
             loss = F.cross_entropy(logits, yb)
             if ctx.world == 1 and "grad_norm" not in res:
                 gr = torch.autograd.grad(loss, list(net.parameters()), retain_graph=True)
@@ -303,21 +303,21 @@ def _step_checks(dd, g):
         masks.append(kept)
     res["step_params"], res["step_masks"] = tuple(params), tuple(masks)
     x8 = torch.randint(0, 256, (37, 1, 8, 8), dtype=torch.uint8, generator=g)
-    res["eval"] = tuple(train.eval_logits(net, x8, (0.5,), (0.25,), a, ms, batch=8, dd=c) for c in (dd, ranks.Dist()))
+    res["eval"] = tuple(train.eval_logits(net, x8, (0.5,), (0.25,), a, ms, batch=8, dd=c) for c in (dd, distributed.Dist()))
     return res
 
 
 def worker(out):
-    dd = ranks.dist_from_env(os.environ)
-    ranks.init_distributed(dd)
+    dd = distributed.dist_from_env(os.environ)
+    distributed.init_distributed(dd)
     try:
         g = torch.Generator().manual_seed(0)  # same data on every rank; each takes its shard
         res = _moment_checks(dd, g)
         res.update(_step_checks(dd, g))
-        res["first_failure"] = [ranks.first_failure(dd.rank in fails, dd) for fails in ((), (1,), (0, 1))]
+        res["first_failure"] = [distributed.first_failure(dd.rank in fails, dd) for fails in ((), (1,), (0, 1))]
         torch.save(res, f"{out}.rank{dd.rank}")
     finally:
-        ranks.close()
+        distributed.close()
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:

@@ -1,9 +1,9 @@
-"""Tables of the accuracy benchmark (issue 7) from finished runs: each run's final.json ->
+"""Tables of the accuracy benchmark from finished runs: each run's final.json ->
 mean ± std over seeds per setting, the main table (base head vs its DCM version, with the
 spread verdict and a paired t-test over seeds), the ablation tables, the keep/interval
-recommendation from noisy-label validation accuracy, the CSV, and BENCHMARKS.md's
-'## Accuracy' section. The grid itself (which runs, their keys) is bench_accuracy.py's;
-`python bench.py accuracy --table-only` drives this module.
+recommendation from noisy-label validation accuracy, the CSV, and bench/README.md's
+'## Accuracy' section. The grid itself (which runs, their keys) is bench/accuracy.py's;
+`python -m bench accuracy --table-only` drives this module.
 """
 import csv
 import datetime
@@ -17,7 +17,7 @@ import statistics
 
 import torch
 
-import bench_accuracy as acc
+from bench import accuracy as acc
 
 # ----------------------------------------------------------------------------- results
 
@@ -210,7 +210,7 @@ def csv_rows(common, grid, ablations, seeds, results, which):
     return out
 
 
-# ----------------------------------------------------------------------------- the BENCHMARKS.md section
+# ----------------------------------------------------------------------------- the bench/README.md section
 
 def cpu_name():
     try:
@@ -229,8 +229,8 @@ def finished_dates(runs_dir, keys):
 
 
 def reproduce_command(args):
-    """The `bench.py accuracy` command that runs this grid (the numbers' source)."""
-    cmd = ["python", "bench.py", "accuracy", "--grid", args.grid, "--epochs", str(args.epochs),
+    """The `python -m bench accuracy` command that runs this grid (the numbers' source)."""
+    cmd = ["python", "-m", "bench", "accuracy", "--grid", args.grid, "--epochs", str(args.epochs),
            "--limit-train", str(args.limit_train), "--runs-dir", args.runs_dir,
            "--jobs", str(args.jobs), "--threads-per-job", str(args.threads_per_job)]
     return shlex.join(cmd + (["--only", args.only] if args.only else []))
@@ -278,8 +278,8 @@ def setup_lines(args, common, results, keys):
         f"- Date: {datetime.date.today().isoformat()} (tables written)"
         + (f"; runs finished {dates[0]} to {dates[1]}." if dates else "; no run finished yet."),
         f"- Machine: {machine}; devices the runs used: {', '.join(devices)}.",
-        f"- Command: {commands} (resumable: rerun it to continue; `python bench.py accuracy --table-only "
-        f"--runs-dir {args.runs_dir} --out-md BENCHMARKS.md --out-csv accuracy.csv` rewrites this section).",
+        f"- Command: {commands} (resumable: rerun it to continue; `python -m bench accuracy --table-only "
+        f"--runs-dir {args.runs_dir} --out-md bench/README.md --out-csv results/accuracy.csv` rewrites this section).",
         f"- Every run is `python train.py {' '.join(acc.train_argv(common))} <row flags> --seed s --out "
         f"<runs-dir>/<key>`, seeds {', '.join(map(str, acc.SEEDS))}. Grid defaults: --epochs {acc.COMMON['epochs']}, "
         f"--limit-train {acc.COMMON['limit_train']}; this table: --epochs {args.epochs}, --limit-train {args.limit_train}.",
@@ -303,7 +303,7 @@ def setup_lines(args, common, results, keys):
 
 
 def accuracy_section(args, common, grid, ablations, results, keys):
-    """The markdown of BENCHMARKS.md's '## Accuracy' section (starts with that heading)."""
+    """The markdown of bench/README.md's '## Accuracy' section (starts with that heading)."""
     parts = ["## Accuracy", "", *setup_lines(args, common, results, keys)]
     if args.grid in ("main", "all"):
         rows = main_rows(common, grid, acc.SEEDS, results)

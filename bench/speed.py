@@ -1,15 +1,13 @@
-"""Benchmarks for dcm-ref: speed of the DCM heads (issue 2, part 5) and their accuracy
-under label noise (issue 7: the paper's table on Fashion-MNIST and the reviewers' ablations).
+"""Speed benchmark of dcm-ref: what the exact fast forms of Eq. 2 and of the DKAN score
+save (docs/design.md, "Fast paths"), as RATIOS of two (or three) implementations timed
+side by side in one process: for each comparison the callables run interleaved (A, B,
+then B, A, ...) for many rounds and the ratio is the median over rounds of t_A / t_B
+from the same round, so load from other processes hits both sides alike. One thread by
+default (--threads). Run from the repository root:
 
-Speed measures what SPEC §2-§3 claim about cost, as RATIOS of two (or three)
-implementations timed side by side in one process: for each comparison the
-callables run interleaved (A, B, then B, A, ...) for many rounds and the ratio
-is the median over rounds of t_A / t_B from the same round, so load from other
-processes hits both sides alike. One thread by default (--threads).
-
-    python bench.py speed                       # full table at the four issue shapes
-    python bench.py speed --quick               # tiny shapes, a few seconds (used by the tests)
-    python bench.py speed --device cuda --out speed.md
+    python -m bench speed                       # full table at the four SHAPES
+    python -m bench speed --quick               # tiny shapes, a few seconds (used by the tests)
+    python -m bench speed --device cuda --out speed.md
 
 Rows (ratio = A / B; the (B, d, C) are batch, features, classes):
   DFC / FC head fwd+bwd        the DCM head of Fig. 2 with a fresh mask every step (moments ->
@@ -22,21 +20,18 @@ Rows (ratio = A / B; the (B, d, C) are batch, features, classes):
   KAN closed / nn.Linear       the same closed-form KAN vs a linear head of the same (d, C)
   DKAN score literal / fast    std_b φ_jk(x_bk) as written vs sqrt(c_jkᵀ Σ_k c_jk): time, memory
 
-Accuracy (issue 7): the grid and its runner in bench_accuracy.py, the tables in bench_report.py;
-`python bench.py accuracy --help`.
+The target column states the bounds of docs/design.md ("Speed targets"). The accuracy
+benchmark is bench/accuracy.py (grid) and bench/report.py (tables); the command line, bench/cli.py.
 
 Peak memory: on CPU, torch.profiler(profile_memory=True); each op's self
 allocation (bytes allocated minus freed inside it, children excluded) is summed in
 start-time order and the peak of that running sum is reported, together with the
 largest single allocation. On CUDA, torch.cuda.max_memory_allocated over the call.
 """
-import argparse
 import copy
 import itertools
 import math
-import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -48,14 +43,12 @@ from torch import nn
 import dcm_ref
 import kan
 import nets
-import bench_accuracy as acc
-import bench_report as report
 
 # ----------------------------------------------------------------------------- settings
 
-SHAPES = ((256, 512, 10), (256, 512, 100), (128, 2048, 14), (256, 2048, 1000))   # (B, d, C), issue 2
+SHAPES = ((256, 512, 10), (256, 512, 100), (128, 2048, 14), (256, 2048, 1000))   # (B, d, C): MLP/ResNet head shapes of 10-1000 classes
 QUICK_SHAPES = ((8, 16, 3), (16, 32, 5))       # --quick: seconds, for the tests
-TARGET_SHAPE = (256, 512, 100)                 # where issue 2 states the score and KAN targets
+TARGET_SHAPE = (256, 512, 100)                 # where the score and KAN targets apply (docs/design.md)
 BUDGET_S = 4.0                                 # wall time per comparison, sets the rounds
 ROUNDS = (7, 300)                              # min and max interleaved rounds
 # Peak bytes of the literal forms, in units of B·C·d·itemsize (measured at small shapes
@@ -261,7 +254,7 @@ def fmt_bytes(n):
 
 
 def verdict(ratio, op, bound, applies=True):
-    """Target cell: 'op bound: met' / 'NOT met', or '—' where the issue sets no target."""
+    """Target cell: 'op bound: met' / 'NOT met', or '—' where docs/design.md sets no target."""
     if not applies:
         return "—"
     ok = ratio <= bound if op == "≤" else ratio >= bound
@@ -307,7 +300,7 @@ def literal_rows(kind, fns, shape, device, cfg, dtype_bytes=4):
                      {f"{name}: time": ("≥", bound, at_target)})
     (lit_peak, _), (fast_peak, fast_big) = (peak_memory(fns[k], device) for k in ("literal", "fast"))
     bcd = B * C * d * dtype_bytes
-    # The issue's memory target is for the FC score; the DKAN fast form holds Φ (B·d·(1+G')
+    # The memory target is for the FC score; the DKAN fast form holds Φ (B·d·(1+G')
     # float64), which can exceed B·C·d for small C, and is judged by time only.
     target = "—" if kind == "dkan" else (
         f"fast allocates no B×C×d ({fmt_bytes(fast_big)} largest < {fmt_bytes(bcd)}): "
@@ -367,11 +360,11 @@ def machine_line(device):
 
 def speed_main(args):
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("bench.py: --device cuda given, but torch sees no CUDA device")
+        raise SystemExit("bench: --device cuda given, but torch sees no CUDA device")
     if not 0 < args.keep <= 1:
-        raise SystemExit(f"bench.py: --keep must be in (0, 1], got {args.keep}")
+        raise SystemExit(f"bench: --keep must be in (0, 1], got {args.keep}")
     if not (args.budget > 0 and args.max_literal_gb >= 0):
-        raise SystemExit(f"bench.py: --budget must be > 0 and --max-literal-gb >= 0, "
+        raise SystemExit(f"bench: --budget must be > 0 and --max-literal-gb >= 0, "
                          f"got {args.budget} and {args.max_literal_gb}")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -382,122 +375,10 @@ def speed_main(args):
         rows += speed_rows(shape, device, cfg)
         print(f"bench: done {shape}", file=sys.stderr, flush=True)
     text = (f"Machine: {machine_line(device)}.\n"
-            f"Command: python bench.py {' '.join(args.argv)}\n"
+            f"Command: python -m bench {' '.join(args.argv)}\n"
             "Ratios: median over interleaved rounds of t_A / t_B from the same round.\n\n"
             + markdown_table(rows) + "\n")
     print(text, end="")
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
-
-
-# ----------------------------------------------------------------------------- accuracy command (issue 7)
-# The grid and its runner: bench_accuracy.py; the tables: bench_report.py.
-
-def dry_run(runs, runs_dir, jobs):
-    """Print each run's state and train.py flags, and the estimated time of what is left."""
-    left = 0.0
-    for r in runs:
-        state = acc.run_state(os.path.join(runs_dir, r.key))
-        left += 0.0 if state == "done" else acc.estimate_s(r.cfg)
-        print(f"{state:6s}  {r.key}  {' '.join(r.argv)}")
-    print(f"{len(runs)} runs; estimated time left ≈ {acc.fmt_duration(left)} of CPU at 1 thread each "
-          f"(≈ {acc.fmt_duration(left / jobs)} with --jobs {jobs} on free cores)")
-
-
-def accuracy_main(args):
-    if args.grid is None and not (args.dry_run or args.table_only):
-        raise SystemExit("bench.py accuracy: launching the issue 7 grid takes hours of CPU; name it with "
-                         "--grid main|ablations|all (or look first with --dry-run)")
-    args.grid = args.grid or "all"
-    common = dict(acc.COMMON, epochs=args.epochs, limit_train=args.limit_train)
-    runs = acc.plan(acc.grid_settings(common, args.grid), acc.SEEDS)
-    keys = [r.key for r in runs]
-    try:
-        todo = [r for r in runs if not args.only or re.search(args.only, r.key + " " + " ".join(r.argv))]
-    except re.error as e:
-        raise SystemExit(f"bench.py: --only {args.only!r} is not a regular expression ({e})")
-    runs_dir = args.runs_dir
-    print(f"accuracy grid {args.grid}: --epochs {args.epochs} --limit-train {args.limit_train} "
-          f"(grid defaults {acc.COMMON['epochs']}, {acc.COMMON['limit_train']}), seeds {acc.SEEDS}, "
-          f"runs in {runs_dir}",
-          file=sys.stderr)
-    if args.dry_run:
-        return dry_run(todo, runs_dir, args.jobs)
-    codes = {}
-    if not args.table_only:
-        report.record_launch(args)
-        codes = acc.execute(todo, runs_dir, args.jobs, args.threads_per_job,
-                            log=lambda s: print(s, file=sys.stderr, flush=True))
-    failed = [k for k, rc in codes.items() if rc != 0]
-    results = {k: report.load_result(os.path.join(runs_dir, k)) for k in keys}
-    section = report.accuracy_section(args, common, acc.MAIN, acc.ABLATIONS, results, keys)
-    print(section, end="")
-    if args.out_md:
-        report.write_section(args.out_md, section)
-    if args.out_csv:
-        report.write_csv(args.out_csv, report.csv_rows(common, acc.MAIN, acc.ABLATIONS, acc.SEEDS, results, args.grid))
-    if failed:
-        raise SystemExit(f"bench.py accuracy: {len(failed)} run(s) failed: {', '.join(failed)}")
-
-
-def non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
-
-
-def add_accuracy_parser(sub):
-    a = sub.add_parser("accuracy", help="test accuracy of FC/KAN vs DFC/DKAN heads under label noise (issue 7)")
-    a.add_argument("--grid", choices=("main", "ablations", "all"),
-                   help="which tables' runs; required to launch runs (hours of CPU), default all with --dry-run/--table-only")
-    a.add_argument("--runs-dir", default="bench_runs", help="one folder per run, named by its key (default bench_runs)")
-    a.add_argument("--jobs", type=positive_int, default=1, help="runs in parallel, each its own process (default 1)")
-    a.add_argument("--threads-per-job", type=positive_int, default=1, help="OMP/MKL threads of each run (default 1)")
-    a.add_argument("--epochs", type=positive_int, default=acc.COMMON["epochs"],
-                   help=f"train.py --epochs of every run (grid default {acc.COMMON['epochs']})")
-    a.add_argument("--limit-train", type=non_negative_int, default=acc.COMMON["limit_train"],
-                   help=f"train.py --limit-train of every run, 0 = all (grid default {acc.COMMON['limit_train']})")
-    a.add_argument("--only", metavar="REGEX", help="launch only the runs whose key or train.py flags match (re.search)")
-    a.add_argument("--dry-run", action="store_true", help="list the runs (done / resume / new) and the estimated time; run nothing")
-    a.add_argument("--table-only", action="store_true", help="run nothing; tabulate the finished runs")
-    a.add_argument("--out-md", metavar="FILE", help="put the tables into FILE's '## Accuracy' section (replaced or appended; the rest kept)")
-    a.add_argument("--out-csv", metavar="FILE", help="also write one CSV row per setting (means, stds, n, run keys)")
-    a.set_defaults(run=accuracy_main)
-
-
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
-
-
-def build_parser():
-    p = argparse.ArgumentParser(description="dcm-ref benchmarks (see the module docstring).")
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("speed", help="side-by-side speed and memory ratios of the DCM heads")
-    s.add_argument("--quick", action="store_true", help="tiny shapes and 3-5 rounds (a smoke test, not a measurement)")
-    s.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where tensors live (default cpu)")
-    s.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1: shared, noisy machines)")
-    s.add_argument("--keep", type=float, default=0.1, help="DFC kept fraction (default 0.1, as train.py's --keep)")
-    s.add_argument("--budget", type=float, default=BUDGET_S,
-                   help=f"seconds per comparison, sets the rounds within {ROUNDS} (default {BUDGET_S})")
-    s.add_argument("--max-literal-gb", type=float, default=4.0,
-                   help="skip a literal score form whose B×C×d tensors would exceed this many GB (default 4)")
-    s.add_argument("--out", help="also write the table (markdown) to this file")
-    s.set_defaults(run=speed_main)
-    add_accuracy_parser(sub)
-    return p
-
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    args.argv = argv
-    args.run(args)
-
-
-if __name__ == "__main__":
-    main()

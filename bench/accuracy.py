@@ -1,13 +1,13 @@
-"""Accuracy benchmark of dcm-ref (issue 7): a declared grid of train.py runs on
+"""Accuracy benchmark of dcm-ref: a declared grid of train.py runs on
 Fashion-MNIST (the paper's table: every noise x loss x head, base head vs its DCM
 version) and the reviewers' ablations (keep p, interval t, batch size, statistics,
 eval masking, co-teaching, ELR), declared as data, and the runner that executes them:
 one train.py process per run, several seeds, resumable, interruptible. The tables
-(mean ± std, markdown, CSV) are bench_report.py's. Run through bench.py:
+(mean ± std, markdown, CSV) are bench/report.py's. Run from the repository root:
 
-    python bench.py accuracy --dry-run                       # the runs and their estimated CPU time
-    python bench.py accuracy --grid all --jobs 2             # run (or continue) everything
-    python bench.py accuracy --table-only --out-md BENCHMARKS.md --out-csv accuracy.csv
+    python -m bench accuracy --dry-run                       # the runs and their estimated CPU time
+    python -m bench accuracy --grid all --jobs 2             # run (or continue) everything
+    python -m bench accuracy --table-only --out-md bench/README.md --out-csv results/accuracy.csv
 """
 import concurrent.futures
 import hashlib
@@ -21,19 +21,19 @@ import threading
 import time
 from typing import NamedTuple
 
-# ============================================================================= accuracy (issue 7)
+# ============================================================================= the grid
 # Each run is `python train.py <flags> --out <runs-dir>/<key>` in its own process, so a
 # crash costs one run, not the grid. A run's flags are COMMON, then its grid entry, then
 # its seed; <key> is a readable name plus a hash of that full argv, so a configuration
 # that two grids share (dfc, keep 0.1, ce, sym 0.6) is one run, used by both tables.
 
 COMMON = {                        # train.py flags of every accuracy run, spelled out
-    "dataset": "fashion-mnist",   # 60 000 train / 10 000 test, /usr/share/datasets (SPEC §6)
-    "backbone": "mlp",            # 784-256-256 MLP, for a CPU budget; cnn8 (SPEC §7) is left for a GPU
+    "dataset": "fashion-mnist",   # 60 000 train / 10 000 test, /usr/share/datasets (README, Datasets)
+    "backbone": "mlp",            # 784-256-256 MLP, for a CPU budget; cnn8 (docs/design.md, Protocols) is left for a GPU
     # 20 000 x 15 epochs, not 60 000 x 5 (same CPU time): with 5 passes nothing memorises the
     # noise (fc, ce, sym 0.6: test 84.8 % at epoch 4 and at 5), so no head or loss can differ;
     # with 15 passes CE memorises (79.8 % at epoch 5, 66.8 % at 15), the regime DCM targets.
-    "epochs": 15,                 # --epochs of `bench.py accuracy`
+    "epochs": 15,                 # --epochs of `python -m bench accuracy`
     "limit_train": 20000,         # --limit-train: a seeded stratified subset (0 = all 60 000)
     "val_frac": 0.1,              # held out of the NOISY training set: the only data hyper-parameters are chosen on
     "lr": 0.05, "schedule": "cosine", "batch_size": 128,   # train.py's defaults, fixed here so the grid
@@ -90,7 +90,7 @@ NOISE_LABEL = {"symmetric": "sym", "asymmetric": "asym", "instance": "inst", "pa
 START_S = 6.0
 EPOCH_S = {"fc": 3.3, "dfc": 3.1, "kan": 6.0, "dkan": 6.3}
 FULL_TRAIN = 54000
-ROOT = os.path.dirname(os.path.abspath(__file__))   # train.py lives next to bench.py
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository root: train.py
 
 
 class Run(NamedTuple):
@@ -175,7 +175,7 @@ class Live:
 
     def start(self, cmd, **kw):
         """Popen(cmd) unless stopping (-> None). In its own session, so a Ctrl-C in the terminal
-        reaches only bench.py, which forwards exactly one SIGINT to each run (stop())."""
+        reaches only the benchmark, which forwards exactly one SIGINT to each run (stop())."""
         with self.lock:
             if self.stopping:
                 return None
@@ -260,7 +260,7 @@ def execute(runs, runs_dir, jobs, threads, log=print):
     except KeyboardInterrupt:   # Ctrl-C or SIGTERM: stop launching, let the running runs checkpoint
         pool.shutdown(wait=False, cancel_futures=True)
         live.stop()
-        raise SystemExit("bench.py accuracy: interrupted; rerun the same command to continue "
+        raise SystemExit("bench accuracy: interrupted; rerun the same command to continue "
                          "(finished runs are kept, started ones resume from their checkpoint)") from None
     finally:
         if old_term is not None:

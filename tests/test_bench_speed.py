@@ -1,6 +1,6 @@
-"""bench.py speed: the CLI runs and prints the expected markdown table (structure only,
-never timings: speed is measured by bench.py, not asserted by tests). Each run is a
-subprocess, so bench.py's torch.set_num_threads(1) cannot leak into other tests."""
+"""bench/speed.py (`python -m bench speed`): the CLI runs and prints the expected markdown table
+(structure only, never timings: speed is measured by the benchmark, not asserted by tests). Each
+run is a subprocess, so the benchmark's torch.set_num_threads(1) cannot leak into other tests."""
 import os
 import re
 import subprocess
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-import bench
+from bench import cli, speed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPARISONS = (
@@ -25,7 +25,7 @@ COMPARISONS = (
 
 
 def run_bench(*args):
-    proc = subprocess.run([sys.executable, "bench.py", *args], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
@@ -47,19 +47,19 @@ def quick(tmp_path_factory):
 def test_quick_table_has_every_comparison_once_per_quick_shape(quick):
     rows = table_rows(quick[0])
     got = sorted((r[0], r[1]) for r in rows)
-    shapes = ["(" + ", ".join(map(str, s)) + ")" for s in bench.QUICK_SHAPES]
+    shapes = ["(" + ", ".join(map(str, s)) + ")" for s in speed.QUICK_SHAPES]
     assert got == sorted((c, s) for c in COMPARISONS for s in shapes)
 
 
 def test_quick_table_rows_have_six_cells_and_positive_ratios(quick):
     for r in table_rows(quick[0]):
-        assert len(r) == len(bench.COLUMNS)
+        assert len(r) == len(speed.COLUMNS)
         assert float(r[4]) > 0
 
 
 def test_quick_table_header_names_the_columns(quick):
     header = next(l for l in quick[0].splitlines() if l.startswith("|"))
-    assert [c.strip() for c in header.strip("|").split("|")] == [t for _, t in bench.COLUMNS]
+    assert [c.strip() for c in header.strip("|").split("|")] == [t for _, t in speed.COLUMNS]
 
 
 def test_out_file_holds_exactly_what_was_printed(quick):
@@ -70,24 +70,24 @@ def test_out_file_holds_exactly_what_was_printed(quick):
 def test_output_states_machine_threads_and_command(quick):
     text = quick[0]
     assert re.search(r"torch \S+, 1 thread\(s\), device cpu", text)
-    assert "Command: python bench.py speed --quick --out" in text
+    assert "Command: python -m bench speed --quick --out" in text
 
 
 def test_literal_forms_over_the_memory_limit_are_skipped_and_say_so():
     rows = table_rows(run_bench("speed", "--quick", "--max-literal-gb", "0"))
     literal = [r for r in rows if "literal" in r[0]]
-    assert len(literal) == 4 * len(bench.QUICK_SHAPES)
+    assert len(literal) == 4 * len(speed.QUICK_SHAPES)
     assert all(r[4].startswith("skipped: literal needs") for r in literal)
     assert all(not r[4].startswith("skipped") for r in rows if "literal" not in r[0])
 
 
 def test_accuracy_without_grid_launches_nothing_and_says_how(tmp_path):
-    """The grid takes CPU-hours: a bare `bench.py accuracy` must not start it."""
+    """The grid takes CPU-hours: a bare `python -m bench accuracy` must not start it."""
     with pytest.raises(SystemExit, match="--grid"):
-        bench.main(["accuracy", "--runs-dir", str(tmp_path / "runs")])
+        cli.main(["accuracy", "--runs-dir", str(tmp_path / "runs")])
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 def test_paired_ratio_is_the_median_of_same_round_ratios():
-    assert bench.paired_ratio([1.0, 2.0, 30.0], [1.0, 1.0, 1.0]) == 2.0
-    assert bench.paired_ratio([2.0, 4.0], [1.0, 4.0]) == 1.5
+    assert speed.paired_ratio([1.0, 2.0, 30.0], [1.0, 1.0, 1.0]) == 2.0
+    assert speed.paired_ratio([2.0, 4.0], [1.0, 4.0]) == 1.5
