@@ -27,11 +27,15 @@ import torch
 import torch.nn.functional as F
 
 import noise
+import realworld
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "cifar10n", "cifar100n")
-# Real-world noisy JPEG datasets (SPEC §6): web/crowd labels, clean training labels unknown.
+# Real-world noisy JPEG datasets (realworld.py): web/crowd labels, clean training labels unknown.
 IMAGE_DATASETS = ("webvision-mini", "clothing1m")
-ALL_DATASETS = DATASETS + IMAGE_DATASETS
+ALL_DATASETS = DATASETS + IMAGE_DATASETS   # the one list of --dataset names
+CIFAR_N_DEFAULT = {"cifar10n": "aggre", "cifar100n": "noisy100"}   # human-label sets, their default labels
+# Datasets whose training labels are already noisy (human or web labels): no synthetic noise on top.
+REAL_NOISE_DATASETS = tuple(CIFAR_N_DEFAULT) + IMAGE_DATASETS
 
 _EMBEDDED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded")
 # Datasets absent here need --data-dir (no download ever happens).
@@ -51,7 +55,6 @@ CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python
 CIFAR_FILES = {"cifar10": ("data_batch_1", "data_batch_2", "data_batch_3",
                            "data_batch_4", "data_batch_5", "test_batch"),
                "cifar100": ("train", "test")}
-CIFAR_N_DEFAULT = {"cifar10n": "aggre", "cifar100n": "noisy100"}
 
 _HOW_TO_GET = {
     "digits": "restore embedded/digits.npz from the repository (git checkout -- embedded/digits.npz)",
@@ -121,8 +124,10 @@ def load_dataset(name, data_dir=None, noisy_labels_file=None, noisy_labels=None,
     if name in IMAGE_DATASETS:
         if noisy_labels_file is not None or noisy_labels is not None:
             raise DataError(f"--noisy-labels-file/--noisy-labels apply to cifar10n and cifar100n only, not to {name}")
-        import realworld  # JPEG datasets: Pillow and the decoding pool only when needed
-        return realworld.load_image_dataset(name, data_dir, **image_opts)
+        try:
+            return Dataset(**realworld.load_image_dataset(name, data_dir, **image_opts))
+        except ValueError as e:  # realworld.py's one-line messages about the files
+            raise DataError(str(e)) from None
     if name not in DATASETS:
         raise DataError(f"dataset {name!r} is unknown; expected one of {', '.join(ALL_DATASETS)}")
     if image_opts:
@@ -246,84 +251,126 @@ def augment_batch(x, generator, pad=4, flip=True, padding_mode="zeros"):
 
 
 # ---------------------------------------------------------------- the experiment's training data
-# train.py's data step: its flags `a` -> noisy labels, the noise report, the validation
-# split and the per-epoch subsets of the real-world sets. Errors are DataError.
+# train.py's data step: noisy labels, the noise report, the validation split and the
+# per-epoch subsets of the real-world sets, from plain values (a DataConfig). Errors are DataError.
 
-def noisy_labels(a, ds, x, y):
-    """Corrupt clean labels y (N,) per the flags; returns (noisy (N,), transition matrix or None)."""
-    C, seed = ds.num_classes, a.seed
+class DataConfig(NamedTuple):
+    """What train.py's data step needs, as plain values: train.py's flags of the same names
+    (their defaults and meaning are in `python train.py --help`)."""
+    dataset: str
+    data_dir: Optional[str]
+    noisy_labels_file: Optional[str]
+    noisy_labels: Optional[str]
+    seed: int
+    limit_train: int           # seeded class-stratified subset of this size, 0 = all
+    noise: str                 # none|symmetric|asymmetric|pairflip|instance|cifar100-superclass
+    noise_rate: float
+    noise_include_true: bool
+    noise_sampling: str
+    val_frac: float            # fraction of the noisy training set held out (noisy labels)
+    augment: str               # auto = default_augment(dataset)
+    image_size: int            # IMAGE_DATASETS: 0 = 224
+    samples_per_epoch: int     # IMAGE_DATASETS: class-balanced subset size, 0 = all
+    subset_once: bool          # IMAGE_DATASETS: draw that subset once, not every epoch
+    decode_workers: int
+    train_list: Optional[str]
+    test_list: Optional[str]
+    imagenet_val_dir: Optional[str]
+
+    @classmethod
+    def from_flags(cls, flags):
+        """The DataConfig of an object with these attributes (train.py's argparse namespace)."""
+        return cls(**{k: getattr(flags, k) for k in cls._fields})
+
+
+def noisy_labels(cfg, ds, x, y):
+    """Corrupt clean labels y (N,) per cfg (a DataConfig); returns (noisy (N,), transition matrix or None)."""
+    C, seed = ds.num_classes, cfg.seed
     if ds.noisy_train is not None:
         return ds.noisy_train, None
-    if a.noise == "none" or a.noise_rate == 0:
+    if cfg.noise == "none" or cfg.noise_rate == 0:
         return y.clone(), None
-    if a.noise == "instance":
-        return noise.instance_dependent(x, y, a.noise_rate, C, seed), None
-    if a.noise == "cifar100-superclass":
+    if cfg.noise == "instance":
+        return noise.instance_dependent(x, y, cfg.noise_rate, C, seed), None
+    if cfg.noise == "cifar100-superclass":
         if ds.fine_to_coarse is None:
-            raise DataError(f"--noise cifar100-superclass needs CIFAR-100's coarse labels; --dataset {a.dataset} has none")
-        T = noise.superclass_transition_matrix(ds.fine_to_coarse, a.noise_rate)
+            raise DataError(f"--noise cifar100-superclass needs CIFAR-100's coarse labels; --dataset {cfg.dataset} has none")
+        T = noise.superclass_transition_matrix(ds.fine_to_coarse, cfg.noise_rate)
     else:
-        T = noise.transition_matrix(a.noise, C, a.noise_rate, dataset=a.dataset, include_true=a.noise_include_true)
-    return noise.corrupt_labels(y, T, seed, sampling=a.noise_sampling), T
+        T = noise.transition_matrix(cfg.noise, C, cfg.noise_rate, dataset=cfg.dataset, include_true=cfg.noise_include_true)
+    return noise.corrupt_labels(y, T, seed, sampling=cfg.noise_sampling), T
 
 
-def prepare_training_data(a, device):
-    """Load, subset, corrupt and split per train.py's flags `a`; everything ends up as tensors
+def _image_options(cfg):
+    """load_dataset's keyword arguments for IMAGE_DATASETS ({} for the others)."""
+    if cfg.dataset not in IMAGE_DATASETS:
+        return {}
+    opts = dict(image_size=cfg.image_size or 224, samples=cfg.samples_per_epoch, seed=cfg.seed,
+                workers=cfg.decode_workers, train_list=cfg.train_list, test_list=cfg.test_list)
+    if cfg.dataset == "webvision-mini":
+        opts["imagenet_val_dir"] = cfg.imagenet_val_dir
+    return opts
+
+
+def _noise_report(cfg, ds, y, y_noisy, T):
+    """The noise report saved with every run (noise.noise_report plus what produced the labels)."""
+    if not ds.clean_train_known:  # web/crowd labels only (WebVision, Clothing1M): the realised noise cannot be measured
+        return dict(rate=None, per_class=None, T=None, seed=cfg.seed, kind=f"real-world:{cfg.dataset}",
+                    clean_labels="unknown", nominal_rate=None, T_nominal=None)
+    report = noise.noise_report(y, y_noisy, ds.num_classes)
+    report.update(seed=cfg.seed, kind=cfg.noise if ds.noisy_train is None else f"human:{cfg.noisy_labels or 'default'}",
+                  nominal_rate=cfg.noise_rate, T_nominal=None if T is None else np.asarray(T).tolist())
+    return report
+
+
+def prepare_training_data(cfg, device):
+    """Load, subset, corrupt and split per cfg (a DataConfig); everything ends up as tensors
     on `device` in one dict (x, y, y_noisy, x_test, y_test, val, report, ...)."""
-    image_opts = {}
-    if a.dataset in IMAGE_DATASETS:
-        image_opts = dict(image_size=a.image_size or 224, samples=a.samples_per_epoch, seed=a.seed,
-                          workers=a.decode_workers, train_list=a.train_list, test_list=a.test_list)
-        if a.dataset == "webvision-mini":
-            image_opts["imagenet_val_dir"] = a.imagenet_val_dir
-    ds = load_dataset(a.dataset, a.data_dir, a.noisy_labels_file, a.noisy_labels, **image_opts)
+    ds = load_dataset(cfg.dataset, cfg.data_dir, cfg.noisy_labels_file, cfg.noisy_labels, **_image_options(cfg))
     x, y = ds.x_train, ds.y_train
-    if a.limit_train and a.limit_train < len(y):
-        idx = stratified_subset(y, a.limit_train, a.seed)
+    if cfg.limit_train and cfg.limit_train < len(y):
+        idx = stratified_subset(y, cfg.limit_train, cfg.seed)
         x, y = x[idx], y[idx]
         if ds.noisy_train is not None:
             ds = ds._replace(noisy_train=ds.noisy_train[idx])
-    y_noisy, T = noisy_labels(a, ds, x, y)
+    y_noisy, T = noisy_labels(cfg, ds, x, y)
     y_noisy = torch.as_tensor(y_noisy, dtype=torch.long)
-    if ds.clean_train_known:
-        report = noise.noise_report(y, y_noisy, ds.num_classes)
-        report.update(seed=a.seed, kind=a.noise if ds.noisy_train is None else f"human:{a.noisy_labels or 'default'}",
-                      nominal_rate=a.noise_rate, T_nominal=None if T is None else np.asarray(T).tolist())
-    else:  # web/crowd labels only (WebVision, Clothing1M): the realised noise cannot be measured
-        report = dict(rate=None, per_class=None, T=None, seed=a.seed, kind=f"real-world:{a.dataset}",
-                      clean_labels="unknown", nominal_rate=None, T_nominal=None)
+    report = _noise_report(cfg, ds, y, y_noisy, T)
     val = None
-    if a.val_frac > 0:
-        n_val = max(1, int(round(a.val_frac * len(y))))
-        vidx = stratified_subset(y_noisy, n_val, a.seed + 1)
+    if cfg.val_frac > 0:
+        n_val = max(1, int(round(cfg.val_frac * len(y))))
+        vidx = stratified_subset(y_noisy, n_val, cfg.seed + 1)
         keep = torch.ones(len(y), dtype=torch.bool)
         keep[vidx] = False
         val = (x[vidx].to(device), y_noisy[vidx].to(device))
         x, y, y_noisy = x[keep], y[keep], y_noisy[keep]
-    pool = None if a.subset_once else ds.train_pool
-    if pool is not None and (a.val_frac > 0 or a.limit_train):
+    pool = None if cfg.subset_once else ds.train_pool
+    if pool is not None and (cfg.val_frac > 0 or cfg.limit_train):
         raise DataError("--val-frac/--limit-train cannot be combined with a new --samples-per-epoch subset every epoch "
                         "(a held-out image would be drawn for training later); add --subset-once, or drop them")
-    aug = default_augment(a.dataset) if a.augment == "auto" else a.augment
+    aug = default_augment(cfg.dataset) if cfg.augment == "auto" else cfg.augment
     # The second clean set: Clothing1M's clean val keys, or ILSVRC12 val for WebVision.
-    metric = "val_acc_clean" if a.dataset == "clothing1m" else "imagenet_acc"
+    metric = "val_acc_clean" if cfg.dataset == "clothing1m" else "imagenet_acc"
     clean_val = None if ds.x_val is None else (ds.x_val.to(device), ds.y_val.to(device), metric)
     return dict(x=x.to(device), y=y.to(device), y_noisy=y_noisy.to(device), x_test=ds.x_test.to(device),
                 y_test=ds.y_test.to(device), C=ds.num_classes, mean=ds.mean, std=ds.std, aug=aug,
                 val=val, report=report, in_shape=tuple(ds.x_train.shape[1:]),
-                clean_known=ds.clean_train_known, clean_val=clean_val, pool=pool, subset_epoch=1,
+                clean_known=ds.clean_train_known, clean_val=clean_val, pool=pool, subset_epoch=1, config=cfg,
                 # ids: each training row's id in the ELR memory (its row of the pool when subsets are redrawn)
                 ids=(ds.train_ids if pool is not None else torch.arange(len(y))).to(device),
                 n_ids=len(y) if pool is None else len(pool[1]))
 
 
-def redraw_subset(a, d, epoch):
+def redraw_subset(d, epoch):
     """--samples-per-epoch: replace d's training set by epoch's class-balanced subset (in place).
     Seeded by (seed, epoch), so every rank and a resumed run draw the same images. -> seconds."""
-    import realworld
+    cfg = d["config"]
     t0 = time.time()
-    x, y, ids = realworld.draw_train_subset(d["pool"], a.samples_per_epoch, a.seed, epoch,
-                                              a.image_size or 224, a.decode_workers)
+    try:
+        x, y, ids = realworld.draw_train_subset(d["pool"], cfg.samples_per_epoch, cfg.seed, epoch,
+                                                cfg.image_size or 224, cfg.decode_workers)
+    except ValueError as e:  # an image unreadable now
+        raise DataError(str(e)) from None
     dev = d["x"].device
     d.update(x=x.to(dev), y=y.to(dev), y_noisy=y.to(dev), ids=ids.to(dev), subset_epoch=epoch)
     return time.time() - t0
@@ -521,7 +568,6 @@ def _load_cifar_n(name, path, which, n_train):
                         f"get it from {_CIFAR_N_SOURCE}")
     if not os.path.isfile(path):
         raise DataError(f"{name}: --noisy-labels-file {path} does not exist; get it from {_CIFAR_N_SOURCE}")
-    import noise  # lazily: only CIFAR-N needs it
     which = CIFAR_N_DEFAULT[name] if which is None else which
     try:
         labels = noise.load_cifar_n(path, which, 10 if name == "cifar10n" else 100)

@@ -11,8 +11,9 @@ ICML'20), AGCE/AUL/AEL (Zhou et al. ICML'21), NNCE/NNFL/ANL (Ye et al.
 NeurIPS'23), ELR (Liu et al. NeurIPS'20), Co-teaching (Han et al. NeurIPS'18).
 
 Usage:
-    loss_fn = make_loss("anl_ce", num_classes=10, dataset="cifar10")   # weight decay 0
-    delta = loss_config("anl_ce", 10, "cifar10")["delta"]
+    loss_fn = make_loss("anl_ce", num_classes=10, dataset="cifar10")
+    delta = l1_weight("anl_ce", loss_config("anl_ce", 10, "cifar10"))        # 5e-5
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, weight_decay=weight_decay("anl_ce"))   # 0.0
     loss = loss_fn(logits, y).mean() + delta * l1_penalty(model.parameters())
 """
 import functools
@@ -312,6 +313,25 @@ def l1_penalty(params):
     if total is None:
         raise ValueError("params: got an empty iterable; expected at least one tensor")
     return total
+
+
+DEFAULT_WEIGHT_DECAY = 1e-4   # the APL/ANL CIFAR-10 protocol's SGD weight decay (docs/design.md, Protocols)
+L1_LOSSES = ("anl_ce", "anl_fl")   # ANL: delta * sum |theta| replaces weight decay
+
+
+def weight_decay(name, requested=None):
+    """The optimizer's weight decay for loss `name`: `requested` when given (not None), else 0
+    for the ANL losses (Ye et al. NeurIPS'23 train with weight decay 0 and their L1 term
+    instead) and DEFAULT_WEIGHT_DECAY otherwise."""
+    if requested is not None:
+        return float(requested)
+    return 0.0 if name in L1_LOSSES else DEFAULT_WEIGHT_DECAY
+
+
+def l1_weight(name, config):
+    """delta of the L1 term delta * l1_penalty(params) the training loop adds for loss `name`:
+    config["delta"] (loss_config's) for the ANL losses, 0 for every other loss."""
+    return float(config.get("delta", 0.0)) if name in L1_LOSSES else 0.0
 
 
 LOSSES = {f.__name__: f for f in (

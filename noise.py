@@ -376,14 +376,6 @@ def load_cifar_n(path, which, num_classes):
     return _labels_to_numpy(labels, num_classes, name=f"{key} in {os.fspath(path)!r}")
 
 
-def save_cifar_n(path, labels):
-    """Write a CIFAR-N style file: labels: dict key -> (50000,) int array (numpy), via torch.save.
-
-    The real files are dicts of numpy int arrays; tests use this to make tiny
-    stand-ins that go through load_cifar_n unchanged."""
-    torch.save({k: np.asarray(v) for k, v in labels.items()}, path)
-
-
 # ----------------------------------------------------------------------------- report
 
 def noise_report(clean, noisy, num_classes):

@@ -1,10 +1,14 @@
-"""WebVision-Mini and Clothing1M for dcm-ref (SPEC §6, §7): the paper's real-world
-noisy datasets, read from their original layouts (file lists + JPEGs), decoded
-once into uint8 tensors so training keeps data.py's all-tensors pipeline.
+"""WebVision-Mini and Clothing1M for dcm-ref: the real-world noisy datasets of the
+paper's experiments (docs/realworld.md), read from their original layouts (file lists
++ JPEGs), decoded once into uint8 tensors so training keeps data.py's all-tensors pipeline.
 
     ds = data.load_dataset("clothing1m", "/data/clothing1m", image_size=224, samples=64000)
     xb = random_resized_crop_flip(ds.x_train[:128].float(), torch.Generator())  # train transform
     ds.x_test.shape                                                           # (M, 3, 224, 224)
+
+This module imports nothing of dcm-ref: data.load_dataset calls it and wraps its
+fields into a data.Dataset. Every problem with the files is a ValueError with one
+line naming what is wrong and how to fix it (data.py re-raises it as DataError).
 """
 import math
 import os
@@ -14,7 +18,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data import DataError, Dataset, _HOW_TO_GET, _one_line
 
 # ---------------------------------------------------------------- WebVision-Mini, Clothing1M (JPEG)
 # The JPEGs are decoded ONCE at load time by a pool of threads (Pillow releases
@@ -29,16 +32,16 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 WEBVISION_CLASSES = 50   # "mini": the first 50 classes of WebVision 1.0 (Google images)
 CLOTHING1M_CLASSES = 14
 TEST_RESIZE = 256 / 224  # test: shorter side to 256 then centre crop 224 (ImageNet convention)
-_HOW_TO_GET.update({
+HOW_TO_GET = {
     "webvision-mini": "download WebVision 1.0 (resized, Google part + info + val) from "
                       "https://data.vision.ee.ethz.ch/cvl/webvision/download.html and pass --data-dir",
     "clothing1m": "request Clothing1M from its authors (https://github.com/Cysu/noisy_label) and pass --data-dir",
-})
+}
 
 
 def load_image_dataset(name, data_dir, image_size=224, samples=0, seed=0, workers=8,
                        train_list=None, test_list=None, imagenet_val_dir=None):
-    """WebVision-Mini or Clothing1M from its original layout (docs/realworld.md) as a Dataset.
+    """WebVision-Mini or Clothing1M from its original layout (docs/realworld.md) as data.Dataset's fields.
 
     Train images: shorter side resized to image_size, centre crop (S, S) with
     S = image_size (random_resized_crop_flip then crops from it at batch time);
@@ -50,14 +53,14 @@ def load_image_dataset(name, data_dir, image_size=224, samples=0, seed=0, worker
     imagenet_val_dir (webvision-mini): ILSVRC12 val sorted into one folder per
     synset; its first 50 classes become the second clean set (x_val, y_val).
     The training labels are the noisy ones (noisy_train == y_train,
-    clean_train_known False). Returns a Dataset (3-channel, uint8).
+    clean_train_known False). Returns a dict of data.Dataset's fields (3-channel, uint8).
     """
     if not isinstance(image_size, int) or image_size < 8:
-        raise DataError(f"--image-size must be an integer >= 8, got {image_size!r}")
+        raise ValueError(f"--image-size must be an integer >= 8, got {image_size!r}")
     if not isinstance(samples, int) or samples < 0:
-        raise DataError(f"--samples-per-epoch must be an integer >= 0, got {samples!r}")
+        raise ValueError(f"--samples-per-epoch must be an integer >= 0, got {samples!r}")
     if name == "clothing1m" and (train_list is not None or test_list is not None or imagenet_val_dir is not None):
-        raise DataError("--train-list/--test-list/--imagenet-val-dir apply to webvision-mini only, not to clothing1m")
+        raise ValueError("--train-list/--test-list/--imagenet-val-dir apply to webvision-mini only, not to clothing1m")
     folder = _image_folder(name, data_dir)
     if name == "webvision-mini":
         (tr_p, tr_y), (te_p, te_y) = _webvision_lists(folder, train_list, test_list)
@@ -79,8 +82,9 @@ def load_image_dataset(name, data_dir, image_size=224, samples=0, seed=0, worker
     if val is not None:
         extra = dict(x_val=decode_images(val[0], image_size, test_resize, workers), y_val=torch.from_numpy(val[1]))
     # ImageNet statistics, not the data's: the pretrained ResNet-50 expects them.
-    return Dataset(name, x_train, y_train, x_test, torch.from_numpy(te_y), C, IMAGENET_MEAN, IMAGENET_STD,
-                   noisy_train=y_train.clone(), clean_train_known=False, train_pool=pool, train_ids=ids, **extra)
+    return dict(name=name, x_train=x_train, y_train=y_train, x_test=x_test, y_test=torch.from_numpy(te_y),
+                num_classes=C, mean=IMAGENET_MEAN, std=IMAGENET_STD, noisy_train=y_train.clone(),
+                clean_train_known=False, train_pool=pool, train_ids=ids, **extra)
 
 
 def subset_seed(seed, epoch):
@@ -162,7 +166,7 @@ def decode_image(path, size, resize_to):
             left, top = (nw - size) // 2, (nh - size) // 2
             return np.asarray(im.crop((left, top, left + size, top + size))).transpose(2, 0, 1)
     except (OSError, SyntaxError, ValueError) as e:  # missing, truncated or not an image
-        raise DataError(f"cannot read image {path} ({_one_line(e)}); check the file or the list naming it") from None
+        raise ValueError(f"cannot read image {path} ({' '.join(str(e).split()) or type(e).__name__}); check the file or the list naming it") from None
 
 
 def decode_images(paths, size, resize_to, workers=8):
@@ -173,7 +177,7 @@ def decode_images(paths, size, resize_to, workers=8):
     def one(i):
         out[i] = decode_image(paths[i], size, resize_to)
     with ThreadPoolExecutor(max(1, int(workers))) as pool:
-        for _ in pool.map(one, range(len(paths))):  # iterating re-raises a worker's DataError
+        for _ in pool.map(one, range(len(paths))):  # iterating re-raises a worker's ValueError
             pass
     return torch.from_numpy(out)
 
@@ -183,25 +187,25 @@ def _pillow():
     try:
         from PIL import Image
     except ImportError:
-        raise DataError("webvision-mini and clothing1m need Pillow to decode JPEGs: pip install 'Pillow>=9'") from None
+        raise ValueError("webvision-mini and clothing1m need Pillow to decode JPEGs: pip install 'Pillow>=9'") from None
     return Image
 
 
 def _image_folder(name, data_dir):
-    """The existing data folder of an image dataset; DataError otherwise."""
+    """The existing data folder of an image dataset; ValueError otherwise."""
     if data_dir is None:
-        raise DataError(f"{name} needs --data-dir DIR (layout in docs/realworld.md); to get it: {_HOW_TO_GET[name]}")
+        raise ValueError(f"{name} needs --data-dir DIR (layout in docs/realworld.md); to get it: {HOW_TO_GET[name]}")
     if not os.path.isdir(data_dir):
-        raise DataError(f"{name}: data directory {data_dir} does not exist (or is not a folder); "
-                        f"to get it: {_HOW_TO_GET[name]}")
+        raise ValueError(f"{name}: data directory {data_dir} does not exist (or is not a folder); "
+                        f"to get it: {HOW_TO_GET[name]}")
     return data_dir
 
 
 def _read_list(path, name, columns):
     """A text list of `columns` whitespace-separated fields per line -> list of tuples of str."""
     if not os.path.isfile(path):
-        raise DataError(f"{name}: list file {path} is missing (layout in docs/realworld.md); "
-                        f"to get it: {_HOW_TO_GET[name]}")
+        raise ValueError(f"{name}: list file {path} is missing (layout in docs/realworld.md); "
+                        f"to get it: {HOW_TO_GET[name]}")
     rows = []
     with open(path, encoding="utf-8", errors="replace") as f:
         for i, line in enumerate(f, 1):
@@ -210,10 +214,10 @@ def _read_list(path, name, columns):
                 continue
             if len(parts) != columns or (columns == 2 and not parts[1].lstrip("-").isdigit()):
                 expected = "'path label'" if columns == 2 else "one path"
-                raise DataError(f"{name}: {path} line {i} is {line.strip()[:80]!r}; expected {expected} per line")
+                raise ValueError(f"{name}: {path} line {i} is {line.strip()[:80]!r}; expected {expected} per line")
             rows.append(tuple(parts))
     if not rows:
-        raise DataError(f"{name}: list file {path} is empty")
+        raise ValueError(f"{name}: list file {path} is empty")
     return rows
 
 
@@ -224,10 +228,10 @@ def _labelled(path, name, root, num_classes, keep_below=False):
     y = np.array([int(r[1]) for r in rows], dtype=np.int64)
     ok = (y >= 0) & (y < num_classes)
     if not keep_below and not ok.all():
-        raise DataError(f"{name}: {path} has labels outside 0..{num_classes - 1} (e.g. {int(y[~ok][0])})")
+        raise ValueError(f"{name}: {path} has labels outside 0..{num_classes - 1} (e.g. {int(y[~ok][0])})")
     paths = [os.path.join(root, r[0]) for r, k in zip(rows, ok) if k]
     if not paths:
-        raise DataError(f"{name}: {path} has no image with a label in 0..{num_classes - 1}")
+        raise ValueError(f"{name}: {path} has no image with a label in 0..{num_classes - 1}")
     return paths, y[ok]
 
 
@@ -253,7 +257,7 @@ def _imagenet_val(imagenet_dir, folder):
     """
     name = "webvision-mini"
     if not os.path.isdir(imagenet_dir):
-        raise DataError(f"{name}: --imagenet-val-dir {imagenet_dir} does not exist (or is not a folder)")
+        raise ValueError(f"{name}: --imagenet-val-dir {imagenet_dir} does not exist (or is not a folder)")
     listed = os.path.join(folder, "info", "synsets.txt")
     if os.path.isfile(listed):
         synsets = [r[0] for r in _read_list_loose(listed)][:WEBVISION_CLASSES]
@@ -264,13 +268,13 @@ def _imagenet_val(imagenet_dir, folder):
     for c, wnid in enumerate(synsets):
         sub = os.path.join(imagenet_dir, wnid)
         if not os.path.isdir(sub):
-            raise DataError(f"{name}: --imagenet-val-dir {imagenet_dir} has no folder {wnid} (class {c}); "
+            raise ValueError(f"{name}: --imagenet-val-dir {imagenet_dir} has no folder {wnid} (class {c}); "
                             f"expected ILSVRC12 val sorted into one folder per synset")
         names = sorted(f for f in os.listdir(sub) if not f.startswith("."))
         paths += [os.path.join(sub, f) for f in names]
         labels += [c] * len(names)
     if not paths:
-        raise DataError(f"{name}: --imagenet-val-dir {imagenet_dir} has no images in its first "
+        raise ValueError(f"{name}: --imagenet-val-dir {imagenet_dir} has no images in its first "
                         f"{WEBVISION_CLASSES} synset folders")
     return paths, np.array(labels, dtype=np.int64)
 
@@ -301,6 +305,6 @@ def _clothing1m_lists(folder):
         table, kv_path = kv[which]
         missing = [k for k in keys if k not in table]
         if missing:
-            raise DataError(f"{name}: {len(missing)} keys of {path} have no label in {kv_path} (e.g. {missing[0]})")
+            raise ValueError(f"{name}: {len(missing)} keys of {path} have no label in {kv_path} (e.g. {missing[0]})")
         splits.append(([os.path.join(folder, k) for k in keys], np.array([table[k] for k in keys], dtype=np.int64)))
     return splits

@@ -45,7 +45,6 @@ NOISES = ("none", "symmetric", "asymmetric", "pairflip", "instance", "cifar100-s
 PROBE_SIZE = 256  # Fig. 3 probe set: at most this many corrupted training samples
 CKPT_IGNORED = {"epochs", "resume", "out", "stop_after", "device", "compile", "overwrite", "threads", "decode_workers",
                 "train_eval_every"}
-RANK_DUMP_ENV = "DCM_REF_RANK_DUMP"  # test/debug hook: each rank saves its state per epoch in this folder
 
 
 class UserError(Exception):
@@ -173,7 +172,7 @@ def check_args(a):
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
-    if a.dataset in ("cifar10n", "cifar100n") + data.IMAGE_DATASETS and a.noise != "none":
+    if a.dataset in data.REAL_NOISE_DATASETS and a.noise != "none":
         raise UserError(f"--dataset {a.dataset} brings its own human noise; add --noise none (got --noise {a.noise})")
     image_flags = [f for f, v in (("--image-size", a.image_size), ("--samples-per-epoch", a.samples_per_epoch),
                                   ("--train-list", a.train_list), ("--test-list", a.test_list),
@@ -278,7 +277,7 @@ def lr_at(a, step, total):
 
 
 def make_optimizer(a, net):
-    wd = a.weight_decay if a.weight_decay is not None else (0.0 if a.loss.startswith("anl_") else 1e-4)
+    wd = losses.weight_decay(a.loss, a.weight_decay)
     if a.optimizer == "sgd":
         return torch.optim.SGD(net.parameters(), lr=a.lr, momentum=a.momentum, weight_decay=wd)
     return torch.optim.Adam(net.parameters(), lr=a.lr, weight_decay=wd)
@@ -575,7 +574,7 @@ def setup(a, argv, dd):
     hp = parse_loss_args(a.loss_arg)
     try:
         cfg = losses.loss_config(a.loss, 10, "cifar10", noise=a.noise, **hp)  # validates names early
-        d = data.prepare_training_data(a, device)
+        d = data.prepare_training_data(data.DataConfig.from_flags(a), device)
         cfg = losses.loss_config(a.loss, d["C"], a.dataset, noise=a.noise, **hp)
         loss_fn = losses.make_loss(a.loss, d["C"], a.dataset, noise=a.noise, **hp)
     except data.DataError as e:
@@ -640,12 +639,6 @@ def start(a, argv, dd):
     return device, out, ck, d, cfg, loss_fn, probe, st
 
 
-def save_rank_state(folder, rank, epoch, state):
-    """Debug/test hook (env DCM_REF_RANK_DUMP=folder): every rank saves what it would checkpoint."""
-    os.makedirs(folder, exist_ok=True)
-    torch.save(state, os.path.join(folder, f"rank{rank}_epoch{epoch:03d}.pt"))
-
-
 def run(a, argv, dd=distributed.Dist()):
     device, out, ck, d, cfg, loss_fn, probe, st = start(a, argv, dd)
     lead = dd.rank == 0  # only rank 0 prints and writes files
@@ -666,15 +659,14 @@ def run(a, argv, dd=distributed.Dist()):
     N, B = len(d["y"]), min(a.batch_size, len(d["y"]))
     steps_per_epoch = (N - B) // B + 1
     total = a.epochs * steps_per_epoch
-    delta = cfg.get("delta", 0.0) if a.loss.startswith("anl_") else 0.0
+    delta = losses.l1_weight(a.loss, cfg)
     per_rank = f" x {dd.world} ranks (batch {B // dd.world} per rank)" if dd.world > 1 else ""
     rate = "unknown" if d["report"]["rate"] is None else f"{d['report']['rate']:.3f}"
     say(f"dcm-ref: {a.dataset} ({N} train, {len(d['y_test'])} test, noise {rate}) "
         f"{a.backbone}+{a.head} loss={a.loss} method={a.method} on {device}{per_rank} -> {out}", flush=True)
-    rank_dump = os.environ.get(RANK_DUMP_ENV)
     for epoch in range(start_epoch + 1, a.epochs + 1):
         if d["pool"] is not None and d["subset_epoch"] != epoch:
-            secs = data.redraw_subset(a, d, epoch)
+            secs = data.redraw_subset(d, epoch)
             say(f"epoch {epoch:3d}: new class-balanced subset of {len(d['y'])} images decoded in {secs:.1f}s", flush=True)
         t0 = time.time()
         try:
@@ -696,8 +688,6 @@ def run(a, argv, dd=distributed.Dist()):
                  seconds=time.time() - t0, samples_per_s=n_seen / max(t_train, 1e-9))
         m["eta_s"] = (a.epochs - epoch) * m["seconds"]
         history.append(m)
-        if rank_dump:
-            save_rank_state(rank_dump, dd.rank, epoch, checkpoint(st, epoch, history, best, config))
         if lead:
             if a.save_masks:
                 save_mask(out, epoch, ms.mask)

@@ -1,8 +1,11 @@
-"""Shared pytest settings: hypothesis without per-example deadlines (CI machines
-are noisy; speed lives in bench/speed.py, never in tests) and the repo root on sys.path."""
+"""Shared pytest settings and helpers: hypothesis without per-example deadlines (CI
+machines are noisy; speed lives in bench/speed.py, never in tests), the repo root on
+sys.path, and writers of stand-in files in real formats."""
 import os
 import sys
 
+import numpy as np
+import torch
 from hypothesis import settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -12,3 +15,11 @@ if ROOT not in sys.path:
 settings.register_profile("default", deadline=None, max_examples=60, derandomize=True)
 settings.register_profile("thorough", deadline=None, max_examples=500)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def save_cifar_n(path, labels):
+    """Write a CIFAR-N style label file: labels: dict key -> (N,) int array, via torch.save.
+
+    The real files (CIFAR-10_human.pt, CIFAR-100_human.pt) are dicts of numpy int
+    arrays; the tests make tiny stand-ins that go through noise.load_cifar_n unchanged."""
+    torch.save({k: np.asarray(v) for k, v in labels.items()}, path)

@@ -15,6 +15,7 @@ from hypothesis import given, settings, strategies as st
 
 import data
 import noise
+from conftest import save_cifar_n
 from data import DataError, load_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -327,7 +328,7 @@ def write_cifar_n(path, n, keys, num_classes, seed=0):
     """A CIFAR-N label file (torch.save of a dict of numpy int arrays) of n labels per key."""
     rng = np.random.default_rng(seed)
     labels = {k: rng.integers(0, num_classes, n) for k in keys}
-    noise.save_cifar_n(path, labels)
+    save_cifar_n(path, labels)
     return labels
 
 

@@ -133,7 +133,7 @@ def test_logged_feature_error_is_the_masked_head_error_on_the_probe_set(dfc_run)
     """Recompute from the checkpoint: the probe is a fixed set of corrupted samples and the
     gradient goes through the CURRENT training mask (CE: error = (W⊙M)[ỹ] − (W⊙M)[y])."""
     a = train.build_parser().parse_args(QUICK)
-    d = data.prepare_training_data(a, torch.device("cpu"))
+    d = data.prepare_training_data(data.DataConfig.from_flags(a), torch.device("cpu"))
     probe = train.grad_probe(a, d)
     assert 0 < len(probe) <= train.PROBE_SIZE and bool((d["y_noisy"][probe] != d["y"][probe]).all())
     assert torch.equal(probe, train.grad_probe(a, d))

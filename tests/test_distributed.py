@@ -8,7 +8,9 @@ Ranks get torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT
 One run goes through torchrun itself; the others start the two ranks directly, which
 skips torchrun's agent process (about half the start-up time on a 2-core machine).
 Run as `python tests/test_distributed.py worker OUT` (with those variables set), this file is
-the worker of the direct tests of the reduction helpers (bottom of the file).
+the worker of the direct tests of the reduction helpers; run as `python tests/test_distributed.py
+dump-train DUMP <train.py flags>`, it is train.py with every rank saving its state after every
+epoch (bottom of the file).
 """
 import json
 import os
@@ -71,16 +73,21 @@ def launch(args, nproc=2, extra_env=None, timeout=120):
     return results
 
 
-def train_ranks(flags, extra_env=None):
-    results = launch(["train.py", *flags], extra_env=extra_env)
+def train_command(dump=None):
+    """train.py, or with `dump` this file's dump-train mode (train.py saving every rank's state)."""
+    return ["train.py"] if dump is None else [os.path.relpath(__file__, ROOT), "dump-train", dump]
+
+
+def train_ranks(flags, dump=None):
+    results = launch([*train_command(dump), *flags])
     for rc, out, err in results:
         assert rc == 0, err
     return results
 
 
-def torchrun(flags, extra_env=None):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *flags]
-    r = subprocess.run(cmd, cwd=ROOT, env=_env(extra_env), capture_output=True, text=True, timeout=180)
+def torchrun(flags, dump=None):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *train_command(dump), *flags]
+    r = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr
     return r
 
@@ -112,14 +119,13 @@ def elr_runs(tmp_path_factory):
     """DKAN + ELR + pooled-interval statistics + per-rank crops: a full 2-rank run through torchrun;
     the same run resumed under 2 ranks from its epoch-1 checkpoint; a 1-rank run.
 
-    The epoch-1 checkpoint is the state rank 0 dumped after epoch 1: the same object
-    `checkpoint()` gives rank 0's checkpoint.pt (test_train covers --stop-after), and it
-    saves a third 2-rank launch."""
+    The epoch-1 checkpoint is the checkpoint.pt rank 0 wrote after epoch 1, kept by
+    dump-train (test_train covers --stop-after): it saves a third 2-rank launch."""
     root = tmp_path_factory.mktemp("elr")
     full, part, one, dump = (str(root / n) for n in ("full", "part", "one", "dump"))
-    torchrun(QUICK + ELR_FLAGS + ["--out", full], {train.RANK_DUMP_ENV: dump})
+    torchrun(QUICK + ELR_FLAGS + ["--out", full], dump=dump)
     os.makedirs(part)
-    shutil.copy(os.path.join(dump, "rank0_epoch001.pt"), os.path.join(part, "checkpoint.pt"))
+    shutil.copy(os.path.join(dump, "checkpoint_epoch001.pt"), os.path.join(part, "checkpoint.pt"))
     train_ranks(["--out", part, "--resume", "--epochs", "2"])
     assert train.main(QUICK + ELR_FLAGS + ["--out", one]) == 0
     return dict(full=full, part=part, one=one, dump=dump)
@@ -130,7 +136,7 @@ def cot_dump(tmp_path_factory):
     """Co-teaching (two networks, two masks) with --dcm-freeze on 2 ranks; per-rank state dumps."""
     root = tmp_path_factory.mktemp("cot")
     dump = str(root / "dump")
-    train_ranks(QUICK + COT_FLAGS + ["--out", str(root / "run")], {train.RANK_DUMP_ENV: dump})
+    train_ranks(QUICK + COT_FLAGS + ["--out", str(root / "run")], dump=dump)
     return dump
 
 
@@ -320,5 +326,27 @@ def worker(out):
         distributed.close()
 
 
+def dump_train(dump, argv):
+    """train.main(argv) on this rank; after every epoch e the rank saves what it would checkpoint
+    (history and best left out) to dump/rank{r}_epoch{e:03d}.pt, and rank 0 keeps the
+    checkpoint.pt of epoch e - 1 as dump/checkpoint_epoch{e-1:03d}.pt. The hook wraps
+    train.grad_error_metrics, which every rank calls once per epoch after evaluation, just
+    before the epoch's row is logged and rank 0 writes the epoch's checkpoint."""
+    rank, epoch, inner = distributed.dist_from_env(os.environ).rank, [0], train.grad_error_metrics
+
+    def hooked(a, st, d, probe, loss_fn):
+        metrics = inner(a, st, d, probe, loss_fn)
+        epoch[0] += 1
+        os.makedirs(dump, exist_ok=True)
+        torch.save(train.checkpoint(st, epoch[0], [], None, vars(a)), os.path.join(dump, f"rank{rank}_epoch{epoch[0]:03d}.pt"))
+        if rank == 0:
+            shutil.copy(os.path.join(a.out, "checkpoint.pt"), os.path.join(dump, f"checkpoint_epoch{epoch[0] - 1:03d}.pt"))
+        return metrics
+    train.grad_error_metrics = hooked
+    return train.main(argv)
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
     worker(sys.argv[2])
+if __name__ == "__main__" and sys.argv[1:2] == ["dump-train"]:
+    sys.exit(dump_train(sys.argv[2], sys.argv[3:]))

@@ -486,3 +486,31 @@ def test_coteaching_counts_are_rounded_half_up_and_at_least_one():
 def test_coteaching_rejects_mismatched_losses():
     with pytest.raises(ValueError, match="loss_a"):
         L.coteaching_select(torch.zeros(3), torch.zeros(4), 0.2)
+
+
+# ----------------------------------------------------------------------------- ANL's L1 rule
+
+def test_anl_losses_train_without_weight_decay_and_with_their_l1_weight():
+    """ANL replaces weight decay by delta * sum |theta| (Ye et al. NeurIPS'23): wd 0, delta from the table."""
+    for name in ("anl_ce", "anl_fl"):
+        cfg = L.loss_config(name, 10, "cifar10")
+        assert L.weight_decay(name) == 0.0
+        assert L.l1_weight(name, cfg) == cfg["delta"] > 0
+
+
+def test_other_losses_keep_the_default_weight_decay_and_no_l1_term():
+    for name in ("ce", "gce", "sce", "nce_rce", "nce_agce"):
+        cfg = L.loss_config(name, 10, "cifar10")
+        assert L.weight_decay(name) == L.DEFAULT_WEIGHT_DECAY == 1e-4
+        assert L.l1_weight(name, cfg) == 0.0
+        assert L.l1_weight(name, dict(cfg, delta=1.0)) == 0.0   # a stray delta does not switch L1 on
+
+
+def test_an_explicit_weight_decay_wins_for_every_loss():
+    assert L.weight_decay("anl_ce", 3e-4) == 3e-4 and L.weight_decay("ce", 0.0) == 0.0
+
+
+def test_every_dataset_name_has_a_column_of_defaults():
+    """data.ALL_DATASETS is the one list of --dataset names; the defaults table covers exactly it."""
+    import data
+    assert sorted(L.DATASET_COLUMN) == sorted(data.ALL_DATASETS)

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import noise as N
+from conftest import save_cifar_n
 
 KINDS = st.sampled_from(["symmetric", "pairflip"])
 RATES = st.floats(min_value=0.0, max_value=0.85)
@@ -340,7 +341,7 @@ def cifar10n_arrays(seed=0):
 @pytest.mark.parametrize("which", ["aggre", "worst", "rand1", "rand2", "rand3", "clean"])
 def test_cifar10n_loader_reads_each_label_set(tmp_path, which):
     arrays = cifar10n_arrays()
-    N.save_cifar_n(tmp_path / "CIFAR-10_human.pt", arrays)
+    save_cifar_n(tmp_path / "CIFAR-10_human.pt", arrays)
     got = N.load_cifar_n(tmp_path / "CIFAR-10_human.pt", which, 10)
     assert got.dtype == np.int64 and np.array_equal(got, arrays[N.CIFAR_N_KEYS[10][which]])
 
@@ -348,7 +349,7 @@ def test_cifar10n_loader_reads_each_label_set(tmp_path, which):
 def test_cifar100n_loader_reads_noisy_labels(tmp_path):
     g = np.random.default_rng(1)
     arrays = {"noisy_label": g.integers(0, 100, 50000).astype(np.int32), "clean_label": g.integers(0, 100, 50000)}
-    N.save_cifar_n(tmp_path / "CIFAR-100_human.pt", arrays)
+    save_cifar_n(tmp_path / "CIFAR-100_human.pt", arrays)
     assert np.array_equal(N.load_cifar_n(tmp_path / "CIFAR-100_human.pt", "noisy100", 100), arrays["noisy_label"])
 
 
@@ -381,7 +382,7 @@ def test_cifar_n_loader_refuses_pickles_that_run_code(tmp_path, capsys):
     ({"aggre_label": np.zeros(50000)}, "aggre", "integer"),
 ])
 def test_cifar_n_loader_rejects_malformed_files(tmp_path, arrays, which, match):
-    N.save_cifar_n(tmp_path / "bad.pt", arrays)
+    save_cifar_n(tmp_path / "bad.pt", arrays)
     with pytest.raises(ValueError, match=match):
         N.load_cifar_n(tmp_path / "bad.pt", which, 10)
 
