@@ -1,6 +1,6 @@
-"""Properties of the diagnostics (SPEC §8): the gradient error of Fig. 3
-(dcm_ref.label_gradient_error, train.py --track-grad-error), mask snapshots
-(--save-masks) and the figures of plot.py."""
+"""Properties of the diagnostics the paper shows: the gradient error of Fig. 3
+(dcm_ref.label_gradient_error, train.py --track-grad-error) and the mask snapshots of
+Fig. 5 (--save-masks). The runs dfc_run / fc_run are conftest.py's; plot.py: test_plot.py."""
 import json
 import math
 import os
@@ -14,31 +14,16 @@ from hypothesis import strategies as st
 
 import data
 import dcm_ref as D
-import plot
 import train
 
-QUICK = ["--limit-train", "300", "--epochs", "2", "--batch-size", "64"]
-FIGURES = ("accuracy.png", "grad_error.png", "confidence.png", "mask_change.png", "masks.png", "summary.png")
+from conftest import QUICK
+
 GRAD_FIELDS = ("grad_cos_last", "grad_cos_feat", "grad_err_feat_norm", "grad_err_feat_bound")
 
 
 def read_jsonl(path):
     with open(path) as f:
         return [json.loads(line) for line in f]
-
-
-@pytest.fixture(scope="module")
-def dfc_run(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("runs") / "dfc")
-    assert train.main(QUICK + ["--out", out, "--save-masks"]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def fc_run(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("runs") / "fc")
-    assert train.main(QUICK + ["--out", out, "--head", "fc"]) == 0
-    return out
 
 
 # ----------------------------------------------------------------------------- the pure functions
@@ -171,49 +156,3 @@ def test_save_masks_without_a_dcm_head_is_a_one_line_error(tmp_path, capsys):
     assert train.main(QUICK + ["--out", str(tmp_path / "x"), "--head", "fc", "--save-masks"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--save-masks" in err[0]
-
-
-# ----------------------------------------------------------------------------- plot.py
-
-def assert_pngs(folder, names):
-    for name in names:
-        with open(os.path.join(folder, name), "rb") as f:
-            head = f.read(8)
-        assert head == b"\x89PNG\r\n\x1a\n" and os.path.getsize(os.path.join(folder, name)) > 1000, name
-
-
-def test_plot_writes_every_figure_next_to_a_single_run(dfc_run):
-    assert plot.main([dfc_run, "--dpi", "40"]) == 0
-    assert_pngs(dfc_run, FIGURES)
-
-
-def test_plot_overlays_several_runs_into_out(tmp_path, dfc_run, fc_run, capsys):
-    out = str(tmp_path / "figs")
-    assert plot.main([dfc_run, fc_run, "--out", out, "--epochs", "2", "--dpi", "40"]) == 0
-    assert_pngs(out, FIGURES)
-    assert plot.run_label(json.load(open(os.path.join(fc_run, "config.json"))), fc_run) == "fc · ce"
-
-
-@pytest.mark.parametrize("case", ["missing", "no_metrics", "empty_metrics", "two_runs_no_out", "mask_epoch"])
-def test_plot_bad_input_exits_2_with_one_line(tmp_path, dfc_run, capsys, case):
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    argv, needle = {
-        "missing": ([str(tmp_path / "nope")], "metrics.jsonl"),
-        "no_metrics": ([str(bad)], "metrics.jsonl"),
-        "empty_metrics": ([str(bad)], "no epochs"),
-        "two_runs_no_out": ([dfc_run, dfc_run], "--out"),
-        "mask_epoch": ([dfc_run, "--epochs", "7"], "epoch_007"),
-    }[case]
-    if case == "empty_metrics":
-        (bad / "metrics.jsonl").write_text("")
-    capsys.readouterr()
-    assert plot.main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0]
-
-
-def test_plot_without_matplotlib_says_how_to_install(dfc_run, monkeypatch, capsys):
-    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # makes `import matplotlib` fail
-    assert plot.main([dfc_run]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == ["plot.py needs matplotlib: pip install matplotlib"]

@@ -299,39 +299,6 @@ def test_random_resized_crop_zooms_into_one_region():
     assert torch.allclose(realworld.random_resized_crop_flip(c, torch.Generator().manual_seed(2)), c)
 
 
-# ---------------------------------------------------------------- ResNet-50 and --pretrained
-
-def test_resnet50_has_torchvision_names_and_size():
-    net = nets.make_backbone("resnet50", (3, 32, 32))
-    keys = set(net.state_dict())
-    assert {"conv1.weight", "bn1.running_mean", "layer1.0.downsample.0.weight", "layer4.2.conv3.weight"} <= keys
-    assert sum(p.numel() for p in net.parameters()) == 23_508_032   # torchvision resnet50 without fc
-    assert net(torch.randn(2, 3, 32, 32)).shape == (2, net.feature_dim) == (2, 2048)
-
-
-def test_pretrained_round_trip_in_torchvision_layout(tmp_path):
-    torch.manual_seed(0)
-    src = nets.make_backbone("resnet50", (3, 32, 32))
-    sd = {k: v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
-    sd["fc.weight"], sd["fc.bias"] = torch.zeros(1000, 2048), torch.zeros(1000)  # ignored
-    torch.save(sd, tmp_path / "r50.pth")
-    torch.manual_seed(1)
-    dst = nets.load_pretrained(nets.make_backbone("resnet50", (3, 32, 32)), str(tmp_path / "r50.pth"))
-    for k, v in src.state_dict().items():
-        if not k.endswith("num_batches_tracked"):
-            assert torch.equal(v, dst.state_dict()[k]), k
-
-
-def test_pretrained_mismatch_names_missing_and_unexpected_keys(tmp_path):
-    sd = nets.make_backbone("resnet50", (3, 32, 32)).state_dict()
-    del sd["layer2.0.conv1.weight"]
-    sd["head.extra"] = torch.zeros(1)
-    torch.save(sd, tmp_path / "bad.pth")
-    with pytest.raises(ValueError, match=r"missing layer2.0.conv1.weight; unexpected head.extra") as e:
-        nets.load_pretrained(nets.make_backbone("resnet50", (3, 32, 32)), str(tmp_path / "bad.pth"))
-    assert "\n" not in str(e.value)
-
-
 # ---------------------------------------------------------------- train.py
 
 def test_clothing1m_one_epoch_run_with_pretrained_resnet50(tmp_path, capsys):

@@ -1,9 +1,12 @@
 """End-to-end properties of train.py: runs finish with finite losses and valid
-files, resume is bit-exact, and user mistakes give one clear line, not a traceback."""
+files, resume is bit-exact, and user mistakes give one clear line, not a traceback.
+Runs call train.main(argv) in-process; one test starts a real `python train.py`
+process for what only a process shows (its exit status and the absence of a traceback)."""
 import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -116,9 +119,24 @@ def test_help_lists_every_flag():
         assert flag in text
 
 
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+@pytest.fixture
+def cli(capsys):
+    """train.main(args) in-process -> (returncode, stderr) like a finished `python train.py args`."""
+    def run(*args):
+        capsys.readouterr()
+        try:
+            rc = train.main(list(args))
+        except SystemExit as e:   # argparse's own errors (bad types) exit through SystemExit
+            rc = e.code
+        return SimpleNamespace(returncode=rc, stderr=capsys.readouterr().err)
+    return run
+
+
+def test_a_real_process_exits_2_with_one_line_and_no_traceback(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--out", str(tmp_path / "x"), "--keep", "0"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--keep" in r.stderr and "Traceback" not in r.stderr
+    assert not os.path.exists(tmp_path / "x")
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -138,7 +156,7 @@ def cli(*args, cwd=None):
     (["--resume"], "checkpoint"),
     (["--train-eval-every", "-1"], "--train-eval-every"),
 ])
-def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, args, needle):
+def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, cli, args, needle):
     r = cli("--out", str(tmp_path / "x"), *args)
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
@@ -146,7 +164,7 @@ def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, args, needle):
     assert needle in lines[0]
 
 
-def test_device_cuda_without_cuda_is_a_clear_error(tmp_path):
+def test_device_cuda_without_cuda_is_a_clear_error(tmp_path, cli):
     if torch.cuda.is_available():  # the property only exists on CPU-only machines
         assert train.pick_device("cuda").type == "cuda"
         return
@@ -154,7 +172,7 @@ def test_device_cuda_without_cuda_is_a_clear_error(tmp_path):
     assert r.returncode != 0 and "CUDA" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_existing_run_is_never_overwritten(tmp_path):
+def test_existing_run_is_never_overwritten(tmp_path, cli):
     out = run_ok(tmp_path, "--epochs", "1")
     before = open(os.path.join(out, "final.json")).read()
     r = cli("--out", out, *QUICK)
@@ -162,13 +180,13 @@ def test_existing_run_is_never_overwritten(tmp_path):
     assert open(os.path.join(out, "final.json")).read() == before
 
 
-def test_resume_with_contradicting_flags_is_refused(tmp_path):
+def test_resume_with_contradicting_flags_is_refused(tmp_path, cli):
     out = run_ok(tmp_path, "--epochs", "1", "--head", "dfc")
     r = cli("--out", out, "--resume", "--epochs", "2", "--head", "fc")
     assert r.returncode != 0 and "--head" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_empty_data_dir_names_the_expected_files(tmp_path):
+def test_empty_data_dir_names_the_expected_files(tmp_path, cli):
     empty = tmp_path / "empty"
     empty.mkdir()
     r = cli("--out", str(tmp_path / "x"), "--dataset", "fashion-mnist", "--data-dir", str(empty))

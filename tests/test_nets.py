@@ -1,0 +1,110 @@
+"""nets.py: the backbones build for every input shape and give (B, d) features; ResNet-50 has
+torchvision's names and size so --pretrained loads torchvision weights; the heads' split
+forward (features -> masked matmul) equals the plain head, and the scores are Eq. 2's."""
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import dcm_ref
+import kan
+import nets
+
+
+# ---------------------------------------------------------------- backbones
+
+@pytest.mark.parametrize("name", [b for b in nets.BACKBONES if b != "resnet50"])
+@pytest.mark.parametrize("in_shape", [(1, 8, 8), (3, 32, 32)])
+def test_every_backbone_maps_a_batch_to_feature_dim_features(name, in_shape):
+    torch.manual_seed(0)
+    net = nets.make_backbone(name, in_shape).eval()
+    v = net(torch.randn(3, *in_shape))
+    assert v.shape == (3, net.feature_dim) and bool(torch.isfinite(v).all())
+    assert any(p.requires_grad for p in net.last_layer.parameters())
+
+
+def test_unknown_backbone_is_a_value_error_naming_the_choices():
+    with pytest.raises(ValueError, match="mlp, cnn8"):
+        nets.make_backbone("vgg", (1, 8, 8))
+
+
+def test_resnet50_has_torchvision_names_and_size():
+    net = nets.make_backbone("resnet50", (3, 32, 32))
+    keys = set(net.state_dict())
+    assert {"conv1.weight", "bn1.running_mean", "layer1.0.downsample.0.weight", "layer4.2.conv3.weight"} <= keys
+    assert sum(p.numel() for p in net.parameters()) == 23_508_032   # torchvision resnet50 without fc
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, net.feature_dim) == (2, 2048)
+
+
+def test_pretrained_round_trip_in_torchvision_layout(tmp_path):
+    torch.manual_seed(0)
+    src = nets.make_backbone("resnet50", (3, 32, 32))
+    sd = {k: v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
+    sd["fc.weight"], sd["fc.bias"] = torch.zeros(1000, 2048), torch.zeros(1000)  # ignored
+    torch.save(sd, tmp_path / "r50.pth")
+    torch.manual_seed(1)
+    dst = nets.load_pretrained(nets.make_backbone("resnet50", (3, 32, 32)), str(tmp_path / "r50.pth"))
+    for k, v in src.state_dict().items():
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(v, dst.state_dict()[k]), k
+
+
+def test_pretrained_mismatch_names_missing_and_unexpected_keys(tmp_path):
+    sd = nets.make_backbone("resnet50", (3, 32, 32)).state_dict()
+    del sd["layer2.0.conv1.weight"]
+    sd["head.extra"] = torch.zeros(1)
+    torch.save(sd, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match=r"missing layer2.0.conv1.weight; unexpected head.extra") as e:
+        nets.load_pretrained(nets.make_backbone("resnet50", (3, 32, 32)), str(tmp_path / "bad.pth"))
+    assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------- heads
+
+@settings(max_examples=20)
+@given(kind=st.sampled_from(["fc", "dfc", "kan", "dkan"]), B=st.integers(2, 6), d=st.integers(2, 9),
+       C=st.integers(2, 5), seed=st.integers(0, 2 ** 16))
+def test_full_mask_head_equals_the_unmasked_head(kind, B, d, C, seed):
+    """head_forward(features, ones) == head_forward(features, None): keep = 1 is the plain head."""
+    torch.manual_seed(seed)
+    params = nets.head_init(kind, d, C, 5, 3)
+    v = torch.randn(B, d)
+    feats = nets.head_features(kind, params, v)
+    z_full = nets.head_forward(kind, params, feats, None)
+    z_ones = nets.head_forward(kind, params, feats, torch.ones(C, d))
+    assert z_full.shape == (B, C) and torch.allclose(z_full, z_ones, atol=1e-6)
+
+
+@settings(max_examples=20)
+@given(B=st.integers(2, 6), d=st.integers(2, 9), C=st.integers(2, 5), seed=st.integers(0, 2 ** 16))
+def test_fc_head_scores_from_moments_are_eq2(B, d, C, seed):
+    torch.manual_seed(seed)
+    params = nets.head_init("dfc", d, C, 5, 3)
+    v = torch.randn(B, d)
+    S = nets.head_scores("dfc", params, nets.head_moments("dfc", nets.head_features("dfc", params, v)))
+    assert torch.allclose(S, dcm_ref.edge_scores_literal(v, params["w"]).to(S.dtype), rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=20)
+@given(B=st.integers(2, 6), d=st.integers(2, 6), C=st.integers(2, 4), seed=st.integers(0, 2 ** 16))
+def test_kan_head_scores_from_moments_are_the_batch_std_of_each_edge_function(B, d, C, seed):
+    """DKAN head: S[j,k] = std_b φ_jk(x_bk) of the layer-normed input (the literal DKAN score)."""
+    torch.manual_seed(seed)
+    params = nets.head_init("dkan", d, C, 5, 3)
+    v = torch.randn(B, d)
+    S = nets.head_scores("dkan", params, nets.head_moments("dkan", nets.head_features("dkan", params, v)))
+    literal = kan.kan_edge_scores_literal(params, kan.layer_norm(v))
+    assert S.shape == (C, d) and torch.allclose(S, literal.to(S.dtype), rtol=1e-4, atol=1e-5)
+
+
+def test_masked_head_weights_get_no_gradient():
+    torch.manual_seed(0)
+    for kind in ("dfc", "dkan"):
+        params = {k: t.requires_grad_(k != "grid") for k, t in nets.head_init(kind, 4, 3, 5, 3).items()}
+        mask = torch.zeros(3, 4)
+        mask[0, 1] = 1
+        z = nets.head_forward(kind, params, nets.head_features(kind, params, torch.randn(5, 4)), mask)
+        z.sum().backward()
+        for name in nets.head_masked_weights(kind):
+            g = params[name].grad
+            masked = (mask == 0).view(3, 4, *([1] * (g.dim() - 2))).expand_as(g)
+            assert bool((g[masked] == 0).all()) and bool((g[~masked] != 0).any()), (kind, name)
