@@ -1,4 +1,4 @@
-"""Datasets of SPEC §6 as uint8 tensors, stratified subsets and batch augmentation.
+"""Datasets (docs/design.md §6) as uint8 tensors, stratified subsets and batch augmentation.
 
 Not a part of the DCM method itself: the loaders that feed train.py's
 experiments (the paper's benchmarks: clean data plus synthetic or human label noise).

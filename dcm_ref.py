@@ -1,9 +1,11 @@
 """Dynamic Connection Masking (DCM) on a fully connected head (the "DFC" of
 Zhang et al., "Combating Noisy Labels via Dynamic Connection Masking",
-arXiv 2508.09697): edge activations (Fig. 2), edge importance (Eq. 2) in its
-literal form and an exact fast form, top-k mask selection, the masked linear
-head, the mask schedule as a pure state transition, moment helpers for
-multi-process runs, `--dcm-freeze`, and the diagnostics of Fig. 5.
+arXiv 2508.09697): edge activations (Fig. 2), edge importance (Eq. 2), top-k
+mask selection and the masked linear head as written first; then their tuned
+fast paths (each proven equal to its definition by a named test); then the mask
+schedule as a pure state transition, moment helpers for multi-process runs,
+`--dcm-freeze`, and the diagnostics of Fig. 3 and Fig. 5. Conventions and their
+sources: docs/design.md §2.
 
 Usage (one optimizer step; state in, new state out):
 
@@ -25,44 +27,6 @@ Tensor = torch.Tensor
 Moments = Tuple[Tensor, ...]   # mergeable sums, e.g. (n, Σv, Σv²); merged by elementwise sum
 SCOPES = ("row", "global")
 STATS = ("batch", "interval")
-
-
-# ----------------------------------------------------------------------------- validation
-
-def _check_2d(name: str, t: Tensor, expected: str) -> None:
-    if not isinstance(t, torch.Tensor) or t.dim() != 2:
-        got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-        raise ValueError(f"{name}: expected a 2-D tensor {expected}, got {got}")
-
-
-def _check_features_weights(v: Tensor, w: Tensor) -> None:
-    _check_2d("v", v, "(B, d)")
-    _check_2d("w", w, "(C, d)")
-    if v.shape[1] != w.shape[1]:
-        raise ValueError(f"v, w: feature sizes differ, v is {tuple(v.shape)} and w is "
-                         f"{tuple(w.shape)}; expected v: (B, d) and w: (C, d)")
-
-
-def _check_batch(v: Tensor) -> None:
-    if v.shape[0] < 1:
-        raise ValueError(f"v: expected at least one sample, got shape {tuple(v.shape)}")
-
-
-def _check_mask(mask: Tensor, w: Tensor) -> None:
-    if not isinstance(mask, torch.Tensor) or mask.shape != w.shape:
-        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise ValueError(f"mask: expected shape {tuple(w.shape)} (same as w), got {got}")
-
-
-def _check_keep(keep: float) -> None:
-    ok = isinstance(keep, (int, float)) and not isinstance(keep, bool) and 0.0 < keep <= 1.0
-    if not ok:
-        raise ValueError(f"keep: expected a number in (0, 1], got {keep!r}")
-
-
-def _check_scope(scope: str) -> None:
-    if scope not in SCOPES:
-        raise ValueError(f"scope: expected one of {SCOPES}, got {scope!r}")
 
 
 # ----------------------------------------------------------------------------- Fig. 2 and Eq. 2
@@ -89,23 +53,7 @@ def edge_scores_literal(v: Tensor, w: Tensor) -> Tensor:
     return edge_activations(v, w).std(dim=0, correction=0)
 
 
-def edge_scores(v: Tensor, w: Tensor) -> Tensor:
-    """Edge importance, exact fast form of Eq. 2: S[j, k] = |w[j, k]| · std_b v[b, k].
-
-    Exact because w is constant over the batch: std_b(v_bk · w_jk) = |w_jk| std_b v_bk.
-    Cost O((B + C)·d), no (B, C, d) tensor. The std is taken in float64 (cheap,
-    B·d) so large feature magnitudes lose nothing; the result has the promoted
-    dtype of v and w, like the literal form.
-    v: (B, d), w: (C, d) -> S: (C, d).
-    """
-    _check_features_weights(v, w)
-    _check_batch(v)
-    std_v = v.to(torch.float64).std(dim=0, correction=0)          # (d,)
-    out_dtype = torch.promote_types(v.dtype, w.dtype)
-    return (w.to(torch.float64).abs() * std_v).to(out_dtype)
-
-
-# ----------------------------------------------------------------------------- selection and forward
+# ----------------------------------------------------------------------------- selection and the masked head
 
 def kept_count(keep: float, n: int) -> int:
     """Number of entries kept out of n: max(1, round(keep·n)) (Python round, half to even)."""
@@ -123,15 +71,74 @@ def _selection_rows(scores: Tensor, keep: float, scope: str) -> Tuple[Tensor, in
     return flat, kept_count(keep, flat.shape[1])
 
 
+def topk_mask_literal(scores: Tensor, keep: float, scope: str = "row") -> Tensor:
+    """Keep the most important edges, mask the rest: the selection as written, by a full
+    stable descending sort (O(n log n) per row; docs/design.md §2 for scope, k and ties).
+
+    scores: (C, d) -> M: (C, d) in scores.dtype, values 0/1. scope "row": every class j
+    keeps exactly k = max(1, round(keep·d)) inputs; scope "global": exactly
+    max(1, round(keep·C·d)) edges over the whole matrix; keep = 1 is plain FC.
+    torch.sort keeps equal scores in index order and puts NaN first, so the first k
+    sorted indices are the mask: ties go to the lower (flat) index.
+    """
+    flat, k = _selection_rows(scores, keep, scope)
+    if k == flat.shape[1]:
+        return torch.ones_like(scores)
+    order = torch.sort(flat, dim=1, descending=True, stable=True).indices
+    mask = torch.zeros_like(flat).scatter_(1, order[:, :k], 1)
+    return mask.reshape(scores.shape)
+
+
+def masked_linear(v: Tensor, w: Tensor, b: Optional[Tensor], mask: Optional[Tensor]) -> Tensor:
+    """Masked head: z = v (W⊙M)ᵀ + b (Fig. 2 with the mask M applied).
+
+    v: (B, d), w: (C, d), b: (C,) or None, mask: (C, d) or None (plain linear)
+    -> z: (B, C). Masked edges get exactly zero gradient (∂z/∂W = vᵀ·g, times
+    M = 0), and ∂L/∂v = g (W⊙M): no gradient reaches the backbone through a
+    masked edge. With an all-ones mask, w·1 == w exactly, so z equals
+    F.linear(v, w, b) bit for bit.
+    """
+    _check_features_weights(v, w)
+    if b is not None and tuple(b.shape) != (w.shape[0],):
+        raise ValueError(f"b: expected shape ({w.shape[0]},) or None, got {tuple(b.shape)}")
+    if mask is None:
+        return F.linear(v, w, b)
+    _check_mask(mask, w)
+    return F.linear(v, w * mask.to(w.dtype), b)   # cast: a bool or float32 mask must not promote w
+
+
+# ----------------------------------------------------------------------------- fast paths
+# Tuned versions of the definitions above, each proven equal to its definition by the test
+# its docstring names. Training uses these.
+
+def edge_scores(v: Tensor, w: Tensor) -> Tensor:
+    """Edge importance, exact fast form of Eq. 2: S[j, k] = |w[j, k]| · std_b v[b, k];
+    proven equal to edge_scores_literal by tests/test_dcm_ref.py::test_literal_scores_equal_fast_scores.
+
+    Exact because w is constant over the batch: std_b(v_bk · w_jk) = |w_jk| std_b v_bk.
+    Cost O((B + C)·d), no (B, C, d) tensor. The std is taken in float64 (cheap,
+    B·d) so large feature magnitudes lose nothing; the result has the promoted
+    dtype of v and w, like the literal form.
+    v: (B, d), w: (C, d) -> S: (C, d).
+    """
+    _check_features_weights(v, w)
+    _check_batch(v)
+    std_v = v.to(torch.float64).std(dim=0, correction=0)          # (d,)
+    out_dtype = torch.promote_types(v.dtype, w.dtype)
+    return (w.to(torch.float64).abs() * std_v).to(out_dtype)
+
+
 def topk_mask(scores: Tensor, keep: float, scope: str = "row") -> Tensor:
-    """Keep the most important edges, mask the rest (SPEC §2 selection).
+    """Fast path of topk_mask_literal, proven equal to it bit for bit by
+    tests/test_dcm_ref.py::test_topk_mask_equals_the_stable_sort_definition_on_random_scores
+    (and ..._under_heavy_ties_and_nan).
 
     scores: (C, d) -> M: (C, d), same dtype and device, values 0/1.
     scope "row": every class j keeps exactly k = max(1, round(keep·d)) inputs;
     scope "global": exactly max(1, round(keep·C·d)) edges over the whole matrix.
     keep = 1 returns all ones (plain FC).
 
-    The mask is the one a stable descending sort defines (`_topk_mask_sort`, bit
+    The mask is the one a stable descending sort defines (topk_mask_literal, bit
     for bit): ties among equal scores go to the lower (flat) index, so the mask
     is deterministic on CPU and CUDA alike; NaN ranks above every number and
     ties with NaN (NaN scores are kept first; they only arise from NaN features).
@@ -181,37 +188,42 @@ def _first_k_by_rank(flat: Tensor, top: Tensor, k: int) -> Tensor:
     return above | (tied & (tied.cumsum(dim=1, dtype=torch.int32) <= room))
 
 
-def _topk_mask_sort(scores: Tensor, keep: float, scope: str = "row") -> Tensor:
-    """Reference definition of topk_mask by a full stable descending sort (slow: O(n log n) per row).
+# ----------------------------------------------------------------------------- argument checks (user errors are ValueError)
 
-    scores: (C, d) -> M: (C, d) in scores.dtype. torch.sort keeps equal scores in
-    index order and puts NaN first, so the first k sorted indices are the mask.
-    Kept for tests: topk_mask must equal it bit for bit.
-    """
-    flat, k = _selection_rows(scores, keep, scope)
-    if k == flat.shape[1]:
-        return torch.ones_like(scores)
-    order = torch.sort(flat, dim=1, descending=True, stable=True).indices
-    mask = torch.zeros_like(flat).scatter_(1, order[:, :k], 1)
-    return mask.reshape(scores.shape)
+def _check_2d(name: str, t: Tensor, expected: str) -> None:
+    if not isinstance(t, torch.Tensor) or t.dim() != 2:
+        got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{name}: expected a 2-D tensor {expected}, got {got}")
 
 
-def masked_linear(v: Tensor, w: Tensor, b: Optional[Tensor], mask: Optional[Tensor]) -> Tensor:
-    """Masked head: z = v (W⊙M)ᵀ + b (SPEC §2 forward).
+def _check_features_weights(v: Tensor, w: Tensor) -> None:
+    _check_2d("v", v, "(B, d)")
+    _check_2d("w", w, "(C, d)")
+    if v.shape[1] != w.shape[1]:
+        raise ValueError(f"v, w: feature sizes differ, v is {tuple(v.shape)} and w is "
+                         f"{tuple(w.shape)}; expected v: (B, d) and w: (C, d)")
 
-    v: (B, d), w: (C, d), b: (C,) or None, mask: (C, d) or None (plain linear)
-    -> z: (B, C). Masked edges get exactly zero gradient (∂z/∂W = vᵀ·g, times
-    M = 0), and ∂L/∂v = g (W⊙M): no gradient reaches the backbone through a
-    masked edge. With an all-ones mask, w·1 == w exactly, so z equals
-    F.linear(v, w, b) bit for bit.
-    """
-    _check_features_weights(v, w)
-    if b is not None and tuple(b.shape) != (w.shape[0],):
-        raise ValueError(f"b: expected shape ({w.shape[0]},) or None, got {tuple(b.shape)}")
-    if mask is None:
-        return F.linear(v, w, b)
-    _check_mask(mask, w)
-    return F.linear(v, w * mask.to(w.dtype), b)   # cast: a bool or float32 mask must not promote w
+
+def _check_batch(v: Tensor) -> None:
+    if v.shape[0] < 1:
+        raise ValueError(f"v: expected at least one sample, got shape {tuple(v.shape)}")
+
+
+def _check_mask(mask: Tensor, w: Tensor) -> None:
+    if not isinstance(mask, torch.Tensor) or mask.shape != w.shape:
+        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"mask: expected shape {tuple(w.shape)} (same as w), got {got}")
+
+
+def _check_keep(keep: float) -> None:
+    ok = isinstance(keep, (int, float)) and not isinstance(keep, bool) and 0.0 < keep <= 1.0
+    if not ok:
+        raise ValueError(f"keep: expected a number in (0, 1], got {keep!r}")
+
+
+def _check_scope(scope: str) -> None:
+    if scope not in SCOPES:
+        raise ValueError(f"scope: expected one of {SCOPES}, got {scope!r}")
 
 
 # ----------------------------------------------------------------------------- moments (multi-process)
@@ -319,7 +331,7 @@ def mask_schedule_step(state: MaskState, batch_moments: Moments,
                        score_fn: Callable[[Moments], Tensor], keep: float,
                        scope: str = "row", interval: int = 1, warmup: int = 0,
                        stats: str = "batch") -> MaskState:
-    """One step of the DCM schedule (SPEC §2). Call once per optimizer step, before
+    """One step of the DCM schedule (docs/design.md §2). Call once per optimizer step, before
     the head forward of that step, with the current batch's moments (already
     all-reduced in multi-process runs).
 
@@ -369,10 +381,21 @@ def freeze_masked(w_after: Tensor, w_before: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask != 0, w_after, w_before)
 
 
-# ----------------------------------------------------------------------------- diagnostics (Fig. 5, §2 bound)
+# ----------------------------------------------------------------------------- diagnostics (Fig. 5 mask change, Fig. 3 gradient error)
+
+def mask_change_literal(m_old: Tensor, m_new: Tensor) -> float:
+    """Mask change between updates (Fig. 5) as written: 1 − Jaccard(kept_old, kept_new)
+    = 1 − |kept_old ∩ kept_new| / |kept_old ∪ kept_new|, 0 if both are empty.
+    m_old, m_new: (C, d) masks with values 0/1 (any dtype); kept = entries != 0."""
+    _check_mask(m_new, m_old)
+    a, b = m_old != 0, m_new != 0
+    union = int((a | b).sum())
+    return 0.0 if union == 0 else 1.0 - int((a & b).sum()) / union
+
 
 def mask_change(m_old: Tensor, m_new: Tensor) -> float:
-    """Mask change between updates (Fig. 5): 1 − |kept_old ∩ kept_new| / |kept_old ∪ kept_new|; 0 if both empty.
+    """Fast path of mask_change_literal (1 − Jaccard of the kept sets; 0 if both empty), proven
+    equal to it by tests/test_dcm_ref.py::test_mask_change_fast_path_equals_jaccard_on_bools.
 
     m_old, m_new: (C, d) masks with values 0/1 (as topk_mask returns; any dtype).
     For 0/1 masks |A ∩ B| = Σ a·b (one dot product) and |A ∪ B| = Σa + Σb − |A ∩ B|:

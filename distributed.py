@@ -1,4 +1,4 @@
-"""What crosses ranks when train.py runs under torchrun (SPEC §2; docs/multiprocess.md).
+"""What crosses ranks when train.py runs under torchrun (docs/design.md §2; docs/multiprocess.md).
 
 Not a separate code path: at world size 1 no process group exists and every helper
 returns its input, so `python train.py` runs exactly as a single process. Each rank

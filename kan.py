@@ -1,4 +1,4 @@
-"""B-spline KAN layer and the DKAN head of DCM (SPEC §3), as pure functions.
+"""B-spline KAN layer and the DKAN head of DCM (docs/design.md §3), as pure functions.
 
 Implements the KAN head of "Combating Noisy Labels via Dynamic Connection
 Masking" (Zhang et al., arXiv 2508.09697): y_j = Σ_k φ_jk(x_k) with
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 def kan_init(d_in, d_out, grid_size=5, order=3, grid_range=(-1.0, 1.0),
              generator=None, dtype=torch.float32, device=None):
-    """Fresh KAN layer parameters (SPEC §3) as plain tensors.
+    """Fresh KAN layer parameters (docs/design.md §3) as plain tensors.
 
     grid: (d_in, grid_size + 2·order + 1) uniform knots over grid_range, extended
         by `order` knots on each side; base_weight: (d_out, d_in) ~ U(±1/√d_in),
@@ -99,6 +99,28 @@ def bspline_basis(x, grid, order):
         right = (t[..., p + 1:] - xe) / (t[..., p + 1:] - t[..., 1:-p]) * b[..., 1:]
         b = left + right
     return b
+
+
+# Fast path: the closed form on a uniform grid, proven equal to bspline_basis by
+# tests/test_kan.py::test_closed_form_equals_cox_de_boor (values) and
+# ::test_closed_form_gradient_equals_cox_de_boor_gradient (gradients). Training uses it.
+
+def bspline_basis_uniform(x, grid, order):
+    """Same values as bspline_basis, by the closed form on a uniform grid (fast path).
+
+    x: (B, d_in), grid: (d_in, K) uniformly spaced knots per row (rows may differ)
+    -> (B, d_in, K - 1 - order). Any order >= 0 (exact piece tables). Gradient
+    w.r.t. x by a hand-written closed form; the grid gets no gradient.
+    Raises ValueError if a row of the grid is not uniformly spaced.
+    """
+    return _uniform_features(x, grid, order, with_silu=False)
+
+
+def _uniform_features(x, grid, order, with_silu):
+    """Validated entry to _UniformBSpline.  x: (B, d_in) -> (B, d_in, [1 +] K - 1 - order)."""
+    _check_basis_args(x, grid, order)
+    t0, h = _uniform_spacing(grid, order, x.dtype)
+    return _UniformBSpline.apply(x, grid.detach(), t0, h, order, with_silu)
 
 
 def _uniform_piece_table(order):
@@ -226,24 +248,6 @@ def _polyval(powers, table):
     return (table.T @ powers.reshape(m, b * d)).view(table.shape[1], b, d)
 
 
-def _uniform_features(x, grid, order, with_silu):
-    """Validated entry to _UniformBSpline.  x: (B, d_in) -> (B, d_in, [1 +] K - 1 - order)."""
-    _check_basis_args(x, grid, order)
-    t0, h = _uniform_spacing(grid, order, x.dtype)
-    return _UniformBSpline.apply(x, grid.detach(), t0, h, order, with_silu)
-
-
-def bspline_basis_uniform(x, grid, order):
-    """Same values as bspline_basis, by the closed form on a uniform grid (fast path).
-
-    x: (B, d_in), grid: (d_in, K) uniformly spaced knots per row (rows may differ)
-    -> (B, d_in, K - 1 - order). Any order >= 0 (exact piece tables). Gradient
-    w.r.t. x by a hand-written closed form; the grid gets no gradient.
-    Raises ValueError if a row of the grid is not uniformly spaced.
-    """
-    return _uniform_features(x, grid, order, with_silu=False)
-
-
 # ----------------------------------------------------------------------------
 # KAN layer: features Φ, coefficients c, forward as one matmul
 # ----------------------------------------------------------------------------
@@ -267,7 +271,7 @@ def _check_params(params):
 
 
 def kan_features(params, x, basis="closed"):
-    """Per-input features Φ[b,k,:] = [silu(x_bk), B_1(x_bk), …, B_G'(x_bk)] (SPEC §3).
+    """Per-input features Φ[b,k,:] = [silu(x_bk), B_1(x_bk), …, B_G'(x_bk)] (docs/design.md §3).
 
     x: (B, d_in) -> Φ: (B, d_in, 1 + G'), G' = grid_size + order.
     basis: "closed" (uniform grid, fast) or "cox" (Cox–de Boor, any grid).
@@ -284,7 +288,7 @@ def kan_coefficients(params, mask=None):
     """Edge coefficient vectors c_jk = M_jk·[base_weight_jk, spline_weight_jk,:].
 
     mask: (d_out, d_in) or None -> c: (d_out, d_in, 1 + G'). The mask multiplies
-    whole edges (SPEC §3), so masked edges get exactly zero gradient.
+    whole edges (docs/design.md §3), so masked edges get exactly zero gradient.
     """
     _check_params(params)
     coef = torch.cat([params["base_weight"].unsqueeze(-1), params["spline_weight"]], dim=-1)
@@ -312,11 +316,12 @@ def kan_forward(params, x, mask=None, basis="closed"):
 
 
 # ----------------------------------------------------------------------------
-# DKAN edge scores: literal std_b φ_jk(x_bk) and the exact fast form
+# DKAN edge scores: literal std_b φ_jk(x_bk), then the exact fast form (fast path)
+# and its mergeable-moments version that training uses (multi-process: sums all-reduce)
 # ----------------------------------------------------------------------------
 
 def kan_edge_activations(params, x):
-    """Literal edge activations A[b,j,k] = φ_jk(x_bk), Cox–de Boor bases (SPEC §3).
+    """Literal edge activations A[b,j,k] = φ_jk(x_bk), Cox–de Boor bases (docs/design.md §3).
 
     x: (B, d_in) -> A: (B, d_out, d_in). Materialises B×d_out×d_in: for reading
     and tests, not for training.
@@ -334,6 +339,31 @@ def kan_edge_scores_literal(params, x):
     x: (B, d_in) -> S: (d_out, d_in); B = 1 gives zeros.
     """
     return kan_edge_activations(params, x).std(dim=0, correction=0)
+
+
+def kan_edge_scores(params, x, basis="closed"):
+    """Exact fast form of kan_edge_scores_literal: S[j,k] = sqrt(c_jkᵀ Cov_b(Φ_bk) c_jk), proven
+    equal to it by tests/test_kan.py::test_fast_scores_equal_literal_scores.
+    x: (B, d_in) -> (d_out, d_in); cost O(B·d_in·F² + d_out·d_in·F²), never B×d_out×d_in."""
+    with torch.no_grad():
+        return _scores_from_features(params, kan_features(params, x, basis))
+
+
+def _scores_from_features(params, phi):
+    """kan_edge_scores from features Φ: (B, d_in, F) -> (d_out, d_in).
+
+    Two-pass covariance: Φ is shifted by its first sample (in float64) before the
+    outer product, so large offsets do not cancel (docs/design.md §3: centre first)
+    and constant features give exactly 0. Training scores through
+    kan_scores_from_moments instead (mergeable over batches and ranks).
+    """
+    if phi.dim() != 3 or phi.shape[0] == 0:
+        raise ValueError(f"phi: got shape {tuple(phi.shape)}, expected (B, d_in, F) with B >= 1")
+    p = phi.detach().to(torch.float64).transpose(0, 1)                   # (d_in, B, F)
+    p = p - p[:, :1]
+    mean = p.mean(dim=1)                                                 # (d_in, F)
+    cov = p.transpose(1, 2) @ p / phi.shape[0] - mean.unsqueeze(-1) * mean.unsqueeze(-2)
+    return _scores_from_covariance(cov, params)
 
 
 def kan_moments(phi):
@@ -373,28 +403,6 @@ def kan_scores_from_moments(m, params):
     return _scores_from_covariance(s2 / n - mean.unsqueeze(-1) * mean.unsqueeze(-2), params)
 
 
-def kan_scores_from_features(params, phi):
-    """Exact fast DKAN scores from features the forward already computed.
-
-    phi: (B, d_in, F) -> (d_out, d_in). Shifts Φ by its first sample (in float64)
-    before the outer product, so large offsets do not cancel catastrophically
-    (SPEC §3: centre first) and constant features give exactly 0.
-    """
-    if phi.dim() != 3 or phi.shape[0] == 0:
-        raise ValueError(f"phi: got shape {tuple(phi.shape)}, expected (B, d_in, F) with B >= 1")
-    p = phi.detach().to(torch.float64).transpose(0, 1)                   # (d_in, B, F)
-    p = p - p[:, :1]
-    mean = p.mean(dim=1)                                                 # (d_in, F)
-    cov = p.transpose(1, 2) @ p / phi.shape[0] - mean.unsqueeze(-1) * mean.unsqueeze(-2)
-    return _scores_from_covariance(cov, params)
-
-
-def kan_edge_scores(params, x, basis="closed"):
-    """Exact fast form of kan_edge_scores_literal.  x: (B, d_in) -> (d_out, d_in)."""
-    with torch.no_grad():
-        return kan_scores_from_features(params, kan_features(params, x, basis))
-
-
 # ----------------------------------------------------------------------------
 # DKAN head: non-affine layer norm, then KAN with the DCM mask on coefficients
 # ----------------------------------------------------------------------------
@@ -402,7 +410,7 @@ def kan_edge_scores(params, x, basis="closed"):
 def layer_norm(x, eps=1e-5):
     """Non-affine layer norm over the last dim.  x: (B, d) -> (B, d).
 
-    [choice] (SPEC §3): KAN bases vanish outside grid_range, so the DKAN head
+    [choice] (docs/design.md §3): KAN bases vanish outside grid_range, so the DKAN head
     normalises its input to zero mean, unit variance per sample first.
     """
     return F.layer_norm(x, x.shape[-1:], eps=eps)

@@ -1,5 +1,5 @@
 """Robust per-sample losses that DCM is combined with, ANL's L1 term, ELR and
-co-teaching sample selection (SPEC §4: the baselines DCM is plugged into).
+co-teaching sample selection (docs/design.md §4: the baselines DCM is plugged into).
 
 Every loss maps logits z: (B, C) and labels y: (B,) int64 to per-sample values
 (B,), so that sample-selection methods can rank them; callers reduce. All are
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 # ---------------------------------------------------------------------------
 # Per-dataset defaults: ONE table. Columns: "cifar10" (also every 10-class
 # dataset), "cifar100", "webvision" (WebVision-mini and Clothing1M).
-# Sources: SPEC §4 (official configs of APL, ALFs, ANL, ELR) unless marked
+# Sources: docs/design.md §4 (official configs of APL, ALFs, ANL, ELR) unless marked
 # [choice] (recalled or picked here, not checked against an official config).
 # "delta" (anl_*) is ANL's L1 weight: the training loop adds delta * l1_penalty.
 # "elr" rows may be keyed "<column>/<noise>" to depend on the noise kind.
@@ -64,7 +64,7 @@ DEFAULTS = {
              "webvision": dict(a=2.5, q=3.0)},
     "aul": {c: dict(a=5.5, q=3.0) for c in ("cifar10", "cifar100", "webvision")},
     "ael": {c: dict(a=3.0) for c in ("cifar10", "cifar100", "webvision")},
-    # SPEC for CIFAR; [choice] WebVision (alpha=50, beta=0.1, a=2.5, q=3) recalled from ALFs.
+    # official configs for CIFAR (docs/design.md §4); [choice] WebVision (alpha=50, beta=0.1, a=2.5, q=3) recalled from ALFs.
     "nce_agce": {"cifar10": dict(alpha=1.0, beta=4.0, a=6.0, q=1.5),
                  "cifar100": dict(alpha=10.0, beta=0.1, a=1.8, q=3.0),
                  "webvision": dict(alpha=50.0, beta=0.1, a=2.5, q=3.0)},
@@ -420,7 +420,7 @@ def forget_rate(epoch, tau, t_k=10, c=1):
 
     epoch >= 0 as counted by the caller (0 keeps every sample), tau in [0, 1]
     (default: the noise rate), t_k > 0, c > 0 -> float. Note the official code
-    ramps with linspace(0, tau^c, t_k) instead; this is the paper's formula (SPEC §4).
+    ramps with linspace(0, tau^c, t_k) instead; this is the paper's formula (docs/design.md §4).
     """
     _check("epoch", epoch, epoch >= 0, "epoch >= 0")
     _check("tau", tau, 0 <= tau <= 1, "0 <= tau <= 1")

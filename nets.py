@@ -4,7 +4,7 @@ and the classifier heads (FC, DFC, KAN, DKAN) as pure functions over a params di
 DCM (Zhang et al., arXiv 2508.09697) only touches the classifier head, so the
 backbones here are ordinary ``nn.Module``s that map images to features
 ``v: (B, d)``; the heads and everything DCM stay pure functions (dcm_ref.py,
-kan.py, train.py). Protocols follow SPEC §7 (APL/ANL CIFAR-10 8-layer CNN,
+kan.py, train.py). Protocols follow docs/design.md §7 (APL/ANL CIFAR-10 8-layer CNN,
 CIFAR-style ResNets; the ImageNet ResNet-50 for Clothing1M/WebVision, with
 load_pretrained reading torchvision-layout weights from a user file).
 
@@ -42,7 +42,7 @@ def _conv_bn(c_in, c_out):
 
 
 class CNN8(nn.Module):
-    """The 8-layer CNN of APL/ANL (SPEC §7): 64,64,pool,128,128,pool,196,196,pool,
+    """The 8-layer CNN of APL/ANL (docs/design.md §7): 64,64,pool,128,128,pool,196,196,pool,
     FC -> 256 + BN + ReLU. The FC input size follows the input (3136 on 32x32).
     x: (B, C, H, W) -> v: (B, 256)."""
 
@@ -152,7 +152,7 @@ class ResNet50(nn.Module):
     """ImageNet ResNet-50 (He et al. 2016; stride in the 3x3 as torchvision's v1.5):
     7x7/2 stem + 3x3/2 max-pool, bottleneck stages [3, 4, 6, 3] of widths 64..512.
     x: (B, C, H, W) -> v: (B, 2048). Parameter names follow torchvision (conv1,
-    bn1, layer1..layer4) without its fc: the DCM head replaces it (SPEC §7, Clothing1M)."""
+    bn1, layer1..layer4) without its fc: the DCM head replaces it (docs/design.md §7, Clothing1M)."""
 
     def __init__(self, in_shape):
         super().__init__()

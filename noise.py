@@ -1,4 +1,4 @@
-"""Label noise for dcm-ref (SPEC §5): transition matrices, exact seeded
+"""Label noise for dcm-ref (docs/design.md §5): transition matrices, exact seeded
 corruption, instance-dependent noise (Xia et al., NeurIPS'20), CIFAR-N human
 labels, and the noise report saved with every run.
 
@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import torch
 
-# Asymmetric class maps, SPEC §5 (src -> dst). CIFAR-10, MNIST and
+# Asymmetric class maps, docs/design.md §5 (src -> dst). CIFAR-10, MNIST and
 # Fashion-MNIST are the maps of APL/ANL (Ma et al. ICML'20, Ye et al.
 # NeurIPS'23); "digits" is the 8x8 digit set and reuses the MNIST map.
 # CIFAR-100 follows the APL/ANL/ELR convention: blocks of 5 consecutive fine
@@ -239,7 +239,7 @@ def _exact_corruption(y, T, rng):
 
 
 def corrupt_labels(labels, T, seed, sampling="exact"):
-    """Corrupt clean labels with transition matrix T (SPEC §5).
+    """Corrupt clean labels with transition matrix T (docs/design.md §5).
 
     labels: (N,) int in [0, C), numpy or torch; T: (C, C) row-stochastic; seed: int.
     sampling "exact" (default): within each clean class i exactly
@@ -275,7 +275,7 @@ def _idn_probabilities(x, labels, q, num_classes, rng):
 
     x: (N, D) features, labels: (N,) int64, q: (N,) per-sample flip rates.
     W ~ N(0, 1) of shape (C, D, C), drawn class by class from rng. With
-    x̂ = x / ||x||_2 [choice, SPEC §5]: s = x̂ᵀ W[y], s[y] = -inf,
+    x̂ = x / ||x||_2 [choice, docs/design.md §5]: s = x̂ᵀ W[y], s[y] = -inf,
     P = q softmax(s), P[y] = 1 - q. Samples are grouped by clean class so the
     whole thing is C matmuls (n_c, D) @ (D, C), no loop over samples.
     The L2 normalisation keeps the logits at unit scale whatever D and the
@@ -302,7 +302,7 @@ def _idn_probabilities(x, labels, q, num_classes, rng):
 
 
 def instance_dependent(x, labels, rate, num_classes, seed):
-    """Instance-dependent noise (Xia et al. NeurIPS'20; SPEC §5).
+    """Instance-dependent noise (Xia et al. NeurIPS'20; docs/design.md §5).
 
     x: (N, ...) inputs, numpy or torch, uint8 or float (flattened to (N, D));
     labels: (N,) int in [0, C); rate: mean flip rate r in [0, 1).

@@ -1,5 +1,5 @@
 """Figures of the diagnostics of Zhang et al., "Combating Noisy Labels via Dynamic
-Connection Masking" (arXiv 2508.09697), from the runs train.py writes (SPEC §8):
+Connection Masking" (arXiv 2508.09697), from the runs train.py writes (Fig. 3-5; docs/design.md §8):
 accuracy and memorisation, gradient error (Fig. 3), confidence on clean vs noisy
 samples (Fig. 4), mask snapshots and mask change (Fig. 5).
 

@@ -9,7 +9,7 @@ paths. data.py loads the data and corrupts labels with noise.py; losses come fro
     python train.py                                   # digits, MLP, DFC head, 40% symmetric noise
     python train.py --dataset fashion-mnist --head fc --noise symmetric --noise-rate 0.6
     python train.py --dataset cifar10 --data-dir ~/data --backbone cnn8 --head dfc \\
-        --loss anl_ce --noise symmetric --noise-rate 0.8 --epochs 120    # SPEC §7 protocol
+        --loss anl_ce --noise symmetric --noise-rate 0.8 --epochs 120    # docs/design.md §7 protocol
     python train.py --dataset clothing1m --data-dir ~/clothing1m --noise none --backbone resnet50 \\
         --pretrained resnet50_imagenet.pth --samples-per-epoch 64000 --epochs 10   # docs/realworld.md
     python train.py --out runs/my-run --resume --epochs 60           # continue a run
@@ -18,7 +18,7 @@ paths. data.py loads the data and corrupts labels with noise.py; losses come fro
 Outputs in --out DIR: config.json, noise_report.json, metrics.jsonl (one JSON
 object per epoch), final.json and checkpoint.pt (written atomically each epoch).
 
-Multi-process (torchrun, SPEC §2): --batch-size is the GLOBAL batch, split evenly
+Multi-process (torchrun, docs/design.md §2): --batch-size is the GLOBAL batch, split evenly
 over the ranks; gradients are averaged and DCM moments summed over ranks, so every
 rank holds the same parameters and the same mask (docs/multiprocess.md).
 """
@@ -80,7 +80,7 @@ def build_parser():
     g.add_argument("--test-list", default=None, help="webvision-mini: two-column 'path label' test list (paths relative to --data-dir)")
     g.add_argument("--imagenet-val-dir", default=None, help="webvision-mini: ILSVRC12 val in one folder per synset; "
                    "its first 50 classes are a second clean test set (metric imagenet_acc)")
-    g = p.add_argument_group("label noise (SPEC §5)")
+    g = p.add_argument_group("label noise (docs/design.md §5)")
     g.add_argument("--noise", default="symmetric", choices=NOISES)
     g.add_argument("--noise-rate", type=float, default=0.4, help="fraction of labels flipped, in [0, 1)")
     g.add_argument("--noise-include-true", action="store_true", help="symmetric noise may keep the true class (ELR/DivideMix convention)")
@@ -91,7 +91,7 @@ def build_parser():
     g.add_argument("--pretrained", default=None, help="backbone weights: a state dict file in torchvision's key layout (fc.* ignored), e.g. ImageNet ResNet-50")
     g.add_argument("--kan-grid", type=int, default=5, help="KAN head: B-spline grid intervals")
     g.add_argument("--kan-order", type=int, default=3, help="KAN head: B-spline order")
-    g = p.add_argument_group("DCM (SPEC §2)")
+    g = p.add_argument_group("DCM (Fig. 2, Eq. 2; docs/design.md §2)")
     g.add_argument("--keep", type=float, default=0.1, help="fraction of head edges kept, in (0, 1]; 1 = no masking")
     g.add_argument("--dcm-scope", default="row", choices=("row", "global"), help="row: each class keeps round(keep*d) inputs; global: round(keep*C*d) edges overall")
     g.add_argument("--dcm-interval", type=int, default=1, help="recompute the mask every t optimizer steps")
@@ -99,7 +99,7 @@ def build_parser():
     g.add_argument("--dcm-stats", default="batch", choices=("batch", "interval"), help="score edges on the current batch (Eq. 2) or on moments pooled since the last update")
     g.add_argument("--dcm-eval", default="full", choices=("full", "masked"), help="evaluate with the full head (paper default) or with the last mask")
     g.add_argument("--dcm-freeze", action="store_true", help="masked head weights stay exactly unchanged by a step (no weight decay/momentum drift)")
-    g = p.add_argument_group("loss and method (SPEC §4)")
+    g = p.add_argument_group("loss and method (docs/design.md §4)")
     g.add_argument("--loss", default="ce", help=f"one of {', '.join(sorted(losses.LOSSES))}")
     g.add_argument("--loss-arg", action="append", default=[], metavar="KEY=VALUE", help="override a loss hyper-parameter, e.g. --loss-arg q=0.5 (repeatable)")
     g.add_argument("--method", default="standard", help="standard | coteaching (two networks) | elr (early-learning regularisation)")
@@ -123,7 +123,7 @@ def build_parser():
     g.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     g.add_argument("--stop-after", type=int, default=0, help="stop (resumably) after this epoch, as if interrupted")
-    g = p.add_argument_group("diagnostics (SPEC §8; plot them with plot.py)")
+    g = p.add_argument_group("diagnostics (Fig. 3-5, docs/design.md §8; plot them with plot.py)")
     g.add_argument("--track-grad-error", action=argparse.BooleanOptionalAction, default=None,
                    help=f"Fig. 3: each epoch, cosine between the noisy- and clean-label gradients on a fixed probe set of "
                         f"<= {PROBE_SIZE} corrupted training samples; None = on when some training labels differ from the clean ones "
@@ -421,7 +421,7 @@ def evaluate(a, st, d, train_pass=True):
     return out
 
 
-# ----------------------------------------------------------------------------- Diagnostics (SPEC §8)
+# ----------------------------------------------------------------------------- Diagnostics (Fig. 3-5; docs/design.md §8)
 
 GRAD_FIELDS = ("grad_cos_last", "grad_cos_feat", "grad_err_feat_norm", "grad_err_feat_bound")
 

@@ -1,4 +1,4 @@
-"""Properties of dcm_ref.py (SPEC §2): DCM on a fully connected head.
+"""Properties of dcm_ref.py: DCM on a fully connected head (Fig. 2, Eq. 2; docs/design.md §2).
 
 Random inputs come from a hypothesis-drawn seed and shape, so each example is
 a reproducible (B, C, d, dtype, magnitude) case, including B = 1, constant
@@ -150,7 +150,7 @@ def tied_scores(draw):
 
 @given(tied_scores(), KEEPS, st.sampled_from(["row", "global"]))
 def test_topk_mask_equals_the_stable_sort_definition_under_heavy_ties_and_nan(S, keep, scope):
-    got, want = D.topk_mask(S, keep, scope), D._topk_mask_sort(S, keep, scope)
+    got, want = D.topk_mask(S, keep, scope), D.topk_mask_literal(S, keep, scope)
     assert got.dtype == want.dtype and torch.equal(got, want)
 
 
@@ -158,7 +158,7 @@ def test_topk_mask_equals_the_stable_sort_definition_under_heavy_ties_and_nan(S,
        st.sampled_from(["row", "global"]))
 def test_topk_mask_equals_the_stable_sort_definition_on_random_scores(seed, C, d, dtype, keep, scope):
     S = random_scores(seed, C, d).to(dtype)       # float16/bfloat16 rounding adds a few ties
-    got, want = D.topk_mask(S, keep, scope), D._topk_mask_sort(S, keep, scope)
+    got, want = D.topk_mask(S, keep, scope), D.topk_mask_literal(S, keep, scope)
     assert got.dtype == want.dtype and torch.equal(got, want)
 
 
@@ -512,6 +512,16 @@ def test_mask_change_is_one_minus_jaccard_of_the_kept_sets(seed, C, d, p_old, p_
     union = kept_old | kept_new
     want = 1.0 - len(kept_old & kept_new) / len(union) if union else 0.0
     assert D.mask_change(old.to(dtype_old), new.to(dtype_new)) == want
+
+
+@given(st.integers(0, 10**6), st.integers(1, 8), st.integers(1, 30), st.floats(0, 1), st.floats(0, 1),
+       st.sampled_from([torch.float32, torch.float64, torch.bool]),
+       st.sampled_from([torch.float32, torch.bool]))
+def test_mask_change_fast_path_equals_jaccard_on_bools(seed, C, d, p_old, p_new, dtype_old, dtype_new):
+    g = torch.Generator().manual_seed(seed)
+    old, new = torch.rand(C, d, generator=g) < p_old, torch.rand(C, d, generator=g) < p_new
+    old, new = old.to(dtype_old), new.to(dtype_new)
+    assert D.mask_change(old, new) == D.mask_change_literal(old, new)
 
 
 def test_mask_change_counts_exactly_past_float32_integers():

@@ -1,4 +1,4 @@
-"""Multi-process training (SPEC §2; train.py under torchrun) on 2 CPU ranks over gloo:
+"""Multi-process training (docs/design.md §2; train.py under torchrun) on 2 CPU ranks over gloo:
 every rank holds bit-identical parameters, masks and ELR memory; the mask from
 all-reduced moments is the single-process mask of the global batch; a 2-rank step is
 the single-process step of the global batch; a 2-rank run writes the files of a 1-rank

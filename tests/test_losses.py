@@ -301,7 +301,7 @@ def test_hyper_parameters_outside_their_domain_raise_value_error(name, hp):
 
 
 # ----------------------------------------------- defaults table, constructor --
-SPEC_TABLE = [  # SPEC §4: (loss, dataset, noise, expected subset)
+DEFAULTS_TABLE = [  # docs/design.md §4: (loss, dataset, noise, expected subset)
     ("sce", "cifar10", None, dict(alpha=0.1, beta=1.0)),
     ("sce", "cifar100", None, dict(alpha=6.0, beta=0.1)),
     ("sce", "webvision-mini", None, dict(alpha=10.0, beta=1.0)),
@@ -324,7 +324,7 @@ SPEC_TABLE = [  # SPEC §4: (loss, dataset, noise, expected subset)
 ]
 
 
-@pytest.mark.parametrize("name, dataset, noise, want", SPEC_TABLE)
+@pytest.mark.parametrize("name, dataset, noise, want", DEFAULTS_TABLE)
 def test_loss_config_defaults_match_the_spec_table(name, dataset, noise, want):
     got = L.loss_config(name, 100 if "100" in dataset else 10, dataset, noise)
     assert {k: got[k] for k in want} == want

@@ -1,4 +1,4 @@
-"""Properties of noise.py (SPEC §5): transition matrices, exact and bernoulli
+"""Properties of noise.py (docs/design.md §5): transition matrices, exact and bernoulli
 corruption, instance-dependent noise, CIFAR-N loading and the noise report.
 
 Label sets come from a hypothesis-drawn seed and class sizes, so each example
@@ -88,7 +88,7 @@ def test_pairflip_sends_rate_to_next_class(C, r):
     assert np.allclose(T, expected)
 
 
-SPEC_MAPS = {  # written out from SPEC §5, independently of noise.ASYM_MAPS
+DOC_MAPS = {  # written out from docs/design.md §5, independently of noise.ASYM_MAPS
     "cifar10": {9: 1, 2: 0, 3: 5, 5: 3, 4: 7},
     "mnist": {7: 1, 2: 7, 5: 6, 6: 5, 3: 8},
     "digits": {7: 1, 2: 7, 5: 6, 6: 5, 3: 8},
@@ -96,13 +96,13 @@ SPEC_MAPS = {  # written out from SPEC §5, independently of noise.ASYM_MAPS
 }
 
 
-@pytest.mark.parametrize("dataset", sorted(SPEC_MAPS))
+@pytest.mark.parametrize("dataset", sorted(DOC_MAPS))
 def test_asymmetric_maps_are_those_of_the_spec(dataset):
     r = 0.3
     expected = np.eye(10)
-    for src, dst in SPEC_MAPS[dataset].items():
+    for src, dst in DOC_MAPS[dataset].items():
         expected[src, src], expected[src, dst] = 1 - r, r
-    assert N.ASYM_MAPS[dataset] == SPEC_MAPS[dataset]
+    assert N.ASYM_MAPS[dataset] == DOC_MAPS[dataset]
     assert np.array_equal(N.transition_matrix("asymmetric", 10, r, dataset=dataset), expected)
 
 
