@@ -486,7 +486,9 @@ class DKANLinear(dcm_ref.DCMModule):
     x: (*, in_features) -> (*, out_features). Scores S[j,k] = sqrt(c_jkᵀ Σ_k c_jk) from the
     pooled feature moments (n, ΣΦ, ΣΦΦᵀ) (kan_scores_from_moments); the schedule and its
     arguments (keep, scope, interval, warmup, stats, eval_mask) are dcm_ref.DCMLinear's, and
-    advance once per optimizer step (dcm_ref.attach or .step_mask()).
+    advance once per optimizer step (dcm_ref.attach or .step_mask()). The forward goes
+    through kan_features, whose grid checks read tensors on the host (a sync on CUDA, graph
+    breaks under torch.compile), like train.py's DKAN head.
     """
 
     def __init__(self, in_features, out_features, grid_size=5, order=3, grid_range=(-1.0, 1.0),
