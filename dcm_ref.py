@@ -543,3 +543,268 @@ def label_gradient_error(loss_fn: Callable[[Tensor, Tensor], Tensor], logits: Te
     gv_n, gv_c = ((torch.zeros_like(v) if g is None else g).double() for g in (g_n[-1], g_c[-1]))
     cos_feat = F.cosine_similarity(gv_n, gv_c, dim=1, eps=1e-300)  # zero gradient -> 0, as gradient_cosine
     return GradError(gradient_cosine(g_n[:-1], g_c[:-1]), cos_feat, (gv_n - gv_c).norm(dim=1))
+
+
+# ============================================================================= nn.Module shells
+# Drop-in DCM for nn.Module codebases (README "Use DCM in your own model"):
+#
+#     head = dcm_ref.convert(model, "fc", keep=0.1)   # the nn.Linear at model.fc -> DCMLinear, same Parameters
+#     opt = torch.optim.SGD(model.parameters(), lr=0.1)
+#     dcm_ref.attach(model, opt)                      # the mask advances once per opt.step()
+#
+# Thin shells over the pure functions above (moments, merge_moments, scores_from_moments,
+# mask_schedule_step, masked_linear); no formula is written twice. kan.DKANLinear reuses
+# DCMModule with the DKAN functions of kan.py.
+#
+# When the mask moves: once per OPTIMIZER STEP, never per forward.
+#   forward, train mode: z = v (W⊙M)ᵀ + b with the current mask M; the head-input moments
+#     (float64, dcm_ref.moments) join a per-step pool. No host sync, no schedule decision.
+#   step_mask(): the pool (summed over ranks when torch.distributed is initialised) goes
+#     through ONE mask_schedule_step, which gives the mask of the next step.
+#   attach(model, optimizer): an optimizer step post-hook that calls step_mask() on every
+#     DCM module of the model after each optimizer.step().
+# So gradient accumulation (k micro-batches, one step) scores the union of the k batches,
+# and an extra train-mode forward (a probe, a second view) cannot advance the schedule.
+# Difference from train.py, which scores step s's own batch before its head forward: here
+# the mask of step s is scored on step s−1's batches (with W after step s−1), because a
+# module sees its batch only inside its forward; step 0 uses the all-ones mask.
+# Forgetting attach()/step_mask() warns once after FORGOT_AFTER training forwards.
+
+import warnings  # noqa: E402  (kept inside this section so it can be copied alone)
+
+from torch import nn  # noqa: E402
+
+EVAL_MASKS = ("full", "masked")
+FORGOT_AFTER = 100   # training forwards without a schedule step before the warning
+
+
+def _all_sum_moments(m: Moments) -> Moments:
+    """Sum a moment tuple over ranks (one all-reduce) when torch.distributed is initialised.
+
+    Every rank then scores the global batch and picks the same mask (docs/design.md §2, multi-process;
+    docs/multiprocess.md). Identity in a single process.
+    """
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return m
+    flat = torch.cat([t.reshape(-1) for t in m])
+    dist.all_reduce(flat)
+    sizes = [t.numel() for t in m]
+    return tuple(c.view_as(t) for c, t in zip(flat.split(sizes), m))
+
+
+class DCMModule(nn.Module):
+    """Mask schedule of a DCM head as module state; subclasses supply the head math.
+
+    Buffers (saved by state_dict, moved by .to(), broadcast by DDP): mask (C, d) 0/1,
+    dcm_step, dcm_updates (int64), dcm_change, pooled_n/_s1/_s2 (float64: the
+    stats="interval" pool; they stay float64 under .half()/.to(dtype)). The per-step
+    pool of moments is per process and NOT a buffer: DDP would overwrite it with rank 0's.
+    Subclass hooks: _features(x2d) -> feats, _moments(feats), _scores(m) -> (C, d),
+    _logits(feats, mask) -> (B, C).
+    """
+    _F64 = ("dcm_change", "pooled_n", "pooled_s1", "pooled_s2")
+
+    def _init_schedule(self, shape, stat_shapes, keep, scope, interval, warmup, stats, eval_mask, device):
+        _check_keep(keep)
+        _check_scope(scope)
+        _check_schedule(interval, warmup, stats)
+        if eval_mask not in EVAL_MASKS:
+            raise ValueError(f"eval_mask: expected one of {EVAL_MASKS}, got {eval_mask!r}")
+        self.keep, self.scope, self.interval, self.warmup = keep, scope, interval, warmup
+        self.stats, self.eval_mask = stats, eval_mask
+        f64 = dict(dtype=torch.float64, device=device)
+        self.register_buffer("mask", torch.ones(shape, device=device))
+        self.register_buffer("dcm_step", torch.zeros((), dtype=torch.long, device=device))
+        self.register_buffer("dcm_updates", torch.zeros((), dtype=torch.long, device=device))
+        self.register_buffer("dcm_change", torch.zeros((), **f64))
+        for name, s in zip(("pooled_n", "pooled_s1", "pooled_s2"), ((),) + tuple(stat_shapes)):
+            self.register_buffer(name, torch.zeros(s, **f64))
+        self._step_moments: Optional[Moments] = None   # pooled since the last step_mask()
+        self._forwards, self._warned, self._attached = 0, False, False
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (*, d) -> (*, C). Train mode: current mask, moments pooled for step_mask().
+        Eval mode: the full head (eval_mask="full", the paper's default) or the mask."""
+        x2 = x.reshape(-1, x.shape[-1])
+        feats = self._features(x2)
+        if self.training:
+            self._step_moments = merge_moments(self._step_moments, self._moments(feats))
+            if not torch.compiler.is_compiling():   # Python-side counter: kept out of compiled graphs
+                self._count_forward()
+            mask = self.mask
+        else:
+            mask = self.mask if self.eval_mask == "masked" else None
+        return self._logits(feats, mask).reshape(*x.shape[:-1], -1)
+
+    def _count_forward(self) -> None:
+        self._forwards += 1
+        if self._forwards >= FORGOT_AFTER and not self._warned:
+            self._warned = True
+            warnings.warn(f"{type(self).__name__}: {self._forwards} training forwards and no mask update; "
+                          "the DCM schedule advances once per optimizer step: call dcm_ref.attach(model, "
+                          "optimizer) once, or .step_mask() after every optimizer.step()", stacklevel=3)
+
+    def mask_state(self) -> MaskState:
+        """The schedule state as the pure functions take it (reads buffers: a host sync)."""
+        n = self.pooled_n
+        pooled = None if float(n) == 0 else (n.clone(), self.pooled_s1.clone(), self.pooled_s2.clone())
+        return MaskState(self.mask.clone(), int(self.dcm_step), pooled, int(self.dcm_updates), float(self.dcm_change))
+
+    def _load_mask_state(self, st: MaskState) -> None:
+        self.mask.copy_(st.mask)
+        self.dcm_step.fill_(st.step)
+        self.dcm_updates.fill_(st.updates)
+        self.dcm_change.fill_(st.change)
+        for buf, t in zip((self.pooled_n, self.pooled_s1, self.pooled_s2), st.pooled or (None,) * 3):
+            buf.zero_() if t is None else buf.copy_(t)
+
+    @torch.no_grad()
+    def step_mask(self) -> None:
+        """Advance the schedule by one optimizer step (attach() calls this after optimizer.step()).
+
+        One mask_schedule_step on the moments pooled since the last call, summed over ranks
+        when torch.distributed is initialised (every rank must call it: a collective). With no
+        training forward since the last call (on every rank) only the step count advances.
+        """
+        m = self._step_moments if self._step_moments is not None else self._empty_moments()
+        self._step_moments, self._forwards = None, 0
+        m = _all_sum_moments(m)
+        if float(m[0]) == 0:
+            self.dcm_step += 1
+            return
+        st = mask_schedule_step(self.mask_state(), m, self._scores, self.keep, scope=self.scope,
+                                interval=self.interval, warmup=self.warmup, stats=self.stats)
+        self._load_mask_state(st)
+
+    def _empty_moments(self) -> Moments:
+        return tuple(torch.zeros_like(b) for b in (self.pooled_n, self.pooled_s1, self.pooled_s2))
+
+    def _apply(self, fn, recurse=True):
+        # .half()/.to(dtype) would round the float64 statistics: they follow the device only.
+        kept = {k: self._buffers[k] for k in self._F64}
+        out = super()._apply(fn, recurse)
+        for k, t in kept.items():
+            self._buffers[k] = t.to(self._buffers[k].device)
+        if self._step_moments is not None:
+            self._step_moments = tuple(t.to(self.mask.device) for t in self._step_moments)
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"keep={self.keep}, scope={self.scope!r}, interval={self.interval}, warmup={self.warmup}, "
+                f"stats={self.stats!r}, eval_mask={self.eval_mask!r}")
+
+
+class DCMLinear(DCMModule):
+    """nn.Linear with Dynamic Connection Masking (the DFC head): z = v (W⊙M)ᵀ + b.
+
+    x: (*, in_features) -> (*, out_features); weight (C, d), bias (C,) as nn.Linear (same
+    init, same names, so its state dict loads). Edge scores: Eq. 2 in its exact fast form
+    from pooled moments (scores_from_moments); mask: topk_mask(keep, scope); schedule:
+    mask_schedule_step(interval, warmup, stats), advanced by step_mask() once per optimizer
+    step (attach() does it). Masked edges get exactly zero gradient.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, keep: float = 0.1,
+                 scope: str = "row", interval: int = 1, warmup: int = 0, stats: str = "batch",
+                 eval_mask: str = "full", device=None, dtype=None):
+        super().__init__()
+        lin = nn.Linear(in_features, out_features, bias, device=device, dtype=dtype)   # PyTorch's init
+        self.in_features, self.out_features = in_features, out_features
+        self.weight, self.bias = lin.weight, lin.bias
+        self._init_schedule((out_features, in_features), ((in_features,), (in_features,)),
+                            keep, scope, interval, warmup, stats, eval_mask, device)
+
+    def _features(self, x: Tensor) -> Tensor:
+        return x
+
+    def _moments(self, v: Tensor) -> Moments:
+        return moments(v)
+
+    def _scores(self, m: Moments) -> Tensor:
+        return scores_from_moments(m, self.weight)
+
+    def _logits(self, v: Tensor, mask: Optional[Tensor]) -> Tensor:
+        return masked_linear(v, self.weight, self.bias, mask)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, " + super().extra_repr())
+
+
+def _resolve(model: nn.Module, name: str):
+    """Dotted path -> (parent module, key, child); an integer key indexes nn.Sequential (-1 = last)."""
+    parent, parts = model, name.split(".")
+    for i, part in enumerate(parts):
+        indexable = isinstance(parent, (nn.Sequential, nn.ModuleList))
+        if indexable and part.lstrip("-").isdigit() and -len(parent) <= int(part) < len(parent):
+            key, child = int(part), parent[int(part)]
+        elif part in parent._modules:
+            key, child = part, parent._modules[part]
+        else:
+            linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+            raise ValueError(f"name: the model has no submodule {name!r}; its nn.Linear layers are "
+                             f"{', '.join(linears) or 'none'}")
+        if i < len(parts) - 1:
+            parent = child
+    return parent, key, child
+
+
+def convert(model: nn.Module, name: str = "fc", **dcm) -> DCMLinear:
+    """Replace the nn.Linear at `name` in `model` with a DCMLinear holding the SAME Parameters.
+
+    name: dotted path, e.g. "fc" (torchvision ResNet), "head" or "head.fc" (timm), "classifier.1";
+    an integer indexes an nn.Sequential, "-1" its last layer. dcm: DCMLinear's keyword
+    arguments (keep, scope, interval, warmup, stats, eval_mask). The weight and bias Parameter
+    objects are reused, so an optimizer built before convert() still trains them and outputs
+    with an all-ones mask are unchanged. Mutates `model` in place; returns the new module.
+    """
+    parent, key, old = _resolve(model, name)
+    if type(old) is not nn.Linear:
+        raise ValueError(f"name: {name!r} is a {type(old).__name__}, expected an nn.Linear")
+    new = DCMLinear(old.in_features, old.out_features, bias=old.bias is not None,
+                    device=old.weight.device, **dcm)
+    new.weight, new.bias = old.weight, old.bias
+    new.train(old.training)
+    if isinstance(key, int):
+        parent[key] = new
+    else:
+        setattr(parent, key, new)
+    return new
+
+
+class Attachment(NamedTuple):
+    """What attach() installed: the optimizer hook handle and the DCM modules it steps."""
+    handle: object
+    modules: tuple
+
+    def remove(self) -> None:
+        """Uninstall the hook; the modules can be attached again (to another optimizer)."""
+        self.handle.remove()
+        for m in self.modules:
+            m._attached = False
+
+
+def attach(model: nn.Module, optimizer: torch.optim.Optimizer) -> Attachment:
+    """Advance every DCM module of `model` once per optimizer.step(): an optimizer step post-hook.
+
+    Collects the DCMModule instances (DCMLinear, kan.DKANLinear) present now; works through
+    DDP and torch.compile wrappers (their .modules() include the original ones). A step that
+    GradScaler skips (inf/NaN gradients) does not call the hook, so the schedule waits too.
+    Raises ValueError if the model has no DCM module or one is already attached (two hooks
+    would advance it twice per step). Returns an Attachment; .remove() undoes it.
+    """
+    mods = tuple(dict.fromkeys(m for m in model.modules() if isinstance(m, DCMModule)))
+    if not mods:
+        raise ValueError("model: no DCM module (DCMLinear, kan.DKANLinear); use dcm_ref.convert(model, name) first")
+    if any(m._attached for m in mods):
+        raise ValueError("model: a DCM module is already attached to an optimizer; remove() that Attachment first")
+
+    def hook(opt, args, kwargs):
+        for m in mods:
+            m.step_mask()
+
+    handle = optimizer.register_step_post_hook(hook)
+    for m in mods:
+        m._attached = True
+    return Attachment(handle, mods)

@@ -6,6 +6,7 @@ samples (Fig. 4), mask snapshots and mask change (Fig. 5).
     python train.py --out runs/dfc --save-masks && python train.py --out runs/fc --head fc
     python plot.py runs/dfc                                # PNGs written into runs/dfc
     python plot.py runs/dfc runs/fc --out figs --epochs 1,10,30
+    python plot.py --table runs/*                          # one markdown table comparing runs
 
 Writes accuracy.png, grad_error.png, confidence.png, mask_change.png, masks.png
 (needs --save-masks) and summary.png (four panels on one page). A figure whose data
@@ -265,6 +266,64 @@ def make_figures(runs, out, mask_picks, dpi):
     return written, skipped
 
 
+# ----------------------------------------------------------------------------- Comparing runs (--table)
+# One markdown table of any run folders: the flags that differ between them, then
+# last / best / validation-selected test accuracy, epochs and wall time. No matplotlib.
+
+# Keys of config.json that describe the machine or the invocation, not the experiment.
+NOT_CONFIG = {"out", "resume", "overwrite", "stop_after", "threads", "device", "device_used", "torch",
+              "numpy", "python", "decode_workers", "list_presets", "n_train"}
+
+
+def config_differences(configs):
+    """Keys whose value differs between the configs (missing counts as a value), sorted."""
+    keys = sorted(set().union(*configs) - NOT_CONFIG)
+    return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+
+
+def val_selected(rows):
+    """(test_acc, epoch) at the epoch of the highest val_acc_noisy (first on ties), or None
+    when the run has no validation split (train.py --val-frac 0)."""
+    scored = [r for r in rows if r.get("val_acc_noisy") is not None]
+    if not scored:
+        return None
+    best = max(scored, key=lambda r: r["val_acc_noisy"])   # max keeps the first of equal values
+    return best["test_acc"], best["epoch"]
+
+
+def run_summary(run):
+    """Accuracies (fractions), epochs and wall time of one read_run() result, from metrics.jsonl."""
+    rows = run["rows"]
+    best = max(rows, key=lambda r: r["test_acc"])
+    return dict(last=rows[-1]["test_acc"], best=(best["test_acc"], best["epoch"]), val=val_selected(rows),
+                epochs=(rows[-1]["epoch"], run["config"].get("epochs")),
+                wall_s=float(sum(r.get("seconds") or 0.0 for r in rows)))
+
+
+def _cell(value):
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text.replace("|", "\\|")
+
+
+def _pct(acc_epoch):
+    return "–" if acc_epoch is None else f"{100 * acc_epoch[0]:.2f} (ep {acc_epoch[1]})"
+
+
+def compare_table(runs):
+    """Markdown table (str) of read_run() results: run, differing flags, accuracies, epochs, wall time."""
+    keys = config_differences([r["config"] for r in runs])
+    head = ["run"] + keys + ["test last %", "test best % (epoch)", "val-selected test % (epoch)", "epochs", "wall s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in runs:
+        s = run_summary(r)
+        done, total = s["epochs"]
+        cells = [os.path.basename(os.path.normpath(r["path"]))] + [_cell(r["config"].get(k)) for k in keys]
+        cells += [f"{100 * s['last']:.2f}", _pct(s["best"]), _pct(s["val"]),
+                  f"{done}" if total in (None, done) else f"{done}/{total}", f"{s['wall_s']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- Main
 
 def build_parser():
@@ -273,10 +332,15 @@ def build_parser():
     p.add_argument("--out", default=None, help="folder for the PNGs (default: the run folder when there is one run)")
     p.add_argument("--epochs", default=None, help="epochs of the mask heatmaps, e.g. 1,5,30 (default: first, middle, last saved)")
     p.add_argument("--dpi", type=int, default=100, help="resolution of the PNGs")
+    p.add_argument("--table", action="store_true", help="print one markdown table comparing the runs (flags that differ, "
+                   "last/best/validation-selected test accuracy, epochs, wall time) instead of drawing figures")
     return p
 
 
 def run(a):
+    if a.table:
+        print(compare_table([read_run(p) for p in a.runs]))
+        return 0
     if a.out is None and len(a.runs) > 1:
         raise PlotError(f"{len(a.runs)} runs share one set of figures: add --out DIR")
     if a.dpi < 10:

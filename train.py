@@ -37,6 +37,7 @@ import dcm_ref
 import distributed
 import losses
 import nets
+import presets
 import realworld
 
 HEADS = ("fc", "dfc", "kan", "dkan")
@@ -132,6 +133,9 @@ def build_parser():
                    help="the pass over the whole training set (train accuracy vs noisy/clean labels, confidence) every N epochs "
                         "and at the last; 0 = never (its metrics are null). Saves a forward pass over the training set, e.g. for ResNet-50 at 224x224")
     g.add_argument("--save-masks", action="store_true", help="Fig. 5: write DIR/masks/epoch_XXX.npz (the first network's C x d bool mask) after every epoch")
+    g = p.add_argument_group("presets (presets.py)")
+    g.add_argument("--preset", default=None, metavar="NAME", help="fill in the flags of a paper protocol; flags typed explicitly override it; recorded in config.json")
+    g.add_argument("--list-presets", action="store_true", help="print every preset with its flags and source, and exit")
     return p
 
 
@@ -713,7 +717,18 @@ def run(a, argv, dd=distributed.Dist()):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    try:  # a preset's flags go first, so the flags typed after them win
+        argv, preset = presets.expand(argv)
+    except presets.PresetError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
     a = build_parser().parse_args(argv)
+    if a.list_presets:
+        print(presets.describe())
+        return 0
+    if a.preset != preset:
+        print(f"train.py: error: write --preset in full (got an abbreviation for {a.preset!r})", file=sys.stderr)
+        return 2
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     try:

@@ -15,6 +15,8 @@ Rows (ratio = A / B; the (B, d, C) are batch, features, classes):
   DFC / FC train step (mlp)    nets.py "mlp" backbone (width d) + head + CE + SGD step, DFC via
                                dcm_ref.mask_schedule_step as train.py runs it; and 10 such
                                steps with --dcm-interval 10 (mask cost amortised)
+  DCMLinear / nn.Linear        the same step with the drop-in module: dcm_ref.convert + attach
+    train step (mlp)           (mask updated in the optimizer's step hook) vs the nn.Linear head
   score literal / fast         Eq. 2 as written (B×C×d) vs the exact |W|·std_b v: time, peak memory
   KAN closed / Cox–de Boor     kan.kan_forward(basis="closed") vs basis="cox", fwd+bwd
   KAN closed / nn.Linear       the same closed-form KAN vs a linear head of the same (d, C)
@@ -58,6 +60,7 @@ LITERAL_FACTOR = {"score": 1.0, "dkan": 3.0}
 STEP = "DFC / FC train step (mlp backbone)"                   # row names of the train-step rows
 STEP_INTERVAL = 10                                             # --dcm-interval of the amortised row
 STEPS = f"DFC / FC {STEP_INTERVAL} train steps, mask every {STEP_INTERVAL} (mlp backbone)"
+MODULE_STEP = "DCMLinear / nn.Linear train step (mlp backbone)"   # the drop-in module, attach()ed
 
 
 # ----------------------------------------------------------------------------- timing and memory
@@ -200,6 +203,37 @@ def _make_steps(backbone, head, x, y, keep, device, interval, dcm):
     return steps
 
 
+def module_step_fns(B, d, C, keep, device, gen):
+    """One SGD step (fwd + bwd + optimizer step) of nets.py "mlp" (width d) + a head module:
+    dcm_ref.DCMLinear made by dcm_ref.convert and stepped by dcm_ref.attach (its mask is
+    recomputed in the optimizer's step hook, every step) vs the plain nn.Linear.
+    -> {"DCMLinear": fn, "nn.Linear": fn}, each with its own model and optimizer.
+    """
+    x = torch.randn(B, 1, 28, 28, generator=gen).to(device)
+    y = torch.randint(0, C, (B,), generator=gen).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nets.MLP((1, 28, 28), width=d), nn.Linear(d, C))
+    fns = {}
+    for name in ("DCMLinear", "nn.Linear"):
+        net = copy.deepcopy(model).to(device)
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        if name == "DCMLinear":
+            dcm_ref.convert(net, "1", keep=keep)
+            dcm_ref.attach(net, opt)
+        fns[name] = _module_step(net, opt, x, y)
+    return fns
+
+
+def _module_step(net, opt, x, y):
+    def step():
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
 def score_fns(B, d, C, device, gen):
     """FC edge scores, no grad: -> {"literal": fn, "fast": fn} (Eq. 2 as written vs |W|·std_b v)."""
     v = torch.randn(B, d, generator=gen).to(device)
@@ -322,6 +356,8 @@ def speed_rows(shape, device, cfg):
                        [(STEP, "DFC", "FC")], shape, device, cfg, {STEP: ("≤", 1.05, True)})
     rows += timed_rows(train_step_fns(B, d, C, cfg["keep"], device, gen, interval=STEP_INTERVAL),
                        [(STEPS, "DFC", "FC")], shape, device, cfg, {})
+    rows += timed_rows(module_step_fns(B, d, C, cfg["keep"], device, gen),
+                       [(MODULE_STEP, "DCMLinear", "nn.Linear")], shape, device, cfg, {})
     rows += literal_rows("score", score_fns(B, d, C, device, gen), shape, device, cfg)
     rows += timed_rows(kan_fns(B, d, C, device, gen),
                        [("KAN closed / Cox–de Boor fwd+bwd", "closed", "cox"),

@@ -15,6 +15,7 @@ COMPARISONS = (
     "DFC / FC head fwd+bwd",
     "DFC / FC train step (mlp backbone)",
     "DFC / FC 10 train steps, mask every 10 (mlp backbone)",
+    "DCMLinear / nn.Linear train step (mlp backbone)",
     "score literal / fast: time",
     "score literal / fast: peak memory",
     "KAN closed / Cox–de Boor fwd+bwd",

@@ -1,0 +1,398 @@
+"""The nn.Module shells (dcm_ref.DCMLinear, convert, attach; kan.KANLinear, kan.DKANLinear):
+outputs equal the pure functions', masked edges get no gradient, the schedule advances once
+per optimizer step (gradient accumulation included) and equals the pure schedule one step
+late, state survives state_dict/.to(), masks agree across 2 DDP ranks, torch.compile runs,
+and the README example runs verbatim."""
+import copy
+import os
+import re
+import socket
+import tempfile
+import warnings
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import dcm_ref as D
+import kan
+import nets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train_step(model, opt, x, y=None):
+    out = model(x)
+    loss = out.square().mean() if y is None else F.cross_entropy(out, y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return out
+
+
+def _random_mask(shape, g):
+    return (torch.rand(shape, generator=g) < 0.5).float()
+
+
+# ----------------------------------------------------------------------------- outputs
+
+@given(B=st.integers(1, 6), d=st.integers(1, 7), C=st.integers(1, 5), seed=st.integers(0, 99), bias=st.booleans())
+def test_dcmlinear_output_equals_pure_functions(B, d, C, seed, bias):
+    g = torch.Generator().manual_seed(seed)
+    m = D.DCMLinear(d, C, bias=bias)
+    m.mask.copy_(_random_mask((C, d), g))
+    v = torch.randn(B, d, generator=g)
+    assert torch.equal(m(v), D.masked_linear(v, m.weight, m.bias, m.mask))
+    m.eval()
+    assert torch.equal(m(v), F.linear(v, m.weight, m.bias))           # eval_mask="full": the paper's default
+    m.eval_mask = "masked"
+    assert torch.equal(m(v), D.masked_linear(v, m.weight, m.bias, m.mask))
+
+
+@given(B=st.integers(2, 5), d=st.integers(1, 5), C=st.integers(1, 4), seed=st.integers(0, 99))
+def test_dkanlinear_output_equals_pure_functions(B, d, C, seed):
+    g = torch.Generator().manual_seed(seed)
+    m = kan.DKANLinear(d, C, grid_size=3, order=2)
+    m.mask.copy_(_random_mask((C, d), g))
+    v = torch.randn(B, d, generator=g)
+    assert torch.equal(m(v), kan.dkan_forward(m.params(), v, m.mask))
+    m.eval()
+    assert torch.equal(m(v), kan.dkan_forward(m.params(), v, None))
+    k = kan.KANLinear(d, C)
+    assert torch.equal(k(v), kan.kan_forward(k.params(), v))
+
+
+def test_leading_dimensions_are_kept_like_nn_linear():
+    m = D.DCMLinear(4, 3)
+    x = torch.randn(2, 5, 4)
+    assert m(x).shape == (2, 5, 3)
+    assert torch.equal(m(x), D.masked_linear(x.reshape(10, 4), m.weight, m.bias, m.mask).reshape(2, 5, 3))
+
+
+@pytest.mark.parametrize("make", [lambda: D.DCMLinear(6, 4, keep=0.5), lambda: kan.DKANLinear(6, 4, keep=0.5)])
+def test_masked_edges_get_exactly_zero_gradient(make):
+    torch.manual_seed(0)
+    m = make()
+    m(torch.randn(16, 6))
+    m.step_mask()                                         # a real mask from the batch's scores
+    assert 0 < int(m.mask.sum()) < m.mask.numel()
+    v = torch.randn(16, 6, requires_grad=True)
+    m(v).square().sum().backward()
+    dead = m.mask == 0
+    for p in [q for q in m.parameters() if q.dim() >= 2]:
+        g = p.grad if p.dim() == 2 else p.grad.abs().sum(-1)
+        assert torch.equal(g[dead], torch.zeros_like(g[dead]))
+        assert bool((g[~dead] != 0).any())
+
+
+def test_no_gradient_reaches_features_through_masked_edges():
+    torch.manual_seed(1)
+    m = D.DCMLinear(5, 3, keep=0.4)
+    m(torch.randn(8, 5))
+    m.step_mask()
+    v = torch.randn(8, 5, requires_grad=True)
+    gz = torch.randn(8, 3)
+    m(v).backward(gz)
+    assert torch.allclose(v.grad, gz @ (m.weight * m.mask), atol=1e-6, rtol=0)
+
+
+# ----------------------------------------------------------------------------- schedule
+
+@settings(max_examples=25)
+@given(interval=st.integers(1, 3), warmup=st.integers(0, 3), stats=st.sampled_from(D.STATS),
+       scope=st.sampled_from(D.SCOPES), seed=st.integers(0, 99))
+def test_mask_sequence_is_the_pure_schedule_one_step_late(interval, warmup, stats, scope, seed):
+    """The mask used at step s+1 is mask_schedule_step's mask of step s (fed step s's batch)."""
+    g = torch.Generator().manual_seed(seed)
+    m = D.DCMLinear(6, 4, keep=0.3, interval=interval, warmup=warmup, stats=stats, scope=scope)
+    state = D.mask_init((4, 6))
+    for s in range(7):
+        v = torch.randn(5, 6, generator=g) * torch.rand(6, generator=g)
+        assert torch.equal(m(v), D.masked_linear(v, m.weight, m.bias, m.mask))
+        m.step_mask()
+        state = D.mask_schedule_step(state, D.moments(v), lambda mm: D.scores_from_moments(mm, m.weight),
+                                     0.3, scope=scope, interval=interval, warmup=warmup, stats=stats)
+        assert torch.equal(m.mask, state.mask)
+        assert (int(m.dcm_step), int(m.dcm_updates)) == (state.step, state.updates)
+        assert float(m.dcm_change) == state.change
+
+
+def test_dkan_mask_is_the_pure_dkan_mask():
+    torch.manual_seed(2)
+    m = kan.DKANLinear(6, 4, keep=0.5)
+    v = torch.randn(32, 6)
+    m(v)
+    m.step_mask()
+    expected = D.topk_mask(kan.dkan_edge_scores(m.params(), v), 0.5)
+    assert torch.equal(m.mask, expected)
+
+
+@pytest.mark.parametrize("make", [lambda: D.DCMLinear(6, 3, keep=0.34), lambda: kan.DKANLinear(6, 3, keep=0.34)])
+def test_two_micro_batches_are_one_optimizer_step(make):
+    """Gradient accumulation: 2 micro-batches, one opt.step() -> one schedule step, scored on both."""
+    torch.manual_seed(3)
+    acc = make()
+    whole = copy.deepcopy(acc)
+    opt_a = torch.optim.SGD(acc.parameters(), lr=0.1)
+    opt_w = torch.optim.SGD(whole.parameters(), lr=0.1)
+    D.attach(acc, opt_a)
+    D.attach(whole, opt_w)
+    for _ in range(3):
+        x = torch.randn(16, 6)
+        opt_a.zero_grad()
+        for half in x.split(8):
+            (acc(half).square().sum() / 16).backward()
+        opt_a.step()
+        opt_w.zero_grad()
+        (whole(x).square().sum() / 16).backward()
+        opt_w.step()
+        assert torch.allclose(acc.base_weight if hasattr(acc, "base_weight") else acc.weight,
+                              whole.base_weight if hasattr(whole, "base_weight") else whole.weight, atol=1e-6)
+        assert torch.equal(acc.mask, whole.mask)
+    assert int(acc.dcm_step) == 3 and int(acc.dcm_updates) == 3
+
+
+def test_extra_train_forward_and_eval_forward_do_not_advance_the_schedule():
+    """A second train-mode forward in a step adds its statistics but no step; eval adds nothing."""
+    torch.manual_seed(4)
+    m = D.DCMLinear(6, 3, keep=0.34)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    D.attach(m, opt)
+    probe, x = torch.randn(8, 6), torch.randn(8, 6)
+    m(probe)                                   # an extra train-mode forward in this step
+    m.eval()
+    m(torch.randn(8, 6) * 100)                 # eval: neither steps nor pools
+    m.train()
+    assert int(m.dcm_step) == 0 and torch.equal(m.mask, torch.ones(3, 6))
+    _train_step(m, opt, x)
+    assert int(m.dcm_step) == 1 and int(m.dcm_updates) == 1
+    pooled = D.merge_moments(D.moments(probe), D.moments(x))
+    assert torch.equal(m.mask, D.topk_mask(D.scores_from_moments(pooled, m.weight), 0.34))
+
+
+def test_forgetting_attach_warns_once():
+    m = D.DCMLinear(4, 2)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        for _ in range(D.FORGOT_AFTER * 2):
+            m(torch.randn(4, 4))
+    hits = [x for x in w if "attach" in str(x.message)]
+    assert len(hits) == 1
+
+
+def test_attached_module_does_not_warn():
+    m = D.DCMLinear(4, 2)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    D.attach(m, opt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(D.FORGOT_AFTER + 5):
+            _train_step(m, opt, torch.randn(4, 4))
+    assert int(m.dcm_step) == D.FORGOT_AFTER + 5
+
+
+def test_attach_twice_raises_and_remove_allows_again():
+    m = nn.Sequential(nn.Linear(4, 4), D.DCMLinear(4, 2))
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    att = D.attach(m, opt)
+    with pytest.raises(ValueError, match="already attached"):
+        D.attach(m, opt)
+    att.remove()
+    _train_step(m, opt, torch.randn(4, 4))
+    assert int(m[1].dcm_step) == 0
+    D.attach(m, opt)
+    _train_step(m, opt, torch.randn(4, 4))
+    assert int(m[1].dcm_step) == 1
+
+
+def test_attach_without_dcm_module_raises():
+    with pytest.raises(ValueError, match="no DCM module"):
+        D.attach(nn.Linear(3, 2), torch.optim.SGD(nn.Linear(3, 2).parameters(), lr=0.1))
+
+
+@pytest.mark.parametrize("kw, match", [({"keep": 0.0}, "keep"), ({"scope": "col"}, "scope"), ({"interval": 0}, "interval"),
+                                       ({"warmup": -1}, "warmup"), ({"stats": "epoch"}, "stats"), ({"eval_mask": "x"}, "eval_mask")])
+def test_bad_arguments_raise_one_clear_error(kw, match):
+    with pytest.raises(ValueError, match=match):
+        D.DCMLinear(4, 2, **kw)
+
+
+# ----------------------------------------------------------------------------- state
+
+def _trained(make, steps=3, seed=5):
+    torch.manual_seed(seed)
+    m = make()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    D.attach(m, opt)
+    for _ in range(steps):
+        _train_step(m, opt, torch.randn(8, 6))
+    return m
+
+
+@pytest.mark.parametrize("make", [lambda: D.DCMLinear(6, 3, keep=0.34, stats="interval", interval=2),
+                                  lambda: kan.DKANLinear(6, 3, keep=0.34, stats="interval", interval=2)])
+def test_state_dict_round_trip_gives_the_same_outputs_and_schedule(make):
+    a = _trained(make, steps=4)                             # updates at steps 0 and 2; step 3 pooled
+    b = make()
+    b.load_state_dict(a.state_dict())
+    assert int(a.pooled_n) > 0                              # mid-interval: the pool is part of the state
+    x = torch.randn(8, 6)
+    assert torch.equal(a(x), b(x))
+    for m in (a, b):
+        m.step_mask()
+    assert torch.equal(a.mask, b.mask) and int(a.dcm_step) == int(b.dcm_step) == 5
+    assert int(a.dcm_updates) == 3
+    a.eval(), b.eval()
+    assert torch.equal(a(x), b(x))
+
+
+def test_to_dtype_keeps_statistics_float64_and_mask_exact():
+    m = _trained(lambda: D.DCMLinear(6, 3, keep=0.34, stats="interval", interval=2))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m.to(torch.bfloat16)
+    for k in D.DCMModule._F64:
+        assert getattr(m, k).dtype == torch.float64 and torch.equal(getattr(m, k), before[k])
+    assert m.weight.dtype == torch.bfloat16 and torch.equal(m.mask.float(), before["mask"])
+
+
+def test_autocast_statistics_are_float64_moments_of_the_features():
+    m = D.DCMLinear(6, 3)
+    v = torch.randn(8, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(v)
+    assert out.dtype == torch.bfloat16
+    n, s1, s2 = m._step_moments
+    assert s1.dtype == s2.dtype == torch.float64
+    ref = D.moments(v)
+    assert torch.equal(s1, ref[1]) and torch.equal(s2, ref[2])
+
+
+# ----------------------------------------------------------------------------- convert
+
+class _TorchvisionResNet50(nets.ResNet50):
+    """nets.ResNet50 with torchvision's classifier attribute `fc` (nets.py leaves it to the head)."""
+
+    def __init__(self, num_classes=5):
+        super().__init__((3, 32, 32))
+        self.fc = nn.Linear(2048, num_classes)
+
+    def forward(self, x):
+        return self.fc(super().forward(x))
+
+
+def test_convert_torchvision_resnet50_keeps_weights_and_outputs():
+    torch.manual_seed(6)
+    model = _TorchvisionResNet50()
+    old_w, old_b = model.fc.weight, model.fc.bias
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)     # built BEFORE convert: still trains the head
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    before = model(x)
+    head = D.convert(model, "fc", keep=0.1)
+    assert model.fc is head and head.weight is old_w and head.bias is old_b
+    assert torch.equal(model(x), before)
+    model.train()
+    D.attach(model, opt)
+    _train_step(model, opt, torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
+    assert int(head.mask.sum()) == 5 * round(0.1 * 2048)
+
+
+def test_convert_sequential_last_layer_and_dotted_timm_head():
+    seq = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    head = D.convert(seq, "-1", keep=0.5)
+    assert seq[2] is head and head.keep == 0.5
+    timm_like = nn.Module()
+    timm_like.head = nn.Module()
+    timm_like.head.fc = nn.Linear(8, 3)
+    assert D.convert(timm_like, "head.fc") is timm_like.head.fc
+
+
+def test_convert_errors_name_the_linear_layers():
+    seq = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    with pytest.raises(ValueError, match="no submodule 'fc'.*0, 2"):
+        D.convert(seq)
+    with pytest.raises(ValueError, match="ReLU"):
+        D.convert(seq, "1")
+
+
+# ----------------------------------------------------------------------------- DDP (2 ranks, gloo)
+
+def _ddp_worker(rank, port, folder):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.manual_seed(0)                                   # same init on both ranks
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))
+    D.convert(model, "2", keep=0.25)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    D.attach(ddp, opt)
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(3):
+        x = torch.randn(16, 6, generator=g) * torch.rand(6, generator=g) * 3   # the global batch
+        with torch.no_grad():
+            v = model[1](model[0](x))                      # features of the whole global batch
+        _train_step(ddp, opt, x[rank * 8:(rank + 1) * 8])
+        expected = D.topk_mask(D.scores_from_moments(D.moments(v), model[2].weight), 0.25)
+        out.append((model[2].mask.clone(), expected))
+    torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_ddp_two_gloo_ranks_pick_identical_masks_from_the_global_batch():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as folder:
+        mp.spawn(_ddp_worker, args=(port, folder), nprocs=2, join=True)
+        r0, r1 = (torch.load(os.path.join(folder, f"rank{r}.pt")) for r in (0, 1))
+    for (m0, e0), (m1, e1) in zip(r0, r1):
+        assert torch.equal(m0, m1)
+        assert torch.equal(m0, e0) and torch.equal(e0, e1)
+    assert not torch.equal(r0[0][0], r0[2][0])             # the mask moved
+
+
+# ----------------------------------------------------------------------------- torch.compile
+
+def test_torch_compile_matches_eager_without_graph_breaks():
+    import torch._dynamo as dynamo
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    torch.manual_seed(7)
+    eager = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), D.DCMLinear(8, 3, keep=0.25))
+    comp = copy.deepcopy(eager)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (eager, comp)]
+    D.attach(eager, opts[0])
+    D.attach(comp, opts[1])
+    compiled = torch.compile(comp)
+    for _ in range(3):
+        x = torch.randn(16, 6)
+        _train_step(eager, opts[0], x)
+        _train_step(compiled, opts[1], x)
+        assert torch.equal(eager[2].mask, comp[2].mask)
+        assert torch.allclose(eager[2].weight, comp[2].weight, atol=1e-5)
+    assert int(comp[2].dcm_step) == 3
+    assert sum(dynamo.utils.counters["graph_break"].values()) == 0
+    assert dynamo.utils.counters["stats"]["unique_graphs"] == 1   # one graph for every step: no recompiles
+
+
+# ----------------------------------------------------------------------------- README example
+
+def readme_example():
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = text.split("## Use DCM in your own model", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_example_is_short_and_runs_verbatim():
+    code = readme_example()
+    assert len(code.strip().splitlines()) <= 30
+    scope = {}
+    exec(compile(code, "README.md:Use DCM in your own model", "exec"), scope)
+    head = scope["model"].fc
+    assert isinstance(head, D.DCMLinear) and int(head.dcm_step) > 0
+    assert int(head.mask.sum()) == head.out_features * round(head.keep * head.in_features)
