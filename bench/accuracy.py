@@ -79,6 +79,32 @@ ABLATIONS = {   # name -> (losses, {row label: flags over COMMON + ABLATION_BASE
     # ELR brings its own loss (CE + its regulariser), so only ce: anl_ce would only add ANL's L1.
     "ELR": (("ce",), {"fc": {"method": "elr", "head": "fc"}, "dfc": {"method": "elr", "head": "dfc"}}),
 }
+# Round two (where does DCM help?): longer training, sparse masks x long intervals, KAN heads
+# at longer training. Same harness and COMMON; a row's "epochs" stretches the cosine schedule
+# over the longer run (same shape). Each entry: (losses, base flags, {row label: flags}).
+LENGTHS = (15, 40, 80)
+ROUND2 = {
+    "training length": (BOTH, {"noise": "symmetric"}, {
+        f"{head}, sym {rate:g}, {ep} ep": {"head": head, "noise_rate": rate, "epochs": ep}
+        for rate in (0.6, 0.8) for ep in LENGTHS for head in ("fc", "dfc")}),
+    "KAN heads, training length": (("ce",), {"noise": "symmetric", "noise_rate": 0.6}, {
+        f"{head}, {ep} ep": {"head": head, "epochs": ep} for ep in (40, 80) for head in ("kan", "dkan")}),
+    "keep x interval (40 ep)": (BOTH, {"noise": "symmetric", "noise_rate": 0.6, "epochs": 40}, {
+        "fc (no DCM)": {"head": "fc"},
+        **{f"keep {k:g}, interval {t}": {"head": "dfc", "keep": k, "dcm_interval": t}
+           for k in (0.01, 0.02, 0.05, 0.1) for t in (1, 10, 50, 200)}}),
+}
+
+
+def round2_settings(common, names):
+    """Round-two tables: ((table, loss, label), flags without seed), in table order."""
+    for name in names:
+        loss_names, base, rows = ROUND2[name]
+        for loss in loss_names:
+            for label, flags in rows.items():
+                yield (name, loss, label), {**common, **base, "loss": loss, **flags}
+
+
 CHOOSE = {"keep p": "keep", "dcm-interval t": "interval"}   # ablations whose winner is recommended
 NOISE_LABEL = {"symmetric": "sym", "asymmetric": "asym", "instance": "inst", "pairflip": "pair"}   # keys, tables
 
@@ -269,6 +295,10 @@ def execute(runs, runs_dir, jobs, threads, log=print):
     return codes
 
 
+ROUND2_GRIDS = {"length": ("training length",), "kan-length": ("KAN heads, training length",),
+                "sparse": ("keep x interval (40 ep)",), "round2": tuple(ROUND2)}
+
+
 def _main_thread():
     return threading.current_thread() is threading.main_thread()
 
@@ -278,6 +308,9 @@ def _raise_interrupt(signum, frame):
 
 
 def grid_settings(common, which):
-    """The (label, flags) settings of --grid main|ablations|all (main first)."""
+    """The (label, flags) settings of --grid main|ablations|all (main first), or of one
+    round-two grid: length (training length, FC/DFC), kan-length, sparse (keep x interval)."""
+    if which in ROUND2_GRIDS:
+        return list(round2_settings(common, ROUND2_GRIDS[which]))
     out = list(main_settings(common, MAIN)) if which in ("main", "all") else []
     return out + (list(ablation_settings(common, ABLATIONS)) if which in ("ablations", "all") else [])

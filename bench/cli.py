@@ -13,6 +13,7 @@ import sys
 
 from bench import accuracy as acc
 from bench import report
+from bench import round2
 from bench.speed import BUDGET_S, ROUNDS, speed_main
 
 # ----------------------------------------------------------------------------- accuracy
@@ -53,6 +54,12 @@ def accuracy_main(args):
         codes = acc.execute(todo, runs_dir, args.jobs, args.threads_per_job,
                             log=lambda s: print(s, file=sys.stderr, flush=True))
     failed = [k for k, rc in codes.items() if rc != 0]
+    if args.grid in acc.ROUND2_GRIDS:   # the round-two tables are one section, whichever of its grids ran
+        section = round2.section(common, runs_dir, ROUND2_TITLE)
+        print(section, end="")
+        if args.out_md:
+            report.write_section(args.out_md, section, ROUND2_TITLE)
+        return _fail_if(failed)
     results = {k: report.load_result(os.path.join(runs_dir, k)) for k in keys}
     section = report.accuracy_section(args, common, acc.MAIN, acc.ABLATIONS, results, keys)
     print(section, end="")
@@ -60,6 +67,13 @@ def accuracy_main(args):
         report.write_section(args.out_md, section)
     if args.out_csv:
         report.write_csv(args.out_csv, report.csv_rows(common, acc.MAIN, acc.ABLATIONS, acc.SEEDS, results, args.grid))
+    return _fail_if(failed)
+
+
+ROUND2_TITLE = "## Accuracy, round two: training length, sparse masks, KAN heads"
+
+
+def _fail_if(failed):
     if failed:
         raise SystemExit(f"bench accuracy: {len(failed)} run(s) failed: {', '.join(failed)}")
 
@@ -73,7 +87,7 @@ def non_negative_int(text):
 
 def add_accuracy_parser(sub):
     a = sub.add_parser("accuracy", help="test accuracy of FC/KAN vs DFC/DKAN heads under label noise")
-    a.add_argument("--grid", choices=("main", "ablations", "all"),
+    a.add_argument("--grid", choices=("main", "ablations", "all", *acc.ROUND2_GRIDS),
                    help="which tables' runs; required to launch runs (hours of CPU), default all with --dry-run/--table-only")
     a.add_argument("--runs-dir", default=os.path.join("results", "runs"),
                    help="one folder per run, named by its key (default results/runs)")

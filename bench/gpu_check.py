@@ -1,0 +1,155 @@
+"""One-call GPU check of dcm-ref: CIFAR-shaped training speed and host syncs per step.
+
+Called by bench/gpu_check.sh (which also runs the CUDA tests and `python -m bench speed
+--device cuda`); writes markdown tables. Every number comes from train.py itself, run as a user
+runs it, on a synthetic CIFAR-10 folder in the real pickle format (random pixels and
+labels: speed does not depend on what the images show).
+
+    python bench/gpu_check.py epochs --out OUT_DIR     # preact-resnet18, fc vs dfc, eager/amp/compile
+    python bench/gpu_check.py syncs --out OUT_DIR      # host syncs per training step, fc and dfc
+    python bench/gpu_check.py all --dry-run            # check every train.py command parses; run nothing
+
+Host syncs: train.py runs with torch.cuda.set_sync_debug_mode("warn"), so each
+synchronising CUDA call (.item(), .cpu(), nonzero, ...) prints one warning. Two runs
+that differ only in their number of training steps (1 epoch of 10 vs 20 batches, no
+per-epoch pass over the training set) differ only by the steps' syncs:
+syncs per step = (warnings(20 steps) - warnings(10 steps)) / 10.
+"""
+import argparse
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository (train.py)
+SYNC_WARNING = "called a synchronizing CUDA operation"
+MODES = {"eager": [], "amp": ["--amp"], "compile": ["--compile"], "compile+amp": ["--compile", "--amp"]}
+HEADS = ("fc", "dfc")
+
+
+def write_synthetic_cifar10(parent, n_train=50000, n_test=10000, seed=0):
+    """cifar-10-batches-py (5 train batches + test_batch, python pickles) of random images."""
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(parent, "cifar-10-batches-py")
+    os.makedirs(folder, exist_ok=True)
+    per = n_train // 5
+    for name, n in [(f"data_batch_{i}", per) for i in range(1, 6)] + [("test_batch", n_test)]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"labels": rng.integers(0, 10, n).tolist(), b"batch_label": b"synthetic",
+                 b"filenames": [b"x.png"] * n}
+        with open(os.path.join(folder, name), "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    return parent
+
+
+def epoch_argv(head, mode, data_dir, out, limit_train, epochs=2):
+    """train.py flags of one speed run: the paper's CIFAR setting, preact-resnet18, batch 128."""
+    return ["--dataset", "cifar10", "--data-dir", data_dir, "--backbone", "preact-resnet18",
+            "--head", head, "--loss", "ce", "--noise", "symmetric", "--noise-rate", "0.4",
+            "--epochs", str(epochs), "--batch-size", "128", "--limit-train", str(limit_train),
+            "--device", "cuda", "--out", out, *MODES[mode]]
+
+
+def sync_argv(head, data_dir, out, steps):
+    """1 epoch of `steps` batches of 128, no per-epoch pass over the training set."""
+    return ["--dataset", "cifar10", "--data-dir", data_dir, "--backbone", "preact-resnet18",
+            "--head", head, "--loss", "ce", "--noise", "symmetric", "--noise-rate", "0.4",
+            "--epochs", "1", "--batch-size", "128", "--limit-train", str(128 * steps),
+            "--train-eval-every", "0", "--device", "cuda", "--out", out]
+
+
+def run_train(argv, env_extra=None, sync_debug=False):
+    """Run train.py (optionally under sync debug mode); -> (return code, stderr text)."""
+    code = ("import runpy, sys, torch; torch.cuda.set_sync_debug_mode('warn'); "
+            "sys.argv = ['train.py'] + sys.argv[1:]; runpy.run_path('train.py', run_name='__main__')")
+    cmd = [sys.executable, "-W", "always", "-c", code, *argv] if sync_debug else \
+          [sys.executable, "train.py", *argv]
+    env = dict(os.environ, **(env_extra or {}))
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    return p.returncode, p.stdout + p.stderr
+
+
+def last_epoch(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return json.loads(f.readlines()[-1])
+
+
+def epochs_table(data_dir, work, limit_train):
+    """Markdown: seconds of the 2nd epoch (steady state, compile done) and samples/s."""
+    rows, per_head = [], {}
+    for mode in MODES:
+        for head in HEADS:
+            out = os.path.join(work, f"ep-{head}-{mode}")
+            t0 = time.time()
+            rc, log = run_train(epoch_argv(head, mode, data_dir, out, limit_train))
+            if rc != 0:
+                rows.append(f"| {mode} | {head} | failed (rc {rc}): {log.strip().splitlines()[-1][:120]} | | |")
+                continue
+            m = last_epoch(out)
+            per_head[(mode, head)] = m["samples_per_s"]
+            rows.append(f"| {mode} | {head} | {m['seconds']:.2f} | {m['samples_per_s']:.0f} | {time.time() - t0:.0f} |")
+    ratios = [f"| {mode} | {per_head[(mode, 'fc')] / per_head[(mode, 'dfc')]:.3f} |"
+              for mode in MODES if (mode, "fc") in per_head and (mode, "dfc") in per_head]
+    return "\n".join([
+        f"### preact-resnet18, synthetic CIFAR-10 ({limit_train} training images, batch 128), epoch 2 of 2",
+        "", "| mode | head | s / epoch | samples / s | wall s (2 epochs + start) |", "|---|---|---|---|---|",
+        *rows, "", "DFC / FC time per sample (samples/s of FC over DFC; 1.0 = DCM costs nothing):", "",
+        "| mode | DFC / FC |", "|---|---|", *ratios, ""])
+
+
+def syncs_table(data_dir, work):
+    """Markdown: host syncs per training step for fc and dfc (see the module docstring)."""
+    rows = []
+    for head in HEADS:
+        counts = []
+        for steps in (10, 20):
+            rc, log = run_train(sync_argv(head, data_dir, os.path.join(work, f"sync-{head}-{steps}"), steps),
+                                sync_debug=True)
+            counts.append(log.count(SYNC_WARNING) if rc == 0 else None)
+        per_step = (counts[1] - counts[0]) / 10 if None not in counts else "run failed"
+        rows.append(f"| {head} | {counts[0]} | {counts[1]} | {per_step} |")
+    return "\n".join(["### Host syncs per training step (torch.cuda.set_sync_debug_mode)", "",
+                      "| head | warnings, 10 steps | warnings, 20 steps | syncs / step |", "|---|---|---|---|",
+                      *rows, ""])
+
+
+def dry_run():
+    """Parse every train.py command this script would run with train.py's own parser."""
+    sys.path.insert(0, ROOT)
+    import train
+    parser = train.build_parser()
+    argvs = [epoch_argv(h, m, "D", "O", 25000) for m in MODES for h in HEADS]
+    argvs += [sync_argv(h, "D", "O", s) for h in HEADS for s in (10, 20)]
+    for argv in argvs:
+        parser.parse_args(argv)
+        print("would run: python train.py " + " ".join(argv))
+    print(f"gpu_check.py: {len(argvs)} train.py commands parse")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("what", choices=("epochs", "syncs", "all"))
+    p.add_argument("--out", default=os.path.join(ROOT, "results", "gpu_check"), help="folder for the markdown")
+    p.add_argument("--limit-train", type=int, default=25000, help="training images of the speed runs (default 25000)")
+    p.add_argument("--dry-run", action="store_true", help="check the commands parse; run nothing")
+    a = p.parse_args(argv)
+    if a.dry_run:
+        return dry_run()
+    os.makedirs(a.out, exist_ok=True)
+    with tempfile.TemporaryDirectory() as work:
+        data_dir = write_synthetic_cifar10(os.path.join(work, "data"))
+        if a.what in ("syncs", "all"):
+            with open(os.path.join(a.out, "syncs.md"), "w") as f:
+                f.write(syncs_table(data_dir, work))
+        if a.what in ("epochs", "all"):
+            with open(os.path.join(a.out, "epochs.md"), "w") as f:
+                f.write(epochs_table(data_dir, work, a.limit_train))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Round-two accuracy tables (bench/round2.py) on hand-made run folders, and the GPU
+check script's --dry-run (so its commands cannot rot while no GPU is around)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench import accuracy as acc
+from bench import round2
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_run(runs, flags, seed, test, val):
+    """A finished run folder: metrics.jsonl with per-epoch test/val accuracies (fractions)."""
+    run = acc.make_run(dict(flags, seed=seed))
+    folder = runs / run.key
+    folder.mkdir(parents=True)
+    rows = [dict(epoch=e + 1, test_acc=t, val_acc_noisy=v) for e, (t, v) in enumerate(zip(test, val))]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "final.json").write_text(json.dumps(dict(test_acc_last=test[-1], test_acc_best=max(test))))
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+def test_val_selected_accuracy_is_the_test_accuracy_at_the_first_val_best_epoch(tmp_path):
+    flags = dict(acc.COMMON, noise="symmetric", noise_rate=0.6, loss="ce", head="fc")
+    folder = write_run(tmp_path, flags, 0, test=[0.5, 0.9, 0.7, 0.6], val=[0.2, 0.3, 0.4, 0.4])
+    r = round2.load_run(str(folder))
+    assert r["valsel"] == pytest.approx(70.0) and r["val"] == pytest.approx(40.0) and r["val_epoch"] == 3
+    assert r["best"] == pytest.approx(90.0) and r["last"] == pytest.approx(60.0)
+
+
+def test_length_table_row_has_means_and_paired_t_of_dfc_minus_fc(tmp_path):
+    rows = round2.settings(acc.COMMON, "training length")
+    fc, dfc = rows[("ce", "fc, sym 0.6, 40 ep")], rows[("ce", "dfc, sym 0.6, 40 ep")]
+    for seed, (a, b) in enumerate([(0.50, 0.52), (0.60, 0.63), (0.70, 0.71)]):
+        write_run(tmp_path, fc, seed, test=[0.8, a], val=[0.3, 0.2])
+        write_run(tmp_path, dfc, seed, test=[0.8, b], val=[0.3, 0.2])
+    section = round2.section(acc.COMMON, str(tmp_path), "## T")
+    row = next(line for line in section.splitlines() if line.startswith("| ce | sym 0.6 | 40 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3] == "3/3" and cells[4] == "60.00 ± 10.00" and cells[5] == "62.00 ± 9.54"
+    # per-seed differences 2, 3, 1 points: mean 2, std 1, t = 2 / (1 / sqrt 3) = 3.46 < 4.30
+    assert cells[6] == "+2.00 (t +3.5, no)"
+    assert cells[11] == "80.00 ± 0.00" and cells[12].startswith("+0.00")
+
+
+def test_sweep_picks_the_cell_with_the_best_validation_not_test(tmp_path):
+    rows = round2.settings(acc.COMMON, "keep x interval (40 ep)")
+    for seed in acc.SEEDS:   # keep 0.01 / interval 10: best val, worse test; keep 0.1 / 1: the reverse
+        write_run(tmp_path, rows[("ce", "keep 0.01, interval 10")], seed, test=[0.60], val=[0.50])
+        write_run(tmp_path, rows[("ce", "keep 0.1, interval 1")], seed, test=[0.90], val=[0.40])
+    section = round2.section(acc.COMMON, str(tmp_path), "## T")
+    assert "keep 0.01, interval 10: val-sel test 60.00 ± 0.00" in section
+
+
+def test_gpu_check_dry_run_parses_every_command():
+    p = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_check.sh"), "--dry-run"],
+                       cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHON=sys.executable))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "12 train.py commands parse" in p.stdout and "gpu_check.sh --dry-run: ok" in p.stdout

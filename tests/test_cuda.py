@@ -1,0 +1,90 @@
+"""CUDA properties: the DCM math gives the CPU's answer on the GPU, the DCM step makes
+no host sync, and train.py's CUDA paths (eager, --amp, --compile) train.
+
+Marked `cuda`; on a machine without a GPU every test here skips with the reason.
+bench/gpu_check.sh runs them (`pytest -m cuda`) on a GPU machine.
+"""
+import json
+import os
+
+import pytest
+import torch
+
+import dcm_ref
+import kan
+import train
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(),
+                                 reason="needs a CUDA device (run bench/gpu_check.sh on a GPU machine)")]
+
+
+def _features(b=64, d=96, c=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, d, generator=g), torch.randn(c, d, generator=g)
+
+
+def test_edge_scores_on_cuda_equal_cpu():
+    v, w = _features()
+    cpu = dcm_ref.edge_scores(v.double(), w.double())
+    gpu = dcm_ref.edge_scores(v.double().cuda(), w.double().cuda()).cpu()
+    torch.testing.assert_close(gpu, cpu, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("scope", ["row", "global"])
+def test_topk_mask_on_cuda_is_the_cpu_mask_even_with_ties(scope):
+    scores = torch.randint(0, 4, (10, 96)).double()   # heavy ties: order must come from the index
+    cpu = dcm_ref.topk_mask(scores, 0.1, scope)
+    gpu = dcm_ref.topk_mask(scores.cuda(), 0.1, scope).cpu()
+    assert torch.equal(gpu, cpu)
+
+
+def test_masked_edges_get_no_gradient_on_cuda():
+    v, w = (t.cuda() for t in _features())
+    w.requires_grad_(True)
+    mask = dcm_ref.topk_mask(dcm_ref.edge_scores(v, w.detach()), 0.1)
+    dcm_ref.masked_linear(v, w, None, mask).square().sum().backward()
+    assert torch.all(w.grad[mask == 0] == 0) and torch.any(w.grad[mask == 1] != 0)
+
+
+def test_dfc_schedule_step_and_head_make_no_host_sync():
+    """The DFC training step's DCM part (moments -> Eq. 2 scores -> top-k -> masked linear,
+    forward and backward) never waits for the GPU: no .item(), no data-dependent shape."""
+    v, w = (t.cuda() for t in _features(b=128, d=512, c=100))
+    w.requires_grad_(True)
+    state = dcm_ref.mask_init(w.shape, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            state = dcm_ref.mask_schedule_step(state, dcm_ref.moments(v),
+                                               lambda m: dcm_ref.scores_from_moments(m, w.detach()), 0.1)
+            dcm_ref.masked_linear(v, w, None, state.mask).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_closed_form_kan_basis_on_cuda_equals_cox_de_boor():
+    params = kan.kan_init(32, 10, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(64, 32, dtype=torch.float64) * 2.4 - 1.2
+    grid = params["grid"].double()
+    cox = kan.bspline_basis(x, grid, 3)
+    closed = kan.bspline_basis_uniform(x.cuda(), grid.cuda(), 3).cpu()
+    torch.testing.assert_close(closed, cox, rtol=1e-10, atol=1e-12)
+
+
+def test_dkan_scores_fast_equal_literal_on_cuda():
+    params = {k: t.double().cuda() for k, t in kan.kan_init(16, 5, generator=torch.Generator().manual_seed(1)).items()}
+    x = (torch.rand(40, 16, dtype=torch.float64) * 2 - 1).cuda()
+    torch.testing.assert_close(kan.kan_edge_scores(params, x),
+                               kan.kan_edge_activations(params, x).std(0, correction=0), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("extra", [[], ["--amp"], ["--compile"]], ids=["eager", "amp", "compile"])
+@pytest.mark.parametrize("head", ["dfc", "dkan"])
+def test_train_py_runs_on_cuda(tmp_path, head, extra):
+    out = str(tmp_path / "run")
+    argv = ["--device", "cuda", "--head", head, "--epochs", "2", "--limit-train", "600", "--out", out, *extra]
+    assert train.main(argv) == 0
+    final = json.load(open(os.path.join(out, "final.json")))
+    assert final["test_acc_best"] > 0.5     # digits at 40 % noise: well above chance (0.1)
