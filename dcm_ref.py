@@ -145,13 +145,17 @@ def topk_mask(scores: Tensor, keep: float, scope: str = "row") -> Tensor:
     Computed by threshold, not by sort: t = k-th largest score per row (one
     unsorted torch.topk); if exactly k scores are ≥ t in every row, those are
     the mask. Otherwise (ties at t, or NaN) `_first_k_by_rank` picks them exactly.
-    The check reads one bool per row back to the host (a sync on GPU).
+    On CPU that check is one cheap bool read; off the CPU it would be a host sync
+    (the GPU waits for the host), so there the exact tie fill always runs: a
+    cumsum, no read-back, no data-dependent shape.
     """
     flat, k = _selection_rows(scores, keep, scope)
     if k == flat.shape[1]:
         return torch.ones_like(scores)
     flat = flat.to(torch.uint8) if flat.dtype == torch.bool else flat   # topk has no bool kernel
     top = torch.topk(flat, k, dim=1, sorted=False).values              # (R, k), NaN counts as largest
+    if flat.device.type != "cpu":
+        return _first_k_by_rank(flat, top, k, host_checks=False).to(scores.dtype).reshape(scores.shape)
     kept = flat >= top.amin(dim=1, keepdim=True)   # a NaN in top gives a NaN threshold: the count below fails
     if not bool((kept.sum(dim=1) == k).all()):
         kept = _first_k_by_rank(flat, top, k)
@@ -170,17 +174,19 @@ def _kth_largest(top: Tensor) -> Tensor:
     return t.masked_fill(nan.all(dim=1, keepdim=True), math.nan)
 
 
-def _first_k_by_rank(flat: Tensor, top: Tensor, k: int) -> Tensor:
+def _first_k_by_rank(flat: Tensor, top: Tensor, k: int, host_checks: bool = True) -> Tensor:
     """The first k entries of each row in stable descending order, as a bool mask.
 
     flat: (R, n) scores, top: (R, k) their k largest (any order) -> (R, n) bool.
     Every entry ranked strictly above the k-th largest t is kept; the entries
     tied with t fill the remaining slots in index order (cumsum), which is what
     a stable sort does. NaN ranks above numbers and ties with NaN.
+    host_checks=False skips the NaN shortcut (a host read) and always applies
+    the NaN rule, which is then a no-op when there is no NaN.
     """
     t = _kth_largest(top)
     above, tied = flat > t, flat == t
-    if flat.is_floating_point() and bool(top.isnan().any()):   # no NaN in the top k: none anywhere
+    if flat.is_floating_point() and (not host_checks or bool(top.isnan().any())):   # no NaN in the top k: none anywhere
         t_nan, x_nan = t.isnan(), flat.isnan()
         above |= x_nan & ~t_nan
         tied |= x_nan & t_nan
@@ -237,7 +243,7 @@ def moments(v: Tensor) -> Moments:
     """
     _check_2d("v", v, "(B, d)")
     vd = v.detach().to(torch.float64, copy=True)   # our own buffer: squared in place below
-    n = torch.tensor(float(vd.shape[0]), dtype=torch.float64, device=vd.device)
+    n = torch.full((), float(vd.shape[0]), dtype=torch.float64, device=vd.device)   # a fill, no host copy
     s1 = vd.sum(dim=0)
     return (n, s1, vd.square_().sum(dim=0))        # float32² is exact in float64
 
@@ -297,20 +303,23 @@ class MaskState(NamedTuple):
 
     mask: (C, d) 0/1; step: optimizer steps already taken; pooled: moments pooled
     since the last update (stats="interval") or None; updates: number of mask
-    recomputations; change: 1 − Jaccard(kept) at the last update (0.0 initially).
+    recomputations; change: 1 − Jaccard(kept) at the last update, a 0-dim float64
+    tensor on the mask's device (0 initially), so a schedule step never waits for the
+    GPU; float(state.change) reads it (a float restored from an old checkpoint works too).
     """
     mask: Tensor
     step: int
     pooled: Optional[Moments]
     updates: int
-    change: float
+    change: Tensor
 
 
 def mask_init(shape, dtype=torch.float32, device=None) -> MaskState:
     """Initial state: all-ones mask of shape (C, d) (plain FC), step 0, nothing pooled."""
     if len(tuple(shape)) != 2:
         raise ValueError(f"shape: expected (C, d), got {tuple(shape)}")
-    return MaskState(torch.ones(tuple(shape), dtype=dtype, device=device), 0, None, 0, 0.0)
+    mask = torch.ones(tuple(shape), dtype=dtype, device=device)
+    return MaskState(mask, 0, None, 0, torch.zeros((), dtype=torch.float64, device=mask.device))
 
 
 def mask_due(step: int, interval: int, warmup: int) -> bool:
@@ -357,7 +366,7 @@ def mask_schedule_step(state: MaskState, batch_moments: Moments,
         got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
         raise ValueError(f"score_fn: expected scores of shape {tuple(state.mask.shape)}, got {got}")
     new = topk_mask(scores, keep, scope).to(state.mask.dtype)
-    return MaskState(new, s + 1, None, state.updates + 1, mask_change(state.mask, new))
+    return MaskState(new, s + 1, None, state.updates + 1, mask_change_tensor(state.mask, new))
 
 
 # ----------------------------------------------------------------------------- --dcm-freeze
@@ -396,20 +405,23 @@ def mask_change_literal(m_old: Tensor, m_new: Tensor) -> float:
 def mask_change(m_old: Tensor, m_new: Tensor) -> float:
     """Fast path of mask_change_literal (1 − Jaccard of the kept sets; 0 if both empty), proven
     equal to it by tests/test_dcm_ref.py::test_mask_change_fast_path_equals_jaccard_on_bools.
+    m_old, m_new: (C, d) masks with values 0/1 (as topk_mask returns; any dtype) -> float.
+    """
+    return float(mask_change_tensor(m_old, m_new))
 
-    m_old, m_new: (C, d) masks with values 0/1 (as topk_mask returns; any dtype).
-    For 0/1 masks |A ∩ B| = Σ a·b (one dot product) and |A ∪ B| = Σa + Σb − |A ∩ B|:
-    no bool temporaries, one read-back to the host.
+
+def mask_change_tensor(m_old: Tensor, m_new: Tensor) -> Tensor:
+    """mask_change as a 0-dim float64 tensor on the masks' device, with no read-back to
+    the host (what the schedule stores). For 0/1 masks |A ∩ B| = Σ a·b (one dot product)
+    and |A ∪ B| = Σa + Σb − |A ∩ B|: no bool temporaries; counts exact (_exact_count_view).
     """
     _check_mask(m_new, m_old)
     a, b = _exact_count_view(m_old), _exact_count_view(m_new)
     if a.dtype != b.dtype:                         # torch.dot wants one dtype
         a, b = a.to(torch.float64), b.to(torch.float64)
-    inter, n_old, n_new = torch.stack((torch.dot(a, b), a.sum(), b.sum())).tolist()
+    inter, n_old, n_new = torch.stack((torch.dot(a, b), a.sum(), b.sum())).to(torch.float64)
     union = n_old + n_new - inter
-    if union == 0:
-        return 0.0
-    return 1.0 - inter / union
+    return torch.where(union > 0, 1.0 - inter / union.clamp(min=1.0), torch.zeros_like(union))
 
 
 def _exact_count_view(mask: Tensor) -> Tensor:

@@ -687,7 +687,7 @@ def run(a, argv, dd=distributed.Dist()):
         ms = st["masks"][0]
         m = dict(epoch=epoch, lr=lr_at(a, st["step"] - 1, total), train_loss=tr_loss, **ev,
                  kept=dcm_ref.kept_fraction(ms.mask) if a.head in ("dfc", "dkan") else 1.0,
-                 mask_change=float(np.mean(changes)) if changes else 0.0, mask_updates=ms.updates,
+                 mask_change=float(np.mean([float(c) for c in changes])) if changes else 0.0, mask_updates=ms.updates,
                  **grad_error_metrics(a, st, d, probe, loss_fn),
                  seconds=time.time() - t0, samples_per_s=n_seen / max(t_train, 1e-9))
         m["eta_s"] = (a.epochs - epoch) * m["seconds"]

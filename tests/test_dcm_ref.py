@@ -154,6 +154,30 @@ def test_topk_mask_equals_the_stable_sort_definition_under_heavy_ties_and_nan(S,
     assert got.dtype == want.dtype and torch.equal(got, want)
 
 
+@given(tied_scores(), KEEPS, st.sampled_from(["row", "global"]))
+def test_gpu_selection_path_without_host_reads_equals_the_stable_sort_definition(S, keep, scope):
+    """Off the CPU, topk_mask skips its host-side checks and always runs the exact tie fill
+    (host_checks=False); that path, run here on CPU, is the stable-sort mask too."""
+    flat, k = D._selection_rows(S, keep, scope)
+    if k == flat.shape[1]:
+        return
+    flat = flat.to(torch.uint8) if flat.dtype == torch.bool else flat
+    top = torch.topk(flat, k, dim=1, sorted=False).values
+    got = D._first_k_by_rank(flat, top, k, host_checks=False).to(S.dtype).reshape(S.shape)
+    assert torch.equal(got, D.topk_mask_literal(S, keep, scope))
+
+
+def test_schedule_stores_the_mask_change_as_a_tensor_equal_to_mask_change():
+    """The schedule keeps 1 − Jaccard as a 0-dim float64 tensor (no host read per step)."""
+    w = torch.randn(4, 10, generator=torch.Generator().manual_seed(0))
+    v = torch.randn(16, 10, generator=torch.Generator().manual_seed(1))
+    state = D.mask_init(w.shape)
+    assert state.change.shape == () and float(state.change) == 0.0
+    new = D.mask_schedule_step(state, D.moments(v), lambda m: D.scores_from_moments(m, w), 0.3)
+    assert new.change.dtype == torch.float64 and new.change.shape == ()
+    assert float(new.change) == D.mask_change_literal(state.mask, new.mask) > 0
+
+
 @given(st.integers(0, 10**6), st.integers(1, 10), st.integers(1, 60), ALL_DTYPES, KEEPS,
        st.sampled_from(["row", "global"]))
 def test_topk_mask_equals_the_stable_sort_definition_on_random_scores(seed, C, d, dtype, keep, scope):
