@@ -256,3 +256,11 @@ def test_write_section_appends_when_the_file_has_none(tmp_path):
     path.write_text("# B\n\n## Speed\nfast\n")
     report.write_section(str(path), "## Accuracy\nnew\n")
     assert path.read_text() == "# B\n\n## Speed\nfast\n\n## Accuracy\nnew\n"
+
+
+def test_runs_dir_defaults_to_results_runs_which_holds_the_committed_grid():
+    """The documented layout: `python -m bench accuracy --table-only` reads results/runs/ by default."""
+    assert cli.build_parser().parse_args(["accuracy"]).runs_dir == os.path.join("results", "runs")
+    runs = os.path.join(acc.ROOT, "results", "runs")
+    assert os.path.isfile(os.path.join(acc.ROOT, "train.py"))
+    assert any(os.path.isfile(os.path.join(runs, k, "final.json")) for k in os.listdir(runs))
