@@ -93,7 +93,13 @@ ROUND2 = {
         "fc (no DCM)": {"head": "fc"},
         **{f"keep {k:g}, interval {t}": {"head": "dfc", "keep": k, "dcm_interval": t}
            for k in (0.01, 0.02, 0.05, 0.1) for t in (1, 10, 50, 200)}}),
+    # The paper's CIFAR backbone family on Fashion-MNIST: a GPU grid (cnn8 trains at ~43
+    # samples/s on the 2-core dev CPU, ~2 h a run); `python -m bench accuracy --grid cnn`
+    # on a GPU machine (train.py's --device auto takes the GPU).
+    "CNN backbone (cnn8, sym 0.6)": (BOTH, {"noise": "symmetric", "noise_rate": 0.6, "backbone": "cnn8"}, {
+        head: {"head": head} for head in ("fc", "dfc", "kan", "dkan")}),
 }
+BACKBONE_COST = {"mlp": 1.0, "cnn8": 370.0}   # CPU seconds per sample relative to mlp (measured once, 1 thread)
 
 
 def round2_settings(common, names):
@@ -181,6 +187,7 @@ def estimate_s(cfg):
     """Rough seconds of one run at 1 thread: START_S + epochs x EPOCH_S scaled (see there)."""
     n = cfg["limit_train"] * (1 - cfg["val_frac"]) if cfg["limit_train"] else FULL_TRAIN
     factor = (0.75 + 0.25 * 128 / cfg["batch_size"]) * (1.3 if cfg["method"] == "coteaching" else 1.0)
+    factor *= BACKBONE_COST.get(cfg["backbone"], 1.0)
     return START_S + cfg["epochs"] * EPOCH_S[cfg["head"]] * factor * min(n, FULL_TRAIN) / FULL_TRAIN
 
 
@@ -296,7 +303,8 @@ def execute(runs, runs_dir, jobs, threads, log=print):
 
 
 ROUND2_GRIDS = {"length": ("training length",), "kan-length": ("KAN heads, training length",),
-                "sparse": ("keep x interval (40 ep)",), "round2": tuple(ROUND2)}
+                "sparse": ("keep x interval (40 ep)",), "cnn": ("CNN backbone (cnn8, sym 0.6)",),
+                "round2": tuple(ROUND2)}
 
 
 def _main_thread():
@@ -309,7 +317,8 @@ def _raise_interrupt(signum, frame):
 
 def grid_settings(common, which):
     """The (label, flags) settings of --grid main|ablations|all (main first), or of one
-    round-two grid: length (training length, FC/DFC), kan-length, sparse (keep x interval)."""
+    round-two grid: length (training length, FC/DFC), kan-length, sparse (keep x interval),
+    cnn (cnn8 backbone, for a GPU), or round2 (all four)."""
     if which in ROUND2_GRIDS:
         return list(round2_settings(common, ROUND2_GRIDS[which]))
     out = list(main_settings(common, MAIN)) if which in ("main", "all") else []

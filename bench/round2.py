@@ -1,6 +1,6 @@
 """Tables of the round-two accuracy grids (where does DCM help?): training length (FC vs
-DFC at 15/40/80 epochs), KAN heads at longer training, and the sparse-mask x interval
-sweep chosen on the noisy validation split. Runs come from bench/accuracy.py ROUND2;
+DFC at 15/40/80 epochs), KAN heads at longer training, the sparse-mask x interval
+sweep chosen on the noisy validation split, and the cnn8 backbone (a GPU grid). Runs come from bench/accuracy.py ROUND2;
 `python -m bench accuracy --grid round2 --table-only --out-md FILE` writes the section.
 
 Every table reports three test accuracies per run: `last` (last epoch), `best` (the
@@ -122,6 +122,24 @@ def sweep_tables(common, results):
     return out
 
 
+def cnn_rows(common, results):
+    """cnn8 backbone, sym 0.6: FC vs DFC and KAN vs DKAN per loss, last and val-selected."""
+    name = "CNN backbone (cnn8, sym 0.6)"
+    flags = settings(common, name)
+    rows = []
+    for loss in acc.ROUND2[name][0]:
+        for base, dcm in (("fc", "dfc"), ("kan", "dkan")):
+            a, b = cell(flags[(loss, base)], results), cell(flags[(loss, dcm)], results)
+            rows.append([loss, f"{base} → {dcm}", f"{a[0]['last'][0]}/{b[0]['last'][0]}",
+                         report.fmt_ms(a[0]["last"]), report.fmt_ms(b[0]["last"]), compare(a, b, results, "last"),
+                         report.fmt_ms(a[0]["valsel"]), report.fmt_ms(b[0]["valsel"]), compare(a, b, results, "valsel")])
+    return rows
+
+
+CNN_HEADER = ("loss", "base → DCM", "n", "last: base", "last: DCM", "last: Δ (paired t)",
+              "val-sel: base", "val-sel: DCM", "val-sel: Δ (paired t)")
+
+
 def section(common, runs_dir, title):
     keys = [r.key for r in acc.plan(list(acc.round2_settings(common, acc.ROUND2)), acc.SEEDS)]
     keys += [acc.make_run(dict(common, noise="symmetric", noise_rate=0.6, loss="ce", epochs=15, head=h, seed=s)).key
@@ -143,4 +161,6 @@ def section(common, runs_dir, title):
         "### KAN heads at longer training (CE, sym 0.6)", "",
         report.md_table(KAN_HEADER, kan_rows(common, results)), "",
         "### Sparse masks x long intervals (DFC, sym 0.6, 40 epochs)",
-        *sweep_tables(common, results), ""])
+        *sweep_tables(common, results), "",
+        "### CNN backbone (cnn8, sym 0.6, a GPU grid: `python -m bench accuracy --grid cnn` on a GPU machine)", "",
+        report.md_table(CNN_HEADER, cnn_rows(common, results)), ""])
