@@ -957,8 +957,8 @@ def train_epochs(a, dd, device, out, ck, d, cfg, loss_fn, probe, st, say, histor
         if lead:
             if a.save_masks:
                 save_mask(out, epoch, ms.mask)
+            checkpoint.save_checkpoint(ck_path, state)  # first: metrics.jsonl never shows an epoch the checkpoint lacks
             checkpoint.write_jsonl(os.path.join(out, "metrics.jsonl"), history)
-            checkpoint.save_checkpoint(ck_path, state)
         say(epoch_line(a, m, probe), flush=True)
         if stop_requested(st) and epoch < a.epochs:
             return stopped(st, say, ck_path, epoch, out)
