@@ -12,11 +12,15 @@ paths. data.py loads the data and corrupts labels with noise.py; losses come fro
         --loss anl_ce --noise symmetric --noise-rate 0.8 --epochs 120    # SPEC §7 protocol
     python train.py --dataset clothing1m --data-dir ~/clothing1m --noise none --backbone resnet50 \\
         --pretrained resnet50_imagenet.pth --samples-per-epoch 64000 --epochs 10   # docs/realworld.md
-    python train.py --out runs/my-run --resume --epochs 60           # continue a run
+    python train.py --out runs/my-run --resume                       # continue a run to its --epochs
+    python train.py --out runs/my-run --resume --extend --epochs 60  # train a run longer (recorded in config.json)
+    python train.py --out runs/my-run --auto-resume --head dfc       # preemptible job: rerun the same command
     torchrun --standalone --nproc_per_node=4 train.py --head dfc     # 4 processes (GPUs), same flags
 
 Outputs in --out DIR: config.json, noise_report.json, metrics.jsonl (one JSON
-object per epoch), final.json and checkpoint.pt (written atomically each epoch).
+object per epoch), final.json and checkpoint.pt + checkpoint.pt.sha256 (written
+atomically each epoch, verified on resume; checkpoint.py). A run locks DIR while it
+runs; SIGINT and SIGTERM stop it after the current step, resumable.
 
 Multi-process (torchrun, SPEC §2): --batch-size is the GLOBAL batch, split evenly
 over the ranks; gradients are averaged and DCM moments summed over ranks, so every
@@ -707,14 +711,14 @@ def setup(a, argv, dd):
         if ck is None and os.path.exists(os.path.join(out, "checkpoint.pt")) and not a.overwrite:
             raise UserError(f"{out} already holds a run; use --resume to continue it, --overwrite to replace it, or another --out")
         d, cfg, loss_fn = load_data(a, device, hp)
+        B = min(a.batch_size, len(d["y"]))
+        if dd.world > 1 and (B % dd.world or B // dd.world < 2):
+            raise UserError(f"--batch-size {B} is the global batch and must split into {dd.world} equal "
+                            f"per-rank shards of >= 2 samples; use a multiple of {dd.world} >= {2 * dd.world}")
     except BaseException:
         if lock is not None:
             checkpoint.unlock_run(lock)
         raise
-    if dd.world > 1 and (min(a.batch_size, len(d["y"])) % dd.world or min(a.batch_size, len(d["y"])) // dd.world < 2):
-        B = min(a.batch_size, len(d["y"]))
-        raise UserError(f"--batch-size {B} is the global batch and must split into {dd.world} equal "
-                        f"per-rank shards of >= 2 samples; use a multiple of {dd.world} >= {2 * dd.world}")
     return device, out, lock, ck, d, cfg, loss_fn
 
 
@@ -733,9 +737,9 @@ def load_data(a, device, hp):
         raise UserError(f"--limit-train {a.limit_train} is below the {C} classes of {a.dataset}; use >= {C}")
     if a.limit_train and a.limit_train > n_all and d["pool"] is None:
         warn(f"--limit-train {a.limit_train} exceeds the {n_all} training samples of {a.dataset}; using all {n_all}")
-    if n < max(2, C):
-        raise UserError(f"--val-frac {a.val_frac:g} leaves {n} training samples of {n_all} (fewer than the {C} classes); "
-                        f"use a smaller --val-frac")
+    if n < 2:  # a batch needs 2 samples (batch statistics)
+        raise UserError(f"--val-frac {a.val_frac:g} leaves {n} training sample(s) of {n_all}; use a smaller --val-frac"
+                        if a.val_frac > 0 else f"{a.dataset} has {n} training sample(s); at least 2 are needed")
     if a.batch_size > n:
         warn(f"--batch-size {a.batch_size} exceeds the {n} training samples; each epoch is one batch of {n}")
     return d, cfg, loss_fn
@@ -784,6 +788,10 @@ def start(a, argv, dd):
         st = init_state(a, d, device, ck, dd)
     except UserError as e:
         err = e
+    except BaseException:
+        if lock is not None:
+            checkpoint.unlock_run(lock)
+        raise
     first = ranks.first_failure(err is not None, dd)
     if first >= 0 and lock is not None:
         checkpoint.unlock_run(lock)
