@@ -253,6 +253,14 @@ def test_val_selected_accuracy_is_reported(tmp_path, capsys):
     assert "val_best_epoch" not in json.load(open(os.path.join(plain, "final.json")))
 
 
+def test_validation_selects_its_own_epoch_not_the_test_best():
+    best = {"acc": -1.0, "epoch": 0}
+    for epoch, val, test in ((1, .30, .60), (2, .50, .50), (3, .40, .70), (4, .50, .65)):
+        best = train.update_best(best, {"epoch": epoch, "val_acc_noisy": val, "test_acc": test})
+    assert (best["epoch"], best["acc"]) == (3, .70)                                    # chosen on the test set
+    assert (best["val_epoch"], best["val_acc"], best["test_at_val"]) == (2, .50, .50)  # first epoch of the best val
+
+
 def test_compile_runs_one_epoch_on_cpu(tmp_path, capsys):
     try:
         torch.compile(lambda t: t * 2 + 1)(torch.ones(3))
