@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import socket
 from typing import NamedTuple, Optional
 
@@ -143,6 +144,45 @@ def load_checkpoint(path, device="cpu"):
         return torch.load(path, map_location=device, weights_only=True), verified
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {one_line(e)}; it is corrupt or not a train.py checkpoint") from None
+
+
+# ----------------------------------------------------------------------------- Replacing a run (--overwrite)
+
+REPLACED = "replaced"   # --overwrite: DIR/replaced/ holds the old run until the new one finishes
+RUN_FILES = ("config.json", "noise_report.json", "metrics.jsonl", "final.json", "checkpoint.pt",
+             "checkpoint.pt" + SUM_SUFFIX, "masks")
+
+
+def set_aside(out):
+    """--overwrite: move the old run's files into DIR/replaced/ (an older replaced/ is dropped)."""
+    aside = os.path.join(out, REPLACED)
+    if os.path.isdir(aside):
+        shutil.rmtree(aside)
+    os.makedirs(aside)
+    for name in RUN_FILES:
+        if os.path.exists(os.path.join(out, name)):
+            os.replace(os.path.join(out, name), os.path.join(aside, name))
+
+
+def drop_aside(out):
+    """The replacing run finished: the old run's files go."""
+    shutil.rmtree(os.path.join(out, REPLACED), ignore_errors=True)
+
+
+def restore_aside(out):
+    """A replacing run that failed: put the old run's files back."""
+    aside = os.path.join(out, REPLACED)
+    if not os.path.isdir(aside):
+        return
+    for name in RUN_FILES:
+        path = os.path.join(out, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+        if os.path.exists(os.path.join(aside, name)):
+            os.replace(os.path.join(aside, name), path)
+    shutil.rmtree(aside)
 
 
 # ----------------------------------------------------------------------------- The run-folder lock

@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -655,38 +654,6 @@ def resume_record(out, meta, ck, a):
     return cfg
 
 
-REPLACED = "replaced"   # --overwrite: DIR/replaced/ holds the old run until the new one finishes
-RUN_FILES = ("config.json", "noise_report.json", "metrics.jsonl", "final.json", "checkpoint.pt",
-             "checkpoint.pt" + checkpoint.SUM_SUFFIX, "masks")
-
-
-def set_aside(out):
-    """--overwrite: move the old run's files into DIR/replaced/ (an older replaced/ is dropped)."""
-    aside = os.path.join(out, REPLACED)
-    if os.path.isdir(aside):
-        shutil.rmtree(aside)
-    os.makedirs(aside)
-    for name in RUN_FILES:
-        if os.path.exists(os.path.join(out, name)):
-            os.replace(os.path.join(out, name), os.path.join(aside, name))
-
-
-def restore_aside(out):
-    """A replacing run that failed: put the old run's files back."""
-    aside = os.path.join(out, REPLACED)
-    if not os.path.isdir(aside):
-        return
-    for name in RUN_FILES:
-        path = os.path.join(out, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
-        if os.path.exists(os.path.join(aside, name)):
-            os.replace(os.path.join(aside, name), path)
-    shutil.rmtree(aside)
-
-
 # ----------------------------------------------------------------------------- Main
 
 def setup(a, argv, dd):
@@ -877,7 +844,7 @@ def initial_files(a, out, ck, meta, d, st, history, best, config):
     """Rank 0, before the first epoch: config.json, noise_report.json, metrics.jsonl and, for a
     new run, the epoch-0 checkpoint. --overwrite first moves the old run to DIR/replaced/."""
     if ck is None and a.overwrite:
-        set_aside(out)
+        checkpoint.set_aside(out)
     checkpoint.write_json(os.path.join(out, "config.json"), meta if ck is None else resume_record(out, meta, ck, a))
     checkpoint.write_json(os.path.join(out, "noise_report.json"), d["report"])
     checkpoint.write_jsonl(os.path.join(out, "metrics.jsonl"), history)
@@ -916,10 +883,10 @@ def train_run(a, dd, device, out, ck, d, cfg, loss_fn, probe, st):
         code = train_epochs(a, dd, device, out, ck, d, cfg, loss_fn, probe, st, say, history, best, config, extended)
     except (UserError, NonFiniteLoss, checkpoint.CheckpointError, OSError):
         if lead and ck is None and a.overwrite:
-            restore_aside(out)
+            checkpoint.restore_aside(out)
         raise
     if lead and code == 0 and os.path.exists(os.path.join(out, "final.json")):
-        shutil.rmtree(os.path.join(out, REPLACED), ignore_errors=True)
+        checkpoint.drop_aside(out)
     return code
 
 

@@ -137,6 +137,22 @@ def test_train_checkpoint_state_loads_with_weights_only(tmp_path):
     assert verified and ck["epoch"] == 1 and ck["masks"][0]["pooled"] is not None
 
 
+def test_set_aside_then_restore_gives_back_exactly_the_old_run(tmp_path):
+    out = str(tmp_path)
+    checkpoint.save_checkpoint(os.path.join(out, "checkpoint.pt"), state(1))
+    checkpoint.write_json(os.path.join(out, "final.json"), {"test_acc_last": 0.9})
+    os.makedirs(os.path.join(out, "masks"))
+    checkpoint.write_text(os.path.join(out, "masks", "epoch_001.npz"), "m")
+    before = {p: open(os.path.join(out, p), "rb").read() for p in
+              ("checkpoint.pt", "checkpoint.pt.sha256", "final.json", "masks/epoch_001.npz")}
+    checkpoint.set_aside(out)
+    assert sorted(os.listdir(out)) == [checkpoint.REPLACED]
+    checkpoint.write_json(os.path.join(out, "final.json"), {"test_acc_last": 0.1})   # the failing new run
+    checkpoint.restore_aside(out)
+    assert {p: open(os.path.join(out, p), "rb").read() for p in before} == before
+    assert not os.path.exists(os.path.join(out, checkpoint.REPLACED))
+
+
 # ----------------------------------------------------------------------------- Lock
 
 def test_a_held_folder_cannot_be_locked_again_and_names_the_holder(tmp_path):

@@ -145,7 +145,7 @@ def test_failed_overwrite_restores_the_old_run_and_a_finished_one_replaces_it(tm
     assert rc == 3 and "non-finite" in one_line(err)
     assert listing(out) == before
     rc, _, _ = run_in(capsys, *QUICK, "--out", out, "--overwrite")
-    assert rc == 0 and len(rows(out)) == 2 and not os.path.exists(os.path.join(out, train.REPLACED))
+    assert rc == 0 and len(rows(out)) == 2 and not os.path.exists(os.path.join(out, checkpoint.REPLACED))
 
 
 # ----------------------------------------------------------------------------- Checkpoint integrity
