@@ -180,6 +180,10 @@ class _UniformBSpline(torch.autograd.Function):
     with value P_r(u) (piece r of N_p) and derivative P_r'(u)/h. The work is done
     piece-major, (p+1, B, d), so every elementwise op runs over contiguous memory;
     one scatter then writes the p+1 values of each (b, k) into Φ.
+
+    Double backward: the backward is itself made of differentiable ops; under
+    create_graph it recomputes u from x (the saved powers carry no graph), so the
+    second derivative is P_r''(u)/h² (and silu''), not a silent zero.
     """
 
     @staticmethod
@@ -203,16 +207,18 @@ class _UniformBSpline(torch.autograd.Function):
         out.view(-1).scatter_add_(0, index.view(-1), vals.view(-1))
         if with_silu:
             out[..., 0] = F.silu(x)
-        ctx.save_for_backward(x, powers, index, kept, h)
+        ctx.save_for_backward(x, grid, t0, powers, index, kept, h)
         ctx.order, ctx.with_silu = order, with_silu
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, powers, index, kept, h = ctx.saved_tensors
+        x, grid, t0, powers, index, kept, h = ctx.saved_tensors
         p = ctx.order
         grad_x = torch.zeros_like(x)
         if p > 0:   # order 0 is piecewise constant: zero derivative
+            if torch.is_grad_enabled():   # create_graph: u as a function of x, for the second derivative
+                powers = _powers(_locate(x, grid, t0, h)[1], p)
             dvals = _polyval(powers[:p], _piece_table(p, x, derivative=True)).mul_(kept)
             picked = grad_out.reshape(-1).index_select(0, index.view(-1)).view_as(dvals)
             grad_x = (picked * dvals).sum(dim=0) / h   # dB/dx = P_r'(u)/h

@@ -12,11 +12,15 @@ paths. data.py loads the data and corrupts labels with noise.py; losses come fro
         --loss anl_ce --noise symmetric --noise-rate 0.8 --epochs 120    # docs/design.md §7 protocol
     python train.py --dataset clothing1m --data-dir ~/clothing1m --noise none --backbone resnet50 \\
         --pretrained resnet50_imagenet.pth --samples-per-epoch 64000 --epochs 10   # docs/realworld.md
-    python train.py --out runs/my-run --resume --epochs 60           # continue a run
+    python train.py --out runs/my-run --resume                       # continue a run to its --epochs
+    python train.py --out runs/my-run --resume --extend --epochs 60  # train a run longer (recorded in config.json)
+    python train.py --out runs/my-run --auto-resume --head dfc       # preemptible job: rerun the same command
     torchrun --standalone --nproc_per_node=4 train.py --head dfc     # 4 processes (GPUs), same flags
 
 Outputs in --out DIR: config.json, noise_report.json, metrics.jsonl (one JSON
-object per epoch), final.json and checkpoint.pt (written atomically each epoch).
+object per epoch), final.json and checkpoint.pt + checkpoint.pt.sha256 (written
+atomically each epoch, verified on resume; checkpoint.py). A run locks DIR while it
+runs; SIGINT and SIGTERM stop it after the current step, resumable.
 
 Multi-process (torchrun, docs/design.md §2): --batch-size is the GLOBAL batch, split evenly
 over the ranks; gradients are averaged and DCM moments summed over ranks, so every
@@ -26,12 +30,15 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
 import torch
 
+import checkpoint
 import data
 import dcm_ref
 import distributed
@@ -44,8 +51,9 @@ HEADS = ("fc", "dfc", "kan", "dkan")
 METHODS = ("standard", "coteaching", "elr")
 NOISES = ("none", "symmetric", "asymmetric", "pairflip", "instance", "cifar100-superclass")
 PROBE_SIZE = 256  # Fig. 3 probe set: at most this many corrupted training samples
-CKPT_IGNORED = {"epochs", "resume", "out", "stop_after", "device", "compile", "overwrite", "threads", "decode_workers",
-                "train_eval_every"}
+CKPT_IGNORED = {"epochs", "resume", "auto_resume", "extend", "out", "stop_after", "device", "compile", "overwrite",
+                "threads", "decode_workers", "train_eval_every"}
+SEED_MAX = 2 ** 32  # seeds are in [0, 2^32): seed * 100003 + epoch must fit torch's 64-bit generator seed
 
 
 class UserError(Exception):
@@ -120,9 +128,16 @@ def build_parser():
     g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default); 1 avoids slow-downs when other jobs share the cores")
     g = p.add_argument_group("run")
-    g.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<head>-<loss>-<noise><rate>-s<seed>)")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    g.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<head>-<loss>-<noise><rate>-s<seed>, then "
+                   "a token per other flag that differs from its default, e.g. -keep0.3, and -2, -3... rather than "
+                   "replacing a run); one run at a time holds it (DIR/.lock)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out to its --epochs (verified checkpoint)")
+    g.add_argument("--extend", action="store_true", help="with --resume: train to a larger --epochs than the run was "
+                   "started with (the LR schedule is stretched from the current epoch on; recorded in config.json)")
+    g.add_argument("--auto-resume", action="store_true", help="resume when --out holds a checkpoint of this same "
+                   "configuration, start fresh when it holds none (for preemptible jobs that rerun the same command)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing run in --out (its files are moved "
+                   "to DIR/replaced/ and deleted only when the new run finishes)")
     g.add_argument("--stop-after", type=int, default=0, help="stop (resumably) after this epoch, as if interrupted")
     g = p.add_argument_group("diagnostics (Fig. 3-5, docs/design.md §8; plot them with plot.py)")
     g.add_argument("--track-grad-error", action=argparse.BooleanOptionalAction, default=None,
@@ -172,6 +187,17 @@ def check_args(a):
         (not a.subset_once or a.samples_per_epoch > 0, "--subset-once needs --samples-per-epoch N (the subset to keep)"),
         (a.image_size is None or a.image_size >= 8, f"--image-size must be >= 8, got {a.image_size}"),
         (a.pretrained is None or os.path.isfile(a.pretrained), f"--pretrained {a.pretrained} does not exist (or is not a file)"),
+        (a.kan_grid >= 1, f"--kan-grid must be >= 1 (B-spline grid intervals), got {a.kan_grid}"),
+        (a.kan_order >= 0, f"--kan-order must be >= 0 (B-spline order), got {a.kan_order}"),
+        (a.forget_rate is None or 0.0 <= a.forget_rate < 1.0, f"--forget-rate must be in [0, 1), got {a.forget_rate}"),
+        (0.0 <= a.momentum < 1.0, f"--momentum must be in [0, 1), got {a.momentum}"),
+        (0 <= a.seed < SEED_MAX, f"--seed must be in [0, 2^32), got {a.seed}"),
+        (a.threads >= 0, f"--threads must be >= 0 (0 = torch's default), got {a.threads}"),
+        (a.stop_after >= 0, f"--stop-after must be >= 0 (0 = never), got {a.stop_after}"),
+        (a.decode_workers >= 1, f"--decode-workers must be >= 1, got {a.decode_workers}"),
+        (not (a.resume and a.overwrite), "--resume continues the run in --out and --overwrite replaces it; give one of them"),
+        (not (a.auto_resume and (a.resume or a.overwrite)), "--auto-resume already resumes or starts fresh; drop --resume/--overwrite"),
+        (not a.extend or a.resume, "--extend needs --resume (it lengthens an existing run)"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -183,6 +209,33 @@ def check_args(a):
                                   ("--imagenet-val-dir", a.imagenet_val_dir)) if v]
     if image_flags and a.dataset not in data.IMAGE_DATASETS:
         raise UserError(f"{', '.join(image_flags)} apply to {' and '.join(data.IMAGE_DATASETS)} only, not to --dataset {a.dataset}")
+
+
+# Flags that do nothing in some configurations: (flag dest, applies?, why not).
+NO_EFFECT = (
+    ("keep", lambda a: a.head in ("dfc", "dkan"), "only DCM heads (dfc, dkan) are masked"),
+    ("dcm_scope", lambda a: a.head in ("dfc", "dkan"), "only DCM heads (dfc, dkan) are masked"),
+    ("dcm_interval", lambda a: a.head in ("dfc", "dkan"), "only DCM heads (dfc, dkan) are masked"),
+    ("dcm_warmup", lambda a: a.head in ("dfc", "dkan"), "only DCM heads (dfc, dkan) are masked"),
+    ("dcm_stats", lambda a: a.head in ("dfc", "dkan"), "only DCM heads (dfc, dkan) are masked"),
+    ("dcm_eval", lambda a: a.head in ("dfc", "dkan"), "only DCM heads (dfc, dkan) are masked"),
+    ("dcm_freeze", lambda a: a.head in ("dfc", "dkan"), "only DCM heads (dfc, dkan) are masked"),
+    ("kan_grid", lambda a: a.head in ("kan", "dkan"), "only KAN heads (kan, dkan) have a grid"),
+    ("kan_order", lambda a: a.head in ("kan", "dkan"), "only KAN heads (kan, dkan) have a spline order"),
+    ("forget_rate", lambda a: a.method == "coteaching", "it is co-teaching's tau (--method coteaching)"),
+    ("noise_rate", lambda a: a.noise != "none", "--noise none corrupts no labels"),
+    ("noise_include_true", lambda a: a.noise == "symmetric", "it applies to --noise symmetric only"),
+    ("momentum", lambda a: a.optimizer == "sgd", "it is SGD's momentum (--optimizer sgd)"),
+)
+
+
+def flag_warnings(a, typed):
+    """One line per typed flag that has no effect in this configuration. typed: set of dests."""
+    out = []
+    for key, applies, why in NO_EFFECT:
+        if key in typed and not applies(a):
+            out.append(f"--{key.replace('_', '-')} has no effect here: {why}")
+    return out
 
 
 def parse_loss_args(items):
@@ -232,7 +285,7 @@ def build_net(a, in_shape, num_classes, pretrained=None):
 
 def net_forward(net, x, mstate, a, compiled=None, reduce=lambda m: m):
     """One forward with the DCM schedule. x: (B, ...) -> logits (B, C), new mask state."""
-    v = (compiled or net.backbone)(x)
+    v = (compiled if compiled is not None else net.backbone)(x)  # no truth test: a compiled module has no len()
     params = net.head_params()
     feats = nets.head_features(a.head, params, v)
     mask = None
@@ -249,7 +302,7 @@ def eval_logits(net, x, mean, std, a, mstate, batch=1024, dd=distributed.Dist())
     """Logits (N, C) of a uint8 tensor x (N, ...) in eval mode, without augmentation.
 
     Multi-process: each rank computes a contiguous 1/W of the rows and every rank
-    receives all N rows, so metrics computed from them agree on all ranks.
+    receives all N rows, so metrics computed from them agree on all distributed.
     """
     sizes = [len(part) for part in x.tensor_split(dd.world)]
     x = x.tensor_split(dd.world)[dd.rank]
@@ -341,6 +394,8 @@ def train_epoch(a, st, d, epoch, total_steps, loss_fn, delta):
         tot_loss, n_seen = tot_loss + loss_val * len(idx), n_seen + len(idx)
         changes += ch
         st["step"] += 1
+        if "stop" in st and stop_requested(st):
+            raise Stopped()
     if dd.world > 1:
         tot, n = distributed.all_sum((torch.tensor([tot_loss, n_seen], dtype=torch.float64),), dd)[0]
         tot_loss, n_seen = float(tot), int(n)
@@ -489,107 +544,175 @@ def save_mask(out, epoch, mask):
     def w(tmp):
         with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to the temp name
             np.savez_compressed(f, mask=mask.detach().cpu().numpy() != 0)
-    atomic_write(os.path.join(folder, f"epoch_{epoch:03d}.npz"), w)
+    checkpoint.atomic_write(os.path.join(folder, f"epoch_{epoch:03d}.npz"), w)
 
 
-# ----------------------------------------------------------------------------- Checkpoints and files
+# ----------------------------------------------------------------------------- Run folder and checkpoints
 
-def atomic_write(path, write):
-    """Write via a temp file and os.replace, so a crash never leaves half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json(path, obj):
-    def w(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-    atomic_write(path, w)
-
-
-def write_metrics(path, history):
-    def w(tmp):
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(m) + "\n" for m in history)
-    atomic_write(path, w)
-
-
-def checkpoint(st, epoch, history, best, config):
+def checkpoint_state(st, epoch, history, best, config, extended=()):
+    """What checkpoint.pt holds: only tensors, numbers, strings, lists and dicts, so that
+    checkpoint.load_checkpoint can use torch.load(weights_only=True). best: {"acc", "epoch",
+    "val_acc", "val_epoch", "test_at_val"}; extended: the --extend history."""
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return {"config": config, "epoch": epoch, "step": st["step"], "history": history, "best": best,
             "nets": [n.state_dict() for n in st["nets"]], "opts": [o.state_dict() for o in st["opts"]],
-            "masks": [m._asdict() for m in st["masks"]], "elr_t": st["elr_t"], "y_noisy": st["y_noisy"], "rng": rng}
+            "masks": [dict(m._asdict()) for m in st["masks"]], "elr_t": st["elr_t"], "y_noisy": st["y_noisy"],
+            "rng": rng, "extended": list(extended)}
 
 
 def load_checkpoint(path, device):
+    """Verified checkpoint.load_checkpoint; UserError (one line) when missing or corrupt."""
     try:
-        return torch.load(path, map_location=device, weights_only=False)  # our own file: it holds python scalars and dicts
-    except (OSError, RuntimeError, EOFError) as e:
-        raise UserError(f"cannot read checkpoint {path}: {e}; it is missing or corrupt") from None
+        ck, verified = checkpoint.load_checkpoint(path, device)
+    except checkpoint.CheckpointError as e:
+        raise UserError(f"{e}; resume from another run or start a new --out") from None
+    if not verified:
+        warn(f"{path} has no {checkpoint.SUM_SUFFIX} checksum (written before train.py kept one); loaded unverified")
+    return ck
 
 
-def run_dir(a):
-    """The --out folder; a default name gets a -2, -3... suffix instead of replacing an older run."""
-    if a.out:
-        return a.out
-    base = os.path.join("runs", f"{a.dataset}-{a.head}-{a.loss}-{a.noise}{a.noise_rate:g}-s{a.seed}")
-    out, k = base, 2
-    while os.path.exists(os.path.join(out, "checkpoint.pt")) and not a.resume:
-        out, k = f"{base}-{k}", k + 1
-    return out
+def warn(msg):
+    print(f"train.py: warning: {msg}", file=sys.stderr, flush=True)
 
 
-def resolve_resume(a, argv, out, device):
-    """On --resume, take the saved config and refuse flags that contradict it."""
+def default_out(a):
+    """runs/<name> for a run without --out (checkpoint.default_run_name)."""
+    defaults = vars(build_parser().parse_args([]))
+    return os.path.join("runs", checkpoint.default_run_name(vars(a), defaults))
+
+
+def claim_out(a):
+    """The run folder, locked. -> (out, Lock). A new run under a default name takes the
+    first free runs/<name>[-k]; --out, --resume and --auto-resume take exactly that folder."""
+    fresh = not a.out and not a.resume and not a.auto_resume
+    try:
+        out, lock = checkpoint.claim_run_dir(a.out or default_out(a), fresh)
+    except checkpoint.LockError as e:
+        raise UserError(str(e)) from None
+    msg = checkpoint.stale_message(lock)
+    if msg:
+        warn(msg)
+    return out, lock
+
+
+def resolve_resume(a, typed, out, device):
+    """--resume / --auto-resume: -> the checkpoint (a takes its saved config) or None
+    (--auto-resume on a folder with no checkpoint: a fresh start). Raises UserError for
+    flags that contradict the saved run, and for a run already finished or a different
+    --epochs without --extend (a silently stitched LR schedule)."""
     path = os.path.join(out, "checkpoint.pt")
     if not os.path.exists(path):
+        if a.auto_resume:
+            return None
         raise UserError(f"--resume: no checkpoint at {path}; start the run without --resume")
     ck = load_checkpoint(path, device)
-    typed = explicit_flags(argv) - CKPT_IGNORED
-    clash = sorted(k for k in typed if ck["config"].get(k) != getattr(a, k))
+    saved = ck["config"]
+    keys = (set(saved) & set(vars(a))) - CKPT_IGNORED
+    compare = keys if a.auto_resume else keys & typed
+    clash = sorted(k for k in compare if saved.get(k) != getattr(a, k))
+    if a.auto_resume and saved["epochs"] != a.epochs:
+        clash.append("epochs")
     if clash:
-        saved = ", ".join(f"--{k.replace('_', '-')} {ck['config'].get(k)}" for k in clash)
-        raise UserError(f"--resume: flags contradict the saved run ({saved}); drop them or start a new --out")
-    for k, v in ck["config"].items():
-        if k not in CKPT_IGNORED and hasattr(a, k):
-            setattr(a, k, v)
+        was = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)}" for k in clash)
+        how = "use another --out, or --overwrite" if a.auto_resume else "drop them or start a new --out"
+        raise UserError(f"--{'auto-' if a.auto_resume else ''}resume: flags contradict the saved run in {out} ({was}); {how}")
+    for k in keys:
+        setattr(a, k, saved[k])
+    check_epochs(a, typed, ck, out)
     return ck
+
+
+def check_epochs(a, typed, ck, out):
+    """--epochs on --resume: the saved target unless --extend asks for a larger one."""
+    saved, done = ck["config"]["epochs"], ck["epoch"]
+    if "epochs" not in typed or a.auto_resume:
+        a.epochs = saved
+    if a.extend:
+        if a.epochs <= saved:
+            raise UserError(f"--extend: --epochs must exceed the run's {saved} epochs, got {a.epochs}")
+    elif a.epochs != saved:
+        raise UserError(f"--resume: {out} was started for {saved} epochs (its LR schedule spans them); "
+                        f"add --extend to train to {a.epochs}, or drop --epochs")
+    elif done >= saved and not a.auto_resume:
+        raise UserError(f"--resume: {out} already finished its {saved} epochs; "
+                        f"add --extend --epochs N (N > {saved}) to train longer")
+
+
+def resume_record(out, meta, ck, a):
+    """config.json of a resumed run: the original file, plus a `resumed` entry per resume
+    and an `extended` entry per --extend (the original values are never rewritten silently)."""
+    try:
+        with open(os.path.join(out, "config.json")) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        cfg = dict(meta)
+    entry = dict(at_epoch=ck["epoch"], device_used=meta["device_used"], world_size=meta["world_size"])
+    cfg["resumed"] = cfg.get("resumed", []) + [entry]
+    if a.extend:
+        cfg["extended"] = cfg.get("extended", []) + [dict(at_epoch=ck["epoch"], epochs_before=ck["config"]["epochs"],
+                                                          epochs_after=a.epochs)]
+        cfg["epochs"] = a.epochs
+    return cfg
 
 
 # ----------------------------------------------------------------------------- Main
 
 def setup(a, argv, dd):
-    """Everything before the first step; raises UserError on bad input."""
+    """Everything before the first step; raises UserError on bad input. Flag errors come
+    before the run folder is touched and before the data is loaded. -> (device, out, lock
+    (None on ranks > 0), checkpoint or None, data, loss config, loss fn)."""
+    typed = explicit_flags(argv)
     check_args(a)
+    for msg in flag_warnings(a, typed) if dd.rank == 0 else ():
+        warn(msg)
     device = pick_device(a.device, dd)
     if device.type == "cuda" and dd.world > 1:
         torch.cuda.set_device(device)  # NCCL talks through the current device
-    out = run_dir(a)
-    ck = resolve_resume(a, argv, out, device) if a.resume else None
-    if ck is None and os.path.exists(os.path.join(out, "checkpoint.pt")) and not a.overwrite:
-        raise UserError(f"{out} already holds a run; use --resume to continue it, --overwrite to replace it, or another --out")
     hp = parse_loss_args(a.loss_arg)
     try:
-        cfg = losses.loss_config(a.loss, 10, "cifar10", noise=a.noise, **hp)  # validates names early
+        losses.loss_config(a.loss, 10, "cifar10", noise=a.noise, **hp)  # validates names before the data
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    out, lock = claim_out(a) if dd.rank == 0 else (a.out or default_out(a), None)
+    try:
+        ck = resolve_resume(a, typed, out, device) if (a.resume or a.auto_resume) else None
+        if ck is None and os.path.exists(os.path.join(out, "checkpoint.pt")) and not a.overwrite:
+            raise UserError(f"{out} already holds a run; use --resume to continue it, --overwrite to replace it, or another --out")
+        d, cfg, loss_fn = load_data(a, device, hp)
+        B = min(a.batch_size, len(d["y"]))
+        if dd.world > 1 and (B % dd.world or B // dd.world < 2):
+            raise UserError(f"--batch-size {B} is the global batch and must split into {dd.world} equal "
+                            f"per-rank shards of >= 2 samples; use a multiple of {dd.world} >= {2 * dd.world}")
+    except BaseException:
+        if lock is not None:
+            checkpoint.unlock_run(lock)
+        raise
+    return device, out, lock, ck, d, cfg, loss_fn
+
+
+def load_data(a, device, hp):
+    """data.prepare_training_data and the loss, then the checks that need the data's sizes.
+    -> (data, loss config, loss fn)."""
+    try:
         d = data.prepare_training_data(data.DataConfig.from_flags(a), device)
         cfg = losses.loss_config(a.loss, d["C"], a.dataset, noise=a.noise, **hp)
         loss_fn = losses.make_loss(a.loss, d["C"], a.dataset, noise=a.noise, **hp)
-    except data.DataError as e:
+    except (data.DataError, ValueError) as e:  # ValueError: noise/loss validation (rates, maps, names)
         raise UserError(str(e)) from None
-    except ValueError as e:  # noise/loss validation (rates, maps, hyper-parameter names)
-        raise UserError(str(e)) from None
-    B = min(a.batch_size, len(d["y"]))
-    if dd.world > 1 and (B % dd.world or B // dd.world < 2):
-        raise UserError(f"--batch-size {B} is the global batch and must split into {dd.world} equal "
-                        f"per-rank shards of >= 2 samples; use a multiple of {dd.world} >= {2 * dd.world}")
-    return device, out, ck, d, cfg, loss_fn
+    n, C = len(d["y"]), d["C"]
+    n_all = n + (len(d["val"][1]) if d["val"] is not None else 0)
+    if a.limit_train and a.limit_train < C:
+        raise UserError(f"--limit-train {a.limit_train} is below the {C} classes of {a.dataset}; use >= {C}")
+    if a.limit_train and a.limit_train > n_all and d["pool"] is None:
+        warn(f"--limit-train {a.limit_train} exceeds the {n_all} training samples of {a.dataset}; using all {n_all}")
+    if n < 2:  # a batch needs 2 samples (batch statistics)
+        raise UserError(f"--val-frac {a.val_frac:g} leaves {n} training sample(s) of {n_all}; use a smaller --val-frac"
+                        if a.val_frac > 0 else f"{a.dataset} has {n} training sample(s); at least 2 are needed")
+    if a.batch_size > n:
+        warn(f"--batch-size {a.batch_size} exceeds the {n} training samples; each epoch is one batch of {n}")
+    return d, cfg, loss_fn
 
 
 def init_state(a, d, device, ck, dd=distributed.Dist()):
@@ -616,7 +739,7 @@ def init_state(a, d, device, ck, dd=distributed.Dist()):
         st["step"], st["elr_t"] = ck["step"], ck["elr_t"]
         if not torch.equal(ck["y_noisy"].to(device), d["y_noisy"]):
             raise UserError("--resume: the noisy labels differ from the saved run's (data or noise flags changed)")
-        torch.set_rng_state(ck["rng"]["cpu"])
+        torch.set_rng_state(ck["rng"]["cpu"].cpu())
     return st
 
 
@@ -628,38 +751,147 @@ def start(a, argv, dd):
     """Setup, probe set and initial state on every rank, then agree: when any rank failed,
     all stop and only the lowest failing rank reports. The agreement is also the barrier
     that keeps rank 0 from writing into --out before every rank has read it."""
-    err = None
+    err, lock = None, None
     try:
-        device, out, ck, d, cfg, loss_fn = setup(a, argv, dd)
+        device, out, lock, ck, d, cfg, loss_fn = setup(a, argv, dd)
         probe = grad_probe(a, d)
         st = init_state(a, d, device, ck, dd)
     except UserError as e:
         err = e
+    except BaseException:
+        if lock is not None:
+            checkpoint.unlock_run(lock)
+        raise
     first = distributed.first_failure(err is not None, dd)
+    if first >= 0 and lock is not None:
+        checkpoint.unlock_run(lock)
     if first == dd.rank:
         raise err
     if first >= 0:
         raise PeerFailed()
-    return device, out, ck, d, cfg, loss_fn, probe, st
+    return device, out, lock, ck, d, cfg, loss_fn, probe, st
+
+
+def catch_stop_signals(flag):
+    """SIGINT (Ctrl-C) and SIGTERM (preemption, `kill`) set flag["sig"]: the run stops after
+    the current step with its last finished epoch saved, resumable. A second SIGINT
+    interrupts at once. -> a function that restores the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        if flag["sig"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["sig"] = signum
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(sig, h) for sig, h in old.items()]
+
+
+def stop_requested(st):
+    """Whether a stop signal arrived on any rank (one tiny all-reduce when multi-process,
+    so every rank stops after the same step)."""
+    stop = st["stop"]["sig"] is not None
+    if st["dist"].world > 1:
+        t = torch.tensor([float(stop)], device=st["y_noisy"].device)
+        stop = bool(distributed.all_sum((t,), st["dist"])[0].item() > 0)
+    return stop
+
+
+class Stopped(Exception):
+    """A stop signal was seen between two steps."""
+
+
+def make_say(lead):
+    """print for rank 0, nothing for the others. When stdout is closed (`train.py | head -1`),
+    one warning on stderr, then the run continues silently: its files are the product."""
+    state = {"open": True}
+
+    def say(*args, **kwargs):
+        if not lead or (not state["open"] and kwargs.get("file") is None):
+            return
+        try:
+            print(*args, **kwargs)
+        except BrokenPipeError:
+            state["open"] = False
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not raise again
+            os.close(devnull)
+            warn("stdout was closed (broken pipe); the run continues and writes its files")
+    return say
 
 
 def run(a, argv, dd=distributed.Dist()):
-    device, out, ck, d, cfg, loss_fn, probe, st = start(a, argv, dd)
+    flag = {"sig": None}
+    restore = catch_stop_signals(flag)
+    try:
+        device, out, lock, ck, d, cfg, loss_fn, probe, st = start(a, argv, dd)
+    except BaseException:
+        restore()
+        raise
+    st["stop"] = flag
+    try:
+        return train_run(a, dd, device, out, ck, d, cfg, loss_fn, probe, st)
+    finally:
+        restore()
+        if lock is not None:
+            checkpoint.unlock_run(lock)
+
+
+def initial_files(a, out, ck, meta, d, st, history, best, config):
+    """Rank 0, before the first epoch: config.json, noise_report.json, metrics.jsonl and, for a
+    new run, the epoch-0 checkpoint. --overwrite first moves the old run to DIR/replaced/."""
+    if ck is None and a.overwrite:
+        checkpoint.set_aside(out)
+    checkpoint.write_json(os.path.join(out, "config.json"), meta if ck is None else resume_record(out, meta, ck, a))
+    checkpoint.write_json(os.path.join(out, "noise_report.json"), d["report"])
+    checkpoint.write_jsonl(os.path.join(out, "metrics.jsonl"), history)
+    if ck is None:
+        checkpoint.save_checkpoint(os.path.join(out, "checkpoint.pt"), checkpoint_state(st, 0, history, best, config))
+
+
+def update_best(best, m):
+    """Best test accuracy (papers report it; chosen on the test set) and the validation-selected
+    epoch (chosen on the noisy validation split: the honest number). -> new best dict."""
+    best = dict(best)
+    if m["test_acc"] > best["acc"]:
+        best.update(acc=m["test_acc"], epoch=m["epoch"])
+    if m.get("val_acc_noisy") is not None and m["val_acc_noisy"] > best.get("val_acc", -1.0):
+        best.update(val_acc=m["val_acc_noisy"], val_epoch=m["epoch"], test_at_val=m["test_acc"])
+    return best
+
+
+def train_run(a, dd, device, out, ck, d, cfg, loss_fn, probe, st):
+    """The epochs; -> exit code. A failing replacement (--overwrite) puts the old run back."""
     lead = dd.rank == 0  # only rank 0 prints and writes files
-    say = print if lead else (lambda *args, **kwargs: None)
+    say = make_say(lead)
+    if ck is not None and ck["epoch"] >= a.epochs:  # --auto-resume of a finished run
+        say(f"{out} already finished its {a.epochs} epochs (--auto-resume): nothing to do")
+        return 0
     config = {k: v for k, v in vars(a).items()}
     meta = dict(config, out=out, world_size=dd.world, device_used=str(device), torch=torch.__version__,
                 numpy=np.__version__, python=sys.version.split()[0], loss_hparams=cfg, n_train=len(d["y"]))
     history, best = (ck["history"], ck["best"]) if ck else ([], {"acc": -1.0, "epoch": 0})
+    extended = list(ck.get("extended", [])) if ck else []
+    if a.extend:
+        extended.append({"at_epoch": ck["epoch"], "epochs_before": ck["config"]["epochs"], "epochs_after": a.epochs})
+    try:
+        if lead:
+            initial_files(a, out, ck, meta, d, st, history, best, config)
+        code = train_epochs(a, dd, device, out, ck, d, cfg, loss_fn, probe, st, say, history, best, config, extended)
+    except (UserError, NonFiniteLoss, checkpoint.CheckpointError, OSError):
+        if lead and ck is None and a.overwrite:
+            checkpoint.restore_aside(out)
+        raise
+    if lead and code == 0 and os.path.exists(os.path.join(out, "final.json")):
+        checkpoint.drop_aside(out)
+    return code
+
+
+def train_epochs(a, dd, device, out, ck, d, cfg, loss_fn, probe, st, say, history, best, config, extended):
+    """Train from the checkpoint's epoch to a.epochs; -> exit code (0, or 130/143 when stopped by SIGINT/SIGTERM)."""
+    lead = dd.rank == 0
     start_epoch = ck["epoch"] if ck else 0
     ck_path = os.path.join(out, "checkpoint.pt")
-    if lead:
-        os.makedirs(out, exist_ok=True)
-        write_json(os.path.join(out, "config.json"), meta)
-        write_json(os.path.join(out, "noise_report.json"), d["report"])
-        write_metrics(os.path.join(out, "metrics.jsonl"), history)
-        if ck is None:
-            atomic_write(ck_path, lambda t: torch.save(checkpoint(st, 0, history, best, config), t))
     N, B = len(d["y"]), min(a.batch_size, len(d["y"]))
     steps_per_epoch = (N - B) // B + 1
     total = a.epochs * steps_per_epoch
@@ -675,15 +907,12 @@ def run(a, argv, dd=distributed.Dist()):
         t0 = time.time()
         try:
             tr_loss, changes, n_seen = train_epoch(a, st, d, epoch, total, loss_fn, delta)
-        except KeyboardInterrupt:
-            say(f"\ninterrupted: {ck_path} holds epoch {epoch - 1}; continue with --out {out} --resume", file=sys.stderr)
-            return 130
+        except (KeyboardInterrupt, Stopped):
+            return stopped(st, say, ck_path, epoch - 1, out)
         t_train = time.time() - t0
         for net in st["nets"]:
             distributed.average_bn_stats(net, dd)  # before eval, the probe and the checkpoint: one set of BN stats
         ev = evaluate(a, st, d, train_eval_due(a, epoch))
-        if ev["test_acc"] > best["acc"]:
-            best = {"acc": ev["test_acc"], "epoch": epoch}
         ms = st["masks"][0]
         m = dict(epoch=epoch, lr=lr_at(a, st["step"] - 1, total), train_loss=tr_loss, **ev,
                  kept=dcm_ref.kept_fraction(ms.mask) if a.head in ("dfc", "dkan") else 1.0,
@@ -691,28 +920,56 @@ def run(a, argv, dd=distributed.Dist()):
                  **grad_error_metrics(a, st, d, probe, loss_fn),
                  seconds=time.time() - t0, samples_per_s=n_seen / max(t_train, 1e-9))
         m["eta_s"] = (a.epochs - epoch) * m["seconds"]
+        best = update_best(best, m)
         history.append(m)
+        state = checkpoint_state(st, epoch, history, best, config, extended)
         if lead:
             if a.save_masks:
                 save_mask(out, epoch, ms.mask)
-            write_metrics(os.path.join(out, "metrics.jsonl"), history)
-            atomic_write(ck_path, lambda t: torch.save(checkpoint(st, epoch, history, best, config), t))
-        say(f"epoch {epoch:3d}/{a.epochs}  lr {m['lr']:.4f}  loss {tr_loss:.4f}  "
-              f"train(noisy) {fmt_pct(ev['train_acc_noisy'])}  train(clean) {fmt_pct(ev['train_acc_clean'])}  "
-              f"test {fmt_pct(ev['test_acc'])}  kept {m['kept']:.3f}  change {m['mask_change']:.3f}  "
-              + (f"gcos {m['grad_cos_last']:+.2f}  " if probe is not None else "") +
-              f"{m['seconds']:.1f}s  eta {m['eta_s']:.0f}s", flush=True)
+            checkpoint.save_checkpoint(ck_path, state)  # first: metrics.jsonl never shows an epoch the checkpoint lacks
+            checkpoint.write_jsonl(os.path.join(out, "metrics.jsonl"), history)
+        say(epoch_line(a, m, probe), flush=True)
+        if stop_requested(st) and epoch < a.epochs:
+            return stopped(st, say, ck_path, epoch, out)
         if a.stop_after and epoch >= a.stop_after and epoch < a.epochs:
             say(f"stopped after epoch {epoch} (--stop-after); continue with --out {out} --resume")
             return 0
+    final = final_metrics(a, history, best, d)
+    if lead:
+        checkpoint.write_json(os.path.join(out, "final.json"), final)
+    val = (f"  at best val {100 * final['test_acc_at_val_best']:.2f}% (epoch {final['val_best_epoch']})"
+           if "val_best_epoch" in final else "")
+    say(f"done: test accuracy last {100 * final['test_acc_last']:.2f}%  best {100 * final['test_acc_best']:.2f}% "
+        f"(epoch {final['best_epoch']}){val}  in {final['wall_s']:.1f}s -> {out}")
+    return 0
+
+
+def stopped(st, say, ck_path, epoch, out):
+    """The one line of a stopped run; -> 130 (SIGINT) or 143 (SIGTERM), as a shell reports them."""
+    sig = st["stop"]["sig"] or signal.SIGINT
+    name = signal.Signals(sig).name
+    say(f"\ninterrupted ({name}): {ck_path} holds epoch {epoch}; continue with --out {out} --resume", file=sys.stderr)
+    return 128 + int(sig)
+
+
+def epoch_line(a, m, probe):
+    return (f"epoch {m['epoch']:3d}/{a.epochs}  lr {m['lr']:.4f}  loss {m['train_loss']:.4f}  "
+            f"train(noisy) {fmt_pct(m['train_acc_noisy'])}  train(clean) {fmt_pct(m['train_acc_clean'])}  "
+            + (f"val(noisy) {fmt_pct(m['val_acc_noisy'])}  " if "val_acc_noisy" in m else "") +
+            f"test {fmt_pct(m['test_acc'])}  kept {m['kept']:.3f}  change {m['mask_change']:.3f}  "
+            + (f"gcos {m['grad_cos_last']:+.2f}  " if probe is not None else "") +
+            f"{m['seconds']:.1f}s  eta {m['eta_s']:.0f}s")
+
+
+def final_metrics(a, history, best, d):
+    """final.json: last and best (test-selected) accuracy, and with --val-frac the epoch
+    selected on the noisy validation split and its test accuracy (README: the honest number)."""
     final = dict(test_acc_last=history[-1]["test_acc"], test_acc_best=best["acc"], best_epoch=best["epoch"],
                  epochs=a.epochs, wall_s=float(sum(h["seconds"] for h in history)),
                  train_samples_per_s=float(np.mean([h["samples_per_s"] for h in history])), noise_rate=d["report"]["rate"])
-    if lead:
-        write_json(os.path.join(out, "final.json"), final)
-    say(f"done: test accuracy last {100 * final['test_acc_last']:.2f}%  best {100 * final['test_acc_best']:.2f}% "
-          f"(epoch {final['best_epoch']})  in {final['wall_s']:.1f}s -> {out}")
-    return 0
+    if "val_epoch" in best:
+        final.update(val_best_epoch=best["val_epoch"], val_acc_best=best["val_acc"], test_acc_at_val_best=best["test_at_val"])
+    return final
 
 
 def main(argv=None):
@@ -743,12 +1000,18 @@ def main(argv=None):
         return run(a, argv, dd)
     except PeerFailed:
         return 2  # the failing rank has printed why
-    except (UserError, data.DataError) as e:  # DataError here: an image unreadable at an epoch's redraw
+    except (UserError, data.DataError, checkpoint.CheckpointError) as e:  # DataError: an image unreadable at a redraw
         print(f"train.py: error{who}: {e}", file=sys.stderr)
         return 2
     except NonFiniteLoss as e:  # one rank's loss: torchrun then stops the others
         print(f"train.py: error{who}: {e}", file=sys.stderr)
         return 3
+    except OSError as e:  # writing the run's files: a full disk, a folder removed under the run
+        print(f"train.py: error{who}: cannot write {e.filename or 'a run file'}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+        print(f"train.py: interrupted{who}; the last finished epoch's checkpoint (if any) is kept", file=sys.stderr)
+        return 130
     finally:
         if dd.world > 1:
             distributed.close()

@@ -22,9 +22,10 @@ from bench import accuracy as acc
 # ----------------------------------------------------------------------------- results
 
 def load_result(run_dir):
-    """A finished run -> dict(last, best, best_epoch, val, device) with accuracies in percent
-    (val: noisy-label validation accuracy at the last epoch, None without --val-frac);
-    None when the run has no final.json."""
+    """A finished run -> dict(last, best, best_epoch, val, at_val, device) with accuracies in
+    percent (val: noisy-label validation accuracy at the last epoch; at_val: test accuracy at
+    the validation-selected epoch, final.json's test_acc_at_val_best; both None without
+    --val-frac); None when the run has no final.json."""
     try:
         with open(os.path.join(run_dir, "final.json")) as f:
             final = json.load(f)
@@ -40,7 +41,8 @@ def load_result(run_dir):
     except FileNotFoundError:
         pass
     return dict(last=100 * final["test_acc_last"], best=100 * final["test_acc_best"],
-                best_epoch=final.get("best_epoch"), val=None if val is None else 100 * val, device=device)
+                best_epoch=final.get("best_epoch"), val=None if val is None else 100 * val, device=device,
+                at_val=100 * final["test_acc_at_val_best"] if "test_acc_at_val_best" in final else None)
 
 
 def stats(values):

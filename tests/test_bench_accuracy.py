@@ -244,6 +244,15 @@ def test_recommendation_uses_validation_not_test(tiny, tmp_path, monkeypatch):
     assert "**keep 0.05**" in line
 
 
+def test_load_result_reads_the_validation_selected_test_accuracy(tmp_path):
+    write_fake_run(tmp_path, "old", .8, .9, .4)
+    assert report.load_result(str(tmp_path / "old"))["at_val"] is None
+    write_fake_run(tmp_path, "new", .8, .9, .4)
+    (tmp_path / "new" / "final.json").write_text(json.dumps({"test_acc_last": .8, "test_acc_best": .9,
+                                                             "val_best_epoch": 3, "test_acc_at_val_best": .85}))
+    assert report.load_result(str(tmp_path / "new"))["at_val"] == pytest.approx(85.0)
+
+
 def test_write_section_replaces_only_the_accuracy_section(tmp_path):
     path = tmp_path / "B.md"
     path.write_text("# B\n\n## Speed\nfast\n\n## Accuracy\nold\n\n## Later\nkept\n")

@@ -122,6 +122,34 @@ def test_closed_form_backward_passes_gradcheck(order):
     assert torch.autograd.gradcheck(lambda t: kan.kan_features(params, t), (x,))
 
 
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_closed_form_double_backward_passes_gradgradcheck(order):
+    """Second derivatives (e.g. a gradient penalty) through the closed form are right:
+    order >= 2 so that the first derivative is continuous and finite differences apply."""
+    grid = _grid(3, 5, order)
+    x = _randn((5, 3), order + 10, scale=1.2)
+    x = x[~_near_knot(x, grid, 1e-3).any(dim=1)].requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda t: kan.bspline_basis_uniform(t, grid, order), (x,))
+    params = _params(3, 2, 5, order)
+    assert torch.autograd.gradgradcheck(lambda t: kan.kan_features(params, t), (x,))
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_closed_form_second_derivative_equals_cox_de_boor(order):
+    """d²/dx² of Σ_g c_g B_g(x) through both bases' autograd graphs."""
+    grid = _grid(4, 5, order)
+    x = _randn((7, 4), order + 20, scale=1.2)
+    x = x[~_near_knot(x, grid, 1e-6).any(dim=1)]
+    c = _randn((grid.shape[1] - 1 - order,), 3)
+
+    def second(basis):
+        t = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad((basis(t, grid, order) * c).sum(), t, create_graph=True)
+        (gg,) = torch.autograd.grad(g.sum(), t)
+        return gg
+    torch.testing.assert_close(second(kan.bspline_basis_uniform), second(kan.bspline_basis), rtol=1e-9, atol=1e-9)
+
+
 def test_cox_de_boor_handles_a_non_uniform_grid():
     knots = torch.tensor([-3.0, -2.5, -1.0, -0.7, 0.0, 0.1, 0.9, 2.0, 3.5, 4.0], dtype=torch.float64)
     x = torch.linspace(-0.7, 0.899, 50, dtype=torch.float64).unsqueeze(1)   # [t_3, t_{K-4})

@@ -11,6 +11,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import data
+import dcm_ref
+import kan
+import losses
+import nets
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,6 +63,39 @@ def test_methods_train_and_write_files(tmp_path, method):
     rows = assert_run_files(out)
     if method == "coteaching":
         assert "test_acc_b" in rows[-1]
+
+
+@pytest.mark.parametrize("head", ["dfc", "dkan"])
+def test_a_training_step_trains_through_the_mask(monkeypatch, head):
+    """In train.train_step, the logits are the masked head's (dcm_ref.masked_linear /
+    kan's masked forward with the state's mask) and masked head entries get exactly
+    zero gradient, while kept ones learn: a step that forgets the mask fails here."""
+    a = train.build_parser().parse_args(QUICK + ["--head", head, "--keep", "0.2", "--grad-clip", "0"])
+    cpu = torch.device("cpu")
+    d = data.prepare_training_data(a, cpu)
+    st = train.init_state(a, d, cpu, None)
+    seen, real = [], nets.head_forward
+
+    def spy(kind, params, feats, mask):
+        z = real(kind, params, feats, mask)
+        seen.append(({k: v.detach().clone() for k, v in params.items()}, feats.detach(), z.detach()))
+        return z
+    monkeypatch.setattr(nets, "head_forward", spy)
+    idx = torch.arange(64)
+    xb = data.to_float(d["x"][idx], d["mean"], d["std"])
+    train.train_step(a, st, xb, d["y_noisy"][idx], d["ids"][idx], losses.make_loss("ce", d["C"], a.dataset), 0.0, 1)
+    mask = st["masks"][0].mask
+    assert 0 < dcm_ref.kept_fraction(mask) < 0.5
+    (params, feats, z), = seen
+    if head == "dfc":
+        expect = dcm_ref.masked_linear(feats, params["w"], params["b"], mask)
+    else:
+        expect = kan.kan_forward_features(params, feats, mask)
+    torch.testing.assert_close(z, expect, rtol=0, atol=0)
+    for k in nets.head_masked_weights(head):
+        g = st["nets"][0].head[k].grad
+        off = (mask == 0).reshape(mask.shape + (1,) * (g.dim() - 2)).expand_as(g)
+        assert bool((g[off] == 0).all()) and bool((g[~off] != 0).any())
 
 
 def test_noise_report_matches_requested_rate(tmp_path):

@@ -1,0 +1,286 @@
+"""checkpoint.py: checkpoints are verified before use and never execute code, a write
+that fails or is killed leaves a loadable checkpoint, one run holds a folder, and
+default run names tell configurations apart."""
+import errno
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+import checkpoint
+import train
+
+
+def state(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"epoch": seed, "nets": [{"w": torch.randn(64, 64, generator=g)}], "history": [{"epoch": 1, "acc": 0.5}],
+            "config": {"lr": 0.05, "head": "dfc", "limit": None}, "masks": [{"mask": torch.ones(3, 4), "pooled": None}]}
+
+
+def assert_state_equal(a, b):
+    assert a["epoch"] == b["epoch"] and a["history"] == b["history"] and a["config"] == b["config"]
+    assert torch.equal(a["nets"][0]["w"], b["nets"][0]["w"])
+
+
+# ----------------------------------------------------------------------------- Checkpoints
+
+def test_saved_checkpoint_loads_verified_and_equal(tmp_path):
+    path = str(tmp_path / "checkpoint.pt")
+    checkpoint.save_checkpoint(path, state(1))
+    loaded, verified = checkpoint.load_checkpoint(path)
+    assert verified
+    assert_state_equal(loaded, state(1))
+    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    assert open(path + checkpoint.SUM_SUFFIX).read().split() == [digest, "checkpoint.pt"]
+
+
+def test_zeroed_block_is_reported_not_loaded(tmp_path):
+    path = str(tmp_path / "checkpoint.pt")
+    checkpoint.save_checkpoint(path, state(1))
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        f.write(bytes(4096))
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt") as e:
+        checkpoint.load_checkpoint(path)
+    assert "\n" not in str(e.value)
+
+
+def test_random_bytes_are_a_one_line_error(tmp_path):
+    path = str(tmp_path / "checkpoint.pt")
+    with open(path, "wb") as f:
+        f.write(os.urandom(5000))
+    with pytest.raises(checkpoint.CheckpointError) as e:   # no sidecar: unverified, then torch.load fails
+        checkpoint.load_checkpoint(path)
+    assert "\n" not in str(e.value)
+
+
+class Boom:
+    """An object whose unpickling runs code: what a tampered checkpoint would contain."""
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_a_checkpoint_with_code_is_refused_even_with_a_matching_checksum(tmp_path):
+    path, target = str(tmp_path / "checkpoint.pt"), str(tmp_path / "pwned")
+    torch.save({"epoch": 1, "x": Boom(target)}, path)
+    digest = checkpoint.sha256_file(path)
+    with open(path + checkpoint.SUM_SUFFIX, "w") as f:
+        f.write(f"{digest}  checkpoint.pt\n")
+    with pytest.raises(checkpoint.CheckpointError):
+        checkpoint.load_checkpoint(path)
+    assert not os.path.exists(target)
+
+
+def test_missing_sidecar_loads_unverified(tmp_path):
+    path = str(tmp_path / "checkpoint.pt")
+    checkpoint.save_checkpoint(path, state(2))
+    os.remove(path + checkpoint.SUM_SUFFIX)
+    loaded, verified = checkpoint.load_checkpoint(path)
+    assert not verified
+    assert_state_equal(loaded, state(2))
+
+
+@pytest.mark.parametrize("crash_at, expect", [(1, 1), (2, 1), (3, 2)])
+def test_a_save_killed_between_any_two_steps_leaves_a_verified_checkpoint(tmp_path, monkeypatch, crash_at, expect):
+    """os.replace calls of a save: 1 = sidecar listing old+new, 2 = payload, 3 = sidecar new only."""
+    path = str(tmp_path / "checkpoint.pt")
+    checkpoint.save_checkpoint(path, state(1))
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == crash_at:
+            raise KeyboardInterrupt   # a kill: nothing after this step runs
+        real(src, dst)
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint(path, state(2))
+    monkeypatch.setattr(os, "replace", real)
+    loaded, verified = checkpoint.load_checkpoint(path)
+    assert verified and loaded["epoch"] == expect
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
+                                   RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")])
+def test_disk_full_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, error):
+    path = str(tmp_path / "checkpoint.pt")
+    checkpoint.save_checkpoint(path, state(1))
+
+    def full(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise error
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(checkpoint.CheckpointError, match="previous checkpoint is intact") as e:
+        checkpoint.save_checkpoint(path, state(2))
+    assert "\n" not in str(e.value)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "checkpoint.pt.sha256"]   # no temp file left
+    loaded, verified = checkpoint.load_checkpoint(path)
+    assert verified and loaded["epoch"] == 1
+
+
+def test_train_checkpoint_state_loads_with_weights_only(tmp_path):
+    """Everything train.py checkpoints (nets, optimizers, masks with pooled moments, rng)
+    passes torch.load(weights_only=True)."""
+    out = str(tmp_path / "run")
+    assert train.main(["--out", out, "--limit-train", "200", "--epochs", "1", "--batch-size", "64",
+                       "--dcm-stats", "interval", "--dcm-interval", "5", "--method", "elr"]) == 0
+    ck, verified = checkpoint.load_checkpoint(os.path.join(out, "checkpoint.pt"))
+    assert verified and ck["epoch"] == 1 and ck["masks"][0]["pooled"] is not None
+
+
+def test_set_aside_then_restore_gives_back_exactly_the_old_run(tmp_path):
+    out = str(tmp_path)
+    checkpoint.save_checkpoint(os.path.join(out, "checkpoint.pt"), state(1))
+    checkpoint.write_json(os.path.join(out, "final.json"), {"test_acc_last": 0.9})
+    os.makedirs(os.path.join(out, "masks"))
+    checkpoint.write_text(os.path.join(out, "masks", "epoch_001.npz"), "m")
+    before = {p: open(os.path.join(out, p), "rb").read() for p in
+              ("checkpoint.pt", "checkpoint.pt.sha256", "final.json", "masks/epoch_001.npz")}
+    checkpoint.set_aside(out)
+    assert sorted(os.listdir(out)) == [checkpoint.REPLACED]
+    checkpoint.write_json(os.path.join(out, "final.json"), {"test_acc_last": 0.1})   # the failing new run
+    checkpoint.restore_aside(out)
+    assert {p: open(os.path.join(out, p), "rb").read() for p in before} == before
+    assert not os.path.exists(os.path.join(out, checkpoint.REPLACED))
+
+
+# ----------------------------------------------------------------------------- Lock
+
+def test_a_held_folder_cannot_be_locked_again_and_names_the_holder(tmp_path):
+    folder = str(tmp_path / "run")
+    lock = checkpoint.lock_run(folder)
+    with pytest.raises(checkpoint.LockHeld, match=f"pid {os.getpid()} {socket.gethostname()}"):
+        checkpoint.lock_run(folder)
+    checkpoint.unlock_run(lock)
+    checkpoint.unlock_run(checkpoint.lock_run(folder))   # free again after release
+
+
+def test_lock_held_by_another_process(tmp_path):
+    folder = str(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, checkpoint; checkpoint.lock_run(sys.argv[1]); "
+                               "print('held', flush=True); sys.stdin.read()", folder],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              cwd=os.path.dirname(os.path.abspath(checkpoint.__file__)))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(checkpoint.LockHeld, match=f"pid {holder.pid} "):
+            checkpoint.lock_run(folder)
+    finally:
+        holder.communicate("")
+    lock = checkpoint.lock_run(folder)   # the kernel released the lock of the holder, which exited without unlocking
+    assert lock.stale.split()[0] == str(holder.pid)
+    checkpoint.unlock_run(lock)
+
+
+def test_stale_lock_of_a_dead_pid_is_taken_over_and_reported(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (folder / checkpoint.LOCK_NAME).write_text(f"{dead.pid} {socket.gethostname()}\n")
+    lock = checkpoint.lock_run(str(folder))
+    try:
+        assert lock.stale == f"{dead.pid} {socket.gethostname()}"
+        msg = checkpoint.stale_message(lock)
+        assert str(dead.pid) in msg and "no longer running" in msg
+        assert (folder / checkpoint.LOCK_NAME).read_text().split()[0] == str(os.getpid())
+    finally:
+        checkpoint.unlock_run(lock)
+    assert not (folder / checkpoint.LOCK_NAME).exists()
+
+
+def test_unlock_removes_a_folder_it_created_only_when_empty(tmp_path):
+    empty, used = str(tmp_path / "a"), str(tmp_path / "b")
+    checkpoint.unlock_run(checkpoint.lock_run(empty))
+    assert not os.path.exists(empty)
+    lock = checkpoint.lock_run(used)
+    checkpoint.write_json(os.path.join(used, "config.json"), {})
+    checkpoint.unlock_run(lock)
+    assert os.listdir(used) == ["config.json"]
+
+
+def test_unusable_out_paths_are_one_line_errors(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    for folder, needle in ((tmp_path / "file", "not a folder"), (tmp_path / "file" / "sub", "is a file")):
+        with pytest.raises(checkpoint.LockError, match=needle):
+            checkpoint.lock_run(str(folder))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+
+    def denied(path, *args, **kwargs):   # root ignores chmod, so a read-only folder is simulated
+        raise PermissionError(errno.EACCES, "Permission denied", path)
+    monkeypatch.setattr(os, "open", denied)
+    with pytest.raises(checkpoint.LockError, match="Permission denied"):
+        checkpoint.lock_run(str(ro))
+
+
+# ----------------------------------------------------------------------------- Run names
+
+DEFAULTS = vars(train.build_parser().parse_args([]))
+
+
+def name_of(argv):
+    return checkpoint.default_run_name(vars(train.build_parser().parse_args(argv)), DEFAULTS)
+
+
+def test_default_flags_give_todays_name():
+    assert name_of([]) == "digits-dfc-ce-symmetric0.4-s0"
+    assert name_of(["--seed", "3", "--noise-rate", "0.6"]) == "digits-dfc-ce-symmetric0.6-s3"
+
+
+def test_a_differing_flag_is_in_the_name_readably():
+    assert name_of(["--keep", "0.3"]) == "digits-dfc-ce-symmetric0.4-s0-keep0.3"
+    assert name_of(["--epochs", "10", "--lr", "0.01"]) == "digits-dfc-ce-symmetric0.4-s0-lr0.01-ep10"   # parser order
+    assert name_of(["--out", "x", "--threads", "1", "--device", "cpu"]) == name_of([])   # cannot change results
+
+
+FLAG_VALUES = {"--keep": ["0.05", "0.3", "1"], "--lr": ["0.01", "0.1"], "--epochs": ["5", "60"],
+               "--dcm-interval": ["2", "10"], "--dcm-scope": ["global"], "--weight-decay": ["0", "0.0005"],
+               "--batch-size": ["32", "256"], "--backbone": ["cnn8"], "--method": ["elr", "coteaching"],
+               "--loss-arg": ["q=0.5", "q=0.7"], "--data-dir": ["/a/b", "/a/c"], "--val-frac": ["0.1"],
+               "--limit-train": ["300", "1000"], "--dcm-freeze": [None], "--augment": ["none"]}
+
+
+@st.composite
+def configs(draw):
+    flags = draw(st.lists(st.sampled_from(sorted(FLAG_VALUES)), unique=True, max_size=len(FLAG_VALUES)))
+    argv = []
+    for f in flags:
+        v = draw(st.sampled_from(FLAG_VALUES[f]))
+        argv += [f] if v is None else [f, v]
+    return argv
+
+
+@given(configs(), configs())
+def test_different_configurations_never_share_a_name(a, b):
+    ca, cb = (vars(train.build_parser().parse_args(x)) for x in (a, b))
+    if ca != cb:
+        assert name_of(a) != name_of(b)
+    else:
+        assert name_of(a) == name_of(b)
+    assert len(name_of(a)) <= len("digits-dfc-ce-symmetric0.4-s0") + 1 + checkpoint.NAME_MAX + 10
+
+
+def test_claim_skips_locked_and_finished_folders(tmp_path):
+    base = str(tmp_path / "runs" / "x")
+    first, lock1 = checkpoint.claim_run_dir(base, fresh=True)
+    second, lock2 = checkpoint.claim_run_dir(base, fresh=True)    # base is locked by a running run
+    os.makedirs(base + "-3")
+    open(os.path.join(base + "-3", "checkpoint.pt"), "w").close()  # -3 holds a run
+    third, lock3 = checkpoint.claim_run_dir(base, fresh=True)
+    assert (first, second, third) == (base, base + "-2", base + "-4")
+    for lock in (lock1, lock2, lock3):
+        checkpoint.unlock_run(lock)
+    with pytest.raises(checkpoint.LockHeld):
+        lock = checkpoint.lock_run(base)
+        checkpoint.claim_run_dir(base, fresh=False)                # --out/--resume: exactly that folder
+    checkpoint.unlock_run(lock)
