@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import data
 import dcm_ref as D
+import diagnostics
 import train
 
 from conftest import QUICK
@@ -119,9 +120,9 @@ def test_logged_feature_error_is_the_masked_head_error_on_the_probe_set(dfc_run)
     gradient goes through the CURRENT training mask (CE: error = (W⊙M)[ỹ] − (W⊙M)[y])."""
     a = train.build_parser().parse_args(QUICK)
     d = data.prepare_training_data(data.DataConfig.from_flags(a), torch.device("cpu"))
-    probe = train.grad_probe(a, d)
-    assert 0 < len(probe) <= train.PROBE_SIZE and bool((d["y_noisy"][probe] != d["y"][probe]).all())
-    assert torch.equal(probe, train.grad_probe(a, d))
+    probe = diagnostics.grad_probe(a, d)
+    assert 0 < len(probe) <= diagnostics.PROBE_SIZE and bool((d["y_noisy"][probe] != d["y"][probe]).all())
+    assert torch.equal(probe, diagnostics.grad_probe(a, d))
     ck = torch.load(os.path.join(dfc_run, "checkpoint.pt"), weights_only=False)
     w, mask = ck["nets"][0]["head.w"], ck["masks"][0]["mask"]
     expected = D.feature_grad_error(w, mask, d["y"][probe], d["y_noisy"][probe]).norm(dim=1).mean()
