@@ -96,6 +96,19 @@ def test_label_gradient_error_rejects_labels_of_the_wrong_shape():
 
 # ----------------------------------------------------------------------------- train.py
 
+def test_train_pass_scores_predictions_against_the_noisy_and_the_clean_labels(monkeypatch):
+    """Fig. 4's train-set pass: train_acc_noisy counts agreement with the given (noisy) labels,
+    train_acc_clean with the true ones, fit_noisy the corrupted samples fitted to their wrong label."""
+    y, y_noisy, pred = torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 0, 1]), torch.tensor([0, 1, 0, 1])
+    z = 10.0 * F.one_hot(pred, 3).float()
+    monkeypatch.setattr(diagnostics, "eval_logits", lambda *args, **kwargs: z)
+    d = dict(x=None, mean=None, std=None, y=y, y_noisy=y_noisy, clean_known=True)
+    m = diagnostics.train_metrics(None, None, None, d, None)
+    assert (m["train_acc_noisy"], m["train_acc_clean"], m["fit_noisy"]) == (1.0, 0.5, 1.0)
+    p_right = math.exp(10) / (math.exp(10) + 2)  # softmax of the predicted class
+    assert m["conf_clean"] == pytest.approx(p_right) and m["conf_noisy"] == pytest.approx(p_right)
+
+
 def test_run_logs_the_gradient_error_fields(dfc_run):
     rows = read_jsonl(os.path.join(dfc_run, "metrics.jsonl"))
     for r in rows:
