@@ -157,110 +157,110 @@ class Run:
     state: dict                        # nets, opts, masks, step, ELR memory (init_state)
 
 
-def setup(a, argv, dd):
+def setup(a, argv, dist):
     """Everything before the first step, on every rank -> Run. Then the ranks agree: when any
     rank failed, all stop and only the lowest failing rank reports. The agreement is also the
     barrier that keeps rank 0 from writing into --out before every rank has read it."""
     err, job = None, None
     try:
-        job = prepare(a, argv, dd)
+        job = prepare(a, argv, dist)
     except UserError as e:
         err = e
-    first = distributed.first_failure(err is not None, dd)
+    first = distributed.first_failure(err is not None, dist)
     if first >= 0 and job is not None and job.lock is not None:
         checkpoint.unlock_run(job.lock)
-    if first == dd.rank:
+    if first == dist.rank:
         raise err
     if first >= 0:
         raise PeerFailed()
     return job
 
 
-def prepare(a, argv, dd):
+def prepare(a, argv, dist):
     """Flags, device, run folder, checkpoint, data, probe set and initial state -> Run; raises
     UserError on bad input (and then releases the folder). Flag errors come before the run
     folder is touched and before the data is loaded."""
     typed = train_cli.explicit_flags(build_parser(), argv)
-    device, hp = train_cli.check_flags(a, typed, dd)
-    out, lock, ck = runfolder.open_run(a, typed, vars(build_parser().parse_args([])), device, dd.rank)
+    device, loss_overrides = train_cli.check_flags(a, typed, dist)
+    out, lock, resumed = runfolder.open_run(a, typed, vars(build_parser().parse_args([])), device, dist.rank)
     try:
-        d, cfg, loss_fn = load_data(a, device, hp)
-        train_cli.check_data_sizes(a, d, dd)
+        d, loss_config, loss_fn = load_data(a, device, loss_overrides)
+        train_cli.check_data_sizes(a, d, dist)
         probe = diagnostics.grad_probe(a, d)
-        return Run(device, out, lock, ck, d, cfg, loss_fn, probe, init_state(a, d, device, ck, dd))
+        return Run(device, out, lock, resumed, d, loss_config, loss_fn, probe, init_state(a, d, device, resumed, dist))
     except BaseException:
         if lock is not None:
             checkpoint.unlock_run(lock)
         raise
 
 
-def load_data(a, device, hp):
+def load_data(a, device, loss_overrides):
     """data.prepare_training_data and the loss -> (data, loss config, loss fn)."""
     try:
         d = data.prepare_training_data(data.DataConfig.from_flags(a), device)
-        cfg = losses.loss_config(a.loss, d["C"], a.dataset, noise=a.noise, **hp)
-        loss_fn = losses.make_loss(a.loss, d["C"], a.dataset, noise=a.noise, **hp)
+        loss_config = losses.loss_config(a.loss, d["C"], a.dataset, noise=a.noise, **loss_overrides)
+        loss_fn = losses.make_loss(a.loss, d["C"], a.dataset, noise=a.noise, **loss_overrides)
     except (data.DataError, ValueError) as e:  # ValueError: noise/loss validation (rates, maps, names)
         raise UserError(str(e)) from None
-    return d, cfg, loss_fn
+    return d, loss_config, loss_fn
 
 
-def init_state(a, d, device, ck, dd=distributed.Dist()):
-    """Networks, optimizers, masks, ELR memory; from the checkpoint `ck` when resuming.
+def init_state(a, d, device, resumed, dist=distributed.Dist()):
+    """Networks, optimizers, masks, ELR memory; from the checkpoint `resumed` when resuming.
     The seed is the same on every rank, so every rank builds the same initial networks."""
     torch.manual_seed(a.seed)
     n_nets = 2 if a.method == "coteaching" else 1
-    pretrained = a.pretrained if ck is None else None  # a resumed run's weights are in its checkpoint
+    pretrained = a.pretrained if resumed is None else None  # a resumed run's weights are in its checkpoint
     networks = [build_net(a, d["in_shape"], d["C"], pretrained).to(device) for _ in range(n_nets)]
     opts = [make_optimizer(a, net) for net in networks]
     C, dim = d["C"], networks[0].backbone.feature_dim
     masks = [dcm_ref.mask_init((C, dim), device=device) for _ in networks]
-    st = dict(nets=networks, opts=opts, masks=masks, step=0, y_noisy=d["y_noisy"], elr_t=None, dist=dd,
+    state = dict(nets=networks, opts=opts, masks=masks, step=0, y_noisy=d["y_noisy"], elr_t=None, dist=dist,
               compiled=[torch.compile(net.backbone) if a.compile else None for net in networks])
     if a.method == "elr":
-        st["elr_t"] = torch.zeros(d["n_ids"], C, device=device)
-        st["elr_hp"] = {k: v for k, v in losses.loss_config("elr", C, a.dataset, noise=a.noise).items() if k in ("beta", "lam")}
-    if ck is not None:
-        runfolder.restore_state(st, ck, d["y_noisy"], device)
-    return st
+        state["elr_t"] = torch.zeros(d["n_ids"], C, device=device)
+        state["elr_hp"] = {k: v for k, v in losses.loss_config("elr", C, a.dataset, noise=a.noise).items() if k in ("beta", "lam")}
+    if resumed is not None:
+        runfolder.restore_state(state, resumed, d["y_noisy"], device)
+    return state
 
 
 # ----------------------------------------------------------------------------- Run: the epoch loop
 
-def run(a, argv, dd=distributed.Dist()):
+def run(a, argv, dist=distributed.Dist()):
     """setup(), then the epochs with SIGINT/SIGTERM caught; the run folder is unlocked at the end. -> exit code."""
     flag = {"sig": None}
     restore = train_cli.catch_stop_signals(flag)
     try:
-        job = setup(a, argv, dd)
+        job = setup(a, argv, dist)
     except BaseException:
         restore()
         raise
     job.state["stop"] = flag
     try:
-        return train_run(a, dd, job)
+        return train_run(a, dist, job)
     finally:
         restore()
         if job.lock is not None:
             checkpoint.unlock_run(job.lock)
 
 
-def train_run(a, dd, job):
+def train_run(a, dist, job):
     """The run's files and its epochs; -> exit code. A failing replacement (--overwrite) puts the old run back."""
-    lead, ck, out = dd.rank == 0, job.resumed, job.out  # only rank 0 prints and writes files
+    lead, resumed, out = dist.rank == 0, job.resumed, job.out  # only rank 0 prints and writes files
     say = train_cli.make_say(lead)
-    if ck is not None and ck["epoch"] >= a.epochs:  # --auto-resume of a finished run
+    if resumed is not None and resumed["epoch"] >= a.epochs:  # --auto-resume of a finished run
         say(f"{out} already finished its {a.epochs} epochs (--auto-resume): nothing to do")
         return 0
     config = {k: v for k, v in vars(a).items()}
-    history, best = (ck["history"], ck["best"]) if ck else ([], {"acc": -1.0, "epoch": 0})
+    history, best = (resumed["history"], resumed["best"]) if resumed else ([], {"acc": -1.0, "epoch": 0})
     try:
         if lead:
-            meta = runfolder.run_meta(config, out, dd, job.device, job.loss_config, len(job.data["y"]))
-            runfolder.initial_files(a, out, ck, meta, job.data, job.state, history, best, config)
-        code = train_epochs(a, dd, job, say, history, best, config, runfolder.extended_history(a, ck))
+            meta = runfolder.run_meta(config, out, dist, job.device, job.loss_config, len(job.data["y"]))
+            runfolder.initial_files(a, out, resumed, meta, job.data, job.state, history, best, config)
+        code = train_epochs(a, dist, job, say, history, best, config, runfolder.extended_history(a, resumed))
     except (UserError, NonFiniteLoss, checkpoint.CheckpointError, OSError):
-        if lead and ck is None and a.overwrite:
+        if lead and resumed is None and a.overwrite:
             checkpoint.restore_aside(out)
         raise
     if lead and code == 0 and os.path.exists(os.path.join(out, "final.json")):
@@ -268,45 +268,45 @@ def train_run(a, dd, job):
     return code
 
 
-def train_epochs(a, dd, job, say, history, best, config, extended):
+def train_epochs(a, dist, job, say, history, best, config, extended):
     """Train from the checkpoint's epoch to a.epochs; -> exit code (0, or 130/143 when stopped by SIGINT/SIGTERM)."""
-    lead, d, st, out = dd.rank == 0, job.data, job.state, job.out
+    lead, d, state, out = dist.rank == 0, job.data, job.state, job.out
     ck_path = os.path.join(out, "checkpoint.pt")
     N, B = len(d["y"]), min(a.batch_size, len(d["y"]))
     total = a.epochs * ((N - B) // B + 1)  # optimizer steps of the whole run (the LR schedule's length)
     delta = losses.l1_weight(a.loss, job.loss_config)
-    say(diagnostics.start_line(a, d, job.device, dd, out), flush=True)
+    say(diagnostics.start_line(a, d, job.device, dist, out), flush=True)
     for epoch in range((job.resumed["epoch"] if job.resumed else 0) + 1, a.epochs + 1):
         if d["pool"] is not None and d["subset_epoch"] != epoch:
             secs = data.redraw_subset(d, epoch)
             say(f"epoch {epoch:3d}: new class-balanced subset of {len(d['y'])} images decoded in {secs:.1f}s", flush=True)
         t0 = time.time()
         try:
-            train_loss, changes, n_seen = train_epoch(a, st, d, epoch, total, job.loss_fn, delta)
+            train_loss, changes, n_seen = train_epoch(a, state, d, epoch, total, job.loss_fn, delta)
         except (KeyboardInterrupt, train_cli.Stopped):
-            return train_cli.stopped(st, say, ck_path, epoch - 1, out)
+            return train_cli.stopped(state, say, ck_path, epoch - 1, out)
         t_train = time.time() - t0
-        for net in st["nets"]:
-            distributed.average_bn_stats(net, dd)  # before eval, the probe and the checkpoint: one set of BN stats
-        measured = diagnostics.evaluate(a, st, d, diagnostics.train_eval_due(a, epoch))
-        first_mask = st["masks"][0]
-        row = dict(epoch=epoch, lr=lr_at(a, st["step"] - 1, total), train_loss=train_loss, **measured,
+        for net in state["nets"]:
+            distributed.average_bn_stats(net, dist)  # before eval, the probe and the checkpoint: one set of BN stats
+        measured = diagnostics.evaluate(a, state, d, diagnostics.train_eval_due(a, epoch))
+        first_mask = state["masks"][0]
+        row = dict(epoch=epoch, lr=lr_at(a, state["step"] - 1, total), train_loss=train_loss, **measured,
                    kept=dcm_ref.kept_fraction(first_mask.mask) if a.head in ("dfc", "dkan") else 1.0,
                    mask_change=float(np.mean([float(c) for c in changes])) if changes else 0.0,
-                   mask_updates=first_mask.updates, **diagnostics.grad_error_metrics(a, st, d, job.probe, job.loss_fn),
+                   mask_updates=first_mask.updates, **diagnostics.grad_error_metrics(a, state, d, job.probe, job.loss_fn),
                    seconds=time.time() - t0, samples_per_s=n_seen / max(t_train, 1e-9))
         row["eta_s"] = (a.epochs - epoch) * row["seconds"]
         best = diagnostics.update_best(best, row)
         history.append(row)
-        state = runfolder.checkpoint_state(st, epoch, history, best, config, extended)
+        snapshot = runfolder.checkpoint_state(state, epoch, history, best, config, extended)
         if lead:
             if a.save_masks:
                 diagnostics.save_mask(out, epoch, first_mask.mask)
-            checkpoint.save_checkpoint(ck_path, state)  # first: metrics.jsonl never shows an epoch the checkpoint lacks
+            checkpoint.save_checkpoint(ck_path, snapshot)  # first: metrics.jsonl never shows an epoch the checkpoint lacks
             checkpoint.write_jsonl(os.path.join(out, "metrics.jsonl"), history)
         say(diagnostics.epoch_line(a, row, job.probe), flush=True)
-        if train_cli.stop_requested(st) and epoch < a.epochs:
-            return train_cli.stopped(st, say, ck_path, epoch, out)
+        if train_cli.stop_requested(state) and epoch < a.epochs:
+            return train_cli.stopped(state, say, ck_path, epoch, out)
         if a.stop_after and epoch >= a.stop_after and epoch < a.epochs:
             say(f"stopped after epoch {epoch} (--stop-after); continue with --out {out} --resume")
             return 0
@@ -317,77 +317,77 @@ def train_epochs(a, dd, job, say, history, best, config, extended):
     return 0
 
 
-def train_epoch(a, st, d, epoch, total_steps, loss_fn, delta):
-    """One pass over the training set. st: run state (nets, opts, masks, elr memory, step, dist).
+def train_epoch(a, state, d, epoch, total_steps, loss_fn, delta):
+    """One pass over the training set. state: run state (nets, opts, masks, elr memory, step, dist).
 
     The permutation is the same on every rank; each rank takes its 1/W of every global
     batch of B, so all ranks take the same number of steps. Crops/flips differ per rank.
     Returns the mean loss and the sample count over all ranks, and the mask changes.
     """
-    dd = st["dist"]
+    dist = state["dist"]
     N, B = len(d["y"]), min(a.batch_size, len(d["y"]))
     g = torch.Generator().manual_seed(a.seed * 100003 + epoch)
     perm = torch.randperm(N, generator=g).to(d["x"].device)
-    gaug = torch.Generator(device=d["x"].device).manual_seed(a.seed * 100003 + epoch + 1000003 * dd.rank)
+    aug_gen = torch.Generator(device=d["x"].device).manual_seed(a.seed * 100003 + epoch + 1000003 * dist.rank)
     tot_loss, n_seen, changes = 0.0, 0, []
     for i in range(0, N - B + 1, B):  # drop the last partial batch: BN and batch std need B >= 2
-        idx = perm[i:i + B].tensor_split(dd.world)[dd.rank]
+        idx = perm[i:i + B].tensor_split(dist.world)[dist.rank]
         xb = d["x"][idx]
         if d["aug"] == "crop-flip":  # on raw pixels, so padding is black as in torchvision's RandomCrop
-            xb = data.augment_batch(xb.float(), gaug)
+            xb = data.augment_batch(xb.float(), aug_gen)
         elif d["aug"] == "rrc-flip":
-            xb = realworld.random_resized_crop_flip(xb.float(), gaug)
+            xb = realworld.random_resized_crop_flip(xb.float(), aug_gen)
         xb = data.to_float(xb, d["mean"], d["std"])
-        lr = lr_at(a, st["step"], total_steps)
-        for opt in st["opts"]:
+        lr = lr_at(a, state["step"], total_steps)
+        for opt in state["opts"]:
             for group in opt.param_groups:
                 group["lr"] = lr
-        loss_val, ch = train_step(a, st, xb, d["y_noisy"][idx], d["ids"][idx], loss_fn, delta, epoch)
+        loss_val, ch = train_step(a, state, xb, d["y_noisy"][idx], d["ids"][idx], loss_fn, delta, epoch)
         if not math.isfinite(loss_val):
-            raise NonFiniteLoss(f"non-finite training loss ({loss_val}) at epoch {epoch}, step {st['step']}; "
+            raise NonFiniteLoss(f"non-finite training loss ({loss_val}) at epoch {epoch}, step {state['step']}; "
                                 f"lower --lr or use --grad-clip; the last good checkpoint is kept")
         tot_loss, n_seen = tot_loss + loss_val * len(idx), n_seen + len(idx)
         changes += ch
-        st["step"] += 1
-        if "stop" in st and train_cli.stop_requested(st):
+        state["step"] += 1
+        if "stop" in state and train_cli.stop_requested(state):
             raise train_cli.Stopped()
-    if dd.world > 1:
-        tot, n = distributed.all_sum((torch.tensor([tot_loss, n_seen], dtype=torch.float64),), dd)[0]
+    if dist.world > 1:
+        tot, n = distributed.all_sum((torch.tensor([tot_loss, n_seen], dtype=torch.float64),), dist)[0]
         tot_loss, n_seen = float(tot), int(n)
     return tot_loss / max(n_seen, 1), changes, n_seen
 
 
-def train_step(a, st, xb, yb, ids, loss_fn, delta, epoch):
+def train_step(a, state, xb, yb, ids, loss_fn, delta, epoch):
     """One optimizer step for every network of the method; ids: the batch's rows of the ELR
     memory. Returns (loss, mask changes)."""
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if (a.amp and xb.is_cuda) else torch.autocast("cpu", enabled=False)
-    dd = st["dist"]
+    dist = state["dist"]
     outs, changes = [], []
-    for k, net in enumerate(st["nets"]):
+    for k, net in enumerate(state["nets"]):
         with ctx:
-            logits, new_state = net_forward(net, xb, st["masks"][k], a, st["compiled"][k],
-                                            reduce=lambda m: distributed.all_sum(m, dd))  # global-batch moments
-        if new_state.updates != st["masks"][k].updates:
+            logits, new_state = net_forward(net, xb, state["masks"][k], a, state["compiled"][k],
+                                            reduce=lambda m: distributed.all_sum(m, dist))  # global-batch moments
+        if new_state.updates != state["masks"][k].updates:
             changes.append(new_state.change)
-        st["masks"][k] = new_state
+        state["masks"][k] = new_state
         outs.append(logits)
     if a.method == "coteaching":  # each rank selects small-loss samples within its shard, as per-GPU co-teaching
-        la, lb = loss_fn(outs[0], yb), loss_fn(outs[1], yb)
+        loss_a, loss_b = loss_fn(outs[0], yb), loss_fn(outs[1], yb)
         tau = a.forget_rate if a.forget_rate is not None else a.noise_rate
-        keep_a, keep_b = losses.coteaching_select(la.detach(), lb.detach(), losses.forget_rate(epoch, tau))
-        per_net = [la[keep_a].mean(), lb[keep_b].mean()]
+        keep_a, keep_b = losses.coteaching_select(loss_a.detach(), loss_b.detach(), losses.forget_rate(epoch, tau))
+        per_net = [loss_a[keep_a].mean(), loss_b[keep_b].mean()]
     elif a.method == "elr":
-        lv, new_t = losses.elr_loss(outs[0], yb, st["elr_t"][ids], **st["elr_hp"])
-        sizes = [len(ids)] * dd.world  # every rank's new rows, so the memory stays the same everywhere
-        st["elr_t"][distributed.all_gather_rows(ids, sizes, dd)] = distributed.all_gather_rows(new_t, sizes, dd)
-        per_net = [lv.mean()]
+        elr_losses, new_t = losses.elr_loss(outs[0], yb, state["elr_t"][ids], **state["elr_hp"])
+        sizes = [len(ids)] * dist.world  # every rank's new rows, so the memory stays the same everywhere
+        state["elr_t"][distributed.all_gather_rows(ids, sizes, dist)] = distributed.all_gather_rows(new_t, sizes, dist)
+        per_net = [elr_losses.mean()]
     else:
         per_net = [loss_fn(outs[0], yb).mean()]
-    for net, opt, loss, mstate in zip(st["nets"], st["opts"], per_net, st["masks"]):
+    for net, opt, loss, mstate in zip(state["nets"], state["opts"], per_net, state["masks"]):
         if delta:
             loss = loss + delta * losses.l1_penalty(net.parameters())
         mask = mstate.mask if a.head in ("dfc", "dkan") else None
-        optimizer_step(a, net, opt, loss, mask, dd)
+        optimizer_step(a, net, opt, loss, mask, dist)
     return per_net[0].item(), changes
 
 
@@ -408,12 +408,12 @@ def net_forward(net, x, mstate, a, compiled=None, reduce=lambda m: m):
     return nets.head_forward(a.head, params, feats, mask).float(), mstate
 
 
-def optimizer_step(a, net, opt, loss, mask, dd=distributed.Dist()):
+def optimizer_step(a, net, opt, loss, mask, dist=distributed.Dist()):
     """Backward, average gradients over ranks, clip, step; with --dcm-freeze the masked head
     entries are restored exactly. Clipping after the average clips the global gradient."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    distributed.average_grads(net.parameters(), dd)
+    distributed.average_grads(net.parameters(), dist)
     if a.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(net.parameters(), a.grad_clip)
     frozen = {}
@@ -470,15 +470,15 @@ def main(argv=None):
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     try:
-        dd = distributed.dist_from_env(os.environ)
+        dist = distributed.dist_from_env(os.environ)
     except ValueError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
-    if dd.world > 1:
-        distributed.init_distributed(dd)
-    who = f" (rank {dd.rank})" if dd.rank > 0 else ""
+    if dist.world > 1:
+        distributed.init_distributed(dist)
+    who = f" (rank {dist.rank})" if dist.rank > 0 else ""
     try:
-        return run(a, argv, dd)
+        return run(a, argv, dist)
     except PeerFailed:
         return 2  # the failing rank has printed why
     except (UserError, data.DataError, checkpoint.CheckpointError, NonFiniteLoss) as e:
@@ -491,7 +491,7 @@ def main(argv=None):
         print(f"train.py: interrupted{who}; the last finished epoch's checkpoint (if any) is kept", file=sys.stderr)
         return 130
     finally:
-        if dd.world > 1:
+        if dist.world > 1:
             distributed.close()
 
 
