@@ -16,6 +16,8 @@ import torch
 
 import checkpoint
 import data
+import diagnostics
+import runfolder
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,7 +137,7 @@ def test_default_names_keep_a_sweep_apart(tmp_path, monkeypatch, capsys):
     assert made == [name.format("0.05"), name.format("0.2"), name.format("0.5"), name.format("0.5") + "-2"]
     for folder, keep in zip(made, (0.05, 0.2, 0.5, 0.5)):
         assert json.load(open(os.path.join(folder, "config.json")))["keep"] == keep
-    assert train.default_out(train.build_parser().parse_args([])) == "runs/digits-dfc-ce-symmetric0.4-s0"
+    assert runfolder.default_out(train.build_parser().parse_args([]), vars(train.build_parser().parse_args([]))) == "runs/digits-dfc-ce-symmetric0.4-s0"
 
 
 def test_failed_overwrite_restores_the_old_run_and_a_finished_one_replaces_it(tmp_path, capsys, finished):
@@ -256,7 +258,7 @@ def test_val_selected_accuracy_is_reported(tmp_path, capsys):
 def test_validation_selects_its_own_epoch_not_the_test_best():
     best = {"acc": -1.0, "epoch": 0}
     for epoch, val, test in ((1, .30, .60), (2, .50, .50), (3, .40, .70), (4, .50, .65)):
-        best = train.update_best(best, {"epoch": epoch, "val_acc_noisy": val, "test_acc": test})
+        best = diagnostics.update_best(best, {"epoch": epoch, "val_acc_noisy": val, "test_acc": test})
     assert (best["epoch"], best["acc"]) == (3, .70)                                    # chosen on the test set
     assert (best["val_epoch"], best["val_acc"], best["test_at_val"]) == (2, .50, .50)  # first epoch of the best val
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import data
 import dcm_ref as D
+import diagnostics
 import train
 
 from conftest import QUICK
@@ -95,6 +96,19 @@ def test_label_gradient_error_rejects_labels_of_the_wrong_shape():
 
 # ----------------------------------------------------------------------------- train.py
 
+def test_train_pass_scores_predictions_against_the_noisy_and_the_clean_labels(monkeypatch):
+    """Fig. 4's train-set pass: train_acc_noisy counts agreement with the given (noisy) labels,
+    train_acc_clean with the true ones, fit_noisy the corrupted samples fitted to their wrong label."""
+    y, y_noisy, pred = torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 0, 1]), torch.tensor([0, 1, 0, 1])
+    z = 10.0 * F.one_hot(pred, 3).float()
+    monkeypatch.setattr(diagnostics, "eval_logits", lambda *args, **kwargs: z)
+    d = dict(x=None, mean=None, std=None, y=y, y_noisy=y_noisy, clean_known=True)
+    m = diagnostics.train_metrics(None, None, None, d, None)
+    assert (m["train_acc_noisy"], m["train_acc_clean"], m["fit_noisy"]) == (1.0, 0.5, 1.0)
+    p_right = math.exp(10) / (math.exp(10) + 2)  # softmax of the predicted class
+    assert m["conf_clean"] == pytest.approx(p_right) and m["conf_noisy"] == pytest.approx(p_right)
+
+
 def test_run_logs_the_gradient_error_fields(dfc_run):
     rows = read_jsonl(os.path.join(dfc_run, "metrics.jsonl"))
     for r in rows:
@@ -119,9 +133,9 @@ def test_logged_feature_error_is_the_masked_head_error_on_the_probe_set(dfc_run)
     gradient goes through the CURRENT training mask (CE: error = (W⊙M)[ỹ] − (W⊙M)[y])."""
     a = train.build_parser().parse_args(QUICK)
     d = data.prepare_training_data(data.DataConfig.from_flags(a), torch.device("cpu"))
-    probe = train.grad_probe(a, d)
-    assert 0 < len(probe) <= train.PROBE_SIZE and bool((d["y_noisy"][probe] != d["y"][probe]).all())
-    assert torch.equal(probe, train.grad_probe(a, d))
+    probe = diagnostics.grad_probe(a, d)
+    assert 0 < len(probe) <= diagnostics.PROBE_SIZE and bool((d["y_noisy"][probe] != d["y"][probe]).all())
+    assert torch.equal(probe, diagnostics.grad_probe(a, d))
     ck = torch.load(os.path.join(dfc_run, "checkpoint.pt"), weights_only=False)
     w, mask = ck["nets"][0]["head.w"], ck["masks"][0]["mask"]
     expected = D.feature_grad_error(w, mask, d["y"][probe], d["y_noisy"][probe]).norm(dim=1).mean()

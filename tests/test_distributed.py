@@ -26,9 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import dcm_ref as D
+import diagnostics
 import distributed
 import kan
 import nets
+import runfolder
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -309,7 +311,7 @@ def _step_checks(dd, g):
         masks.append(kept)
     res["step_params"], res["step_masks"] = tuple(params), tuple(masks)
     x8 = torch.randint(0, 256, (37, 1, 8, 8), dtype=torch.uint8, generator=g)
-    res["eval"] = tuple(train.eval_logits(net, x8, (0.5,), (0.25,), a, ms, batch=8, dd=c) for c in (dd, distributed.Dist()))
+    res["eval"] = tuple(diagnostics.eval_logits(net, x8, (0.5,), (0.25,), a, ms, batch=8, dd=c) for c in (dd, distributed.Dist()))
     return res
 
 
@@ -330,19 +332,19 @@ def dump_train(dump, argv):
     """train.main(argv) on this rank; after every epoch e the rank saves what it would checkpoint
     (history and best left out) to dump/rank{r}_epoch{e:03d}.pt, and rank 0 keeps the
     checkpoint.pt of epoch e - 1 as dump/checkpoint_epoch{e-1:03d}.pt. The hook wraps
-    train.grad_error_metrics, which every rank calls once per epoch after evaluation, just
+    diagnostics.grad_error_metrics, which every rank calls once per epoch after evaluation, just
     before the epoch's row is logged and rank 0 writes the epoch's checkpoint."""
-    rank, epoch, inner = distributed.dist_from_env(os.environ).rank, [0], train.grad_error_metrics
+    rank, epoch, inner = distributed.dist_from_env(os.environ).rank, [0], diagnostics.grad_error_metrics
 
     def hooked(a, st, d, probe, loss_fn):
         metrics = inner(a, st, d, probe, loss_fn)
         epoch[0] += 1
         os.makedirs(dump, exist_ok=True)
-        torch.save(train.checkpoint_state(st, epoch[0], [], None, vars(a)), os.path.join(dump, f"rank{rank}_epoch{epoch[0]:03d}.pt"))
+        torch.save(runfolder.checkpoint_state(st, epoch[0], [], None, vars(a)), os.path.join(dump, f"rank{rank}_epoch{epoch[0]:03d}.pt"))
         if rank == 0:
             shutil.copy(os.path.join(a.out, "checkpoint.pt"), os.path.join(dump, f"checkpoint_epoch{epoch[0] - 1:03d}.pt"))
         return metrics
-    train.grad_error_metrics = hooked
+    diagnostics.grad_error_metrics = hooked
     return train.main(argv)
 
 

@@ -11,6 +11,7 @@ from bench import accuracy as bench_accuracy
 import plot
 import presets
 import train
+import train_cli
 
 
 def parse(argv):
@@ -22,7 +23,7 @@ def parse(argv):
 def test_every_preset_is_a_valid_flag_set(name):
     a, got = parse(["--preset", name])
     assert got == name and a.preset == name
-    train.check_args(a)                                   # raises UserError on a bad value
+    train_cli.check_args(a)                                   # raises UserError on a bad value
     assert presets.PRESETS[name][1]                       # a source for every preset
 
 

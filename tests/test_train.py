@@ -13,10 +13,12 @@ import torch
 
 import data
 import dcm_ref
+import diagnostics
 import kan
 import losses
 import nets
 import train
+import train_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = ["--limit-train", "300", "--epochs", "2", "--batch-size", "64"]
@@ -46,7 +48,7 @@ def assert_run_files(out, epochs=2):
     return rows
 
 
-@pytest.mark.parametrize("head", train.HEADS)
+@pytest.mark.parametrize("head", train_cli.HEADS)
 @pytest.mark.parametrize("loss", ["ce", "gce", "anl_ce"])
 def test_every_head_and_loss_trains_and_writes_files(tmp_path, head, loss):
     out = run_ok(tmp_path, "--head", head, "--loss", loss)
@@ -152,11 +154,11 @@ def test_train_eval_every_skips_only_the_train_set_pass(tmp_path):
     every = read_jsonl(os.path.join(run_ok(tmp_path, "--epochs", "3", name="every"), "metrics.jsonl"))
     sparse = read_jsonl(os.path.join(run_ok(tmp_path, "--epochs", "3", "--train-eval-every", "2", name="sparse"), "metrics.jsonl"))
     never = read_jsonl(os.path.join(run_ok(tmp_path, "--epochs", "3", "--train-eval-every", "0", name="never"), "metrics.jsonl"))
-    for key in train.TRAIN_METRICS:
+    for key in diagnostics.TRAIN_METRICS:
         assert [r[key] is None for r in sparse] == [True, False, False]   # epoch 2, and the last (3)
         assert [r[key] for r in sparse][1:] == [r[key] for r in every][1:]
         assert all(r[key] is None for r in never) and all(r[key] is not None for r in every)
-    other = [k for k in _comparable(every)[0] if k not in train.TRAIN_METRICS]
+    other = [k for k in _comparable(every)[0] if k not in diagnostics.TRAIN_METRICS]
     assert [[r[k] for k in other] for r in never] == [[r[k] for k in other] for r in every]   # same training
 
 

@@ -1,0 +1,213 @@
+"""What a run measures each epoch: test (and validation) accuracy, the training-set pass of
+Fig. 4 (fit of the noisy labels vs the clean ones), the gradient probe of Fig. 3 (cosine
+between noisy- and clean-label gradients), the masks of Fig. 5, and the run's summary.
+Zhang et al., arXiv 2508.09697; the conventions are in docs/design.md §8.
+
+    probe = grad_probe(a, d)                             # fixed corrupted samples, or None
+    m = evaluate(a, st, d, train_pass=True)              # test_acc, train_acc_noisy, ...
+    m.update(grad_error_metrics(a, st, d, probe, loss_fn))
+"""
+import os
+
+import numpy as np
+import torch
+
+import checkpoint
+import data
+import dcm_ref
+import distributed
+import nets
+import train_cli
+
+PROBE_SIZE = 256  # Fig. 3 probe set: at most this many corrupted training samples
+
+
+def eval_logits(net, x, mean, std, a, mstate, batch=1024, dd=distributed.Dist()):
+    """Logits (N, C) of a uint8 tensor x (N, ...) in eval mode, without augmentation.
+
+    Multi-process: each rank computes a contiguous 1/W of the rows and every rank
+    receives all N rows, so metrics computed from them agree on all distributed.
+    """
+    sizes = [len(part) for part in x.tensor_split(dd.world)]
+    x = x.tensor_split(dd.world)[dd.rank]
+    net.eval()
+    mask = mstate.mask if (a.head in ("dfc", "dkan") and a.dcm_eval == "masked") else None
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            xb = data.to_float(x[i:i + batch], mean, std)
+            params = net.head_params()
+            feats = nets.head_features(a.head, params, net.backbone(xb))
+            out.append(nets.head_forward(a.head, params, feats, mask).float())
+    net.train()
+    if not out:  # a rank can get no rows of a set smaller than the world size
+        C = net.head_params()["w" if a.head in ("fc", "dfc") else "base_weight"].shape[0]
+        out = [torch.zeros(0, C, device=x.device)]
+    return distributed.all_gather_rows(torch.cat(out), sizes, dd)
+
+
+TRAIN_METRICS = ("train_acc_noisy", "train_acc_clean", "conf_clean", "conf_noisy", "fit_noisy")
+
+
+def train_metrics(a, net, ms, d, dd):
+    """One pass over the training set -> {TRAIN_METRICS}: accuracy against the noisy and the
+    clean labels, mean p of the given label on clean vs noisy samples, fit of the noisy ones."""
+    z = eval_logits(net, d["x"], d["mean"], d["std"], a, ms, dd=dd)
+    pred, p = z.argmax(1), z.softmax(1)
+    is_noisy = d["y_noisy"] != d["y"]
+    p_given = p.gather(1, d["y_noisy"][:, None])[:, 0]
+    out = dict(train_acc_noisy=(pred == d["y_noisy"]).float().mean().item(),
+               train_acc_clean=(pred == d["y"]).float().mean().item(),
+               conf_clean=p_given[~is_noisy].mean().item() if (~is_noisy).any() else None,
+               conf_noisy=p_given[is_noisy].mean().item() if is_noisy.any() else None,
+               fit_noisy=(pred[is_noisy] == d["y_noisy"][is_noisy]).float().mean().item() if is_noisy.any() else None)
+    if not d["clean_known"]:  # y is y_noisy there: clean-label metrics would be fake
+        out.update(train_acc_clean=None, conf_clean=None, conf_noisy=None, fit_noisy=None)
+    return out
+
+
+def train_eval_due(a, epoch):
+    """Whether this epoch evaluates the whole training set (--train-eval-every; always the last epoch)."""
+    return a.train_eval_every > 0 and (epoch % a.train_eval_every == 0 or epoch == a.epochs)
+
+
+def evaluate(a, st, d, train_pass=True):
+    """Test accuracy; with train_pass also train accuracy vs noisy/clean labels and confidence on
+    clean vs noisy samples (else None). Identical on every rank: the logits are computed sharded
+    and gathered whole."""
+    net, ms, dd = st["nets"][0], st["masks"][0], st["dist"]
+    test_acc = (eval_logits(net, d["x_test"], d["mean"], d["std"], a, ms, dd=dd).argmax(1) == d["y_test"]).float().mean()
+    out = dict(test_acc=test_acc.item(), **(train_metrics(a, net, ms, d, dd) if train_pass else dict.fromkeys(TRAIN_METRICS)))
+    if d["clean_val"] is not None:  # Clothing1M's clean val keys / ILSVRC12 val for WebVision
+        xc, yc, metric = d["clean_val"]
+        out[metric] = (eval_logits(net, xc, d["mean"], d["std"], a, ms, dd=dd).argmax(1) == yc).float().mean().item()
+    if d["val"] is not None:
+        zv = eval_logits(net, d["val"][0], d["mean"], d["std"], a, ms, dd=dd)
+        out["val_acc_noisy"] = (zv.argmax(1) == d["val"][1]).float().mean().item()
+    if len(st["nets"]) > 1:
+        zb = eval_logits(st["nets"][1], d["x_test"], d["mean"], d["std"], a, st["masks"][1], dd=dd)
+        out["test_acc_b"] = (zb.argmax(1) == d["y_test"]).float().mean().item()
+    return out
+
+
+# ----------------------------------------------------------------------------- Fig. 3: gradient error on a probe set
+
+GRAD_FIELDS = ("grad_cos_last", "grad_cos_feat", "grad_err_feat_norm", "grad_err_feat_bound")
+
+
+def grad_probe(a, d):
+    """Indices (<= PROBE_SIZE,) of the fixed Fig. 3 probe set: corrupted training samples, or None when off.
+
+    Drawn once from the run seed with a private generator, so the global RNG (and
+    therefore the training trajectory) is untouched, and a resumed run gets the same set.
+    """
+    if not d["clean_known"]:
+        if a.track_grad_error:
+            raise train_cli.UserError(f"--track-grad-error needs the clean training labels; --dataset {a.dataset} has only its noisy ones")
+        return None
+    corrupted = (d["y_noisy"] != d["y"]).nonzero()[:, 0]
+    if a.track_grad_error is False or (a.track_grad_error is None and len(corrupted) == 0):
+        return None
+    if len(corrupted) == 0:
+        raise train_cli.UserError("--track-grad-error needs training labels that differ from the clean ones (e.g. --noise-rate > 0); got none")
+    g = torch.Generator().manual_seed(a.seed * 100003 + 7919)
+    pick = torch.randperm(len(corrupted), generator=g)[:PROBE_SIZE].to(corrupted.device)
+    return corrupted[pick].sort().values
+
+
+def grad_error_metrics(a, st, d, probe, loss_fn):
+    """Fig. 3 for the first network on the probe set; GRAD_FIELDS -> float (None when off).
+
+    The model is in eval mode (BN uses and keeps its running stats, so the probe
+    leaves no trace), with no augmentation, but WITH the current training mask:
+    the masked gradient is the one that trains the network. The loss is the run's
+    per-sample --loss; label-independent terms (ANL's L1, ELR's regulariser) and
+    co-teaching's selection are left out: they are equal for both labels or not a
+    gradient. grad_err_feat_bound (FC heads with CE) is dcm_ref.feature_grad_error_bound.
+    """
+    if probe is None:
+        return dict.fromkeys(GRAD_FIELDS)
+    net, mask = st["nets"][0], st["masks"][0].mask if a.head in ("dfc", "dkan") else None
+    net.eval()
+    try:
+        with torch.enable_grad():
+            v = net.backbone(data.to_float(d["x"][probe], d["mean"], d["std"]))
+            params = net.head_params()
+            logits = nets.head_forward(a.head, params, nets.head_features(a.head, params, v), mask).float()
+            ge = dcm_ref.label_gradient_error(loss_fn, logits, v, list(net.backbone.last_layer.parameters()),
+                                              d["y_noisy"][probe], d["y"][probe])
+    finally:
+        net.train()
+    bound = None
+    if a.head in ("fc", "dfc") and a.loss == "ce":  # the bound is for CE's ∂L/∂z = p − e_label
+        w = params["w"].detach()
+        bound = dcm_ref.feature_grad_error_bound(w, torch.ones_like(w) if mask is None else mask)
+    return dict(grad_cos_last=ge.cos_params, grad_cos_feat=float(ge.cos_feat.mean()),
+                grad_err_feat_norm=float(ge.err_feat.mean()), grad_err_feat_bound=bound)
+
+
+# ----------------------------------------------------------------------------- Fig. 5 masks and the run summary
+
+def save_mask(out, epoch, mask):
+    """DIR/masks/epoch_XXX.npz with `mask`: (C, d) bool, the first network's mask after `epoch` (Fig. 5)."""
+    folder = os.path.join(out, "masks")
+    os.makedirs(folder, exist_ok=True)
+
+    def w(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to the temp name
+            np.savez_compressed(f, mask=mask.detach().cpu().numpy() != 0)
+    checkpoint.atomic_write(os.path.join(folder, f"epoch_{epoch:03d}.npz"), w)
+
+
+def update_best(best, m):
+    """Best test accuracy (papers report it; chosen on the test set) and the validation-selected
+    epoch (chosen on the noisy validation split: the honest number). -> new best dict."""
+    best = dict(best)
+    if m["test_acc"] > best["acc"]:
+        best.update(acc=m["test_acc"], epoch=m["epoch"])
+    if m.get("val_acc_noisy") is not None and m["val_acc_noisy"] > best.get("val_acc", -1.0):
+        best.update(val_acc=m["val_acc_noisy"], val_epoch=m["epoch"], test_at_val=m["test_acc"])
+    return best
+
+
+def final_metrics(a, history, best, d):
+    """final.json: last and best (test-selected) accuracy, and with --val-frac the epoch
+    selected on the noisy validation split and its test accuracy (README: the honest number)."""
+    final = dict(test_acc_last=history[-1]["test_acc"], test_acc_best=best["acc"], best_epoch=best["epoch"],
+                 epochs=a.epochs, wall_s=float(sum(h["seconds"] for h in history)),
+                 train_samples_per_s=float(np.mean([h["samples_per_s"] for h in history])), noise_rate=d["report"]["rate"])
+    if "val_epoch" in best:
+        final.update(val_best_epoch=best["val_epoch"], val_acc_best=best["val_acc"], test_acc_at_val_best=best["test_at_val"])
+    return final
+
+
+def start_line(a, d, device, dd, out):
+    """The run's first line: data sizes, noise rate, model, loss, method, device, ranks, folder."""
+    N, B = len(d["y"]), min(a.batch_size, len(d["y"]))
+    per_rank = f" x {dd.world} ranks (batch {B // dd.world} per rank)" if dd.world > 1 else ""
+    rate = "unknown" if d["report"]["rate"] is None else f"{d['report']['rate']:.3f}"
+    return (f"dcm-ref: {a.dataset} ({N} train, {len(d['y_test'])} test, noise {rate}) "
+            f"{a.backbone}+{a.head} loss={a.loss} method={a.method} on {device}{per_rank} -> {out}")
+
+
+def epoch_line(a, m, probe):
+    """One epoch's line: the metrics.jsonl row m in short (probe: whether gcos is measured)."""
+    return (f"epoch {m['epoch']:3d}/{a.epochs}  lr {m['lr']:.4f}  loss {m['train_loss']:.4f}  "
+            f"train(noisy) {fmt_pct(m['train_acc_noisy'])}  train(clean) {fmt_pct(m['train_acc_clean'])}  "
+            + (f"val(noisy) {fmt_pct(m['val_acc_noisy'])}  " if "val_acc_noisy" in m else "") +
+            f"test {fmt_pct(m['test_acc'])}  kept {m['kept']:.3f}  change {m['mask_change']:.3f}  "
+            + (f"gcos {m['grad_cos_last']:+.2f}  " if probe is not None else "") +
+            f"{m['seconds']:.1f}s  eta {m['eta_s']:.0f}s")
+
+
+def fmt_pct(x):
+    """0.684 -> ' 68.4%'; None (not measured this epoch) -> '  -  '."""
+    return "  -  " if x is None else f"{100 * x:5.1f}%"
+
+
+def done_line(final, out):
+    """The run's last line, from final.json: last and best test accuracy, and the validation-selected one."""
+    val = (f"  at best val {100 * final['test_acc_at_val_best']:.2f}% (epoch {final['val_best_epoch']})"
+           if "val_best_epoch" in final else "")
+    return (f"done: test accuracy last {100 * final['test_acc_last']:.2f}%  best {100 * final['test_acc_best']:.2f}% "
+            f"(epoch {final['best_epoch']}){val}  in {final['wall_s']:.1f}s -> {out}")

@@ -1,0 +1,260 @@
+"""The command-line side of train.py: flag checks, warnings, the device, rank-0 output and
+stop signals. Nothing here is part of the DCM method (Zhang et al., arXiv 2508.09697);
+it is what makes a mistake one clear line and an interrupted run resumable (README).
+
+    a = train.build_parser().parse_args(argv)
+    check_args(a)                                    # UserError: one line, exit 2
+    for msg in flag_warnings(a, typed): warn(msg)    # typed flags that do nothing here
+    restore = catch_stop_signals(flag)               # SIGINT/SIGTERM: stop after this step
+"""
+import argparse
+import os
+import signal
+import sys
+import threading
+
+import torch
+
+import data
+import distributed
+import losses
+import nets
+
+HEADS = ("fc", "dfc", "kan", "dkan")
+METHODS = ("standard", "coteaching", "elr")
+NOISES = ("none", "symmetric", "asymmetric", "pairflip", "instance", "cifar100-superclass")
+SEED_MAX = 2 ** 32  # seeds are in [0, 2^32): seed * 100003 + epoch must fit torch's 64-bit generator seed
+
+
+class UserError(Exception):
+    """A mistake in the command line or the data: reported in one line, exit 2."""
+
+
+class PeerFailed(Exception):
+    """Another rank failed during setup and reported it; this rank exits quietly (exit 2)."""
+
+
+class NonFiniteLoss(Exception):
+    """The training loss became NaN or inf: reported in one line, exit 3; the last checkpoint is kept."""
+
+
+# ----------------------------------------------------------------------------- Flag checks
+
+def check_args(a):
+    """Validate flag values; raises UserError with one line."""
+    checks = [
+        (a.dataset in data.ALL_DATASETS, f"--dataset {a.dataset!r} is unknown; expected one of {', '.join(data.ALL_DATASETS)}"),
+        (a.backbone in nets.BACKBONES, f"--backbone {a.backbone!r} is unknown; expected one of {', '.join(nets.BACKBONES)}"),
+        (a.head in HEADS, f"--head {a.head!r} is unknown; expected one of {', '.join(HEADS)}"),
+        (a.method in METHODS, f"--method {a.method!r} is unknown; expected one of {', '.join(METHODS)}"),
+        (a.loss in losses.LOSSES, f"--loss {a.loss!r} is unknown; expected one of {', '.join(sorted(losses.LOSSES))}"),
+        (0.0 <= a.noise_rate < 1.0, f"--noise-rate must be in [0, 1), got {a.noise_rate}"),
+        (0.0 < a.keep <= 1.0, f"--keep must be in (0, 1], got {a.keep}"),
+        (a.epochs >= 1, f"--epochs must be >= 1, got {a.epochs}"),
+        (a.batch_size >= 2, f"--batch-size must be >= 2 (batch statistics), got {a.batch_size}"),
+        (a.lr > 0, f"--lr must be > 0, got {a.lr}"),
+        (a.dcm_interval >= 1, f"--dcm-interval must be >= 1, got {a.dcm_interval}"),
+        (a.dcm_warmup >= 0, f"--dcm-warmup must be >= 0, got {a.dcm_warmup}"),
+        (a.limit_train >= 0, f"--limit-train must be >= 0, got {a.limit_train}"),
+        (0.0 <= a.val_frac < 1.0, f"--val-frac must be in [0, 1), got {a.val_frac}"),
+        (a.weight_decay is None or a.weight_decay >= 0, f"--weight-decay must be >= 0, got {a.weight_decay}"),
+        (a.grad_clip >= 0, f"--grad-clip must be >= 0, got {a.grad_clip}"),
+        (a.train_eval_every >= 0, f"--train-eval-every must be >= 0 (0 = never), got {a.train_eval_every}"),
+        (not a.save_masks or a.head in ("dfc", "dkan"), f"--save-masks needs a DCM head (--head dfc or dkan), got --head {a.head}"),
+        (a.samples_per_epoch >= 0, f"--samples-per-epoch must be >= 0, got {a.samples_per_epoch}"),
+        (not a.subset_once or a.samples_per_epoch > 0, "--subset-once needs --samples-per-epoch N (the subset to keep)"),
+        (a.image_size is None or a.image_size >= 8, f"--image-size must be >= 8, got {a.image_size}"),
+        (a.pretrained is None or os.path.isfile(a.pretrained), f"--pretrained {a.pretrained} does not exist (or is not a file)"),
+        (a.kan_grid >= 1, f"--kan-grid must be >= 1 (B-spline grid intervals), got {a.kan_grid}"),
+        (a.kan_order >= 0, f"--kan-order must be >= 0 (B-spline order), got {a.kan_order}"),
+        (a.forget_rate is None or 0.0 <= a.forget_rate < 1.0, f"--forget-rate must be in [0, 1), got {a.forget_rate}"),
+        (0.0 <= a.momentum < 1.0, f"--momentum must be in [0, 1), got {a.momentum}"),
+        (0 <= a.seed < SEED_MAX, f"--seed must be in [0, 2^32), got {a.seed}"),
+        (a.threads >= 0, f"--threads must be >= 0 (0 = torch's default), got {a.threads}"),
+        (a.stop_after >= 0, f"--stop-after must be >= 0 (0 = never), got {a.stop_after}"),
+        (a.decode_workers >= 1, f"--decode-workers must be >= 1, got {a.decode_workers}"),
+        (not (a.resume and a.overwrite), "--resume continues the run in --out and --overwrite replaces it; give one of them"),
+        (not (a.auto_resume and (a.resume or a.overwrite)), "--auto-resume already resumes or starts fresh; drop --resume/--overwrite"),
+        (not a.extend or a.resume, "--extend needs --resume (it lengthens an existing run)"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
+    if a.dataset in data.REAL_NOISE_DATASETS and a.noise != "none":
+        raise UserError(f"--dataset {a.dataset} brings its own human noise; add --noise none (got --noise {a.noise})")
+    image_flags = [f for f, v in (("--image-size", a.image_size), ("--samples-per-epoch", a.samples_per_epoch),
+                                  ("--train-list", a.train_list), ("--test-list", a.test_list),
+                                  ("--imagenet-val-dir", a.imagenet_val_dir)) if v]
+    if image_flags and a.dataset not in data.IMAGE_DATASETS:
+        raise UserError(f"{', '.join(image_flags)} apply to {' and '.join(data.IMAGE_DATASETS)} only, not to --dataset {a.dataset}")
+
+
+# Flags that do nothing in some configurations: (flag dest, applies?, why not).
+
+
+# Flags that do nothing in some configurations: (flag dest, applies?, why not).
+NO_EFFECT = (
+    ("keep", lambda a: a.head in ("dfc", "dkan"), "only DCM heads (dfc, dkan) are masked"),
+    ("dcm_scope", lambda a: a.head in ("dfc", "dkan"), "only DCM heads (dfc, dkan) are masked"),
+    ("dcm_interval", lambda a: a.head in ("dfc", "dkan"), "only DCM heads (dfc, dkan) are masked"),
+    ("dcm_warmup", lambda a: a.head in ("dfc", "dkan"), "only DCM heads (dfc, dkan) are masked"),
+    ("dcm_stats", lambda a: a.head in ("dfc", "dkan"), "only DCM heads (dfc, dkan) are masked"),
+    ("dcm_eval", lambda a: a.head in ("dfc", "dkan"), "only DCM heads (dfc, dkan) are masked"),
+    ("dcm_freeze", lambda a: a.head in ("dfc", "dkan"), "only DCM heads (dfc, dkan) are masked"),
+    ("kan_grid", lambda a: a.head in ("kan", "dkan"), "only KAN heads (kan, dkan) have a grid"),
+    ("kan_order", lambda a: a.head in ("kan", "dkan"), "only KAN heads (kan, dkan) have a spline order"),
+    ("forget_rate", lambda a: a.method == "coteaching", "it is co-teaching's tau (--method coteaching)"),
+    ("noise_rate", lambda a: a.noise != "none", "--noise none corrupts no labels"),
+    ("noise_include_true", lambda a: a.noise == "symmetric", "it applies to --noise symmetric only"),
+    ("momentum", lambda a: a.optimizer == "sgd", "it is SGD's momentum (--optimizer sgd)"),
+)
+
+
+def flag_warnings(a, typed):
+    """One line per typed flag that has no effect in this configuration. typed: set of dests."""
+    out = []
+    for key, applies, why in NO_EFFECT:
+        if key in typed and not applies(a):
+            out.append(f"--{key.replace('_', '-')} has no effect here: {why}")
+    return out
+
+
+def parse_loss_args(items):
+    """['q=0.5', 'alpha=2'] -> {'q': 0.5, 'alpha': 2.0}."""
+    out = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        try:
+            out[key.strip()] = float(val)
+        except ValueError:
+            raise UserError(f"--loss-arg expects KEY=NUMBER, got {item!r}") from None
+        if not sep:
+            raise UserError(f"--loss-arg expects KEY=NUMBER, got {item!r}")
+    return out
+
+
+def pick_device(name, dd=None):
+    """torch.device for --device; under torchrun (dd.world > 1) CUDA means cuda:LOCAL_RANK."""
+    dd = dd or distributed.Dist()
+    if dd.world > 1 and name in ("auto", "cuda") and torch.cuda.is_available():
+        if dd.local_rank >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK {dd.local_rank} has no GPU ({torch.cuda.device_count()} visible); "
+                            f"start at most {torch.cuda.device_count()} processes per node")
+        return torch.device("cuda", dd.local_rank)
+    if dd.world > 1 and name.startswith("cuda:"):
+        raise UserError(f"--device {name}: under torchrun every rank uses cuda:LOCAL_RANK; use --device cuda or auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for CUDA, but this torch ({torch.__version__}) sees no GPU; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device; expected auto, cpu, cuda or cuda:N") from None
+
+
+def explicit_flags(parser, argv):
+    """Names (dests) of the flags the user typed in argv, to tell them apart from defaults on --resume."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def check_flags(a, typed, dd):
+    """The checks that need no data, in order: values, no-effect warnings (rank 0), the device,
+    --loss-arg. -> (device, loss hyper-parameter overrides)."""
+    check_args(a)
+    for msg in flag_warnings(a, typed) if dd.rank == 0 else ():
+        warn(msg)
+    device = pick_device(a.device, dd)
+    if device.type == "cuda" and dd.world > 1:
+        torch.cuda.set_device(device)  # NCCL talks through the current device
+    hp = parse_loss_args(a.loss_arg)
+    try:
+        losses.loss_config(a.loss, 10, "cifar10", noise=a.noise, **hp)  # validates names before the data
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return device, hp
+
+
+def check_data_sizes(a, d, dd):
+    """The checks that need the data's sizes: --limit-train, --val-frac, --batch-size (the global
+    batch must split into equal per-rank shards of >= 2 samples)."""
+    n, C = len(d["y"]), d["C"]
+    n_all = n + (len(d["val"][1]) if d["val"] is not None else 0)
+    if a.limit_train and a.limit_train < C:
+        raise UserError(f"--limit-train {a.limit_train} is below the {C} classes of {a.dataset}; use >= {C}")
+    if a.limit_train and a.limit_train > n_all and d["pool"] is None:
+        warn(f"--limit-train {a.limit_train} exceeds the {n_all} training samples of {a.dataset}; using all {n_all}")
+    if n < 2:  # a batch needs 2 samples (batch statistics)
+        raise UserError(f"--val-frac {a.val_frac:g} leaves {n} training sample(s) of {n_all}; use a smaller --val-frac"
+                        if a.val_frac > 0 else f"{a.dataset} has {n} training sample(s); at least 2 are needed")
+    if a.batch_size > n:
+        warn(f"--batch-size {a.batch_size} exceeds the {n} training samples; each epoch is one batch of {n}")
+    B = min(a.batch_size, n)
+    if dd.world > 1 and (B % dd.world or B // dd.world < 2):
+        raise UserError(f"--batch-size {B} is the global batch and must split into {dd.world} equal "
+                        f"per-rank shards of >= 2 samples; use a multiple of {dd.world} >= {2 * dd.world}")
+
+
+# ----------------------------------------------------------------------------- Output and stop signals
+
+def warn(msg):
+    print(f"train.py: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def make_say(lead):
+    """print for rank 0, nothing for the others. When stdout is closed (`train.py | head -1`),
+    one warning on stderr, then the run continues silently: its files are the product."""
+    state = {"open": True}
+
+    def say(*args, **kwargs):
+        if not lead or (not state["open"] and kwargs.get("file") is None):
+            return
+        try:
+            print(*args, **kwargs)
+        except BrokenPipeError:
+            state["open"] = False
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not raise again
+            os.close(devnull)
+            warn("stdout was closed (broken pipe); the run continues and writes its files")
+    return say
+
+
+def catch_stop_signals(flag):
+    """SIGINT (Ctrl-C) and SIGTERM (preemption, `kill`) set flag["sig"]: the run stops after
+    the current step with its last finished epoch saved, resumable. A second SIGINT
+    interrupts at once. -> a function that restores the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        if flag["sig"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["sig"] = signum
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(sig, h) for sig, h in old.items()]
+
+
+def stop_requested(st):
+    """Whether a stop signal arrived on any rank (one tiny all-reduce when multi-process,
+    so every rank stops after the same step)."""
+    stop = st["stop"]["sig"] is not None
+    if st["dist"].world > 1:
+        t = torch.tensor([float(stop)], device=st["y_noisy"].device)
+        stop = bool(distributed.all_sum((t,), st["dist"])[0].item() > 0)
+    return stop
+
+
+class Stopped(Exception):
+    """A stop signal was seen between two steps."""
+
+
+def stopped(st, say, ck_path, epoch, out):
+    """The one line of a stopped run; -> 130 (SIGINT) or 143 (SIGTERM), as a shell reports them."""
+    sig = st["stop"]["sig"] or signal.SIGINT
+    name = signal.Signals(sig).name
+    say(f"\ninterrupted ({name}): {ck_path} holds epoch {epoch}; continue with --out {out} --resume", file=sys.stderr)
+    return 128 + int(sig)
+
