@@ -264,10 +264,9 @@ def test_validation_selects_its_own_epoch_not_the_test_best():
 
 
 def test_compile_runs_one_epoch_on_cpu(tmp_path, capsys):
-    try:
-        torch.compile(lambda t: t * 2 + 1)(torch.ones(3))
-    except Exception as e:  # noqa: BLE001 - any failure of the compiler toolchain itself
-        pytest.skip(f"torch.compile cannot compile on this machine: {type(e).__name__}: {str(e)[:200]}")
+    """No skip: torch's CPU compiler (inductor + the C compiler) works on every machine this
+    project tests on, so a failure here is a --compile bug (it crashed before, on a truth
+    test of the compiled module), not a missing toolchain."""
     out = str(tmp_path / "run")
     rc, _, err = run_in(capsys, *QUICK, "--epochs", "1", "--compile", "--out", out)
     assert rc == 0, err
