@@ -263,6 +263,7 @@ class DataConfig(NamedTuple):
     noisy_labels: Optional[str]
     seed: int
     limit_train: int           # seeded class-stratified subset of this size, 0 = all
+    limit_test: int            # class-stratified test subset of this size (seed 0 for every run), 0 = all
     noise: str                 # none|symmetric|asymmetric|pairflip|instance|cifar100-superclass
     noise_rate: float
     noise_include_true: bool
@@ -349,11 +350,15 @@ def prepare_training_data(cfg, device):
         raise DataError("--val-frac/--limit-train cannot be combined with a new --samples-per-epoch subset every epoch "
                         "(a held-out image would be drawn for training later); add --subset-once, or drop them")
     aug = default_augment(cfg.dataset) if cfg.augment == "auto" else cfg.augment
+    x_test, y_test = ds.x_test, ds.y_test
+    if cfg.limit_test and cfg.limit_test < len(y_test):  # the same subset for every run (seed 0), so runs compare
+        tidx = stratified_subset(y_test, cfg.limit_test, 0)
+        x_test, y_test = x_test[tidx], y_test[tidx]
     # The second clean set: Clothing1M's clean val keys, or ILSVRC12 val for WebVision.
     metric = "val_acc_clean" if cfg.dataset == "clothing1m" else "imagenet_acc"
     clean_val = None if ds.x_val is None else (ds.x_val.to(device), ds.y_val.to(device), metric)
-    return dict(x=x.to(device), y=y.to(device), y_noisy=y_noisy.to(device), x_test=ds.x_test.to(device),
-                y_test=ds.y_test.to(device), C=ds.num_classes, mean=ds.mean, std=ds.std, aug=aug,
+    return dict(x=x.to(device), y=y.to(device), y_noisy=y_noisy.to(device), x_test=x_test.to(device),
+                y_test=y_test.to(device), C=ds.num_classes, mean=ds.mean, std=ds.std, aug=aug,
                 val=val, report=report, in_shape=tuple(ds.x_train.shape[1:]),
                 clean_known=ds.clean_train_known, clean_val=clean_val, pool=pool, subset_epoch=1, config=cfg,
                 # ids: each training row's id in the ELR memory (its row of the pool when subsets are redrawn)

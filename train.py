@@ -22,9 +22,8 @@ object per epoch), final.json and checkpoint.pt + checkpoint.pt.sha256 (written
 atomically each epoch, verified on resume; checkpoint.py). A run locks DIR while it
 runs; SIGINT and SIGTERM stop it after the current step, resumable.
 
-Multi-process (torchrun, docs/design.md §2): --batch-size is the GLOBAL batch, split evenly
-over the ranks; gradients are averaged and DCM moments summed over ranks, so every
-rank holds the same parameters and the same mask (docs/multiprocess.md).
+Multi-process (torchrun, docs/design.md §2, docs/multiprocess.md): --batch-size is the GLOBAL batch,
+split over the ranks; gradients averaged, DCM moments summed: every rank has the same mask.
 """
 import argparse
 import math
@@ -61,6 +60,7 @@ def build_parser():
     g.add_argument("--noisy-labels-file", default=None, help="CIFAR-N label file (CIFAR-10_human.pt / CIFAR-100_human.pt)")
     g.add_argument("--noisy-labels", default=None, help="CIFAR-N label set: aggre|worst|rand1|rand2|rand3 (10) or noisy100 (100)")
     g.add_argument("--limit-train", type=int, default=0, help="use a seeded class-stratified subset of N training samples (0 = all)")
+    g.add_argument("--limit-test", type=int, default=0, help="test on a class-stratified subset of N test samples, the same for every seed (0 = all)")
     g.add_argument("--val-frac", type=float, default=0.0, help="hold out this fraction of the NOISY training set as validation (for choosing hyper-parameters without the test set)")
     g.add_argument("--augment", default="auto", choices=("auto", "none", "crop-flip", "rrc-flip"),
                    help="auto = crop-flip for CIFAR, rrc-flip (random resized crop + flip) for webvision-mini/clothing1m, none otherwise")

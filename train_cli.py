@@ -56,6 +56,7 @@ def check_args(a):
         (a.dcm_interval >= 1, f"--dcm-interval must be >= 1, got {a.dcm_interval}"),
         (a.dcm_warmup >= 0, f"--dcm-warmup must be >= 0, got {a.dcm_warmup}"),
         (a.limit_train >= 0, f"--limit-train must be >= 0, got {a.limit_train}"),
+        (a.limit_test >= 0, f"--limit-test must be >= 0, got {a.limit_test}"),
         (0.0 <= a.val_frac < 1.0, f"--val-frac must be in [0, 1), got {a.val_frac}"),
         (a.weight_decay is None or a.weight_decay >= 0, f"--weight-decay must be >= 0, got {a.weight_decay}"),
         (a.grad_clip >= 0, f"--grad-clip must be >= 0, got {a.grad_clip}"),

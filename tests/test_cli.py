@@ -288,6 +288,7 @@ def no_data(monkeypatch):
     (["--kan-order", "-1", "--head", "kan"], "--kan-order"),
     (["--forget-rate", "1.5", "--method", "coteaching"], "--forget-rate"),
     (["--momentum", "-1"], "--momentum"),
+    (["--limit-test", "-1"], "--limit-test"),
     (["--seed", "99999999999999999999"], "--seed"),
     (["--seed", "-1"], "--seed"),
     (["--threads", "-1"], "--threads"),

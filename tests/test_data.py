@@ -503,3 +503,23 @@ def test_augment_rejects_negative_pad_and_unknown_mode():
         data.augment_batch(distinct_batch(), torch.Generator(), pad=-1)
     with pytest.raises(ValueError, match="padding_mode"):
         data.augment_batch(distinct_batch(), torch.Generator(), padding_mode="edge")
+
+
+def test_limit_test_is_one_stratified_subset_shared_by_every_seed():
+    """--limit-test N: N test samples, every class within 1 of its share, and the same
+    samples whatever --seed is (runs of a grid are scored on one test set)."""
+    import train
+    def test_set(*flags):
+        a = train.build_parser().parse_args(["--limit-train", "300", *flags])
+        d = data.prepare_training_data(data.DataConfig.from_flags(a), torch.device("cpu"))
+        return d["x_test"], d["y_test"]
+    x_all, y_all = test_set()
+    x0, y0 = test_set("--limit-test", "100", "--seed", "0")
+    x1, y1 = test_set("--limit-test", "100", "--seed", "7")
+    assert len(y0) == 100 and torch.equal(x0, x1) and torch.equal(y0, y1)
+    share = torch.bincount(y_all, minlength=10).double() * 100 / len(y_all)
+    assert ((torch.bincount(y0, minlength=10) - share).abs() < 1).all()
+    rows = {tuple(r.flatten().tolist()) for r in x_all}
+    assert all(tuple(r.flatten().tolist()) in rows for r in x0)   # a subset of the test set, not the train set
+    x_big, _ = test_set("--limit-test", str(len(y_all) + 5))
+    assert torch.equal(x_big, x_all)
