@@ -44,8 +44,9 @@ def accuracy_main(args):
     runs_dir = args.runs_dir
     print(f"accuracy grid {args.grid}: --epochs {args.epochs} --limit-train {args.limit_train} "
           f"(grid defaults {acc.COMMON['epochs']}, {acc.COMMON['limit_train']}), seeds {acc.SEEDS}, "
-          f"runs in {runs_dir}",
-          file=sys.stderr)
+          f"runs in {runs_dir}", file=sys.stderr)
+    if args.grid in ("cnn", "round2"):
+        print(f"the cnn8 table overrides them with its CPU budget {acc.CNN_BUDGET} (bench/accuracy.py)", file=sys.stderr)
     if args.dry_run:
         return dry_run(todo, runs_dir, args.jobs)
     codes = {}

@@ -1,6 +1,6 @@
 """Tables of the round-two accuracy grids (where does DCM help?): training length (FC vs
 DFC at 15/40/80 epochs), KAN heads at longer training, the sparse-mask x interval
-sweep chosen on the noisy validation split, and the cnn8 backbone (a GPU grid). Runs come from bench/accuracy.py ROUND2;
+sweep chosen on the noisy validation split, and the cnn8 backbone (at a CPU budget: bench/accuracy.py CNN_BUDGET). Runs come from bench/accuracy.py ROUND2;
 `python -m bench accuracy --grid round2 --table-only --out-md FILE` writes the section.
 
 Every table reports three test accuracies per run: `last` (last epoch), `best` (the
@@ -123,21 +123,22 @@ def sweep_tables(common, results):
 
 
 def cnn_rows(common, results):
-    """cnn8 backbone, sym 0.6: FC vs DFC and KAN vs DKAN per loss, last and val-selected."""
+    """cnn8 backbone, sym 0.6: FC vs DFC, KAN vs DKAN and FC vs KAN per loss; last, best, val-selected."""
     name = "CNN backbone (cnn8, sym 0.6)"
     flags = settings(common, name)
     rows = []
     for loss in acc.ROUND2[name][0]:
-        for base, dcm in (("fc", "dfc"), ("kan", "dkan")):
-            a, b = cell(flags[(loss, base)], results), cell(flags[(loss, dcm)], results)
-            rows.append([loss, f"{base} → {dcm}", f"{a[0]['last'][0]}/{b[0]['last'][0]}",
-                         report.fmt_ms(a[0]["last"]), report.fmt_ms(b[0]["last"]), compare(a, b, results, "last"),
-                         report.fmt_ms(a[0]["valsel"]), report.fmt_ms(b[0]["valsel"]), compare(a, b, results, "valsel")])
+        for base, other in (("fc", "dfc"), ("kan", "dkan"), ("fc", "kan")):
+            a, b = cell(flags[(loss, base)], results), cell(flags[(loss, other)], results)
+            rows.append([loss, f"{base} → {other}", f"{a[0]['last'][0]}/{b[0]['last'][0]}",
+                         *(x for field in ("last", "best", "valsel") for x in (
+                             report.fmt_ms(a[0][field]), report.fmt_ms(b[0][field]), compare(a, b, results, field)))])
     return rows
 
 
-CNN_HEADER = ("loss", "base → DCM", "n", "last: base", "last: DCM", "last: Δ (paired t)",
-              "val-sel: base", "val-sel: DCM", "val-sel: Δ (paired t)")
+CNN_HEADER = ("loss", "first → second", "n", "last: first", "last: second", "last: Δ (paired t)",
+              "best: first", "best: second", "best: Δ (paired t)",
+              "val-sel: first", "val-sel: second", "val-sel: Δ (paired t)")
 
 
 def section(common, runs_dir, title):
@@ -162,5 +163,9 @@ def section(common, runs_dir, title):
         report.md_table(KAN_HEADER, kan_rows(common, results)), "",
         "### Sparse masks x long intervals (DFC, sym 0.6, 40 epochs)",
         *sweep_tables(common, results), "",
-        "### CNN backbone (cnn8, sym 0.6, a GPU grid: `python -m bench accuracy --grid cnn` on a GPU machine)", "",
+        "### CNN backbone (cnn8, sym 0.6, at a CPU budget)", "",
+        f"The 2-core CPU budget (bench/accuracy.py CNN_BUDGET): --limit-train {acc.CNN_BUDGET['limit_train']} "
+        f"(10 % of it the noisy validation split), 15 epochs, --limit-test {acc.CNN_BUDGET['limit_test']} (one "
+        "class-stratified test subset for every run), no per-epoch pass over the training set. On a GPU, drop "
+        "these limits and rerun `python -m bench accuracy --grid cnn`.", "",
         report.md_table(CNN_HEADER, cnn_rows(common, results)), ""])

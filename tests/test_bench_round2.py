@@ -57,6 +57,24 @@ def test_sweep_picks_the_cell_with_the_best_validation_not_test(tmp_path):
     assert "keep 0.01, interval 10: val-sel test 60.00 ± 0.00" in section
 
 
+def test_cnn_table_compares_dcm_and_kan_heads_at_the_cpu_budget(tmp_path):
+    rows = round2.settings(acc.COMMON, "CNN backbone (cnn8, sym 0.6)")
+    assert all(f["backbone"] == "cnn8" and f["limit_train"] == acc.CNN_BUDGET["limit_train"]
+               and f["limit_test"] == acc.CNN_BUDGET["limit_test"] for f in rows.values())
+    last = {"fc": (0.40, 0.50, 0.60), "dfc": (0.41, 0.52, 0.60), "kan": (0.50, 0.55, 0.75)}
+    for head, accs in last.items():
+        for seed, t in enumerate(accs):
+            write_run(tmp_path, rows[("ce", head)], seed, test=[0.8, t], val=[0.3, 0.2])
+    lines = round2.section(acc.COMMON, str(tmp_path), "## T").splitlines()
+    cells = {line.split("|")[2].strip(): [c.strip() for c in line.strip("|").split("|")]
+             for line in lines if line.startswith("| ce | ")}
+    assert cells["fc → dfc"][2] == "3/3" and cells["fc → dfc"][5] == "+1.00 (t +1.7, no)"
+    # fc → kan per seed +10, +5, +15: mean 10, std 5, t = 3.46
+    assert cells["fc → kan"][3] == "50.00 ± 10.00" and cells["fc → kan"][5] == "+10.00 (t +3.5, no)"
+    assert cells["kan → dkan"][2] == "3/0" and cells["kan → dkan"][5] == "—"
+    assert any("--limit-test 2000" in line for line in lines)
+
+
 def test_gpu_check_dry_run_parses_every_command():
     p = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_check.sh"), "--dry-run"],
                        cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHON=sys.executable))
