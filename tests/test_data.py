@@ -512,7 +512,7 @@ def test_limit_test_is_one_stratified_subset_shared_by_every_seed():
     def test_set(*flags):
         a = train.build_parser().parse_args(["--limit-train", "300", *flags])
         d = data.prepare_training_data(data.DataConfig.from_flags(a), torch.device("cpu"))
-        return d["x_test"], d["y_test"]
+        return d.x_test, d.y_test
     x_all, y_all = test_set()
     x0, y0 = test_set("--limit-test", "100", "--seed", "0")
     x1, y1 = test_set("--limit-test", "100", "--seed", "7")

@@ -4,6 +4,7 @@ Fig. 5 (--save-masks). The runs dfc_run / fc_run are conftest.py's; plot.py: tes
 import json
 import math
 import os
+import types
 
 import numpy as np
 import pytest
@@ -102,8 +103,8 @@ def test_train_pass_scores_predictions_against_the_noisy_and_the_clean_labels(mo
     y, y_noisy, pred = torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 0, 1]), torch.tensor([0, 1, 0, 1])
     z = 10.0 * F.one_hot(pred, 3).float()
     monkeypatch.setattr(diagnostics, "eval_logits", lambda *args, **kwargs: z)
-    d = dict(x=None, mean=None, std=None, y=y, y_noisy=y_noisy, clean_known=True)
-    m = diagnostics.train_metrics(None, None, None, d, None)
+    d = types.SimpleNamespace(x=None, mean=None, std=None, y=y, y_noisy=y_noisy, clean_known=True)
+    m = diagnostics.train_metrics(None, None, None, None, d, None)
     assert (m["train_acc_noisy"], m["train_acc_clean"], m["fit_noisy"]) == (1.0, 0.5, 1.0)
     p_right = math.exp(10) / (math.exp(10) + 2)  # softmax of the predicted class
     assert m["conf_clean"] == pytest.approx(p_right) and m["conf_noisy"] == pytest.approx(p_right)
@@ -134,11 +135,11 @@ def test_logged_feature_error_is_the_masked_head_error_on_the_probe_set(dfc_run)
     a = train.build_parser().parse_args(QUICK)
     d = data.prepare_training_data(data.DataConfig.from_flags(a), torch.device("cpu"))
     probe = diagnostics.grad_probe(a, d)
-    assert 0 < len(probe) <= diagnostics.PROBE_SIZE and bool((d["y_noisy"][probe] != d["y"][probe]).all())
+    assert 0 < len(probe) <= diagnostics.PROBE_SIZE and bool((d.y_noisy[probe] != d.y[probe]).all())
     assert torch.equal(probe, diagnostics.grad_probe(a, d))
     ck = torch.load(os.path.join(dfc_run, "checkpoint.pt"), weights_only=False)
     w, mask = ck["nets"][0]["head.w"], ck["masks"][0]["mask"]
-    expected = D.feature_grad_error(w, mask, d["y"][probe], d["y_noisy"][probe]).norm(dim=1).mean()
+    expected = D.feature_grad_error(w, mask, d.y[probe], d.y_noisy[probe]).norm(dim=1).mean()
     last = read_jsonl(os.path.join(dfc_run, "metrics.jsonl"))[-1]
     assert math.isclose(last["grad_err_feat_norm"], float(expected), rel_tol=1e-5)
 
