@@ -148,8 +148,8 @@ def resume_record(out, meta, ck, args):
 
 
 def initial_files(args, out, ck, meta, d, st, history, best, config):
-    """Rank 0, before the first epoch: config.json, noise_report.json, metrics.jsonl and, for a
-    new run, the epoch-0 checkpoint. --overwrite first moves the old run to DIR/replaced/."""
+    """Rank 0, before the first epoch: config.json, noise_report.json (d: a data.TrainData), metrics.jsonl
+    and, for a new run, the epoch-0 checkpoint of st (a TrainState). --overwrite first moves the old run to DIR/replaced/."""
     if ck is None and args.overwrite:
         checkpoint.set_aside(out)
     checkpoint.write_json(os.path.join(out, "config.json"), meta if ck is None else resume_record(out, meta, ck, args))
@@ -175,7 +175,7 @@ def open_run(args, typed, defaults, device, rank):
 
 
 def restore_state(st, ck, y_noisy, device):
-    """Load a checkpoint into the run state st (nets, opts, masks, step, ELR memory, CPU RNG),
+    """Load a checkpoint into st, a TrainState (nets, opts, masks, step, ELR memory; and the CPU RNG),
     the inverse of checkpoint_state. y_noisy: (N,) the labels this run drew; they must be the saved ones."""
     for net, sd in zip(st.nets, ck["nets"]):
         net.load_state_dict(sd)

@@ -179,8 +179,8 @@ def check_flags(args, typed, dd):
 
 
 def check_data_sizes(args, d, dd):
-    """The checks that need the data's sizes: --limit-train, --val-frac, --batch-size (the global
-    batch must split into equal per-rank shards of >= 2 samples)."""
+    """The checks that need the data's sizes (d: a data.TrainData): --limit-train, --val-frac,
+    --batch-size (the global batch must split into equal per-rank shards of >= 2 samples)."""
     n, C = len(d.y), d.C
     n_all = n + (len(d.val[1]) if d.val is not None else 0)
     if args.limit_train and args.limit_train < C:
@@ -239,8 +239,8 @@ def catch_stop_signals(flag):
 
 
 def stop_requested(st):
-    """Whether a stop signal arrived on any rank (one tiny all-reduce when multi-process,
-    so every rank stops after the same step)."""
+    """Whether a stop signal arrived on any rank (st: a runfolder.TrainState; one tiny all-reduce
+    when multi-process, so every rank stops after the same step)."""
     stop = st.stop["sig"] is not None
     if st.dist.world > 1:
         t = torch.tensor([float(stop)], device=st.y_noisy.device)
