@@ -213,9 +213,9 @@ def init_state(args, d, device, resumed, dist=distributed.Dist()):
     pretrained = args.pretrained if resumed is None else None  # a resumed run's weights are in its checkpoint
     networks = [build_net(args, head, d.in_shape, d.C, pretrained).to(device) for _ in range(n_nets)]
     masks = [dcm_ref.mask_init((d.C, networks[0].backbone.feature_dim), device=device) for _ in networks]
-    state = runfolder.TrainState(head, networks, [make_optimizer(args, net) for net in networks], masks, dist=dist,
-                                 compiled=[torch.compile(net.backbone) if args.compile else None for net in networks],
-                                 y_noisy=d.y_noisy)
+    state = runfolder.TrainState(head=head, nets=networks, opts=[make_optimizer(args, net) for net in networks],
+                                 masks=masks, compiled=[torch.compile(net.backbone) if args.compile else None for net in networks],
+                                 y_noisy=d.y_noisy, dist=dist)
     if args.method == "elr":
         state.elr_t = torch.zeros(d.n_ids, d.C, device=device)
         state.elr_hp = {k: v for k, v in losses.loss_config("elr", d.C, args.dataset, noise=args.noise).items() if k in ("beta", "lam")}
