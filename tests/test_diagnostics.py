@@ -171,3 +171,30 @@ def test_save_masks_without_a_dcm_head_is_a_one_line_error(tmp_path, capsys):
     assert train.main(QUICK + ["--out", str(tmp_path / "x"), "--head", "fc", "--save-masks"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--save-masks" in err[0]
+
+
+# head -> whether --dcm-eval masked evaluates with the mask (DCM heads only), written out.
+EVAL_MASKED = {"fc": False, "dfc": True, "kan": False, "dkan": True}
+
+
+@pytest.mark.parametrize("dcm_eval", ["full", "masked"])
+@pytest.mark.parametrize("head", sorted(EVAL_MASKED))
+def test_eval_logits_use_the_mask_for_dcm_heads_with_dcm_eval_masked_only(head, dcm_eval):
+    """eval_logits (N, C): the full head, except a DCM head under --dcm-eval masked, which
+    is evaluated with the mask state's mask (C, d)."""
+    import nets
+    args = train.build_parser().parse_args(["--head", head, "--dcm-eval", dcm_eval])
+    kind = nets.Head.parse(head)
+    torch.manual_seed(0)
+    net = train.build_net(args, kind, (1, 8, 8), 4)
+    x = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
+    mask = (torch.rand(4, net.backbone.feature_dim) < 0.3).float()
+    ms = D.mask_init((4, net.backbone.feature_dim))._replace(mask=mask)
+    z = diagnostics.eval_logits(net, x, (0.5,), (0.25,), args, kind, ms)
+    net.eval()
+    with torch.no_grad():
+        params = net.head_params()
+        feats = nets.head_features(kind, params, net.backbone(data.to_float(x, (0.5,), (0.25,))))
+        expect = nets.head_forward(kind, params, feats, mask if (EVAL_MASKED[head] and dcm_eval == "masked") else None)
+    assert z.shape == (6, 4)
+    torch.testing.assert_close(z, expect.float(), rtol=0, atol=0)
