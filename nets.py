@@ -230,6 +230,7 @@ def make_backbone(name, in_shape):
 # in two so that the edge scores can reuse what the forward computes:
 #   feats = head_features(v)         v for FC, Φ = [silu, B-spline bases] for KAN
 #   logits = head_forward(feats, M)   one matmul with the masked weights
+# Each function takes the head kind first: a Head, or its name.
 
 HEADS = ("fc", "dfc", "kan", "dkan")   # the --head names
 
@@ -268,6 +269,7 @@ class Head:
 
     def __str__(self):
         return self.name
+
 
 def head_init(head, d, num_classes, grid, order):
     """Initial head parameters (dict of tensors; the KAN grid is a buffer). head: a Head or its name."""
