@@ -20,6 +20,7 @@ import pickle
 import time
 import zipfile
 import zlib
+from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -324,9 +325,33 @@ def _noise_report(cfg, ds, y, y_noisy, T):
     return report
 
 
+@dataclass
+class TrainData:
+    """A run's data on the training device (prepare_training_data): N training rows (this
+    epoch's subset when redraw_subset replaces them), M test rows, C classes."""
+    x: torch.Tensor                # (N, ...) uint8 training images
+    y: torch.Tensor                # (N,) clean labels (the noisy ones when clean_known is False)
+    y_noisy: torch.Tensor          # (N,) the labels trained on
+    x_test: torch.Tensor           # (M, ...) uint8
+    y_test: torch.Tensor           # (M,)
+    C: int                         # number of classes
+    mean: tuple                    # per-channel, for to_float
+    std: tuple
+    aug: str                       # none | crop-flip | rrc-flip
+    val: Optional[tuple]           # --val-frac: (x, y_noisy) held out, else None
+    report: dict                   # the noise report (noise_report.json)
+    in_shape: tuple                # (channels, H, W) of one image
+    clean_known: bool              # whether y are the true labels (not for webvision-mini/clothing1m)
+    clean_val: Optional[tuple]     # (x, y, metric name) of a second clean test set, else None
+    pool: Optional[tuple]          # the image pool subsets are redrawn from each epoch, else None
+    subset_epoch: int              # the epoch whose subset x holds
+    config: DataConfig
+    ids: torch.Tensor              # (N,) each row's id in the ELR memory (its pool row when subsets are redrawn)
+    n_ids: int                     # rows of the ELR memory
+
+
 def prepare_training_data(cfg, device):
-    """Load, subset, corrupt and split per cfg (a DataConfig); everything ends up as tensors
-    on `device` in one dict (x, y, y_noisy, x_test, y_test, val, report, ...)."""
+    """Load, subset, corrupt and split per cfg (a DataConfig) -> TrainData, tensors on `device`."""
     ds = load_dataset(cfg.dataset, cfg.data_dir, cfg.noisy_labels_file, cfg.noisy_labels, **_image_options(cfg))
     x, y = ds.x_train, ds.y_train
     if cfg.limit_train and cfg.limit_train < len(y):
@@ -357,27 +382,26 @@ def prepare_training_data(cfg, device):
     # The second clean set: Clothing1M's clean val keys, or ILSVRC12 val for WebVision.
     metric = "val_acc_clean" if cfg.dataset == "clothing1m" else "imagenet_acc"
     clean_val = None if ds.x_val is None else (ds.x_val.to(device), ds.y_val.to(device), metric)
-    return dict(x=x.to(device), y=y.to(device), y_noisy=y_noisy.to(device), x_test=x_test.to(device),
-                y_test=y_test.to(device), C=ds.num_classes, mean=ds.mean, std=ds.std, aug=aug,
-                val=val, report=report, in_shape=tuple(ds.x_train.shape[1:]),
-                clean_known=ds.clean_train_known, clean_val=clean_val, pool=pool, subset_epoch=1, config=cfg,
-                # ids: each training row's id in the ELR memory (its row of the pool when subsets are redrawn)
-                ids=(ds.train_ids if pool is not None else torch.arange(len(y))).to(device),
-                n_ids=len(y) if pool is None else len(pool[1]))
+    return TrainData(x=x.to(device), y=y.to(device), y_noisy=y_noisy.to(device), x_test=x_test.to(device),
+                     y_test=y_test.to(device), C=ds.num_classes, mean=ds.mean, std=ds.std, aug=aug,
+                     val=val, report=report, in_shape=tuple(ds.x_train.shape[1:]),
+                     clean_known=ds.clean_train_known, clean_val=clean_val, pool=pool, subset_epoch=1, config=cfg,
+                     ids=(ds.train_ids if pool is not None else torch.arange(len(y))).to(device),
+                     n_ids=len(y) if pool is None else len(pool[1]))
 
 
 def redraw_subset(d, epoch):
-    """--samples-per-epoch: replace d's training set by epoch's class-balanced subset (in place).
-    Seeded by (seed, epoch), so every rank and a resumed run draw the same images. -> seconds."""
-    cfg = d["config"]
+    """--samples-per-epoch: replace the training rows of d (a TrainData) by epoch's class-balanced
+    subset, in place. Seeded by (seed, epoch), so every rank and a resumed run draw the same images. -> seconds."""
+    cfg = d.config
     t0 = time.time()
     try:
-        x, y, ids = realworld.draw_train_subset(d["pool"], cfg.samples_per_epoch, cfg.seed, epoch,
+        x, y, ids = realworld.draw_train_subset(d.pool, cfg.samples_per_epoch, cfg.seed, epoch,
                                                 cfg.image_size or 224, cfg.decode_workers)
     except ValueError as e:  # an image unreadable now
         raise DataError(str(e)) from None
-    dev = d["x"].device
-    d.update(x=x.to(dev), y=y.to(dev), y_noisy=y.to(dev), ids=ids.to(dev), subset_epoch=epoch)
+    dev = d.x.device
+    d.x, d.y, d.y_noisy, d.ids, d.subset_epoch = x.to(dev), y.to(dev), y.to(dev), ids.to(dev), epoch
     return time.time() - t0
 
 

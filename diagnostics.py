@@ -3,9 +3,9 @@ Fig. 4 (fit of the noisy labels vs the clean ones), the gradient probe of Fig. 3
 between noisy- and clean-label gradients), the masks of Fig. 5, and the run's summary.
 Zhang et al., arXiv 2508.09697; the conventions are in docs/design.md §8.
 
-    probe = grad_probe(a, d)                             # fixed corrupted samples, or None
-    m = evaluate(a, st, d, train_pass=True)              # test_acc, train_acc_noisy, ...
-    m.update(grad_error_metrics(a, st, d, probe, loss_fn))
+    probe = grad_probe(args, d)                          # d: a data.TrainData; fixed corrupted samples, or None
+    m = evaluate(args, st, d, train_pass=True)           # st: a runfolder.TrainState; test_acc, train_acc_noisy, ...
+    m.update(grad_error_metrics(args, st, d, probe, loss_fn))
 """
 import os
 
@@ -22,8 +22,9 @@ import train_cli
 PROBE_SIZE = 256  # Fig. 3 probe set: at most this many corrupted training samples
 
 
-def eval_logits(net, x, mean, std, a, mstate, batch=1024, dd=distributed.Dist()):
-    """Logits (N, C) of a uint8 tensor x (N, ...) in eval mode, without augmentation.
+def eval_logits(net, x, mean, std, args, head, mstate, batch=1024, dd=distributed.Dist()):
+    """Logits (N, C) of a uint8 tensor x (N, ...) in eval mode, without augmentation; head: the
+    net's nets.Head, masked with mstate's mask for --dcm-eval masked.
 
     Multi-process: each rank computes a contiguous 1/W of the rows and every rank
     receives all N rows, so metrics computed from them agree on all distributed.
@@ -31,17 +32,17 @@ def eval_logits(net, x, mean, std, a, mstate, batch=1024, dd=distributed.Dist())
     sizes = [len(part) for part in x.tensor_split(dd.world)]
     x = x.tensor_split(dd.world)[dd.rank]
     net.eval()
-    mask = mstate.mask if (a.head in ("dfc", "dkan") and a.dcm_eval == "masked") else None
+    mask = mstate.mask if (head.dcm and args.dcm_eval == "masked") else None
     out = []
     with torch.no_grad():
         for i in range(0, len(x), batch):
             xb = data.to_float(x[i:i + batch], mean, std)
             params = net.head_params()
-            feats = nets.head_features(a.head, params, net.backbone(xb))
-            out.append(nets.head_forward(a.head, params, feats, mask).float())
+            feats = nets.head_features(head, params, net.backbone(xb))
+            out.append(nets.head_forward(head, params, feats, mask).float())
     net.train()
     if not out:  # a rank can get no rows of a set smaller than the world size
-        C = net.head_params()["w" if a.head in ("fc", "dfc") else "base_weight"].shape[0]
+        C = net.head_params()["base_weight" if head.kan else "w"].shape[0]
         out = [torch.zeros(0, C, device=x.device)]
     return distributed.all_gather_rows(torch.cat(out), sizes, dd)
 
@@ -49,44 +50,45 @@ def eval_logits(net, x, mean, std, a, mstate, batch=1024, dd=distributed.Dist())
 TRAIN_METRICS = ("train_acc_noisy", "train_acc_clean", "conf_clean", "conf_noisy", "fit_noisy")
 
 
-def train_metrics(a, net, ms, d, dd):
+def train_metrics(args, head, net, ms, d, dd):
     """One pass over the training set -> {TRAIN_METRICS}: accuracy against the noisy and the
     clean labels, mean p of the given label on clean vs noisy samples, fit of the noisy ones."""
-    z = eval_logits(net, d["x"], d["mean"], d["std"], a, ms, dd=dd)
+    z = eval_logits(net, d.x, d.mean, d.std, args, head, ms, dd=dd)
     pred, p = z.argmax(1), z.softmax(1)
-    is_noisy = d["y_noisy"] != d["y"]
-    p_given = p.gather(1, d["y_noisy"][:, None])[:, 0]
-    out = dict(train_acc_noisy=(pred == d["y_noisy"]).float().mean().item(),
-               train_acc_clean=(pred == d["y"]).float().mean().item(),
+    is_noisy = d.y_noisy != d.y
+    p_given = p.gather(1, d.y_noisy[:, None])[:, 0]
+    out = dict(train_acc_noisy=(pred == d.y_noisy).float().mean().item(),
+               train_acc_clean=(pred == d.y).float().mean().item(),
                conf_clean=p_given[~is_noisy].mean().item() if (~is_noisy).any() else None,
                conf_noisy=p_given[is_noisy].mean().item() if is_noisy.any() else None,
-               fit_noisy=(pred[is_noisy] == d["y_noisy"][is_noisy]).float().mean().item() if is_noisy.any() else None)
-    if not d["clean_known"]:  # y is y_noisy there: clean-label metrics would be fake
+               fit_noisy=(pred[is_noisy] == d.y_noisy[is_noisy]).float().mean().item() if is_noisy.any() else None)
+    if not d.clean_known:  # y is y_noisy there: clean-label metrics would be fake
         out.update(train_acc_clean=None, conf_clean=None, conf_noisy=None, fit_noisy=None)
     return out
 
 
-def train_eval_due(a, epoch):
+def train_eval_due(args, epoch):
     """Whether this epoch evaluates the whole training set (--train-eval-every; always the last epoch)."""
-    return a.train_eval_every > 0 and (epoch % a.train_eval_every == 0 or epoch == a.epochs)
+    return args.train_eval_every > 0 and (epoch % args.train_eval_every == 0 or epoch == args.epochs)
 
 
-def evaluate(a, st, d, train_pass=True):
+def evaluate(args, st, d, train_pass=True):
     """Test accuracy; with train_pass also train accuracy vs noisy/clean labels and confidence on
     clean vs noisy samples (else None). Identical on every rank: the logits are computed sharded
     and gathered whole."""
-    net, ms, dd = st["nets"][0], st["masks"][0], st["dist"]
-    test_acc = (eval_logits(net, d["x_test"], d["mean"], d["std"], a, ms, dd=dd).argmax(1) == d["y_test"]).float().mean()
-    out = dict(test_acc=test_acc.item(), **(train_metrics(a, net, ms, d, dd) if train_pass else dict.fromkeys(TRAIN_METRICS)))
-    if d["clean_val"] is not None:  # Clothing1M's clean val keys / ILSVRC12 val for WebVision
-        xc, yc, metric = d["clean_val"]
-        out[metric] = (eval_logits(net, xc, d["mean"], d["std"], a, ms, dd=dd).argmax(1) == yc).float().mean().item()
-    if d["val"] is not None:
-        zv = eval_logits(net, d["val"][0], d["mean"], d["std"], a, ms, dd=dd)
-        out["val_acc_noisy"] = (zv.argmax(1) == d["val"][1]).float().mean().item()
-    if len(st["nets"]) > 1:
-        zb = eval_logits(st["nets"][1], d["x_test"], d["mean"], d["std"], a, st["masks"][1], dd=dd)
-        out["test_acc_b"] = (zb.argmax(1) == d["y_test"]).float().mean().item()
+    net, ms, dd, head = st.nets[0], st.masks[0], st.dist, st.head
+    test_acc = (eval_logits(net, d.x_test, d.mean, d.std, args, head, ms, dd=dd).argmax(1) == d.y_test).float().mean()
+    out = dict(test_acc=test_acc.item(),
+               **(train_metrics(args, head, net, ms, d, dd) if train_pass else dict.fromkeys(TRAIN_METRICS)))
+    if d.clean_val is not None:  # Clothing1M's clean val keys / ILSVRC12 val for WebVision
+        xc, yc, metric = d.clean_val
+        out[metric] = (eval_logits(net, xc, d.mean, d.std, args, head, ms, dd=dd).argmax(1) == yc).float().mean().item()
+    if d.val is not None:
+        zv = eval_logits(net, d.val[0], d.mean, d.std, args, head, ms, dd=dd)
+        out["val_acc_noisy"] = (zv.argmax(1) == d.val[1]).float().mean().item()
+    if len(st.nets) > 1:
+        zb = eval_logits(st.nets[1], d.x_test, d.mean, d.std, args, head, st.masks[1], dd=dd)
+        out["test_acc_b"] = (zb.argmax(1) == d.y_test).float().mean().item()
     return out
 
 
@@ -95,27 +97,27 @@ def evaluate(a, st, d, train_pass=True):
 GRAD_FIELDS = ("grad_cos_last", "grad_cos_feat", "grad_err_feat_norm", "grad_err_feat_bound")
 
 
-def grad_probe(a, d):
+def grad_probe(args, d):
     """Indices (<= PROBE_SIZE,) of the fixed Fig. 3 probe set: corrupted training samples, or None when off.
 
     Drawn once from the run seed with a private generator, so the global RNG (and
     therefore the training trajectory) is untouched, and a resumed run gets the same set.
     """
-    if not d["clean_known"]:
-        if a.track_grad_error:
-            raise train_cli.UserError(f"--track-grad-error needs the clean training labels; --dataset {a.dataset} has only its noisy ones")
+    if not d.clean_known:
+        if args.track_grad_error:
+            raise train_cli.UserError(f"--track-grad-error needs the clean training labels; --dataset {args.dataset} has only its noisy ones")
         return None
-    corrupted = (d["y_noisy"] != d["y"]).nonzero()[:, 0]
-    if a.track_grad_error is False or (a.track_grad_error is None and len(corrupted) == 0):
+    corrupted = (d.y_noisy != d.y).nonzero()[:, 0]
+    if args.track_grad_error is False or (args.track_grad_error is None and len(corrupted) == 0):
         return None
     if len(corrupted) == 0:
         raise train_cli.UserError("--track-grad-error needs training labels that differ from the clean ones (e.g. --noise-rate > 0); got none")
-    g = torch.Generator().manual_seed(a.seed * 100003 + 7919)
+    g = torch.Generator().manual_seed(args.seed * 100003 + 7919)
     pick = torch.randperm(len(corrupted), generator=g)[:PROBE_SIZE].to(corrupted.device)
     return corrupted[pick].sort().values
 
 
-def grad_error_metrics(a, st, d, probe, loss_fn):
+def grad_error_metrics(args, st, d, probe, loss_fn):
     """Fig. 3 for the first network on the probe set; GRAD_FIELDS -> float (None when off).
 
     The model is in eval mode (BN uses and keeps its running stats, so the probe
@@ -127,19 +129,20 @@ def grad_error_metrics(a, st, d, probe, loss_fn):
     """
     if probe is None:
         return dict.fromkeys(GRAD_FIELDS)
-    net, mask = st["nets"][0], st["masks"][0].mask if a.head in ("dfc", "dkan") else None
+    net, head = st.nets[0], st.head
+    mask = st.masks[0].mask if head.dcm else None
     net.eval()
     try:
         with torch.enable_grad():
-            v = net.backbone(data.to_float(d["x"][probe], d["mean"], d["std"]))
+            v = net.backbone(data.to_float(d.x[probe], d.mean, d.std))
             params = net.head_params()
-            logits = nets.head_forward(a.head, params, nets.head_features(a.head, params, v), mask).float()
+            logits = nets.head_forward(head, params, nets.head_features(head, params, v), mask).float()
             ge = dcm_ref.label_gradient_error(loss_fn, logits, v, list(net.backbone.last_layer.parameters()),
-                                              d["y_noisy"][probe], d["y"][probe])
+                                              d.y_noisy[probe], d.y[probe])
     finally:
         net.train()
     bound = None
-    if a.head in ("fc", "dfc") and a.loss == "ce":  # the bound is for CE's ∂L/∂z = p − e_label
+    if not head.kan and args.loss == "ce":  # the bound is for CE's ∂L/∂z = p − e_label
         w = params["w"].detach()
         bound = dcm_ref.feature_grad_error_bound(w, torch.ones_like(w) if mask is None else mask)
     return dict(grad_cos_last=ge.cos_params, grad_cos_feat=float(ge.cos_feat.mean()),
@@ -170,29 +173,29 @@ def update_best(best, m):
     return best
 
 
-def final_metrics(a, history, best, d):
+def final_metrics(args, history, best, d):
     """final.json: last and best (test-selected) accuracy, and with --val-frac the epoch
     selected on the noisy validation split and its test accuracy (README: the honest number)."""
     final = dict(test_acc_last=history[-1]["test_acc"], test_acc_best=best["acc"], best_epoch=best["epoch"],
-                 epochs=a.epochs, wall_s=float(sum(h["seconds"] for h in history)),
-                 train_samples_per_s=float(np.mean([h["samples_per_s"] for h in history])), noise_rate=d["report"]["rate"])
+                 epochs=args.epochs, wall_s=float(sum(h["seconds"] for h in history)),
+                 train_samples_per_s=float(np.mean([h["samples_per_s"] for h in history])), noise_rate=d.report["rate"])
     if "val_epoch" in best:
         final.update(val_best_epoch=best["val_epoch"], val_acc_best=best["val_acc"], test_acc_at_val_best=best["test_at_val"])
     return final
 
 
-def start_line(a, d, device, dd, out):
+def start_line(args, d, device, dd, out):
     """The run's first line: data sizes, noise rate, model, loss, method, device, ranks, folder."""
-    N, B = len(d["y"]), min(a.batch_size, len(d["y"]))
+    N, B = len(d.y), min(args.batch_size, len(d.y))
     per_rank = f" x {dd.world} ranks (batch {B // dd.world} per rank)" if dd.world > 1 else ""
-    rate = "unknown" if d["report"]["rate"] is None else f"{d['report']['rate']:.3f}"
-    return (f"dcm-ref: {a.dataset} ({N} train, {len(d['y_test'])} test, noise {rate}) "
-            f"{a.backbone}+{a.head} loss={a.loss} method={a.method} on {device}{per_rank} -> {out}")
+    rate = "unknown" if d.report["rate"] is None else f"{d.report['rate']:.3f}"
+    return (f"dcm-ref: {args.dataset} ({N} train, {len(d.y_test)} test, noise {rate}) "
+            f"{args.backbone}+{args.head} loss={args.loss} method={args.method} on {device}{per_rank} -> {out}")
 
 
-def epoch_line(a, m, probe):
+def epoch_line(args, m, probe):
     """One epoch's line: the metrics.jsonl row m in short (probe: whether gcos is measured)."""
-    return (f"epoch {m['epoch']:3d}/{a.epochs}  lr {m['lr']:.4f}  loss {m['train_loss']:.4f}  "
+    return (f"epoch {m['epoch']:3d}/{args.epochs}  lr {m['lr']:.4f}  loss {m['train_loss']:.4f}  "
             f"train(noisy) {fmt_pct(m['train_acc_noisy'])}  train(clean) {fmt_pct(m['train_acc_clean'])}  "
             + (f"val(noisy) {fmt_pct(m['val_acc_noisy'])}  " if "val_acc_noisy" in m else "") +
             f"test {fmt_pct(m['test_acc'])}  kept {m['kept']:.3f}  change {m['mask_change']:.3f}  "

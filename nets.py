@@ -12,6 +12,8 @@ load_pretrained reading torchvision-layout weights from a user file).
     v = net(torch.randn(4, 3, 32, 32))         # (4, 256)
     net.feature_dim, net.last_layer            # 256, the layer Fig. 3 probes
 """
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -228,43 +230,83 @@ def make_backbone(name, in_shape):
 # in two so that the edge scores can reuse what the forward computes:
 #   feats = head_features(v)         v for FC, Φ = [silu, B-spline bases] for KAN
 #   logits = head_forward(feats, M)   one matmul with the masked weights
+# Each function takes the head kind first: a Head, or its name.
 
-def head_init(kind, d, num_classes, grid, order):
-    """Initial head parameters (dict of tensors; the KAN grid is a buffer)."""
-    if kind in ("fc", "dfc"):
+HEADS = ("fc", "dfc", "kan", "dkan")   # the --head names
+
+
+@dataclass(frozen=True)
+class Head:
+    """A head kind (train.py --head): fc, dfc (DCM on FC), kan, dkan (DCM on KAN).
+
+        head = Head.parse("dkan")    # head.kan, head.dcm: True, True; head.base: "kan"
+    """
+    name: str
+
+    def __post_init__(self):
+        if self.name not in HEADS:
+            raise ValueError(f"unknown head {self.name!r}; expected one of {', '.join(HEADS)}")
+
+    @classmethod
+    def parse(cls, name):
+        """The Head of a name (a Head is returned as it is); ValueError for an unknown name."""
+        return name if isinstance(name, cls) else cls(name)
+
+    @property
+    def kan(self):
+        """A KAN head (B-spline edge functions, kan.py), else a linear (FC) one."""
+        return self.name in ("kan", "dkan")
+
+    @property
+    def dcm(self):
+        """Masked by DCM (Fig. 2, Eq. 2): dfc, dkan."""
+        return self.name in ("dfc", "dkan")
+
+    @property
+    def base(self):
+        """The unmasked head this one is built on: "fc" or "kan"."""
+        return "kan" if self.kan else "fc"
+
+    def __str__(self):
+        return self.name
+
+
+def head_init(head, d, num_classes, grid, order):
+    """Initial head parameters (dict of tensors; the KAN grid is a buffer). head: a Head or its name."""
+    if not Head.parse(head).kan:
         lin = nn.Linear(d, num_classes)  # PyTorch's default init
         return {"w": lin.weight.detach().clone(), "b": lin.bias.detach().clone()}
     return kan.kan_init(d, num_classes, grid_size=grid, order=order)
 
 
-def head_features(kind, params, v):
+def head_features(head, params, v):
     """v: (B, d) -> v for FC heads, Φ: (B, d, 1+G') for KAN heads (after the non-affine layer norm)."""
-    return v if kind in ("fc", "dfc") else kan.dkan_features(params, v)
+    return kan.dkan_features(params, v) if Head.parse(head).kan else v
 
 
-def head_moments(kind, feats):
+def head_moments(head, feats):
     """Mergeable batch moments of the head input (all-reduced in multi-process runs)."""
-    return dcm_ref.moments(feats) if kind in ("fc", "dfc") else kan.kan_moments(feats)
+    return kan.kan_moments(feats) if Head.parse(head).kan else dcm_ref.moments(feats)
 
 
-def head_scores(kind, params, m):
+def head_scores(head, params, m):
     """Edge importance S (C, d) from moments: Eq. 2 in its exact fast form."""
     with torch.no_grad():
-        if kind in ("fc", "dfc"):
-            return dcm_ref.scores_from_moments(m, params["w"])
-        return kan.kan_scores_from_moments(m, params)
+        if Head.parse(head).kan:
+            return kan.kan_scores_from_moments(m, params)
+        return dcm_ref.scores_from_moments(m, params["w"])
 
 
-def head_forward(kind, params, feats, mask):
+def head_forward(head, params, feats, mask):
     """Logits (B, C); mask (C, d) or None for the full head."""
-    if kind in ("fc", "dfc"):
-        return dcm_ref.masked_linear(feats, params["w"], params["b"], mask)
-    return kan.kan_forward_features(params, feats, mask)
+    if Head.parse(head).kan:
+        return kan.kan_forward_features(params, feats, mask)
+    return dcm_ref.masked_linear(feats, params["w"], params["b"], mask)
 
 
-def head_masked_weights(kind):
+def head_masked_weights(head):
     """Names of the head tensors whose (C, d, ...) entries the mask gates."""
-    return ("w",) if kind in ("fc", "dfc") else ("base_weight", "spline_weight")
+    return ("base_weight", "spline_weight") if Head.parse(head).kan else ("w",)
 
 
 class Net(nn.Module):

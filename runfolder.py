@@ -3,22 +3,44 @@ what its checkpoint holds and what its config.json records. The file mechanics (
 writes, checksums, locks) are in checkpoint.py. Not a part of the DCM method; the
 bookkeeping that lets a long run be preempted and resumed (README, "Outputs and results").
 
-    out, lock, ck = open_run(a, typed, defaults, device, rank)  # locked; ck: the checkpoint to resume
-    checkpoint.save_checkpoint(path, checkpoint_state(st, epoch, history, best, config))
+    out, lock, ck = open_run(args, typed, defaults, device, rank)  # locked; ck: the checkpoint to resume
+    checkpoint.save_checkpoint(path, checkpoint_state(st, epoch, history, best, config))  # st: a TrainState
 """
 import json
 import os
 import sys
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 
 import checkpoint
 import dcm_ref
+import distributed
+import nets
 import train_cli
 
 CKPT_IGNORED = {"epochs", "resume", "auto_resume", "extend", "out", "stop_after", "device", "compile", "overwrite",
                 "threads", "decode_workers", "train_eval_every"}
+
+
+@dataclass
+class TrainState:
+    """What train.py's steps change, the same on every rank: the method's networks (two for
+    co-teaching), their optimizers and DCM mask states, the step count, the ELR memory.
+    checkpoint_state saves it and restore_state loads it back."""
+    head: nets.Head                      # the networks' head kind (--head)
+    nets: list                           # nets.Net per network
+    opts: list                           # torch.optim optimizer per network
+    masks: list                          # dcm_ref.MaskState per network
+    compiled: list                       # torch.compile'd backbone per network (--compile), else None
+    y_noisy: torch.Tensor                # (N,) the training labels the run drew (checked on resume)
+    dist: distributed.Dist
+    step: int = 0                        # optimizer steps taken
+    elr_t: Optional[torch.Tensor] = None  # (n_ids, C) ELR targets (--method elr), else None
+    elr_hp: Optional[dict] = None        # ELR's {"beta", "lam"}
+    stop: Optional[dict] = None          # {"sig": signal number or None}, set by the signal handler
 
 
 def checkpoint_state(st, epoch, history, best, config, extended=()):
@@ -28,9 +50,9 @@ def checkpoint_state(st, epoch, history, best, config, extended=()):
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    return {"config": config, "epoch": epoch, "step": st["step"], "history": history, "best": best,
-            "nets": [n.state_dict() for n in st["nets"]], "opts": [o.state_dict() for o in st["opts"]],
-            "masks": [dict(m._asdict()) for m in st["masks"]], "elr_t": st["elr_t"], "y_noisy": st["y_noisy"],
+    return {"config": config, "epoch": epoch, "step": st.step, "history": history, "best": best,
+            "nets": [n.state_dict() for n in st.nets], "opts": [o.state_dict() for o in st.opts],
+            "masks": [dict(m._asdict()) for m in st.masks], "elr_t": st.elr_t, "y_noisy": st.y_noisy,
             "rng": rng, "extended": list(extended)}
 
 
@@ -45,18 +67,18 @@ def load_checkpoint(path, device):
     return ck
 
 
-def default_out(a, defaults):
+def default_out(args, defaults):
     """runs/<name> for a run without --out (checkpoint.default_run_name); defaults: the
     parser's {dest: default}, so only flags that differ from them name the run."""
-    return os.path.join("runs", checkpoint.default_run_name(vars(a), defaults))
+    return os.path.join("runs", checkpoint.default_run_name(vars(args), defaults))
 
 
-def claim_out(a, defaults):
+def claim_out(args, defaults):
     """The run folder, locked. -> (out, Lock). A new run under a default name takes the
     first free runs/<name>[-k]; --out, --resume and --auto-resume take exactly that folder."""
-    fresh = not a.out and not a.resume and not a.auto_resume
+    fresh = not args.out and not args.resume and not args.auto_resume
     try:
-        out, lock = checkpoint.claim_run_dir(a.out or default_out(a, defaults), fresh)
+        out, lock = checkpoint.claim_run_dir(args.out or default_out(args, defaults), fresh)
     except checkpoint.LockError as e:
         raise train_cli.UserError(str(e)) from None
     msg = checkpoint.stale_message(lock)
@@ -65,50 +87,50 @@ def claim_out(a, defaults):
     return out, lock
 
 
-def resolve_resume(a, typed, out, device):
+def resolve_resume(args, typed, out, device):
     """--resume / --auto-resume: -> the checkpoint (a takes its saved config) or None
     (--auto-resume on a folder with no checkpoint: a fresh start). Raises UserError for
     flags that contradict the saved run, and for a run already finished or a different
     --epochs without --extend (a silently stitched LR schedule)."""
     path = os.path.join(out, "checkpoint.pt")
     if not os.path.exists(path):
-        if a.auto_resume:
+        if args.auto_resume:
             return None
         raise train_cli.UserError(f"--resume: no checkpoint at {path}; start the run without --resume")
     ck = load_checkpoint(path, device)
     saved = ck["config"]
-    keys = (set(saved) & set(vars(a))) - CKPT_IGNORED
-    compare = keys if a.auto_resume else keys & typed
-    clash = sorted(k for k in compare if saved.get(k) != getattr(a, k))
-    if a.auto_resume and saved["epochs"] != a.epochs:
+    keys = (set(saved) & set(vars(args))) - CKPT_IGNORED
+    compare = keys if args.auto_resume else keys & typed
+    clash = sorted(k for k in compare if saved.get(k) != getattr(args, k))
+    if args.auto_resume and saved["epochs"] != args.epochs:
         clash.append("epochs")
     if clash:
         was = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)}" for k in clash)
-        how = "use another --out, or --overwrite" if a.auto_resume else "drop them or start a new --out"
-        raise train_cli.UserError(f"--{'auto-' if a.auto_resume else ''}resume: flags contradict the saved run in {out} ({was}); {how}")
+        how = "use another --out, or --overwrite" if args.auto_resume else "drop them or start a new --out"
+        raise train_cli.UserError(f"--{'auto-' if args.auto_resume else ''}resume: flags contradict the saved run in {out} ({was}); {how}")
     for k in keys:
-        setattr(a, k, saved[k])
-    check_epochs(a, typed, ck, out)
+        setattr(args, k, saved[k])
+    check_epochs(args, typed, ck, out)
     return ck
 
 
-def check_epochs(a, typed, ck, out):
+def check_epochs(args, typed, ck, out):
     """--epochs on --resume: the saved target unless --extend asks for a larger one."""
     saved, done = ck["config"]["epochs"], ck["epoch"]
-    if "epochs" not in typed or a.auto_resume:
-        a.epochs = saved
-    if a.extend:
-        if a.epochs <= saved:
-            raise train_cli.UserError(f"--extend: --epochs must exceed the run's {saved} epochs, got {a.epochs}")
-    elif a.epochs != saved:
+    if "epochs" not in typed or args.auto_resume:
+        args.epochs = saved
+    if args.extend:
+        if args.epochs <= saved:
+            raise train_cli.UserError(f"--extend: --epochs must exceed the run's {saved} epochs, got {args.epochs}")
+    elif args.epochs != saved:
         raise train_cli.UserError(f"--resume: {out} was started for {saved} epochs (its LR schedule spans them); "
-                        f"add --extend to train to {a.epochs}, or drop --epochs")
-    elif done >= saved and not a.auto_resume:
+                        f"add --extend to train to {args.epochs}, or drop --epochs")
+    elif done >= saved and not args.auto_resume:
         raise train_cli.UserError(f"--resume: {out} already finished its {saved} epochs; "
                         f"add --extend --epochs N (N > {saved}) to train longer")
 
 
-def resume_record(out, meta, ck, a):
+def resume_record(out, meta, ck, args):
     """config.json of a resumed run: the original file, plus a `resumed` entry per resume
     and an `extended` entry per --extend (the original values are never rewritten silently)."""
     try:
@@ -118,32 +140,32 @@ def resume_record(out, meta, ck, a):
         cfg = dict(meta)
     entry = dict(at_epoch=ck["epoch"], device_used=meta["device_used"], world_size=meta["world_size"])
     cfg["resumed"] = cfg.get("resumed", []) + [entry]
-    if a.extend:
+    if args.extend:
         cfg["extended"] = cfg.get("extended", []) + [dict(at_epoch=ck["epoch"], epochs_before=ck["config"]["epochs"],
-                                                          epochs_after=a.epochs)]
-        cfg["epochs"] = a.epochs
+                                                          epochs_after=args.epochs)]
+        cfg["epochs"] = args.epochs
     return cfg
 
 
-def initial_files(a, out, ck, meta, d, st, history, best, config):
-    """Rank 0, before the first epoch: config.json, noise_report.json, metrics.jsonl and, for a
-    new run, the epoch-0 checkpoint. --overwrite first moves the old run to DIR/replaced/."""
-    if ck is None and a.overwrite:
+def initial_files(args, out, ck, meta, d, st, history, best, config):
+    """Rank 0, before the first epoch: config.json, noise_report.json (d: a data.TrainData), metrics.jsonl
+    and, for a new run, the epoch-0 checkpoint of st (a TrainState). --overwrite first moves the old run to DIR/replaced/."""
+    if ck is None and args.overwrite:
         checkpoint.set_aside(out)
-    checkpoint.write_json(os.path.join(out, "config.json"), meta if ck is None else resume_record(out, meta, ck, a))
-    checkpoint.write_json(os.path.join(out, "noise_report.json"), d["report"])
+    checkpoint.write_json(os.path.join(out, "config.json"), meta if ck is None else resume_record(out, meta, ck, args))
+    checkpoint.write_json(os.path.join(out, "noise_report.json"), d.report)
     checkpoint.write_jsonl(os.path.join(out, "metrics.jsonl"), history)
     if ck is None:
         checkpoint.save_checkpoint(os.path.join(out, "checkpoint.pt"), checkpoint_state(st, 0, history, best, config))
 
 
-def open_run(a, typed, defaults, device, rank):
+def open_run(args, typed, defaults, device, rank):
     """The run folder (locked on rank 0) and, for --resume/--auto-resume, its checkpoint.
     -> (out, lock or None, checkpoint or None). The lock is released when this raises."""
-    out, lock = claim_out(a, defaults) if rank == 0 else (a.out or default_out(a, defaults), None)
+    out, lock = claim_out(args, defaults) if rank == 0 else (args.out or default_out(args, defaults), None)
     try:
-        ck = resolve_resume(a, typed, out, device) if (a.resume or a.auto_resume) else None
-        if ck is None and os.path.exists(os.path.join(out, "checkpoint.pt")) and not a.overwrite:
+        ck = resolve_resume(args, typed, out, device) if (args.resume or args.auto_resume) else None
+        if ck is None and os.path.exists(os.path.join(out, "checkpoint.pt")) and not args.overwrite:
             raise train_cli.UserError(f"{out} already holds a run; use --resume to continue it, --overwrite to replace it, or another --out")
     except BaseException:
         if lock is not None:
@@ -153,14 +175,14 @@ def open_run(a, typed, defaults, device, rank):
 
 
 def restore_state(st, ck, y_noisy, device):
-    """Load a checkpoint into the run state st (nets, opts, masks, step, ELR memory, CPU RNG),
+    """Load a checkpoint into st, a TrainState (nets, opts, masks, step, ELR memory; and the CPU RNG),
     the inverse of checkpoint_state. y_noisy: (N,) the labels this run drew; they must be the saved ones."""
-    for net, sd in zip(st["nets"], ck["nets"]):
+    for net, sd in zip(st.nets, ck["nets"]):
         net.load_state_dict(sd)
-    for opt, sd in zip(st["opts"], ck["opts"]):
+    for opt, sd in zip(st.opts, ck["opts"]):
         opt.load_state_dict(sd)
-    st["masks"] = [dcm_ref.MaskState(**m) for m in ck["masks"]]
-    st["step"], st["elr_t"] = ck["step"], ck["elr_t"]
+    st.masks = [dcm_ref.MaskState(**m) for m in ck["masks"]]
+    st.step, st.elr_t = ck["step"], ck["elr_t"]
     if not torch.equal(ck["y_noisy"].to(device), y_noisy):
         raise train_cli.UserError("--resume: the noisy labels differ from the saved run's (data or noise flags changed)")
     torch.set_rng_state(ck["rng"]["cpu"].cpu())
@@ -172,9 +194,9 @@ def run_meta(config, out, dd, device, loss_hparams, n_train):
                 numpy=np.__version__, python=sys.version.split()[0], loss_hparams=loss_hparams, n_train=n_train)
 
 
-def extended_history(a, ck):
+def extended_history(args, ck):
     """The checkpoint's list of --extend entries, plus this one with --extend."""
     extended = list(ck.get("extended", [])) if ck else []
-    if a.extend:
-        extended.append({"at_epoch": ck["epoch"], "epochs_before": ck["config"]["epochs"], "epochs_after": a.epochs})
+    if args.extend:
+        extended.append({"at_epoch": ck["epoch"], "epochs_before": ck["config"]["epochs"], "epochs_after": args.epochs})
     return extended

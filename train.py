@@ -150,20 +150,20 @@ class Run:
     out: str                           # the run folder
     lock: Optional[checkpoint.Lock]    # the folder's lock, held by rank 0 only
     resumed: Optional[dict]            # the verified checkpoint of a resumed run, else None
-    data: dict                         # data.prepare_training_data: x, y, y_noisy, x_test, y_test, report, ...
+    data: data.TrainData               # data.prepare_training_data: x, y, y_noisy, x_test, y_test, report, ...
     loss_config: dict                  # the loss's hyper-parameters (config.json: loss_hparams)
     loss_fn: Callable                  # per-sample loss: logits (B, C), labels (B,) -> (B,)
     probe: Optional[torch.Tensor]      # Fig. 3 probe-set indices, or None when off
-    state: dict                        # nets, opts, masks, step, ELR memory (init_state)
+    state: runfolder.TrainState        # head, nets, opts, masks, step, ELR memory (init_state)
 
 
-def setup(a, argv, dist):
+def setup(args, argv, dist):
     """Everything before the first step, on every rank -> Run. Then the ranks agree: when any
     rank failed, all stop and only the lowest failing rank reports. The agreement is also the
     barrier that keeps rank 0 from writing into --out before every rank has read it."""
     err, job = None, None
     try:
-        job = prepare(a, argv, dist)
+        job = prepare(args, argv, dist)
     except UserError as e:
         err = e
     first = distributed.first_failure(err is not None, dist)
@@ -176,91 +176,90 @@ def setup(a, argv, dist):
     return job
 
 
-def prepare(a, argv, dist):
+def prepare(args, argv, dist):
     """Flags, device, run folder, checkpoint, data, probe set and initial state -> Run; raises
     UserError on bad input (and then releases the folder). Flag errors come before the run
     folder is touched and before the data is loaded."""
     typed = train_cli.explicit_flags(build_parser(), argv)
-    device, loss_overrides = train_cli.check_flags(a, typed, dist)
-    out, lock, resumed = runfolder.open_run(a, typed, vars(build_parser().parse_args([])), device, dist.rank)
+    device, loss_overrides = train_cli.check_flags(args, typed, dist)
+    out, lock, resumed = runfolder.open_run(args, typed, vars(build_parser().parse_args([])), device, dist.rank)
     try:
-        d, loss_config, loss_fn = load_data(a, device, loss_overrides)
-        train_cli.check_data_sizes(a, d, dist)
-        probe = diagnostics.grad_probe(a, d)
-        return Run(device, out, lock, resumed, d, loss_config, loss_fn, probe, init_state(a, d, device, resumed, dist))
+        d, loss_config, loss_fn = load_data(args, device, loss_overrides)
+        train_cli.check_data_sizes(args, d, dist)
+        probe = diagnostics.grad_probe(args, d)
+        return Run(device, out, lock, resumed, d, loss_config, loss_fn, probe, init_state(args, d, device, resumed, dist))
     except BaseException:
         if lock is not None:
             checkpoint.unlock_run(lock)
         raise
 
 
-def load_data(a, device, loss_overrides):
+def load_data(args, device, loss_overrides):
     """data.prepare_training_data and the loss -> (data, loss config, loss fn)."""
     try:
-        d = data.prepare_training_data(data.DataConfig.from_flags(a), device)
-        loss_config = losses.loss_config(a.loss, d["C"], a.dataset, noise=a.noise, **loss_overrides)
-        loss_fn = losses.make_loss(a.loss, d["C"], a.dataset, noise=a.noise, **loss_overrides)
+        d = data.prepare_training_data(data.DataConfig.from_flags(args), device)
+        loss_config = losses.loss_config(args.loss, d.C, args.dataset, noise=args.noise, **loss_overrides)
+        loss_fn = losses.make_loss(args.loss, d.C, args.dataset, noise=args.noise, **loss_overrides)
     except (data.DataError, ValueError) as e:  # ValueError: noise/loss validation (rates, maps, names)
         raise UserError(str(e)) from None
     return d, loss_config, loss_fn
 
 
-def init_state(a, d, device, resumed, dist=distributed.Dist()):
-    """Networks, optimizers, masks, ELR memory; from the checkpoint `resumed` when resuming.
-    The seed is the same on every rank, so every rank builds the same initial networks."""
-    torch.manual_seed(a.seed)
-    n_nets = 2 if a.method == "coteaching" else 1
-    pretrained = a.pretrained if resumed is None else None  # a resumed run's weights are in its checkpoint
-    networks = [build_net(a, d["in_shape"], d["C"], pretrained).to(device) for _ in range(n_nets)]
-    opts = [make_optimizer(a, net) for net in networks]
-    C, dim = d["C"], networks[0].backbone.feature_dim
-    masks = [dcm_ref.mask_init((C, dim), device=device) for _ in networks]
-    state = dict(nets=networks, opts=opts, masks=masks, step=0, y_noisy=d["y_noisy"], elr_t=None, dist=dist,
-              compiled=[torch.compile(net.backbone) if a.compile else None for net in networks])
-    if a.method == "elr":
-        state["elr_t"] = torch.zeros(d["n_ids"], C, device=device)
-        state["elr_hp"] = {k: v for k, v in losses.loss_config("elr", C, a.dataset, noise=a.noise).items() if k in ("beta", "lam")}
+def init_state(args, d, device, resumed, dist=distributed.Dist()):
+    """-> runfolder.TrainState: the --head parsed once, networks, optimizers, masks, ELR memory; from the
+    checkpoint `resumed` when resuming. The seed is the same on every rank, so every rank builds the same networks."""
+    torch.manual_seed(args.seed)
+    head, n_nets = nets.Head.parse(args.head), 2 if args.method == "coteaching" else 1
+    pretrained = args.pretrained if resumed is None else None  # a resumed run's weights are in its checkpoint
+    networks = [build_net(args, head, d.in_shape, d.C, pretrained).to(device) for _ in range(n_nets)]
+    masks = [dcm_ref.mask_init((d.C, networks[0].backbone.feature_dim), device=device) for _ in networks]
+    state = runfolder.TrainState(head=head, nets=networks, opts=[make_optimizer(args, net) for net in networks],
+                                 masks=masks, compiled=[torch.compile(net.backbone) if args.compile else None for net in networks],
+                                 y_noisy=d.y_noisy, dist=dist)
+    if args.method == "elr":
+        state.elr_t = torch.zeros(d.n_ids, d.C, device=device)
+        state.elr_hp = {k: v for k, v in losses.loss_config("elr", d.C, args.dataset, noise=args.noise).items() if k in ("beta", "lam")}
     if resumed is not None:
-        runfolder.restore_state(state, resumed, d["y_noisy"], device)
+        runfolder.restore_state(state, resumed, d.y_noisy, device)
     return state
 
 
 # ----------------------------------------------------------------------------- Run: the epoch loop
 
-def run(a, argv, dist=distributed.Dist()):
+def run(args, argv, dist=distributed.Dist()):
     """setup(), then the epochs with SIGINT/SIGTERM caught; the run folder is unlocked at the end. -> exit code."""
     flag = {"sig": None}
     restore = train_cli.catch_stop_signals(flag)
     try:
-        job = setup(a, argv, dist)
+        job = setup(args, argv, dist)
     except BaseException:
         restore()
         raise
-    job.state["stop"] = flag
+    job.state.stop = flag
     try:
-        return train_run(a, dist, job)
+        return train_run(args, dist, job)
     finally:
         restore()
         if job.lock is not None:
             checkpoint.unlock_run(job.lock)
 
 
-def train_run(a, dist, job):
+def train_run(args, dist, job):
     """The run's files and its epochs; -> exit code. A failing replacement (--overwrite) puts the old run back."""
     lead, resumed, out = dist.rank == 0, job.resumed, job.out  # only rank 0 prints and writes files
     say = train_cli.make_say(lead)
-    if resumed is not None and resumed["epoch"] >= a.epochs:  # --auto-resume of a finished run
-        say(f"{out} already finished its {a.epochs} epochs (--auto-resume): nothing to do")
+    if resumed is not None and resumed["epoch"] >= args.epochs:  # --auto-resume of a finished run
+        say(f"{out} already finished its {args.epochs} epochs (--auto-resume): nothing to do")
         return 0
-    config = {k: v for k, v in vars(a).items()}
+    config = {k: v for k, v in vars(args).items()}
     history, best = (resumed["history"], resumed["best"]) if resumed else ([], {"acc": -1.0, "epoch": 0})
     try:
         if lead:
-            meta = runfolder.run_meta(config, out, dist, job.device, job.loss_config, len(job.data["y"]))
-            runfolder.initial_files(a, out, resumed, meta, job.data, job.state, history, best, config)
-        code = train_epochs(a, dist, job, say, history, best, config, runfolder.extended_history(a, resumed))
+            meta = runfolder.run_meta(config, out, dist, job.device, job.loss_config, len(job.data.y))
+            runfolder.initial_files(args, out, resumed, meta, job.data, job.state, history, best, config)
+        code = train_epochs(args, dist, job, say, history, best, config, runfolder.extended_history(args, resumed))
     except (UserError, NonFiniteLoss, checkpoint.CheckpointError, OSError):
-        if lead and resumed is None and a.overwrite:
+        if lead and resumed is None and args.overwrite:
             checkpoint.restore_aside(out)
         raise
     if lead and code == 0 and os.path.exists(os.path.join(out, "final.json")):
@@ -268,88 +267,88 @@ def train_run(a, dist, job):
     return code
 
 
-def train_epochs(a, dist, job, say, history, best, config, extended):
-    """Train from the checkpoint's epoch to a.epochs; -> exit code (0, or 130/143 when stopped by SIGINT/SIGTERM)."""
+def train_epochs(args, dist, job, say, history, best, config, extended):
+    """Train from the checkpoint's epoch to --epochs; -> exit code (0, or 130/143 when stopped by SIGINT/SIGTERM)."""
     lead, d, state, out = dist.rank == 0, job.data, job.state, job.out
     ck_path = os.path.join(out, "checkpoint.pt")
-    N, B = len(d["y"]), min(a.batch_size, len(d["y"]))
-    total = a.epochs * ((N - B) // B + 1)  # optimizer steps of the whole run (the LR schedule's length)
-    delta = losses.l1_weight(a.loss, job.loss_config)
-    say(diagnostics.start_line(a, d, job.device, dist, out), flush=True)
-    for epoch in range((job.resumed["epoch"] if job.resumed else 0) + 1, a.epochs + 1):
-        if d["pool"] is not None and d["subset_epoch"] != epoch:
+    N, B = len(d.y), min(args.batch_size, len(d.y))
+    total = args.epochs * ((N - B) // B + 1)  # optimizer steps of the whole run (the LR schedule's length)
+    delta = losses.l1_weight(args.loss, job.loss_config)
+    say(diagnostics.start_line(args, d, job.device, dist, out), flush=True)
+    for epoch in range((job.resumed["epoch"] if job.resumed else 0) + 1, args.epochs + 1):
+        if d.pool is not None and d.subset_epoch != epoch:
             secs = data.redraw_subset(d, epoch)
-            say(f"epoch {epoch:3d}: new class-balanced subset of {len(d['y'])} images decoded in {secs:.1f}s", flush=True)
+            say(f"epoch {epoch:3d}: new class-balanced subset of {len(d.y)} images decoded in {secs:.1f}s", flush=True)
         t0 = time.time()
         try:
-            train_loss, changes, n_seen = train_epoch(a, state, d, epoch, total, job.loss_fn, delta)
+            train_loss, changes, n_seen = train_epoch(args, state, d, epoch, total, job.loss_fn, delta)
         except (KeyboardInterrupt, train_cli.Stopped):
             return train_cli.stopped(state, say, ck_path, epoch - 1, out)
         t_train = time.time() - t0
-        for net in state["nets"]:
+        for net in state.nets:
             distributed.average_bn_stats(net, dist)  # before eval, the probe and the checkpoint: one set of BN stats
-        measured = diagnostics.evaluate(a, state, d, diagnostics.train_eval_due(a, epoch))
-        first_mask = state["masks"][0]
-        row = dict(epoch=epoch, lr=lr_at(a, state["step"] - 1, total), train_loss=train_loss, **measured,
-                   kept=dcm_ref.kept_fraction(first_mask.mask) if a.head in ("dfc", "dkan") else 1.0,
+        measured = diagnostics.evaluate(args, state, d, diagnostics.train_eval_due(args, epoch))
+        first_mask = state.masks[0]
+        row = dict(epoch=epoch, lr=lr_at(args, state.step - 1, total), train_loss=train_loss, **measured,
+                   kept=dcm_ref.kept_fraction(first_mask.mask) if state.head.dcm else 1.0,
                    mask_change=float(np.mean([float(c) for c in changes])) if changes else 0.0,
-                   mask_updates=first_mask.updates, **diagnostics.grad_error_metrics(a, state, d, job.probe, job.loss_fn),
+                   mask_updates=first_mask.updates, **diagnostics.grad_error_metrics(args, state, d, job.probe, job.loss_fn),
                    seconds=time.time() - t0, samples_per_s=n_seen / max(t_train, 1e-9))
-        row["eta_s"] = (a.epochs - epoch) * row["seconds"]
+        row["eta_s"] = (args.epochs - epoch) * row["seconds"]
         best = diagnostics.update_best(best, row)
         history.append(row)
         snapshot = runfolder.checkpoint_state(state, epoch, history, best, config, extended)
         if lead:
-            if a.save_masks:
+            if args.save_masks:
                 diagnostics.save_mask(out, epoch, first_mask.mask)
             checkpoint.save_checkpoint(ck_path, snapshot)  # first: metrics.jsonl never shows an epoch the checkpoint lacks
             checkpoint.write_jsonl(os.path.join(out, "metrics.jsonl"), history)
-        say(diagnostics.epoch_line(a, row, job.probe), flush=True)
-        if train_cli.stop_requested(state) and epoch < a.epochs:
+        say(diagnostics.epoch_line(args, row, job.probe), flush=True)
+        if train_cli.stop_requested(state) and epoch < args.epochs:
             return train_cli.stopped(state, say, ck_path, epoch, out)
-        if a.stop_after and epoch >= a.stop_after and epoch < a.epochs:
+        if args.stop_after and epoch >= args.stop_after and epoch < args.epochs:
             say(f"stopped after epoch {epoch} (--stop-after); continue with --out {out} --resume")
             return 0
-    final = diagnostics.final_metrics(a, history, best, d)
+    final = diagnostics.final_metrics(args, history, best, d)
     if lead:
         checkpoint.write_json(os.path.join(out, "final.json"), final)
     say(diagnostics.done_line(final, out))
     return 0
 
 
-def train_epoch(a, state, d, epoch, total_steps, loss_fn, delta):
-    """One pass over the training set. state: run state (nets, opts, masks, elr memory, step, dist).
+def train_epoch(args, state, d, epoch, total_steps, loss_fn, delta):
+    """One pass over the training set. state: a runfolder.TrainState (nets, opts, masks, ELR memory, step, dist).
 
     The permutation is the same on every rank; each rank takes its 1/W of every global
     batch of B, so all ranks take the same number of steps. Crops/flips differ per rank.
     Returns the mean loss and the sample count over all ranks, and the mask changes.
     """
-    dist = state["dist"]
-    N, B = len(d["y"]), min(a.batch_size, len(d["y"]))
-    g = torch.Generator().manual_seed(a.seed * 100003 + epoch)
-    perm = torch.randperm(N, generator=g).to(d["x"].device)
-    aug_gen = torch.Generator(device=d["x"].device).manual_seed(a.seed * 100003 + epoch + 1000003 * dist.rank)
+    dist = state.dist
+    N, B = len(d.y), min(args.batch_size, len(d.y))
+    g = torch.Generator().manual_seed(args.seed * 100003 + epoch)
+    perm = torch.randperm(N, generator=g).to(d.x.device)
+    aug_gen = torch.Generator(device=d.x.device).manual_seed(args.seed * 100003 + epoch + 1000003 * dist.rank)
     tot_loss, n_seen, changes = 0.0, 0, []
     for i in range(0, N - B + 1, B):  # drop the last partial batch: BN and batch std need B >= 2
         idx = perm[i:i + B].tensor_split(dist.world)[dist.rank]
-        xb = d["x"][idx]
-        if d["aug"] == "crop-flip":  # on raw pixels, so padding is black as in torchvision's RandomCrop
+        xb = d.x[idx]
+        if d.aug == "crop-flip":  # on raw pixels, so padding is black as in torchvision's RandomCrop
             xb = data.augment_batch(xb.float(), aug_gen)
-        elif d["aug"] == "rrc-flip":
+        elif d.aug == "rrc-flip":
             xb = realworld.random_resized_crop_flip(xb.float(), aug_gen)
-        xb = data.to_float(xb, d["mean"], d["std"])
-        lr = lr_at(a, state["step"], total_steps)
-        for opt in state["opts"]:
+        xb = data.to_float(xb, d.mean, d.std)
+        lr = lr_at(args, state.step, total_steps)
+        for opt in state.opts:
             for group in opt.param_groups:
                 group["lr"] = lr
-        loss_val, ch = train_step(a, state, xb, d["y_noisy"][idx], d["ids"][idx], loss_fn, delta, epoch)
+        loss_val, ch = train_step(args, state, xb, d.y_noisy[idx], d.ids[idx], loss_fn, delta, epoch)
         if not math.isfinite(loss_val):
-            raise NonFiniteLoss(f"non-finite training loss ({loss_val}) at epoch {epoch}, step {state['step']}; "
+            raise NonFiniteLoss(f"non-finite training loss ({loss_val}) at epoch {epoch}, step {state.step}; "
                                 f"lower --lr or use --grad-clip; the last good checkpoint is kept")
         tot_loss, n_seen = tot_loss + loss_val * len(idx), n_seen + len(idx)
         changes += ch
-        state["step"] += 1
-        if "stop" in state and train_cli.stop_requested(state):
+        state.step += 1
+        if state.stop is not None and train_cli.stop_requested(state):
             raise train_cli.Stopped()
     if dist.world > 1:
         tot, n = distributed.all_sum((torch.tensor([tot_loss, n_seen], dtype=torch.float64),), dist)[0]
@@ -357,68 +356,68 @@ def train_epoch(a, state, d, epoch, total_steps, loss_fn, delta):
     return tot_loss / max(n_seen, 1), changes, n_seen
 
 
-def train_step(a, state, xb, yb, ids, loss_fn, delta, epoch):
+def train_step(args, state, xb, yb, ids, loss_fn, delta, epoch):
     """One optimizer step for every network of the method; ids: the batch's rows of the ELR
     memory. Returns (loss, mask changes)."""
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if (a.amp and xb.is_cuda) else torch.autocast("cpu", enabled=False)
-    dist = state["dist"]
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if (args.amp and xb.is_cuda) else torch.autocast("cpu", enabled=False)
+    dist = state.dist
     outs, changes = [], []
-    for k, net in enumerate(state["nets"]):
+    for k, net in enumerate(state.nets):
         with ctx:
-            logits, new_state = net_forward(net, xb, state["masks"][k], a, state["compiled"][k],
+            logits, new_state = net_forward(net, xb, state.masks[k], args, state.head, state.compiled[k],
                                             reduce=lambda m: distributed.all_sum(m, dist))  # global-batch moments
-        if new_state.updates != state["masks"][k].updates:
+        if new_state.updates != state.masks[k].updates:
             changes.append(new_state.change)
-        state["masks"][k] = new_state
+        state.masks[k] = new_state
         outs.append(logits)
-    if a.method == "coteaching":  # each rank selects small-loss samples within its shard, as per-GPU co-teaching
+    if args.method == "coteaching":  # each rank selects small-loss samples within its shard, as per-GPU co-teaching
         loss_a, loss_b = loss_fn(outs[0], yb), loss_fn(outs[1], yb)
-        tau = a.forget_rate if a.forget_rate is not None else a.noise_rate
+        tau = args.forget_rate if args.forget_rate is not None else args.noise_rate
         keep_a, keep_b = losses.coteaching_select(loss_a.detach(), loss_b.detach(), losses.forget_rate(epoch, tau))
         per_net = [loss_a[keep_a].mean(), loss_b[keep_b].mean()]
-    elif a.method == "elr":
-        elr_losses, new_t = losses.elr_loss(outs[0], yb, state["elr_t"][ids], **state["elr_hp"])
+    elif args.method == "elr":
+        elr_losses, new_t = losses.elr_loss(outs[0], yb, state.elr_t[ids], **state.elr_hp)
         sizes = [len(ids)] * dist.world  # every rank's new rows, so the memory stays the same everywhere
-        state["elr_t"][distributed.all_gather_rows(ids, sizes, dist)] = distributed.all_gather_rows(new_t, sizes, dist)
+        state.elr_t[distributed.all_gather_rows(ids, sizes, dist)] = distributed.all_gather_rows(new_t, sizes, dist)
         per_net = [elr_losses.mean()]
     else:
         per_net = [loss_fn(outs[0], yb).mean()]
-    for net, opt, loss, mstate in zip(state["nets"], state["opts"], per_net, state["masks"]):
+    for net, opt, loss, mstate in zip(state.nets, state.opts, per_net, state.masks):
         if delta:
             loss = loss + delta * losses.l1_penalty(net.parameters())
-        mask = mstate.mask if a.head in ("dfc", "dkan") else None
-        optimizer_step(a, net, opt, loss, mask, dist)
+        mask = mstate.mask if state.head.dcm else None
+        optimizer_step(args, state.head, net, opt, loss, mask, dist)
     return per_net[0].item(), changes
 
 
 # ----------------------------------------------------------------------------- Helpers
 
-def net_forward(net, x, mstate, a, compiled=None, reduce=lambda m: m):
-    """One forward with the DCM schedule. x: (B, ...) -> logits (B, C), new mask state."""
+def net_forward(net, x, mstate, args, head, compiled=None, reduce=lambda m: m):
+    """One forward with the DCM schedule (head: a nets.Head). x: (B, ...) -> logits (B, C), new mask state."""
     v = (compiled if compiled is not None else net.backbone)(x)  # no truth test: a compiled module has no len()
     params = net.head_params()
-    feats = nets.head_features(a.head, params, v)
+    feats = nets.head_features(head, params, v)
     mask = None
-    if a.head in ("dfc", "dkan"):
-        m = reduce(nets.head_moments(a.head, feats))
+    if head.dcm:
+        m = reduce(nets.head_moments(head, feats))
         mstate = dcm_ref.mask_schedule_step(
-            mstate, m, lambda mm: nets.head_scores(a.head, params, mm), a.keep, scope=a.dcm_scope,
-            interval=a.dcm_interval, warmup=a.dcm_warmup, stats=a.dcm_stats)
+            mstate, m, lambda mm: nets.head_scores(head, params, mm), args.keep, scope=args.dcm_scope,
+            interval=args.dcm_interval, warmup=args.dcm_warmup, stats=args.dcm_stats)
         mask = mstate.mask
-    return nets.head_forward(a.head, params, feats, mask).float(), mstate
+    return nets.head_forward(head, params, feats, mask).float(), mstate
 
 
-def optimizer_step(a, net, opt, loss, mask, dist=distributed.Dist()):
+def optimizer_step(args, head, net, opt, loss, mask, dist=distributed.Dist()):
     """Backward, average gradients over ranks, clip, step; with --dcm-freeze the masked head
     entries are restored exactly. Clipping after the average clips the global gradient."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
     distributed.average_grads(net.parameters(), dist)
-    if a.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(net.parameters(), a.grad_clip)
+    if args.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)
     frozen = {}
-    if a.dcm_freeze and mask is not None:
-        frozen = {k: net.head[k].detach().clone() for k in nets.head_masked_weights(a.head)}
+    if args.dcm_freeze and mask is not None:
+        frozen = {k: net.head[k].detach().clone() for k in nets.head_masked_weights(head)}
     opt.step()
     with torch.no_grad():
         for k, before in frozen.items():
@@ -426,31 +425,30 @@ def optimizer_step(a, net, opt, loss, mask, dist=distributed.Dist()):
             net.head[k].copy_(dcm_ref.freeze_masked(net.head[k], before, m.expand_as(before)))
 
 
-def lr_at(a, step, total):
+def lr_at(args, step, total):
     """Learning rate at optimizer step `step` of `total` (cosine / step / none)."""
-    if a.schedule == "cosine":
-        return a.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-    if a.schedule == "step":
-        return a.lr * (0.1 ** ((step >= 0.5 * total) + (step >= 0.75 * total)))
-    return a.lr
+    if args.schedule == "cosine":
+        return args.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+    if args.schedule == "step":
+        return args.lr * (0.1 ** ((step >= 0.5 * total) + (step >= 0.75 * total)))
+    return args.lr
 
 
-def make_optimizer(a, net):
-    wd = losses.weight_decay(a.loss, a.weight_decay)
-    if a.optimizer == "sgd":
-        return torch.optim.SGD(net.parameters(), lr=a.lr, momentum=a.momentum, weight_decay=wd)
-    return torch.optim.Adam(net.parameters(), lr=a.lr, weight_decay=wd)
+def make_optimizer(args, net):
+    wd = losses.weight_decay(args.loss, args.weight_decay)
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=wd)
+    return torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=wd)
 
 
-def build_net(a, in_shape, num_classes, pretrained=None):
-    backbone = nets.make_backbone(a.backbone, in_shape)
+def build_net(args, head, in_shape, num_classes, pretrained=None):
+    backbone = nets.make_backbone(args.backbone, in_shape)
     if pretrained is not None:
         try:
             nets.load_pretrained(backbone, pretrained)
         except ValueError as e:
             raise UserError(str(e)) from None
-    head = nets.head_init(a.head, backbone.feature_dim, num_classes, a.kan_grid, a.kan_order)
-    return nets.Net(backbone, head)
+    return nets.Net(backbone, nets.head_init(head, backbone.feature_dim, num_classes, args.kan_grid, args.kan_order))
 
 
 def main(argv=None):
@@ -460,15 +458,15 @@ def main(argv=None):
     except presets.PresetError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
-    a = build_parser().parse_args(argv)
-    if a.list_presets:
+    args = build_parser().parse_args(argv)
+    if args.list_presets:
         print(presets.describe())
         return 0
-    if a.preset != preset:
-        print(f"train.py: error: write --preset in full (got an abbreviation for {a.preset!r})", file=sys.stderr)
+    if args.preset != preset:
+        print(f"train.py: error: write --preset in full (got an abbreviation for {args.preset!r})", file=sys.stderr)
         return 2
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     try:
         dist = distributed.dist_from_env(os.environ)
     except ValueError as e:
@@ -478,7 +476,7 @@ def main(argv=None):
         distributed.init_distributed(dist)
     who = f" (rank {dist.rank})" if dist.rank > 0 else ""
     try:
-        return run(a, argv, dist)
+        return run(args, argv, dist)
     except PeerFailed:
         return 2  # the failing rank has printed why
     except (UserError, data.DataError, checkpoint.CheckpointError, NonFiniteLoss) as e:

@@ -2,9 +2,9 @@
 stop signals. Nothing here is part of the DCM method (Zhang et al., arXiv 2508.09697);
 it is what makes a mistake one clear line and an interrupted run resumable (README).
 
-    a = train.build_parser().parse_args(argv)
-    check_args(a)                                    # UserError: one line, exit 2
-    for msg in flag_warnings(a, typed): warn(msg)    # typed flags that do nothing here
+    args = train.build_parser().parse_args(argv)
+    check_args(args)                                 # UserError: one line, exit 2
+    for msg in flag_warnings(args, typed): warn(msg) # typed flags that do nothing here
     restore = catch_stop_signals(flag)               # SIGINT/SIGTERM: stop after this step
 """
 import argparse
@@ -20,7 +20,7 @@ import distributed
 import losses
 import nets
 
-HEADS = ("fc", "dfc", "kan", "dkan")
+HEADS = nets.HEADS
 METHODS = ("standard", "coteaching", "elr")
 NOISES = ("none", "symmetric", "asymmetric", "pairflip", "instance", "cifar100-superclass")
 SEED_MAX = 2 ** 32  # seeds are in [0, 2^32): seed * 100003 + epoch must fit torch's 64-bit generator seed
@@ -40,82 +40,82 @@ class NonFiniteLoss(Exception):
 
 # ----------------------------------------------------------------------------- Flag checks
 
-def check_args(a):
+def check_args(args):
     """Validate flag values; raises UserError with one line."""
+    head = nets.Head.parse(args.head) if args.head in HEADS else None  # None: reported by the --head check
     checks = [
-        (a.dataset in data.ALL_DATASETS, f"--dataset {a.dataset!r} is unknown; expected one of {', '.join(data.ALL_DATASETS)}"),
-        (a.backbone in nets.BACKBONES, f"--backbone {a.backbone!r} is unknown; expected one of {', '.join(nets.BACKBONES)}"),
-        (a.head in HEADS, f"--head {a.head!r} is unknown; expected one of {', '.join(HEADS)}"),
-        (a.method in METHODS, f"--method {a.method!r} is unknown; expected one of {', '.join(METHODS)}"),
-        (a.loss in losses.LOSSES, f"--loss {a.loss!r} is unknown; expected one of {', '.join(sorted(losses.LOSSES))}"),
-        (0.0 <= a.noise_rate < 1.0, f"--noise-rate must be in [0, 1), got {a.noise_rate}"),
-        (0.0 < a.keep <= 1.0, f"--keep must be in (0, 1], got {a.keep}"),
-        (a.epochs >= 1, f"--epochs must be >= 1, got {a.epochs}"),
-        (a.batch_size >= 2, f"--batch-size must be >= 2 (batch statistics), got {a.batch_size}"),
-        (a.lr > 0, f"--lr must be > 0, got {a.lr}"),
-        (a.dcm_interval >= 1, f"--dcm-interval must be >= 1, got {a.dcm_interval}"),
-        (a.dcm_warmup >= 0, f"--dcm-warmup must be >= 0, got {a.dcm_warmup}"),
-        (a.limit_train >= 0, f"--limit-train must be >= 0, got {a.limit_train}"),
-        (a.limit_test >= 0, f"--limit-test must be >= 0, got {a.limit_test}"),
-        (0.0 <= a.val_frac < 1.0, f"--val-frac must be in [0, 1), got {a.val_frac}"),
-        (a.weight_decay is None or a.weight_decay >= 0, f"--weight-decay must be >= 0, got {a.weight_decay}"),
-        (a.grad_clip >= 0, f"--grad-clip must be >= 0, got {a.grad_clip}"),
-        (a.train_eval_every >= 0, f"--train-eval-every must be >= 0 (0 = never), got {a.train_eval_every}"),
-        (not a.save_masks or a.head in ("dfc", "dkan"), f"--save-masks needs a DCM head (--head dfc or dkan), got --head {a.head}"),
-        (a.samples_per_epoch >= 0, f"--samples-per-epoch must be >= 0, got {a.samples_per_epoch}"),
-        (not a.subset_once or a.samples_per_epoch > 0, "--subset-once needs --samples-per-epoch N (the subset to keep)"),
-        (a.image_size is None or a.image_size >= 8, f"--image-size must be >= 8, got {a.image_size}"),
-        (a.pretrained is None or os.path.isfile(a.pretrained), f"--pretrained {a.pretrained} does not exist (or is not a file)"),
-        (a.kan_grid >= 1, f"--kan-grid must be >= 1 (B-spline grid intervals), got {a.kan_grid}"),
-        (a.kan_order >= 0, f"--kan-order must be >= 0 (B-spline order), got {a.kan_order}"),
-        (a.forget_rate is None or 0.0 <= a.forget_rate < 1.0, f"--forget-rate must be in [0, 1), got {a.forget_rate}"),
-        (0.0 <= a.momentum < 1.0, f"--momentum must be in [0, 1), got {a.momentum}"),
-        (0 <= a.seed < SEED_MAX, f"--seed must be in [0, 2^32), got {a.seed}"),
-        (a.threads >= 0, f"--threads must be >= 0 (0 = torch's default), got {a.threads}"),
-        (a.stop_after >= 0, f"--stop-after must be >= 0 (0 = never), got {a.stop_after}"),
-        (a.decode_workers >= 1, f"--decode-workers must be >= 1, got {a.decode_workers}"),
-        (not (a.resume and a.overwrite), "--resume continues the run in --out and --overwrite replaces it; give one of them"),
-        (not (a.auto_resume and (a.resume or a.overwrite)), "--auto-resume already resumes or starts fresh; drop --resume/--overwrite"),
-        (not a.extend or a.resume, "--extend needs --resume (it lengthens an existing run)"),
+        (args.dataset in data.ALL_DATASETS, f"--dataset {args.dataset!r} is unknown; expected one of {', '.join(data.ALL_DATASETS)}"),
+        (args.backbone in nets.BACKBONES, f"--backbone {args.backbone!r} is unknown; expected one of {', '.join(nets.BACKBONES)}"),
+        (head is not None, f"--head {args.head!r} is unknown; expected one of {', '.join(HEADS)}"),
+        (args.method in METHODS, f"--method {args.method!r} is unknown; expected one of {', '.join(METHODS)}"),
+        (args.loss in losses.LOSSES, f"--loss {args.loss!r} is unknown; expected one of {', '.join(sorted(losses.LOSSES))}"),
+        (0.0 <= args.noise_rate < 1.0, f"--noise-rate must be in [0, 1), got {args.noise_rate}"),
+        (0.0 < args.keep <= 1.0, f"--keep must be in (0, 1], got {args.keep}"),
+        (args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}"),
+        (args.batch_size >= 2, f"--batch-size must be >= 2 (batch statistics), got {args.batch_size}"),
+        (args.lr > 0, f"--lr must be > 0, got {args.lr}"),
+        (args.dcm_interval >= 1, f"--dcm-interval must be >= 1, got {args.dcm_interval}"),
+        (args.dcm_warmup >= 0, f"--dcm-warmup must be >= 0, got {args.dcm_warmup}"),
+        (args.limit_train >= 0, f"--limit-train must be >= 0, got {args.limit_train}"),
+        (args.limit_test >= 0, f"--limit-test must be >= 0, got {args.limit_test}"),
+        (0.0 <= args.val_frac < 1.0, f"--val-frac must be in [0, 1), got {args.val_frac}"),
+        (args.weight_decay is None or args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}"),
+        (args.grad_clip >= 0, f"--grad-clip must be >= 0, got {args.grad_clip}"),
+        (args.train_eval_every >= 0, f"--train-eval-every must be >= 0 (0 = never), got {args.train_eval_every}"),
+        (not args.save_masks or head is None or head.dcm, f"--save-masks needs a DCM head (--head dfc or dkan), got --head {args.head}"),
+        (args.samples_per_epoch >= 0, f"--samples-per-epoch must be >= 0, got {args.samples_per_epoch}"),
+        (not args.subset_once or args.samples_per_epoch > 0, "--subset-once needs --samples-per-epoch N (the subset to keep)"),
+        (args.image_size is None or args.image_size >= 8, f"--image-size must be >= 8, got {args.image_size}"),
+        (args.pretrained is None or os.path.isfile(args.pretrained), f"--pretrained {args.pretrained} does not exist (or is not a file)"),
+        (args.kan_grid >= 1, f"--kan-grid must be >= 1 (B-spline grid intervals), got {args.kan_grid}"),
+        (args.kan_order >= 0, f"--kan-order must be >= 0 (B-spline order), got {args.kan_order}"),
+        (args.forget_rate is None or 0.0 <= args.forget_rate < 1.0, f"--forget-rate must be in [0, 1), got {args.forget_rate}"),
+        (0.0 <= args.momentum < 1.0, f"--momentum must be in [0, 1), got {args.momentum}"),
+        (0 <= args.seed < SEED_MAX, f"--seed must be in [0, 2^32), got {args.seed}"),
+        (args.threads >= 0, f"--threads must be >= 0 (0 = torch's default), got {args.threads}"),
+        (args.stop_after >= 0, f"--stop-after must be >= 0 (0 = never), got {args.stop_after}"),
+        (args.decode_workers >= 1, f"--decode-workers must be >= 1, got {args.decode_workers}"),
+        (not (args.resume and args.overwrite), "--resume continues the run in --out and --overwrite replaces it; give one of them"),
+        (not (args.auto_resume and (args.resume or args.overwrite)), "--auto-resume already resumes or starts fresh; drop --resume/--overwrite"),
+        (not args.extend or args.resume, "--extend needs --resume (it lengthens an existing run)"),
     ]
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
-    if a.dataset in data.REAL_NOISE_DATASETS and a.noise != "none":
-        raise UserError(f"--dataset {a.dataset} brings its own human noise; add --noise none (got --noise {a.noise})")
-    image_flags = [f for f, v in (("--image-size", a.image_size), ("--samples-per-epoch", a.samples_per_epoch),
-                                  ("--train-list", a.train_list), ("--test-list", a.test_list),
-                                  ("--imagenet-val-dir", a.imagenet_val_dir)) if v]
-    if image_flags and a.dataset not in data.IMAGE_DATASETS:
-        raise UserError(f"{', '.join(image_flags)} apply to {' and '.join(data.IMAGE_DATASETS)} only, not to --dataset {a.dataset}")
+    if args.dataset in data.REAL_NOISE_DATASETS and args.noise != "none":
+        raise UserError(f"--dataset {args.dataset} brings its own human noise; add --noise none (got --noise {args.noise})")
+    image_flags = [f for f, v in (("--image-size", args.image_size), ("--samples-per-epoch", args.samples_per_epoch),
+                                  ("--train-list", args.train_list), ("--test-list", args.test_list),
+                                  ("--imagenet-val-dir", args.imagenet_val_dir)) if v]
+    if image_flags and args.dataset not in data.IMAGE_DATASETS:
+        raise UserError(f"{', '.join(image_flags)} apply to {' and '.join(data.IMAGE_DATASETS)} only, not to --dataset {args.dataset}")
 
 
-# Flags that do nothing in some configurations: (flag dest, applies?, why not).
-
-
-# Flags that do nothing in some configurations: (flag dest, applies?, why not).
+# Flags that do nothing in some configurations: (flag dest, applies?(args, head), why not).
+DCM_ONLY = "only DCM heads (dfc, dkan) are masked"
 NO_EFFECT = (
-    ("keep", lambda a: a.head in ("dfc", "dkan"), "only DCM heads (dfc, dkan) are masked"),
-    ("dcm_scope", lambda a: a.head in ("dfc", "dkan"), "only DCM heads (dfc, dkan) are masked"),
-    ("dcm_interval", lambda a: a.head in ("dfc", "dkan"), "only DCM heads (dfc, dkan) are masked"),
-    ("dcm_warmup", lambda a: a.head in ("dfc", "dkan"), "only DCM heads (dfc, dkan) are masked"),
-    ("dcm_stats", lambda a: a.head in ("dfc", "dkan"), "only DCM heads (dfc, dkan) are masked"),
-    ("dcm_eval", lambda a: a.head in ("dfc", "dkan"), "only DCM heads (dfc, dkan) are masked"),
-    ("dcm_freeze", lambda a: a.head in ("dfc", "dkan"), "only DCM heads (dfc, dkan) are masked"),
-    ("kan_grid", lambda a: a.head in ("kan", "dkan"), "only KAN heads (kan, dkan) have a grid"),
-    ("kan_order", lambda a: a.head in ("kan", "dkan"), "only KAN heads (kan, dkan) have a spline order"),
-    ("forget_rate", lambda a: a.method == "coteaching", "it is co-teaching's tau (--method coteaching)"),
-    ("noise_rate", lambda a: a.noise != "none", "--noise none corrupts no labels"),
-    ("noise_include_true", lambda a: a.noise == "symmetric", "it applies to --noise symmetric only"),
-    ("momentum", lambda a: a.optimizer == "sgd", "it is SGD's momentum (--optimizer sgd)"),
+    ("keep", lambda args, head: head.dcm, DCM_ONLY),
+    ("dcm_scope", lambda args, head: head.dcm, DCM_ONLY),
+    ("dcm_interval", lambda args, head: head.dcm, DCM_ONLY),
+    ("dcm_warmup", lambda args, head: head.dcm, DCM_ONLY),
+    ("dcm_stats", lambda args, head: head.dcm, DCM_ONLY),
+    ("dcm_eval", lambda args, head: head.dcm, DCM_ONLY),
+    ("dcm_freeze", lambda args, head: head.dcm, DCM_ONLY),
+    ("kan_grid", lambda args, head: head.kan, "only KAN heads (kan, dkan) have a grid"),
+    ("kan_order", lambda args, head: head.kan, "only KAN heads (kan, dkan) have a spline order"),
+    ("forget_rate", lambda args, head: args.method == "coteaching", "it is co-teaching's tau (--method coteaching)"),
+    ("noise_rate", lambda args, head: args.noise != "none", "--noise none corrupts no labels"),
+    ("noise_include_true", lambda args, head: args.noise == "symmetric", "it applies to --noise symmetric only"),
+    ("momentum", lambda args, head: args.optimizer == "sgd", "it is SGD's momentum (--optimizer sgd)"),
 )
 
 
-def flag_warnings(a, typed):
-    """One line per typed flag that has no effect in this configuration. typed: set of dests."""
-    out = []
+def flag_warnings(args, typed):
+    """One line per typed flag that has no effect in this configuration (args passed check_args).
+    typed: set of dests."""
+    head, out = nets.Head.parse(args.head), []
     for key, applies, why in NO_EFFECT:
-        if key in typed and not applies(a):
+        if key in typed and not applies(args, head):
             out.append(f"--{key.replace('_', '-')} has no effect here: {why}")
     return out
 
@@ -161,38 +161,38 @@ def explicit_flags(parser, argv):
     return set(vars(parser.parse_args(argv)))
 
 
-def check_flags(a, typed, dd):
+def check_flags(args, typed, dd):
     """The checks that need no data, in order: values, no-effect warnings (rank 0), the device,
     --loss-arg. -> (device, loss hyper-parameter overrides)."""
-    check_args(a)
-    for msg in flag_warnings(a, typed) if dd.rank == 0 else ():
+    check_args(args)
+    for msg in flag_warnings(args, typed) if dd.rank == 0 else ():
         warn(msg)
-    device = pick_device(a.device, dd)
+    device = pick_device(args.device, dd)
     if device.type == "cuda" and dd.world > 1:
         torch.cuda.set_device(device)  # NCCL talks through the current device
-    hp = parse_loss_args(a.loss_arg)
+    hp = parse_loss_args(args.loss_arg)
     try:
-        losses.loss_config(a.loss, 10, "cifar10", noise=a.noise, **hp)  # validates names before the data
+        losses.loss_config(args.loss, 10, "cifar10", noise=args.noise, **hp)  # validates names before the data
     except ValueError as e:
         raise UserError(str(e)) from None
     return device, hp
 
 
-def check_data_sizes(a, d, dd):
-    """The checks that need the data's sizes: --limit-train, --val-frac, --batch-size (the global
-    batch must split into equal per-rank shards of >= 2 samples)."""
-    n, C = len(d["y"]), d["C"]
-    n_all = n + (len(d["val"][1]) if d["val"] is not None else 0)
-    if a.limit_train and a.limit_train < C:
-        raise UserError(f"--limit-train {a.limit_train} is below the {C} classes of {a.dataset}; use >= {C}")
-    if a.limit_train and a.limit_train > n_all and d["pool"] is None:
-        warn(f"--limit-train {a.limit_train} exceeds the {n_all} training samples of {a.dataset}; using all {n_all}")
+def check_data_sizes(args, d, dd):
+    """The checks that need the data's sizes (d: a data.TrainData): --limit-train, --val-frac,
+    --batch-size (the global batch must split into equal per-rank shards of >= 2 samples)."""
+    n, C = len(d.y), d.C
+    n_all = n + (len(d.val[1]) if d.val is not None else 0)
+    if args.limit_train and args.limit_train < C:
+        raise UserError(f"--limit-train {args.limit_train} is below the {C} classes of {args.dataset}; use >= {C}")
+    if args.limit_train and args.limit_train > n_all and d.pool is None:
+        warn(f"--limit-train {args.limit_train} exceeds the {n_all} training samples of {args.dataset}; using all {n_all}")
     if n < 2:  # a batch needs 2 samples (batch statistics)
-        raise UserError(f"--val-frac {a.val_frac:g} leaves {n} training sample(s) of {n_all}; use a smaller --val-frac"
-                        if a.val_frac > 0 else f"{a.dataset} has {n} training sample(s); at least 2 are needed")
-    if a.batch_size > n:
-        warn(f"--batch-size {a.batch_size} exceeds the {n} training samples; each epoch is one batch of {n}")
-    B = min(a.batch_size, n)
+        raise UserError(f"--val-frac {args.val_frac:g} leaves {n} training sample(s) of {n_all}; use a smaller --val-frac"
+                        if args.val_frac > 0 else f"{args.dataset} has {n} training sample(s); at least 2 are needed")
+    if args.batch_size > n:
+        warn(f"--batch-size {args.batch_size} exceeds the {n} training samples; each epoch is one batch of {n}")
+    B = min(args.batch_size, n)
     if dd.world > 1 and (B % dd.world or B // dd.world < 2):
         raise UserError(f"--batch-size {B} is the global batch and must split into {dd.world} equal "
                         f"per-rank shards of >= 2 samples; use a multiple of {dd.world} >= {2 * dd.world}")
@@ -239,12 +239,12 @@ def catch_stop_signals(flag):
 
 
 def stop_requested(st):
-    """Whether a stop signal arrived on any rank (one tiny all-reduce when multi-process,
-    so every rank stops after the same step)."""
-    stop = st["stop"]["sig"] is not None
-    if st["dist"].world > 1:
-        t = torch.tensor([float(stop)], device=st["y_noisy"].device)
-        stop = bool(distributed.all_sum((t,), st["dist"])[0].item() > 0)
+    """Whether a stop signal arrived on any rank (st: a runfolder.TrainState; one tiny all-reduce
+    when multi-process, so every rank stops after the same step)."""
+    stop = st.stop["sig"] is not None
+    if st.dist.world > 1:
+        t = torch.tensor([float(stop)], device=st.y_noisy.device)
+        stop = bool(distributed.all_sum((t,), st.dist)[0].item() > 0)
     return stop
 
 
@@ -254,7 +254,7 @@ class Stopped(Exception):
 
 def stopped(st, say, ck_path, epoch, out):
     """The one line of a stopped run; -> 130 (SIGINT) or 143 (SIGTERM), as a shell reports them."""
-    sig = st["stop"]["sig"] or signal.SIGINT
+    sig = st.stop["sig"] or signal.SIGINT
     name = signal.Signals(sig).name
     say(f"\ninterrupted ({name}): {ck_path} holds epoch {epoch}; continue with --out {out} --resume", file=sys.stderr)
     return 128 + int(sig)

@@ -284,3 +284,31 @@ def test_claim_skips_locked_and_finished_folders(tmp_path):
         lock = checkpoint.lock_run(base)
         checkpoint.claim_run_dir(base, fresh=False)                # --out/--resume: exactly that folder
     checkpoint.unlock_run(lock)
+
+
+CKPT_KEYS = {"config", "epoch", "step", "history", "best", "nets", "opts", "masks", "elr_t", "y_noisy", "rng", "extended"}
+
+
+def test_train_state_round_trips_through_the_checkpoint_payload():
+    """runfolder.checkpoint_state writes the payload keys old checkpoints have, and restore_state
+    puts them back into a fresh TrainState: networks, optimizers, masks, step, ELR memory."""
+    import data
+    import runfolder
+    a = train.build_parser().parse_args(["--limit-train", "200", "--batch-size", "64", "--method", "elr", "--keep", "0.3"])
+    cpu = torch.device("cpu")
+    d = data.prepare_training_data(data.DataConfig.from_flags(a), cpu)
+    st = train.init_state(a, d, cpu, None)
+    xb = data.to_float(d.x[:64], d.mean, d.std)
+    for _ in range(2):
+        train.train_step(a, st, xb, d.y_noisy[:64], d.ids[:64], lambda z, y: torch.nn.functional.cross_entropy(z, y, reduction="none"), 0.0, 1)
+        st.step += 1
+    ck = runfolder.checkpoint_state(st, 3, [], {"acc": 0.5, "epoch": 3}, vars(a))
+    assert set(ck) == CKPT_KEYS and ck["step"] == 2 and ck["elr_t"] is st.elr_t
+    fresh = train.init_state(a, d, cpu, None)
+    assert fresh.step == 0 and not torch.equal(fresh.elr_t, st.elr_t)
+    runfolder.restore_state(fresh, ck, d.y_noisy, cpu)
+    assert fresh.step == 2 and torch.equal(fresh.elr_t, st.elr_t) and fresh.head == st.head == train.nets.Head.parse("dfc")
+    assert all(torch.equal(m.mask, n.mask) and m.updates == n.updates for m, n in zip(fresh.masks, st.masks))
+    for k, t in st.nets[0].state_dict().items():
+        assert torch.equal(fresh.nets[0].state_dict()[k], t), k
+    assert fresh.opts[0].state_dict()["state"].keys() == st.opts[0].state_dict()["state"].keys()

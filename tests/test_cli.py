@@ -19,6 +19,7 @@ import data
 import diagnostics
 import runfolder
 import train
+import train_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = ["--limit-train", "300", "--epochs", "2", "--batch-size", "64"]
@@ -347,3 +348,13 @@ def test_degenerate_settings_warn_in_one_line(tmp_path, capsys, args, needle):
     argv = ["--limit-train", "300", "--epochs", "1", "--out", str(tmp_path / "x")] + args
     rc, _, err = run_in(capsys, *argv)
     assert rc == 0 and needle in one_line(err) and err.startswith("train.py: warning:")
+
+
+@pytest.mark.parametrize("head, ok", [("fc", False), ("dfc", True), ("kan", False), ("dkan", True)])
+def test_save_masks_is_accepted_with_a_dcm_head_only(head, ok):
+    args = train.build_parser().parse_args(["--head", head, "--save-masks"])
+    if ok:
+        train_cli.check_args(args)
+    else:
+        with pytest.raises(train_cli.UserError, match=f"--save-masks needs a DCM head .* got --head {head}$"):
+            train_cli.check_args(args)

@@ -512,7 +512,7 @@ def test_limit_test_is_one_stratified_subset_shared_by_every_seed():
     def test_set(*flags):
         a = train.build_parser().parse_args(["--limit-train", "300", *flags])
         d = data.prepare_training_data(data.DataConfig.from_flags(a), torch.device("cpu"))
-        return d["x_test"], d["y_test"]
+        return d.x_test, d.y_test
     x_all, y_all = test_set()
     x0, y0 = test_set("--limit-test", "100", "--seed", "0")
     x1, y1 = test_set("--limit-test", "100", "--seed", "7")
@@ -523,3 +523,50 @@ def test_limit_test_is_one_stratified_subset_shared_by_every_seed():
     assert all(tuple(r.flatten().tolist()) in rows for r in x0)   # a subset of the test set, not the train set
     x_big, _ = test_set("--limit-test", str(len(y_all) + 5))
     assert torch.equal(x_big, x_all)
+
+
+# ---------------------------------------------------------------- TrainData (prepare_training_data)
+
+def _cfg(**flags):
+    """A DataConfig of train.py's defaults with `flags` (dests) changed."""
+    import train
+    a = train.build_parser().parse_args([])
+    for k, v in flags.items():
+        setattr(a, k, v)
+    return data.DataConfig.from_flags(a)
+
+
+@pytest.mark.parametrize("val_frac", [0.0, 0.2])
+def test_prepare_training_data_gives_a_traindata_of_consistent_shapes(val_frac):
+    cfg = _cfg(limit_train=300, val_frac=val_frac, noise_rate=0.4)
+    d = data.prepare_training_data(cfg, torch.device("cpu"))
+    assert isinstance(d, data.TrainData) and d.config == cfg
+    n = len(d.y)
+    assert d.x.shape == (n, *d.in_shape) and d.x.dtype == torch.uint8 and d.in_shape == (1, 8, 8)
+    assert d.y_noisy.shape == d.ids.shape == (n,) and d.x_test.shape[1:] == d.in_shape
+    assert d.y_test.shape == (len(d.x_test),) and d.C == 10
+    assert int(d.y.max()) < d.C and int(d.y_noisy.max()) < d.C and int(d.y_test.max()) < d.C
+    assert torch.equal(d.ids, torch.arange(n)) and d.n_ids == n     # ELR memory rows, no pool
+    assert d.pool is None and d.subset_epoch == 1 and d.clean_known and d.clean_val is None and d.aug == "none"
+    if val_frac:
+        assert len(d.val[1]) == round(val_frac * 300) and n + len(d.val[1]) == 300 and d.val[0].shape[1:] == d.in_shape
+    else:
+        assert d.val is None and n == 300
+        assert d.report["rate"] == pytest.approx(float((d.y_noisy != d.y).float().mean()))   # the realised rate
+
+
+def test_redraw_subset_replaces_the_training_rows_in_place(monkeypatch):
+    """--samples-per-epoch: the same TrainData object gets epoch's subset (x, y, y_noisy = y, ids)."""
+    d = data.prepare_training_data(_cfg(limit_train=100), torch.device("cpu"))
+    d.pool, calls = ("paths", torch.arange(40)), []
+    x, y, ids = torch.zeros(6, 1, 8, 8, dtype=torch.uint8), torch.tensor([0, 1, 2, 0, 1, 2]), torch.arange(6) * 3
+
+    def draw(pool, n, seed, epoch, size, workers):
+        calls.append((pool, epoch))
+        return x, y, ids
+    monkeypatch.setattr(data.realworld, "draw_train_subset", draw)
+    same = d
+    data.redraw_subset(d, 4)
+    assert d is same and calls == [(d.pool, 4)] and d.subset_epoch == 4
+    assert torch.equal(d.x, x) and torch.equal(d.y, y) and torch.equal(d.y_noisy, y) and torch.equal(d.ids, ids)
+    assert len(d.x_test) == 500                                          # the test set stays

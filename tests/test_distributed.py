@@ -300,18 +300,18 @@ def _step_checks(dd, g):
         ms, kept = D.mask_init((5, 16)), []
         for x, y in zip(xs, ys):
             xb, yb = x.tensor_split(ctx.world)[ctx.rank], y.tensor_split(ctx.world)[ctx.rank]
-            logits, ms = train.net_forward(net, xb, ms, a, reduce=lambda m: distributed.all_sum(m, ctx))
+            logits, ms = train.net_forward(net, xb, ms, a, nets.Head.parse("dfc"), reduce=lambda m: distributed.all_sum(m, ctx))
             loss = F.cross_entropy(logits, yb)
             if ctx.world == 1 and "grad_norm" not in res:
                 gr = torch.autograd.grad(loss, list(net.parameters()), retain_graph=True)
                 res["grad_norm"] = float(torch.cat([t.reshape(-1) for t in gr]).norm())
-            train.optimizer_step(a, net, opt, loss, ms.mask, ctx)
+            train.optimizer_step(a, nets.Head.parse("dfc"), net, opt, loss, ms.mask, ctx)
             kept.append(ms.mask)
         params.append({k: t.detach().clone() for k, t in net.state_dict().items()})
         masks.append(kept)
     res["step_params"], res["step_masks"] = tuple(params), tuple(masks)
     x8 = torch.randint(0, 256, (37, 1, 8, 8), dtype=torch.uint8, generator=g)
-    res["eval"] = tuple(diagnostics.eval_logits(net, x8, (0.5,), (0.25,), a, ms, batch=8, dd=c) for c in (dd, distributed.Dist()))
+    res["eval"] = tuple(diagnostics.eval_logits(net, x8, (0.5,), (0.25,), a, nets.Head.parse("dfc"), ms, batch=8, dd=c) for c in (dd, distributed.Dist()))
     return res
 
 

@@ -108,3 +108,51 @@ def test_masked_head_weights_get_no_gradient():
             g = params[name].grad
             masked = (mask == 0).view(3, 4, *([1] * (g.dim() - 2))).expand_as(g)
             assert bool((g[masked] == 0).all()) and bool((g[~masked] != 0).any()), (kind, name)
+
+
+# ---------------------------------------------------------------- Head: the --head kind
+
+# name -> (kan, dcm, base), written out rather than derived: the four heads of docs/design.md §2-3.
+HEAD_KINDS = {"fc": (False, False, "fc"), "dfc": (False, True, "fc"),
+              "kan": (True, False, "kan"), "dkan": (True, True, "kan")}
+
+
+@pytest.mark.parametrize("name", sorted(HEAD_KINDS))
+def test_head_parse_gives_each_kinds_properties(name):
+    head = nets.Head.parse(name)
+    assert (head.kan, head.dcm, head.base) == HEAD_KINDS[name]
+    assert head.name == name and str(head) == name
+    assert nets.Head.parse(head) is head and head == nets.Head(name)
+
+
+def test_head_names_are_the_four_kinds():
+    assert set(nets.HEADS) == set(HEAD_KINDS)
+
+
+@pytest.mark.parametrize("bad", ["DFC", "dfc ", "", "kan2", "fcd"])
+def test_unknown_head_is_a_value_error_naming_it_and_the_choices(bad):
+    with pytest.raises(ValueError, match=f"unknown head {bad!r}; expected one of fc, dfc, kan, dkan"):
+        nets.Head.parse(bad)
+
+
+def test_head_is_frozen():
+    head = nets.Head.parse("dfc")
+    with pytest.raises(AttributeError):
+        head.name = "fc"
+
+
+@pytest.mark.parametrize("name", sorted(HEAD_KINDS))
+def test_head_functions_take_a_head_or_its_name_alike(name):
+    """The KAN heads have spline weights and the FC ones a plain matrix; a Head and its name
+    give the same parameters, features and logits."""
+    head = nets.Head.parse(name)
+    torch.manual_seed(0)
+    by_name = nets.head_init(name, 4, 3, 5, 3)
+    torch.manual_seed(0)
+    by_head = nets.head_init(head, 4, 3, 5, 3)
+    assert set(by_name) == set(by_head) and ("spline_weight" in by_head) == head.kan
+    assert set(nets.head_masked_weights(head)) <= set(by_head)
+    v = torch.randn(5, 4)
+    z = nets.head_forward(head, by_head, nets.head_features(head, by_head, v), None)
+    torch.testing.assert_close(z, nets.head_forward(name, by_name, nets.head_features(name, by_name, v), None),
+                               rtol=0, atol=0)

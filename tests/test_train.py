@@ -84,9 +84,9 @@ def test_a_training_step_trains_through_the_mask(monkeypatch, head):
         return z
     monkeypatch.setattr(nets, "head_forward", spy)
     idx = torch.arange(64)
-    xb = data.to_float(d["x"][idx], d["mean"], d["std"])
-    train.train_step(a, st, xb, d["y_noisy"][idx], d["ids"][idx], losses.make_loss("ce", d["C"], a.dataset), 0.0, 1)
-    mask = st["masks"][0].mask
+    xb = data.to_float(d.x[idx], d.mean, d.std)
+    train.train_step(a, st, xb, d.y_noisy[idx], d.ids[idx], losses.make_loss("ce", d.C, a.dataset), 0.0, 1)
+    mask = st.masks[0].mask
     assert 0 < dcm_ref.kept_fraction(mask) < 0.5
     (params, feats, z), = seen
     if head == "dfc":
@@ -95,7 +95,7 @@ def test_a_training_step_trains_through_the_mask(monkeypatch, head):
         expect = kan.kan_forward_features(params, feats, mask)
     torch.testing.assert_close(z, expect, rtol=0, atol=0)
     for k in nets.head_masked_weights(head):
-        g = st["nets"][0].head[k].grad
+        g = st.nets[0].head[k].grad
         off = (mask == 0).reshape(mask.shape + (1,) * (g.dim() - 2)).expand_as(g)
         assert bool((g[off] == 0).all()) and bool((g[~off] != 0).any())
 
