@@ -198,11 +198,12 @@ def with_bits_changed(x, delta):
 @st.composite
 def near_tied_scores(draw):
     """(C, d) float scores with exact ties, near-ties (neighbouring floats, one bit apart),
-    -0.0 beside +0.0, negative numbers, ±inf and NaN of both signs; rows up to 1100 long."""
+    -0.0 beside +0.0, negative numbers, ±inf, NaN of both signs and several payloads;
+    rows up to 1100 long."""
     dtype = draw(ALL_DTYPES)
     C, d = draw(st.integers(1, 4)), draw(st.sampled_from([1, 2, 7, 40, 513, 1100]))
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-    S = torch.rand(C, d, generator=g, dtype=torch.float64).to(dtype)
+    S = (torch.randn if draw(st.booleans()) else torch.rand)(C, d, generator=g, dtype=torch.float64).to(dtype)
     for _ in range(draw(st.integers(0, 3))):   # copy an entry of the row, maybe one bit up or down
         src, dst = (torch.randint(0, d, (C, d), generator=g) for _ in range(2))
         p = draw(st.sampled_from([0.05, 0.3, 0.9]))
@@ -210,7 +211,8 @@ def near_tied_scores(draw):
         S = torch.where(torch.rand(C, d, generator=g) < p, moved, S)
     nan = torch.tensor(math.nan, dtype=dtype)
     palette = torch.stack([torch.tensor(v, dtype=dtype) for v in (0.0, -0.0, -1.0, math.inf, -math.inf)]
-                          + [nan, torch.copysign(nan, torch.tensor(-1.0, dtype=dtype))])
+                          + [nan, torch.copysign(nan, torch.tensor(-1.0, dtype=dtype)),
+                             with_bits_changed(nan, 1), with_bits_changed(nan, -1)])   # other NaN payloads
     use = torch.tensor(draw(st.lists(st.integers(0, len(palette) - 1), min_size=1, max_size=3)))
     special = torch.rand(C, d, generator=g) < draw(st.sampled_from([0.0, 0.002, 0.05, 0.5]))
     picks = palette[use[torch.randint(0, len(use), (C, d), generator=g)]]
@@ -243,7 +245,19 @@ def test_bit_selection_proves_the_mask_of_distinct_nonnegative_scores(seed, C, d
     assert got is not None and torch.equal(got, D.topk_mask_literal(S, keep))
 
 
-@given(st.integers(0, 10**6), st.integers(1, 5), st.integers(2, 300), st.integers(2, 40),
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_nans_of_different_payloads_tie_in_index_order(dtype):
+    """NaN bit patterns differ (payload), but NaNs tie: the lower index is kept first, so
+    a threshold among the NaN patterns must not decide (the bit selection sorts by pattern)."""
+    nan = torch.tensor(math.nan, dtype=dtype)
+    low, high = nan, with_bits_changed(nan, 1)
+    S = torch.stack([low, high, high, low, torch.tensor(1.0, dtype=dtype), high, low])[None, :]
+    for keep in [i / S.shape[1] for i in range(1, S.shape[1])]:
+        for T in (S, S.flip(1)):
+            assert torch.equal(D.topk_mask(T, keep), D.topk_mask_literal(T, keep)), (T, keep)
+
+
+@given(st.integers(0, 10**6), st.integers(1, 5), st.integers(2, 600), st.integers(2, 64),
        st.sampled_from(["uniform", "one block holds the top", "few values"]))
 def test_kth_largest_key_is_the_kth_of_the_sorted_row(seed, R, n, block, layout):
     """The blocked candidate pool keeps every row's k largest keys, whatever the layout."""
@@ -251,7 +265,7 @@ def test_kth_largest_key_is_the_kth_of_the_sorted_row(seed, R, n, block, layout)
     keys = torch.randint(-1000, 1000 if layout != "few values" else -997, (R, n), generator=g)
     if layout == "one block holds the top":
         keys[:, :min(block, n)] += 5000
-    k = int(torch.randint(1, n, (), generator=g))
+    k = int(torch.randint(1, n, (), generator=g)) if layout != "one block holds the top" else min(block, n - 1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(D, "_SELECT_BLOCK", block)
         got = D._kth_largest_key(keys.numpy(), k)
@@ -448,6 +462,20 @@ def test_scores_from_moments_round_the_float64_products_once_bit_for_bit(seed, C
     m = D.moments(v)
     want = (w.double().abs() * D.std_from_moments(m)).to(dtype)
     got = D.scores_from_moments(m, w)
+    assert got.dtype == dtype and torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+
+
+@given(st.integers(0, 10**6), st.integers(1, 9), st.integers(1, 12), ALL_DTYPES, st.integers(1, 40))
+def test_scores_from_moments_in_row_blocks_equal_the_whole_matrix_bit_for_bit(seed, C, d, dtype, block):
+    """On CPU the scores are computed in row blocks of dcm_ref._SCORE_BLOCK entries; any block
+    size gives the float64 products rounded once, as one block does."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(C, d, generator=g, dtype=torch.float64).to(dtype)
+    m = D.moments(torch.randn(5, d, generator=g, dtype=torch.float64))
+    want = (w.double().abs() * D.std_from_moments(m)).to(dtype)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(D, "_SCORE_BLOCK", block)
+        got = D.scores_from_moments(m, w)
     assert got.dtype == dtype and torch.equal(got.view(torch.uint8), want.view(torch.uint8))
 
 
