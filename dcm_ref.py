@@ -170,8 +170,8 @@ _KEYS = {torch.float16: (torch.int16, 0x7C00), torch.bfloat16: (torch.int16, 0x7
          torch.float32: (torch.int32, 0x7F800000), torch.float64: (torch.int64, 0x7FF0000000000000),
          **{t: (t, None) for t in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)}}
 _NUMPY_FLOAT = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
-# numpy sorts and partitions rows of up to 512 keys with SIMD networks (about 1 ns a key on
-# the CPUs of bench/README.md, 5 ns for longer rows): longer rows are cut into blocks of this size.
+# numpy sorts and partitions rows of up to 512 keys with SIMD networks (measured on the AMD EPYC
+# of bench/README.md: about 1 ns a key, 5 ns for longer rows): longer rows go in blocks of this size.
 _SELECT_BLOCK = 512
 
 
