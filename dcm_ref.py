@@ -20,6 +20,7 @@ batch (correction=0), so a batch of one gives scores 0, never NaN.
 import math
 from typing import Callable, NamedTuple, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -131,7 +132,7 @@ def edge_scores(v: Tensor, w: Tensor) -> Tensor:
 def topk_mask(scores: Tensor, keep: float, scope: str = "row") -> Tensor:
     """Fast path of topk_mask_literal, proven equal to it bit for bit by
     tests/test_dcm_ref.py::test_topk_mask_equals_the_stable_sort_definition_on_random_scores
-    (and ..._under_heavy_ties_and_nan).
+    (and ..._under_heavy_ties_and_nan, ..._near_ties_signs_and_long_rows).
 
     scores: (C, d) -> M: (C, d), same dtype and device, values 0/1.
     scope "row": every class j keeps exactly k = max(1, round(keep·d)) inputs;
@@ -142,24 +143,100 @@ def topk_mask(scores: Tensor, keep: float, scope: str = "row") -> Tensor:
     for bit): ties among equal scores go to the lower (flat) index, so the mask
     is deterministic on CPU and CUDA alike; NaN ranks above every number and
     ties with NaN (NaN scores are kept first; they only arise from NaN features).
-    Computed by threshold, not by sort: t = k-th largest score per row (one
-    unsorted torch.topk); if exactly k scores are ≥ t in every row, those are
-    the mask. Otherwise (ties at t, or NaN) `_first_k_by_rank` picks them exactly.
-    On CPU that check is one cheap bool read; off the CPU it would be a host sync
-    (the GPU waits for the host), so there the exact tie fill always runs: a
-    cumsum, no read-back, no data-dependent shape.
+    On CPU `_mask_by_bits` selects by numpy's partition on the bit patterns (several
+    times faster than torch.topk there) and proves its mask is the stable-sort one;
+    when it cannot (ties at the k-th score, NaN at the threshold, negative scores)
+    `_first_k_by_rank` picks the entries exactly. The proof is one cheap host read
+    on CPU; off the CPU it would be a host sync (the GPU waits for the host), so
+    there the exact tie fill always runs (torch.topk, then a cumsum): no
+    read-back, no data-dependent shape.
     """
     flat, k = _selection_rows(scores, keep, scope)
     if k == flat.shape[1]:
         return torch.ones_like(scores)
     flat = flat.to(torch.uint8) if flat.dtype == torch.bool else flat   # topk has no bool kernel
-    top = torch.topk(flat, k, dim=1, sorted=False).values              # (R, k), NaN counts as largest
     if flat.device.type != "cpu":
+        top = torch.topk(flat, k, dim=1, sorted=False).values          # (R, k), NaN counts as largest
         return _first_k_by_rank(flat, top, k, host_checks=False).to(scores.dtype).reshape(scores.shape)
-    kept = flat >= top.amin(dim=1, keepdim=True)   # a NaN in top gives a NaN threshold: the count below fails
-    if not bool((kept.sum(dim=1) == k).all()):
-        kept = _first_k_by_rank(flat, top, k)
-    return kept.to(scores.dtype).reshape(scores.shape)
+    mask = _mask_by_bits(flat.detach(), k, scores.dtype)
+    if mask is None:
+        mask = _first_k_by_rank(flat, torch.topk(flat, k, dim=1, sorted=False).values, k).to(scores.dtype)
+    return mask.reshape(scores.shape)
+
+
+# Sort keys of the dtypes _mask_by_bits handles: floats read as signed integers of their size
+# (with the bits of +inf), integers as themselves (None: no inf).
+_KEYS = {torch.float16: (torch.int16, 0x7C00), torch.bfloat16: (torch.int16, 0x7F80),
+         torch.float32: (torch.int32, 0x7F800000), torch.float64: (torch.int64, 0x7FF0000000000000),
+         **{t: (t, None) for t in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)}}
+_NUMPY_FLOAT = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
+# numpy sorts and partitions rows of up to 512 keys with SIMD networks (measured on the AMD EPYC
+# of bench/README.md: about 1 ns a key, 5 ns for longer rows): longer rows go in blocks of this size.
+_SELECT_BLOCK = 512
+
+
+def _mask_by_bits(flat: Tensor, k: int, dtype: torch.dtype) -> Optional[Tensor]:
+    """CPU fast selection: the stable-sort top-k mask of each row, or None where the
+    shortcut cannot prove it (then _first_k_by_rank decides).
+
+    flat: (R, n) on CPU, 0 < k < n -> (R, n) 0/1 in `dtype`, or None.
+    Keys: a float read as a signed integer of its size sorts as its value when its
+    sign bit is clear (+0 < … < +inf < +NaN bit patterns); an integer is its own key.
+    t = each row's k-th largest key (_kth_largest_key); the mask keeps keys ≥ t.
+    It is the stable-sort mask when
+      (1) exactly k keys per row are ≥ t (no tie at t: each kept entry ranks
+          strictly ahead of every dropped one), and for floats
+      (2) no key is negative (no sign bit: -0.0, negative numbers and NaN with
+          the sign bit would sort wrongly), and
+      (3) t ≤ the bits of +inf (a NaN threshold could keep one NaN and drop another,
+          which tie; with t ≤ +inf every NaN is kept and ranks first, as in the sort).
+    """
+    if flat.dtype not in _KEYS:
+        return None
+    key_dtype, inf_bits = _KEYS[flat.dtype]
+    keys = flat.contiguous().view(key_dtype).numpy()
+    t = _kth_largest_key(keys, k)                                          # (R, 1)
+    if inf_bits is not None and (t.max() > inf_bits or keys.min() < 0):
+        return None
+    kept = np.greater_equal(keys, t)
+    if not (kept.view(np.uint8).sum(axis=1, dtype=np.int32) == k).all():   # a tie at t
+        return None
+    if dtype in _NUMPY_FLOAT:                           # numpy's bool -> float cast is the faster one
+        return torch.from_numpy(kept.astype(_NUMPY_FLOAT[dtype]))
+    return torch.from_numpy(kept).to(dtype)
+
+
+def _kth_largest_key(keys: np.ndarray, k: int) -> np.ndarray:
+    """keys: (R, n) integers, 0 < k < n -> (R, 1): the k-th largest key of each row
+    (numpy's partition; rows longer than _SELECT_BLOCK first shrink to _key_candidates)."""
+    if keys.shape[1] > _SELECT_BLOCK:
+        keys = _key_candidates(keys, k, _SELECT_BLOCK)
+    n = keys.shape[1]
+    return np.partition(keys, n - k, axis=1)[:, n - k:n - k + 1]
+
+
+def _key_candidates(keys: np.ndarray, k: int, block: int) -> np.ndarray:
+    """A sub-multiset of each row holding its k largest keys, from sorted blocks.
+
+    keys: (R, n) integers, 0 < k < n -> (R, nb·m) with nb = ⌈n / block⌉, m ≤ block.
+    The row (padded with the smallest key) is nb blocks, each sorted (fast: SIMD).
+    With kb = ⌈k / nb⌉, L = min over blocks of the block's kb-th largest: every
+    block has kb keys ≥ L, so the row has ≥ k, and its k-th largest is ≥ L. The
+    last m keys of each block, m grown until they hold every key ≥ L, therefore
+    hold the row's k largest keys (with their multiplicities).
+    """
+    R, n = keys.shape
+    nb = -(-n // block)
+    if nb * block != n:
+        pad = np.full((R, nb * block - n), np.iinfo(keys.dtype).min, keys.dtype)
+        keys = np.concatenate([keys, pad], axis=1)
+    s = np.sort(keys.reshape(R, nb, block), axis=2)                        # (R, nb, block) ascending
+    kb = -(-k // nb)
+    low = s[:, :, block - kb].min(axis=1, keepdims=True)                   # (R, 1): L
+    m = min(block, 2 * kb + 16)
+    while m < block and not (s[:, :, block - m - 1] < low).all():         # a key ≥ L left out
+        m = min(block, 2 * m)
+    return s[:, :, block - m:].reshape(R, nb * m)
 
 
 def _kth_largest(top: Tensor) -> Tensor:
@@ -280,6 +357,9 @@ def std_from_moments(m: Moments) -> Tensor:
     return (s2 / n - mean * mean).clamp(min=0.0).sqrt()
 
 
+_SCORE_BLOCK = 1 << 17   # entries of w per float64 block in scores_from_moments on CPU (1 MiB)
+
+
 def scores_from_moments(m: Moments, w: Tensor) -> Tensor:
     """Edge scores of Eq. 2 from pooled moments: |w| · std.  m: moments of (d,), w: (C, d) -> (C, d) in w.dtype.
 
@@ -290,10 +370,17 @@ def scores_from_moments(m: Moments, w: Tensor) -> Tensor:
     if std_v.shape != (w.shape[1],):
         raise ValueError(f"m: expected moments over {w.shape[1]} features (w is "
                          f"{tuple(w.shape)}), got std of shape {tuple(std_v.shape)}")
-    # One float64 copy of w, updated in place: the same float64 products, rounded
-    # once to w.dtype, as (|w|.double() * std).to(w.dtype), without two more (C, d) temporaries.
-    w64 = w.detach().to(torch.float64, copy=True)
-    return w64.abs_().mul_(std_v).to(w.dtype)
+    # A float64 copy of w, updated in place: the same float64 products, rounded once to
+    # w.dtype, as (|w|.double() * std).to(w.dtype), without two more (C, d) temporaries.
+    # On CPU in row blocks of _SCORE_BLOCK entries, which stay in cache (2x faster at C·d = 2M).
+    C, d = w.shape
+    rows = max(1, _SCORE_BLOCK // max(d, 1)) if w.device.type == "cpu" else C
+    if rows >= C:
+        return w.detach().to(torch.float64, copy=True).abs_().mul_(std_v).to(w.dtype)
+    out = torch.empty(w.shape, dtype=w.dtype, device=w.device)
+    for i in range(0, C, rows):
+        out[i:i + rows] = w[i:i + rows].detach().to(torch.float64, copy=True).abs_().mul_(std_v)
+    return out
 
 
 # ----------------------------------------------------------------------------- schedule

@@ -186,6 +186,102 @@ def test_topk_mask_equals_the_stable_sort_definition_on_random_scores(seed, C, d
     assert got.dtype == want.dtype and torch.equal(got, want)
 
 
+SELECT_BLOCKS = st.sampled_from([2, 3, 8, 512])   # dcm_ref._SELECT_BLOCK: small ones exercise the blocked selection
+
+
+def with_bits_changed(x, delta):
+    """x: float tensor -> the same floats with delta added to their bit patterns (neighbouring floats)."""
+    ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
+    return (x.view(ints) + delta).view(x.dtype)
+
+
+@st.composite
+def near_tied_scores(draw):
+    """(C, d) float scores with exact ties, near-ties (neighbouring floats, one bit apart),
+    -0.0 beside +0.0, negative numbers, ±inf, NaN of both signs and several payloads;
+    rows up to 1100 long."""
+    dtype = draw(ALL_DTYPES)
+    C, d = draw(st.integers(1, 4)), draw(st.sampled_from([1, 2, 7, 40, 513, 1100]))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    S = (torch.randn if draw(st.booleans()) else torch.rand)(C, d, generator=g, dtype=torch.float64).to(dtype)
+    for _ in range(draw(st.integers(0, 3))):   # copy an entry of the row, maybe one bit up or down
+        src, dst = (torch.randint(0, d, (C, d), generator=g) for _ in range(2))
+        p = draw(st.sampled_from([0.05, 0.3, 0.9]))
+        moved = with_bits_changed(S.gather(1, src), draw(st.sampled_from([-1, 0, 1])))
+        S = torch.where(torch.rand(C, d, generator=g) < p, moved, S)
+    nan = torch.tensor(math.nan, dtype=dtype)
+    palette = torch.stack([torch.tensor(v, dtype=dtype) for v in (0.0, -0.0, -1.0, math.inf, -math.inf)]
+                          + [nan, torch.copysign(nan, torch.tensor(-1.0, dtype=dtype)),
+                             with_bits_changed(nan, 1), with_bits_changed(nan, -1)])   # other NaN payloads
+    use = torch.tensor(draw(st.lists(st.integers(0, len(palette) - 1), min_size=1, max_size=3)))
+    special = torch.rand(C, d, generator=g) < draw(st.sampled_from([0.0, 0.002, 0.05, 0.5]))
+    picks = palette[use[torch.randint(0, len(use), (C, d), generator=g)]]
+    return torch.where(special, picks, S)
+
+
+@settings(max_examples=200, deadline=None)
+@given(near_tied_scores(), KEEPS, st.sampled_from(["row", "global"]), SELECT_BLOCKS)
+def test_topk_mask_equals_the_stable_sort_definition_near_ties_signs_and_long_rows(S, keep, scope, block):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(D, "_SELECT_BLOCK", block)
+        got = D.topk_mask(S, keep, scope)
+    want = D.topk_mask_literal(S, keep, scope)
+    assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+@settings(deadline=None)
+@given(st.integers(0, 10**6), st.integers(1, 6), st.sampled_from([2, 9, 100, 513, 1100]),
+       st.sampled_from([torch.float32, torch.float64]), KEEPS, SELECT_BLOCKS)
+def test_bit_selection_proves_the_mask_of_distinct_nonnegative_scores(seed, C, d, dtype, keep, block):
+    """Eq. 2 scores (|w|·std ≥ 0, no ties) take the CPU fast path, not the exact fallback, so
+    an error in it cannot hide behind the fallback; and its mask is the stable-sort one."""
+    S = random_scores(seed, C, d, dtype)
+    k = D.kept_count(keep, d)
+    if k == d or S.unique().numel() != S.numel():
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(D, "_SELECT_BLOCK", block)
+        got = D._mask_by_bits(S, k, dtype)
+    assert got is not None and torch.equal(got, D.topk_mask_literal(S, keep))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_nans_of_different_payloads_tie_in_index_order(dtype):
+    """NaN bit patterns differ (payload), but NaNs tie: the lower index is kept first, so
+    a threshold among the NaN patterns must not decide (the bit selection sorts by pattern)."""
+    nan = torch.tensor(math.nan, dtype=dtype)
+    low, high = nan, with_bits_changed(nan, 1)
+    S = torch.stack([low, high, high, low, torch.tensor(1.0, dtype=dtype), high, low])[None, :]
+    for keep in [i / S.shape[1] for i in range(1, S.shape[1])]:
+        for T in (S, S.flip(1)):
+            assert torch.equal(D.topk_mask(T, keep), D.topk_mask_literal(T, keep)), (T, keep)
+
+
+@given(st.integers(0, 10**6), st.integers(1, 5), st.integers(2, 600), st.integers(2, 64),
+       st.sampled_from(["uniform", "one block holds the top", "few values"]))
+def test_kth_largest_key_is_the_kth_of_the_sorted_row(seed, R, n, block, layout):
+    """The blocked candidate pool keeps every row's k largest keys, whatever the layout."""
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randint(-1000, 1000 if layout != "few values" else -997, (R, n), generator=g)
+    if layout == "one block holds the top":
+        keys[:, :min(block, n)] += 5000
+    k = int(torch.randint(1, n, (), generator=g)) if layout != "one block holds the top" else min(block, n - 1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(D, "_SELECT_BLOCK", block)
+        got = D._kth_largest_key(keys.numpy(), k)
+    want = keys.sort(dim=1, descending=True).values[:, k - 1:k]
+    assert torch.equal(torch.from_numpy(got), want)
+
+
+@given(st.integers(0, 10**6), st.integers(1, 6), st.integers(1, 60), KEEPS,
+       st.sampled_from([torch.bool, torch.uint8, torch.int8, torch.int32, torch.int64]))
+def test_topk_mask_of_integer_scores_equals_the_stable_sort_definition(seed, C, d, keep, dtype):
+    g = torch.Generator().manual_seed(seed)
+    S = torch.randint(-3 if dtype not in (torch.bool, torch.uint8) else 0, 3, (C, d), generator=g).to(dtype)
+    for scope in ("row", "global"):
+        assert torch.equal(D.topk_mask(S, keep, scope), D.topk_mask_literal(S, keep, scope))
+
+
 def test_nan_scores_rank_first_and_tie_in_index_order():
     nan = math.nan
     S = torch.tensor([[1.0, nan, 3.0, nan, 2.0], [nan, 1.0, nan, nan, 1.0], [nan, 1.0, 1.0, 0.0, 0.0]])
@@ -366,6 +462,20 @@ def test_scores_from_moments_round_the_float64_products_once_bit_for_bit(seed, C
     m = D.moments(v)
     want = (w.double().abs() * D.std_from_moments(m)).to(dtype)
     got = D.scores_from_moments(m, w)
+    assert got.dtype == dtype and torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+
+
+@given(st.integers(0, 10**6), st.integers(1, 9), st.integers(1, 12), ALL_DTYPES, st.integers(1, 40))
+def test_scores_from_moments_in_row_blocks_equal_the_whole_matrix_bit_for_bit(seed, C, d, dtype, block):
+    """On CPU the scores are computed in row blocks of dcm_ref._SCORE_BLOCK entries; any block
+    size gives the float64 products rounded once, as one block does."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(C, d, generator=g, dtype=torch.float64).to(dtype)
+    m = D.moments(torch.randn(5, d, generator=g, dtype=torch.float64))
+    want = (w.double().abs() * D.std_from_moments(m)).to(dtype)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(D, "_SCORE_BLOCK", block)
+        got = D.scores_from_moments(m, w)
     assert got.dtype == dtype and torch.equal(got.view(torch.uint8), want.view(torch.uint8))
 
 
