@@ -293,14 +293,15 @@ def test_restore_state_then_checkpoint_state_gives_back_the_checkpoint_exactly(t
         assert_same(again[key], back[key], key)
 
 
-@pytest.mark.parametrize("flags, needle", [
-    (["--head", "kan"], "do not fit"),                  # other head parameters
-    (["--backbone", "cnn8"], "do not fit"),              # other backbone
-    (["--method", "coteaching"], "this run builds 2"),   # another number of networks
-    (["--seed", "1"], "noisy labels differ"),            # same shapes, other labels
+@pytest.mark.parametrize("saved, flags, needle", [
+    ([], ["--head", "kan"], "do not fit"),                               # other head parameters
+    ([], ["--backbone", "cnn8"], "do not fit"),                          # other backbone
+    (["--head", "kan"], ["--head", "kan", "--kan-grid", "7"], "do not fit"),   # same names, other shapes
+    ([], ["--method", "coteaching"], "this run builds 2"),               # another number of networks
+    ([], ["--seed", "1"], "noisy labels differ"),                        # same shapes, other labels
 ])
-def test_restore_state_refuses_a_checkpoint_of_another_run_in_one_line(tmp_path, flags, needle):
-    ck = trained(tmp_path, ["--epochs", "2"])
+def test_restore_state_refuses_a_checkpoint_of_another_run_in_one_line(tmp_path, saved, flags, needle):
+    ck = trained(tmp_path, saved)
     _, d, st = new_run(flags)
     with pytest.raises(train_cli.UserError) as e:
         runfolder.restore_state(st, ck, noisy_labels(d), CPU)

@@ -291,7 +291,10 @@ def test_stop_signals_set_the_flag_and_a_second_ctrl_c_interrupts():
     try:
         deliver(signal.SIGINT)
         assert flag["sig"] == signal.SIGINT               # the first Ctrl-C: stop after this step
-        deliver(signal.SIGTERM)
+        try:
+            deliver(signal.SIGTERM)
+        except KeyboardInterrupt:
+            pytest.fail("a SIGTERM after a Ctrl-C interrupted the step")
         assert flag["sig"] == signal.SIGTERM              # SIGTERM never interrupts a step
         with pytest.raises(KeyboardInterrupt):
             deliver(signal.SIGINT)                       # a second Ctrl-C: at once
