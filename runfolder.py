@@ -176,7 +176,9 @@ def open_run(args, typed, defaults, device, rank):
 
 def restore_state(st, ck, y_noisy, device):
     """Load a checkpoint into st, a TrainState (nets, opts, masks, step, ELR memory; and the CPU RNG),
-    the inverse of checkpoint_state. y_noisy: (N,) the labels this run drew; they must be the saved ones."""
+    the inverse of checkpoint_state. y_noisy: (N,) the labels this run drew; they must be the saved ones.
+    A checkpoint whose networks do not fit this run's is refused (UserError) before anything is loaded."""
+    check_fits(st.nets, ck["nets"])
     for net, sd in zip(st.nets, ck["nets"]):
         net.load_state_dict(sd)
     for opt, sd in zip(st.opts, ck["opts"]):
@@ -186,6 +188,22 @@ def restore_state(st, ck, y_noisy, device):
     if not torch.equal(ck["y_noisy"].to(device), y_noisy):
         raise train_cli.UserError("--resume: the noisy labels differ from the saved run's (data or noise flags changed)")
     torch.set_rng_state(ck["rng"]["cpu"].cpu())
+
+
+def check_fits(networks, saved):
+    """UserError (one line) naming the first difference between this run's networks and the
+    saved state dicts: their number, a parameter or buffer name, or a shape."""
+    if len(networks) != len(saved):
+        raise train_cli.UserError(f"--resume: the checkpoint holds {len(saved)} network(s), this run builds "
+                                  f"{len(networks)} (another --method?)")
+    for net, sd in zip(networks, saved):
+        own = net.state_dict()
+        for key in sorted(set(own) | set(sd)):
+            if key not in own or key not in sd or own[key].shape != sd[key].shape:
+                was = tuple(sd[key].shape) if key in sd else "absent"
+                now = tuple(own[key].shape) if key in own else "absent"
+                raise train_cli.UserError(f"--resume: the checkpoint's networks do not fit this run's: {key} is {was} "
+                                          f"in the checkpoint, {now} here (another --head, --backbone or code version?)")
 
 
 def run_meta(config, out, dd, device, loss_hparams, n_train):

@@ -155,10 +155,16 @@ def pick_device(name, dd=None):
 
 
 def explicit_flags(parser, argv):
-    """Names (dests) of the flags the user typed in argv, to tell them apart from defaults on --resume."""
+    """Names (dests) of the flags the user typed in argv, to tell them apart from defaults on --resume.
+    parser's defaults are suppressed for this parse only (it is left as it was)."""
+    defaults = [action.default for action in parser._actions]
     for action in parser._actions:
         action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(argv)))
+    try:
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for action, default in zip(parser._actions, defaults):
+            action.default = default
 
 
 def check_flags(args, typed, dd):

@@ -1,7 +1,11 @@
 """Shared pytest settings and helpers: hypothesis without per-example deadlines (CI
 machines are noisy; speed lives in bench/speed.py, never in tests), the repo root on
-sys.path, and writers of stand-in files in real formats."""
+sys.path, writers of stand-in files in real formats, and the helpers of the train.py tests
+(test_cli, test_train, test_train_cli, test_runfolder): in-process and subprocess runs,
+folder listings, and the one place that reads train.py's data and state records."""
+import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -27,6 +31,97 @@ def save_cifar_n(path, labels):
 
 
 QUICK = ["--limit-train", "300", "--epochs", "2", "--batch-size", "64"]   # a 2-epoch digits run in seconds
+
+
+# ----------------------------------------------------------------------------- train.py runs
+
+def run_in(capsys, *argv):
+    """train.main in-process -> (exit code, stdout, stderr), like a finished `python train.py argv`
+    (argparse's own errors, bad types, exit through SystemExit)."""
+    import train
+    capsys.readouterr()
+    try:
+        rc = train.main(list(argv))
+    except SystemExit as e:
+        rc = e.code
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def cli(*args, **kw):
+    """A real `python train.py args` process -> subprocess.CompletedProcess."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT, **kw)
+
+
+def popen(*args, **kw):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=ROOT, text=True, **kw)
+
+
+def one_line(stderr):
+    """The only line of stderr (asserts one line, no traceback)."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def listing(folder):
+    """{relative path: bytes} of every file under folder: to show nothing was touched."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            p = os.path.join(root, f)
+            out[os.path.relpath(p, folder)] = open(p, "rb").read()
+    return out
+
+
+def copy_run(src, dst):
+    os.makedirs(dst)
+    for name, blob in listing(src).items():
+        with open(os.path.join(dst, name), "wb") as f:
+            f.write(blob)
+    return dst
+
+
+def rows(out):
+    """The rows of out/metrics.jsonl."""
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 1-epoch run (do not modify: copy it)."""
+    import train
+    out = str(tmp_path_factory.mktemp("finished") / "run")
+    assert train.main(QUICK + ["--epochs", "1", "--out", out]) == 0
+    return out
+
+
+# ----------------------------------------------------------------------------- train.py's records
+# The only place the tests build or read train.py's records (data.TrainData, runfolder.TrainState) by hand.
+
+def new_run(argv):
+    """A new CPU run of train.py's flags argv, before any step -> (args, data, state)."""
+    import data
+    import train
+    args = train.build_parser().parse_args(QUICK + list(argv))
+    cpu = torch.device("cpu")
+    d = data.prepare_training_data(data.DataConfig.from_flags(args), cpu)
+    return args, d, train.init_state(args, d, cpu, None)
+
+
+def noisy_labels(d):
+    """(N,) the training labels a run drew."""
+    return d.y_noisy
+
+
+def stop_state(sig, dist=None):
+    """The part of a run state that train_cli's stop functions read: the caught signal (or None)."""
+    import distributed
+    import runfolder
+    return runfolder.TrainState(head=None, nets=[], opts=[], masks=[], compiled=[], y_noisy=torch.zeros(1),
+                                dist=dist or distributed.Dist(), stop={"sig": sig})
 
 
 @pytest.fixture(scope="session")

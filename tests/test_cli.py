@@ -1,15 +1,16 @@
-"""train.py as a user meets it: one run per folder, checkpoints verified on resume,
---resume/--extend/--auto-resume, SIGTERM, a full disk, a closed stdout, validation-
-selected accuracy, and every user mistake as one line on stderr with nothing written.
+"""train.py as a user meets it, end to end through train.main: one run per folder,
+checkpoints verified on resume, SIGTERM, a full disk, a closed stdout, validation-selected
+accuracy, the exit code of each error kind, and every user mistake as one line on stderr
+with nothing written. The policies behind them are tested directly in test_train_cli.py
+(flags, device, output, signals) and test_runfolder.py (resume, extend, checkpoints).
 
 Subprocesses where the process is the point (signals, pipes, file-size limits, a second
-process); train.main in-process otherwise, to keep the suite fast."""
+process, the exit status of a real `python train.py`); train.main in-process otherwise."""
 import json
 import os
 import resource
 import signal
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,66 +18,9 @@ import torch
 import checkpoint
 import data
 import diagnostics
-import runfolder
 import train
 import train_cli
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = ["--limit-train", "300", "--epochs", "2", "--batch-size", "64"]
-
-
-def cli(*args, **kw):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], capture_output=True,
-                          text=True, timeout=300, cwd=ROOT, **kw)
-
-
-def popen(*args, **kw):
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=ROOT, text=True, **kw)
-
-
-def one_line(stderr):
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in stderr, stderr
-    return lines[0]
-
-
-def listing(folder):
-    """{relative path: bytes} of every file under folder: to show nothing was touched."""
-    out = {}
-    for root, _, files in os.walk(folder):
-        for f in files:
-            p = os.path.join(root, f)
-            out[os.path.relpath(p, folder)] = open(p, "rb").read()
-    return out
-
-
-def rows(out):
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def run_in(capsys, *argv):
-    """train.main in-process -> (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    rc = train.main(list(argv))
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A finished 1-epoch run (do not modify: copy it)."""
-    out = str(tmp_path_factory.mktemp("finished") / "run")
-    assert train.main(QUICK + ["--epochs", "1", "--out", out]) == 0
-    return out
-
-
-def copy_run(src, dst):
-    os.makedirs(dst)
-    for name, blob in listing(src).items():
-        with open(os.path.join(dst, name), "wb") as f:
-            f.write(blob)
-    return dst
+from conftest import QUICK, cli, copy_run, listing, one_line, popen, rows, run_in
 
 
 # ----------------------------------------------------------------------------- One run per folder
@@ -114,33 +58,6 @@ def test_second_run_is_refused_and_sigterm_stops_resumably(tmp_path):
     assert [row["epoch"] for row in rows(out)] == list(range(1, done + 2))
 
 
-def test_stale_lock_is_reported_and_taken_over(tmp_path, capsys):
-    out = tmp_path / "run"
-    out.mkdir()
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (out / checkpoint.LOCK_NAME).write_text(f"{dead.pid} {os.uname().nodename}\n")
-    rc, _, err = run_in(capsys, *QUICK, "--epochs", "1", "--out", str(out))
-    assert rc == 0 and f"pid {dead.pid}" in one_line(err) and "no longer running" in err
-    assert not (out / checkpoint.LOCK_NAME).exists()
-
-
-def test_default_names_keep_a_sweep_apart(tmp_path, monkeypatch, capsys):
-    """Three --keep values and a repeat: four folders, none shared (the name carries every
-    non-default flag); no flags at all still gives runs/<dataset>-<head>-<loss>-<noise><rate>-s<seed>."""
-    monkeypatch.chdir(tmp_path)
-    made = []
-    for keep in ("0.05", "0.2", "0.5", "0.5"):
-        rc, out, _ = run_in(capsys, *QUICK, "--epochs", "1", "--keep", keep)
-        assert rc == 0
-        made.append(out.strip().splitlines()[-1].split(" -> ")[-1])
-    name = "runs/digits-dfc-ce-symmetric0.4-s0-n300-keep{}-bs64-ep1"   # flags in --help order
-    assert made == [name.format("0.05"), name.format("0.2"), name.format("0.5"), name.format("0.5") + "-2"]
-    for folder, keep in zip(made, (0.05, 0.2, 0.5, 0.5)):
-        assert json.load(open(os.path.join(folder, "config.json")))["keep"] == keep
-    assert runfolder.default_out(train.build_parser().parse_args([]), vars(train.build_parser().parse_args([]))) == "runs/digits-dfc-ce-symmetric0.4-s0"
-
-
 def test_failed_overwrite_restores_the_old_run_and_a_finished_one_replaces_it(tmp_path, capsys, finished):
     out = copy_run(finished, str(tmp_path / "run"))
     before = listing(out)
@@ -154,7 +71,7 @@ def test_failed_overwrite_restores_the_old_run_and_a_finished_one_replaces_it(tm
 # ----------------------------------------------------------------------------- Checkpoint integrity
 
 @pytest.mark.parametrize("damage", ["zero-4k", "random"])
-def test_damaged_checkpoint_is_one_line_on_resume_and_nothing_is_written(tmp_path, damage):
+def test_damaged_checkpoint_is_one_line_on_resume_and_nothing_is_written(tmp_path, capsys, damage):
     out = str(tmp_path / "run")
     assert train.main(QUICK + ["--epochs", "3", "--stop-after", "1", "--out", out]) == 0
     path = os.path.join(out, "checkpoint.pt")
@@ -166,8 +83,8 @@ def test_damaged_checkpoint_is_one_line_on_resume_and_nothing_is_written(tmp_pat
         with open(path, "wb") as f:
             f.write(os.urandom(os.path.getsize(path)))
     before = listing(out)
-    r = cli("--out", out, "--resume")
-    assert r.returncode == 2 and "corrupt" in one_line(r.stderr)
+    rc, _, err = run_in(capsys, "--out", out, "--resume")
+    assert rc == 2 and "corrupt" in one_line(err)
     assert listing(out) == before
 
 
@@ -187,46 +104,6 @@ def test_disk_full_at_a_checkpoint_is_one_line_and_keeps_the_previous(tmp_path):
     assert verified and ck["epoch"] == 1
     assert not [f for f in os.listdir(out) if ".tmp" in f]
     assert train.main(["--out", out, "--resume"]) == 0 and len(rows(out)) == 3   # and it resumes
-
-
-# ----------------------------------------------------------------------------- --resume, --extend, --auto-resume
-
-def test_resume_of_a_finished_run_needs_extend(tmp_path, capsys, finished):
-    out = copy_run(finished, str(tmp_path / "run"))
-    before = listing(out)
-    for argv, needle in ((["--resume"], "already finished"), (["--resume", "--epochs", "2"], "--extend"),
-                         (["--resume", "--extend", "--epochs", "1"], "must exceed")):
-        rc, _, err = run_in(capsys, "--out", out, *argv)
-        assert rc == 2 and needle in one_line(err)
-        assert listing(out) == before
-    rc, _, _ = run_in(capsys, "--out", out, "--resume", "--extend", "--epochs", "3")
-    assert rc == 0 and [r["epoch"] for r in rows(out)] == [1, 2, 3]
-    cfg = json.load(open(os.path.join(out, "config.json")))
-    assert cfg["extended"] == [{"at_epoch": 1, "epochs_before": 1, "epochs_after": 3}]
-    assert cfg["epochs"] == 3 and cfg["lr"] == 0.05 and len(cfg["resumed"]) == 1
-    assert json.load(open(os.path.join(out, "final.json")))["epochs"] == 3
-
-
-def test_resume_with_another_epochs_is_refused_unless_extend(tmp_path, capsys):
-    out = str(tmp_path / "run")
-    assert train.main(QUICK + ["--epochs", "3", "--stop-after", "1", "--out", out]) == 0
-    before = listing(out)
-    rc, _, err = run_in(capsys, "--out", out, "--resume", "--epochs", "2")
-    assert rc == 2 and "--extend" in one_line(err) and listing(out) == before
-    rc, _, _ = run_in(capsys, "--out", out, "--resume")   # no --epochs: the run's own 3
-    assert rc == 0 and len(rows(out)) == 3
-
-
-def test_auto_resume_starts_resumes_finishes_and_refuses_another_config(tmp_path, capsys):
-    out = str(tmp_path / "run")
-    cmd = QUICK + ["--epochs", "3", "--out", out, "--auto-resume"]
-    assert run_in(capsys, *cmd, "--stop-after", "1")[0] == 0 and len(rows(out)) == 1   # fresh
-    assert run_in(capsys, *cmd)[0] == 0 and len(rows(out)) == 3                         # resumed
-    before = listing(out)
-    rc, stdout, _ = run_in(capsys, *cmd)
-    assert rc == 0 and "nothing to do" in stdout and listing(out) == before             # finished
-    rc, _, err = run_in(capsys, *cmd, "--keep", "0.3")
-    assert rc == 2 and "--keep 0.1" in one_line(err) and listing(out) == before
 
 
 # ----------------------------------------------------------------------------- Output
@@ -276,6 +153,34 @@ def test_compile_runs_one_epoch_on_cpu(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- User mistakes
 
+def test_a_real_process_exits_2_with_one_line_and_no_traceback(tmp_path):
+    r = cli("--out", str(tmp_path / "x"), "--keep", "0")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--keep" in r.stderr and "Traceback" not in r.stderr
+    assert not os.path.exists(tmp_path / "x")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--dataset", "imagenet"], "--dataset"),
+    (["--head", "conv"], "--head"),
+    (["--loss", "nope"], "--loss"),
+    (["--backbone", "vgg"], "--backbone"),
+    (["--method", "mixup"], "--method"),
+    (["--noise-rate", "1.0"], "--noise-rate"),
+    (["--keep", "0"], "--keep"),
+    (["--keep", "1.5"], "--keep"),
+    (["--epochs", "0"], "--epochs"),
+    (["--noise", "asymmetric", "--dataset", "cifar100n", "--noise-rate", "0.2"], "--noise none"),
+    (["--dataset", "mnist", "--data-dir", "/nonexistent/dir"], "/nonexistent/dir"),
+    (["--loss-arg", "q"], "--loss-arg"),
+    (["--loss", "gce", "--loss-arg", "zeta=1"], "zeta"),
+    (["--resume"], "checkpoint"),
+    (["--train-eval-every", "-1"], "--train-eval-every"),
+])
+def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, capsys, args, needle):
+    rc, _, err = run_in(capsys, "--out", str(tmp_path / "x"), *args)
+    assert rc != 0 and needle in one_line(err)
+
+
 @pytest.fixture
 def no_data(monkeypatch):
     """Flag errors must come before the data is loaded."""
@@ -314,11 +219,11 @@ def test_data_size_mistakes_are_one_line_and_write_nothing(tmp_path, capsys, arg
     assert os.listdir(tmp_path) == []
 
 
-def test_unusable_out_is_one_line_and_touches_nothing(tmp_path):
+def test_unusable_out_is_one_line_and_touches_nothing(tmp_path, capsys):
     (tmp_path / "file").write_text("keep me")
     for out, needle in ((tmp_path / "file", "not a folder"), (tmp_path / "file" / "run", "is a file")):
-        r = cli("--out", str(out), *QUICK)
-        assert r.returncode == 2 and needle in one_line(r.stderr)
+        rc, _, err = run_in(capsys, "--out", str(out), *QUICK)
+        assert rc == 2 and needle in one_line(err)
     assert (tmp_path / "file").read_text() == "keep me"
 
 
@@ -358,3 +263,27 @@ def test_save_masks_is_accepted_with_a_dcm_head_only(head, ok):
     else:
         with pytest.raises(train_cli.UserError, match=f"--save-masks needs a DCM head .* got --head {head}$"):
             train_cli.check_args(args)
+
+
+def test_empty_data_dir_names_the_expected_files(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, _, err = run_in(capsys, "--out", str(tmp_path / "x"), "--dataset", "fashion-mnist", "--data-dir", str(empty))
+    assert rc != 0 and "train-images-idx3-ubyte" in one_line(err)
+
+
+
+
+@pytest.mark.parametrize("error, code, line", [
+    (train_cli.UserError("--keep must be in (0, 1], got 0"), 2, "train.py: error: --keep must be in (0, 1], got 0"),
+    (train_cli.NonFiniteLoss("non-finite training loss at step 7"), 3, "train.py: error: non-finite training loss at step 7"),
+    (train_cli.PeerFailed(), 2, None),                       # the failing rank has printed why
+    (KeyboardInterrupt(), 130, "train.py: interrupted; the last finished epoch's checkpoint (if any) is kept"),
+])
+def test_each_error_kind_has_its_exit_code_and_at_most_one_line(capsys, monkeypatch, error, code, line):
+    def fail(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(train, "run", fail)
+    rc, out, err = run_in(capsys)
+    assert rc == code and out == ""
+    assert (one_line(err) if line else err) == (line or "")

@@ -1,12 +1,10 @@
-"""End-to-end properties of train.py: runs finish with finite losses and valid
-files, resume is bit-exact, and user mistakes give one clear line, not a traceback.
-Runs call train.main(argv) in-process; one test starts a real `python train.py`
-process for what only a process shows (its exit status and the absence of a traceback)."""
+"""End-to-end properties of train.py's loop: runs finish with finite losses and valid
+files, a step trains through the mask, resume is bit-exact, and --help states every flag.
+Runs call train.main(argv) in-process. The command line as a user meets it (exit codes,
+one-line errors) is test_cli.py; flag checks and the run folder are test_train_cli.py and
+test_runfolder.py."""
 import json
 import os
-import subprocess
-import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,9 +17,7 @@ import losses
 import nets
 import train
 import train_cli
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = ["--limit-train", "300", "--epochs", "2", "--batch-size", "64"]
+from conftest import QUICK
 
 
 def run_ok(tmp_path, *flags, name="run"):
@@ -171,80 +167,6 @@ def test_help_lists_every_flag():
                  "--dcm-freeze", "--loss-arg", "--method", "--noise-include-true", "--noise-sampling",
                  "--limit-train", "--resume", "--schedule", "--grad-clip", "--compile", "--amp"]:
         assert flag in text
-
-
-@pytest.fixture
-def cli(capsys):
-    """train.main(args) in-process -> (returncode, stderr) like a finished `python train.py args`."""
-    def run(*args):
-        capsys.readouterr()
-        try:
-            rc = train.main(list(args))
-        except SystemExit as e:   # argparse's own errors (bad types) exit through SystemExit
-            rc = e.code
-        return SimpleNamespace(returncode=rc, stderr=capsys.readouterr().err)
-    return run
-
-
-def test_a_real_process_exits_2_with_one_line_and_no_traceback(tmp_path):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--out", str(tmp_path / "x"), "--keep", "0"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--keep" in r.stderr and "Traceback" not in r.stderr
-    assert not os.path.exists(tmp_path / "x")
-
-
-@pytest.mark.parametrize("args, needle", [
-    (["--dataset", "imagenet"], "--dataset"),
-    (["--head", "conv"], "--head"),
-    (["--loss", "nope"], "--loss"),
-    (["--backbone", "vgg"], "--backbone"),
-    (["--method", "mixup"], "--method"),
-    (["--noise-rate", "1.0"], "--noise-rate"),
-    (["--keep", "0"], "--keep"),
-    (["--keep", "1.5"], "--keep"),
-    (["--epochs", "0"], "--epochs"),
-    (["--noise", "asymmetric", "--dataset", "cifar100n", "--noise-rate", "0.2"], "--noise none"),
-    (["--dataset", "mnist", "--data-dir", "/nonexistent/dir"], "/nonexistent/dir"),
-    (["--loss-arg", "q"], "--loss-arg"),
-    (["--loss", "gce", "--loss-arg", "zeta=1"], "zeta"),
-    (["--resume"], "checkpoint"),
-    (["--train-eval-every", "-1"], "--train-eval-every"),
-])
-def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, cli, args, needle):
-    r = cli("--out", str(tmp_path / "x"), *args)
-    assert r.returncode != 0
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    assert needle in lines[0]
-
-
-def test_device_cuda_without_cuda_is_a_clear_error(tmp_path, cli):
-    if torch.cuda.is_available():  # the property only exists on CPU-only machines
-        assert train.pick_device("cuda").type == "cuda"
-        return
-    r = cli("--out", str(tmp_path / "x"), "--device", "cuda")
-    assert r.returncode != 0 and "CUDA" in r.stderr and "Traceback" not in r.stderr
-
-
-def test_existing_run_is_never_overwritten(tmp_path, cli):
-    out = run_ok(tmp_path, "--epochs", "1")
-    before = open(os.path.join(out, "final.json")).read()
-    r = cli("--out", out, *QUICK)
-    assert r.returncode != 0 and "--resume" in r.stderr
-    assert open(os.path.join(out, "final.json")).read() == before
-
-
-def test_resume_with_contradicting_flags_is_refused(tmp_path, cli):
-    out = run_ok(tmp_path, "--epochs", "1", "--head", "dfc")
-    r = cli("--out", out, "--resume", "--epochs", "2", "--head", "fc")
-    assert r.returncode != 0 and "--head" in r.stderr and "Traceback" not in r.stderr
-
-
-def test_empty_data_dir_names_the_expected_files(tmp_path, cli):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    r = cli("--out", str(tmp_path / "x"), "--dataset", "fashion-mnist", "--data-dir", str(empty))
-    assert r.returncode != 0 and "train-images-idx3-ubyte" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_fashion_mnist_real_smoke_run(tmp_path):
