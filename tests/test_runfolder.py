@@ -23,12 +23,18 @@ CPU = torch.device("cpu")
 
 # ----------------------------------------------------------------------------- Through train.main: the policy as a user meets it
 
-def test_stale_lock_is_reported_and_taken_over(tmp_path, capsys):
-    out = tmp_path / "run"
+def stale_lock(out):
+    """Make folder out, locked by a process that has exited -> that process (its pid is in the lock)."""
     out.mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (out / checkpoint.LOCK_NAME).write_text(f"{dead.pid} {os.uname().nodename}\n")
+    return dead
+
+
+def test_stale_lock_is_reported_and_taken_over(tmp_path, capsys):
+    out = tmp_path / "run"
+    dead = stale_lock(out)
     rc, _, err = run_in(capsys, *QUICK, "--epochs", "1", "--out", str(out))
     assert rc == 0 and f"pid {dead.pid}" in one_line(err) and "no longer running" in err
     assert not (out / checkpoint.LOCK_NAME).exists()
@@ -228,10 +234,7 @@ def test_default_out_names_a_run_by_its_non_default_flags():
 
 def test_a_stale_lock_is_taken_over_with_one_warning(tmp_path, capsys):
     out = tmp_path / "run"
-    out.mkdir()
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (out / checkpoint.LOCK_NAME).write_text(f"{dead.pid} {os.uname().nodename}\n")
+    dead = stale_lock(out)
     _, (_, lock, _) = open_with(["--out", str(out)])
     checkpoint.unlock_run(lock)
     err = capsys.readouterr().err
