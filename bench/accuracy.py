@@ -280,7 +280,9 @@ def execute(runs, runs_dir, jobs, threads, log=print):
     spent = est_done = 0.0
     codes, t0, live = {}, time.time(), Live()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
+    # Both stop signals explicitly: a job started in the background by a shell inherits SIGINT ignored.
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler) if _main_thread() else None
     try:
         futures = {pool.submit(launch, r, runs_dir, threads, live): r for r in todo}
         for k, fut in enumerate(concurrent.futures.as_completed(futures), 1):
@@ -301,6 +303,7 @@ def execute(runs, runs_dir, jobs, threads, log=print):
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
+            signal.signal(signal.SIGINT, old_int)
     pool.shutdown()
     return codes
 

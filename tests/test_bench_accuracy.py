@@ -75,7 +75,8 @@ def test_crashing_run_is_reported_and_the_next_run_still_runs(tiny, tmp_path, mo
     assert "crash" in (tmp_path / "runs" / runs[0].key / "stdout.log").read_text()
 
 
-SLOW_TRAIN = """import os, sys, time
+SLOW_TRAIN = """import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)   # as train.py: its own handler, even if started with SIGINT ignored
 out = sys.argv[sys.argv.index("--out") + 1]
 open(os.path.join(out, "started"), "w").close()
 try:
