@@ -257,9 +257,16 @@ def read_launches(runs_dir):
         return []
 
 
+def launch_grid(command):
+    """The --grid of a recorded `python -m bench accuracy` command (None if it has none)."""
+    words = command.split()
+    return words[words.index("--grid") + 1] if "--grid" in words[:-1] else None
+
+
 def machine_and_commands(args):
-    """-> (machine line, commands line) from the recorded launches, else from this call."""
-    launches = read_launches(args.runs_dir)
+    """-> (machine line, commands line) from the recorded launches of the main/ablation grids
+    (round-two launches share the runs folder but not these tables), else from this call."""
+    launches = [l for l in read_launches(args.runs_dir) if launch_grid(l["command"]) not in acc.ROUND2_GRIDS]
     last = launches[-1] if launches else dict(
         command=reproduce_command(args), jobs=args.jobs, threads=args.threads_per_job, cpu=cpu_name(),
         cores=os.cpu_count(), torch=torch.__version__, python=platform.python_version())

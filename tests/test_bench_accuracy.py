@@ -274,3 +274,16 @@ def test_runs_dir_defaults_to_results_runs_which_holds_the_committed_grid():
     runs = os.path.join(acc.ROOT, "results", "runs")
     assert os.path.isfile(os.path.join(acc.ROOT, "train.py"))
     assert any(os.path.isfile(os.path.join(runs, k, "final.json")) for k in os.listdir(runs))
+
+
+def test_main_tables_report_the_machine_of_their_own_launches_not_a_later_round_two_grid(tmp_path):
+    from types import SimpleNamespace
+    from bench import report
+    entry = dict(jobs=2, threads=1, cores=2, torch="t", python="p")
+    lines = [dict(entry, command="python -m bench accuracy --grid all --jobs 2", cpu="CPU-A"),
+             dict(entry, command="python -m bench accuracy --grid cnn --jobs 2", cpu="CPU-B")]
+    (tmp_path / "launches.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+    args = SimpleNamespace(runs_dir=str(tmp_path), grid="all", epochs=15, limit_train=20000, jobs=1,
+                           threads_per_job=1, only=None)
+    machine, commands = report.machine_and_commands(args)
+    assert machine.startswith("CPU CPU-A,") and "--grid all" in commands and "--grid cnn" not in commands
