@@ -74,26 +74,22 @@ def test_full_mask_head_equals_the_unmasked_head(kind, B, d, C, seed):
     assert z_full.shape == (B, C) and torch.allclose(z_full, z_ones, atol=1e-6)
 
 
+LITERAL_SCORES = {   # kind -> (literal score of the head's input v, rtol, atol)
+    "dfc": (lambda params, v: dcm_ref.edge_scores_literal(v, params["w"]), 1e-5, 1e-6),        # Eq. 2
+    "dkan": (lambda params, v: kan.kan_edge_scores_literal(params, kan.layer_norm(v)), 1e-4, 1e-5),
+}   # DKAN: S[j,k] = std_b φ_jk(x_bk) of the layer-normed input (the literal DKAN score)
+
+
+@pytest.mark.parametrize("kind", sorted(LITERAL_SCORES))
 @settings(max_examples=20)
 @given(B=st.integers(2, 6), d=st.integers(2, 9), C=st.integers(2, 5), seed=st.integers(0, 2 ** 16))
-def test_fc_head_scores_from_moments_are_eq2(B, d, C, seed):
+def test_head_scores_from_moments_are_the_literal_scores(kind, B, d, C, seed):
     torch.manual_seed(seed)
-    params = nets.head_init("dfc", d, C, 5, 3)
+    params = nets.head_init(kind, d, C, 5, 3)
     v = torch.randn(B, d)
-    S = nets.head_scores("dfc", params, nets.head_moments("dfc", nets.head_features("dfc", params, v)))
-    assert torch.allclose(S, dcm_ref.edge_scores_literal(v, params["w"]).to(S.dtype), rtol=1e-5, atol=1e-6)
-
-
-@settings(max_examples=20)
-@given(B=st.integers(2, 6), d=st.integers(2, 6), C=st.integers(2, 4), seed=st.integers(0, 2 ** 16))
-def test_kan_head_scores_from_moments_are_the_batch_std_of_each_edge_function(B, d, C, seed):
-    """DKAN head: S[j,k] = std_b φ_jk(x_bk) of the layer-normed input (the literal DKAN score)."""
-    torch.manual_seed(seed)
-    params = nets.head_init("dkan", d, C, 5, 3)
-    v = torch.randn(B, d)
-    S = nets.head_scores("dkan", params, nets.head_moments("dkan", nets.head_features("dkan", params, v)))
-    literal = kan.kan_edge_scores_literal(params, kan.layer_norm(v))
-    assert S.shape == (C, d) and torch.allclose(S, literal.to(S.dtype), rtol=1e-4, atol=1e-5)
+    S = nets.head_scores(kind, params, nets.head_moments(kind, nets.head_features(kind, params, v)))
+    literal, rtol, atol = LITERAL_SCORES[kind]
+    assert S.shape == (C, d) and torch.allclose(S, literal(params, v).to(S.dtype), rtol=rtol, atol=atol)
 
 
 def test_masked_head_weights_get_no_gradient():
