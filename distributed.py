@@ -45,7 +45,17 @@ def dist_from_env(env):
 
 def init_distributed(dd):
     """Join the job through torchrun's env:// rendezvous. CPU tensors travel by gloo and CUDA
-    tensors by NCCL, so the small CPU messages (setup errors, loss sums) need no GPU."""
+    tensors by NCCL, so the small CPU messages (setup errors, loss sums) need no GPU.
+
+    torch._dynamo is imported first: the first optimizer built imports it lazily, and when
+    that happens after init_process_group it keeps ten references to the default group
+    (torch 2.13), so close() cannot free it. The group's gloo worker threads then live on
+    into interpreter shutdown, and one that drops its last collective's tensors there
+    aborts the process ("terminate called without an active exception", exit -6) after a
+    finished run: about once in 30 two-rank runs on a loaded 2-core machine.
+    tests/test_distributed.py checks that no gloo worker thread outlives close().
+    """
+    import torch._dynamo  # noqa: F401  (see the docstring)
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend, rank=dd.rank, world_size=dd.world)
 

@@ -189,6 +189,15 @@ def test_elr_memory_holds_the_rows_of_every_rank(elr_runs):
         assert int((t.abs().sum(1) > 0).sum()) == 256
 
 
+def test_no_gloo_thread_outlives_the_run(elr_runs):
+    """train.main under torchrun frees its process group: a gloo worker thread alive into
+    interpreter shutdown can abort a finished run with exit -6 (distributed.init_distributed)."""
+    for r in range(2):
+        with open(os.path.join(elr_runs["dump"], f"rank{r}_threads.json")) as f:
+            names = json.load(f)
+        assert names and not [n for n in names if "gloo" in n], names
+
+
 def test_mask_from_all_reduced_moments_equals_single_process_mask_of_the_global_batch(worker_results):
     for res in worker_results:
         for head in ("dfc", "dkan"):
@@ -345,7 +354,20 @@ def dump_train(dump, argv):
             shutil.copy(os.path.join(a.out, "checkpoint.pt"), os.path.join(dump, f"checkpoint_epoch{epoch[0] - 1:03d}.pt"))
         return metrics
     diagnostics.grad_error_metrics = hooked
-    return train.main(argv)
+    rc = train.main(argv)
+    with open(os.path.join(dump, f"rank{rank}_threads.json"), "w") as f:
+        json.dump(thread_names(), f)   # after main: the process group is closed
+    return rc
+
+
+def thread_names():
+    """Names of this process's native threads (Linux /proc): gloo's workers are "pt_gloo_runloop"."""
+    task = f"/proc/{os.getpid()}/task"
+    names = []
+    for t in sorted(os.listdir(task)):
+        with open(os.path.join(task, t, "comm")) as f:
+            names.append(f.read().strip())
+    return names
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
