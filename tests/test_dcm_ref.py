@@ -648,6 +648,8 @@ def test_mask_change_fast_path_equals_jaccard_on_bools(seed, C, d, p_old, p_new,
     old, new = old.to(dtype_old), new.to(dtype_new)
     assert D.mask_change(old, new) == want
     assert D.mask_change_literal(old, new) == want     # the fast path equals Jaccard on bools
+    a, b = D._exact_count_view(old.double()), D._exact_count_view(new.double())
+    assert float(D._change_on_device(a, b)) == want    # the GPU's path, run here on CPU tensors
 
 
 def test_mask_change_counts_exactly_past_float32_integers():
