@@ -7,6 +7,7 @@ Zhang et al., arXiv 2508.09697; the conventions are in docs/design.md §8.
     m = evaluate(args, st, d, train_pass=True)           # st: a runfolder.TrainState; test_acc, train_acc_noisy, ...
     m.update(grad_error_metrics(args, st, d, probe, loss_fn))
 """
+import datetime
 import os
 
 import numpy as np
@@ -175,10 +176,12 @@ def update_best(best, m):
 
 def final_metrics(args, history, best, d):
     """final.json: last and best (test-selected) accuracy, and with --val-frac the epoch
-    selected on the noisy validation split and its test accuracy (README: the honest number)."""
+    selected on the noisy validation split and its test accuracy (README: the honest number);
+    `finished`: when the run ended, UTC (the benchmark report's dates; file times change on checkout)."""
     final = dict(test_acc_last=history[-1]["test_acc"], test_acc_best=best["acc"], best_epoch=best["epoch"],
                  epochs=args.epochs, wall_s=float(sum(h["seconds"] for h in history)),
-                 train_samples_per_s=float(np.mean([h["samples_per_s"] for h in history])), noise_rate=d.report["rate"])
+                 train_samples_per_s=float(np.mean([h["samples_per_s"] for h in history])), noise_rate=d.report["rate"],
+                 finished=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     if "val_epoch" in best:
         final.update(val_best_epoch=best["val_epoch"], val_acc_best=best["val_acc"], test_acc_at_val_best=best["test_at_val"])
     return final

@@ -223,11 +223,18 @@ def cpu_name():
 
 
 def finished_dates(runs_dir, keys):
-    """(first, last) modification dates of the final.json files of keys, or None."""
-    times = [os.path.getmtime(p) for p in (os.path.join(runs_dir, k, "final.json") for k in keys)
-             if os.path.exists(p)]
-    day = lambda t: datetime.date.fromtimestamp(t).isoformat()
-    return (day(min(times)), day(max(times))) if times else None
+    """(first, last) dates the runs of keys finished, or None: final.json's `finished` (UTC),
+    else the file's modification time (runs from before the field; a checkout resets it)."""
+    days = []
+    for k in keys:
+        path = os.path.join(runs_dir, k, "final.json")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            finished = json.load(f).get("finished")
+        days.append(finished[:10] if isinstance(finished, str) else
+                    datetime.date.fromtimestamp(os.path.getmtime(path)).isoformat())
+    return (min(days), max(days)) if days else None
 
 
 def reproduce_command(args):

@@ -287,3 +287,15 @@ def test_main_tables_report_the_machine_of_their_own_launches_not_a_later_round_
                            threads_per_job=1, only=None)
     machine, commands = report.machine_and_commands(args)
     assert machine.startswith("CPU CPU-A,") and "--grid all" in commands and "--grid cnn" not in commands
+
+
+def test_finished_dates_come_from_final_json_not_from_file_times(tmp_path):
+    """A fresh clone gives every file the checkout time: the report must read the runs' own dates."""
+    for key, finished in (("a", "2026-11-27T11:38:52Z"), ("b", "2026-11-29T08:00:00Z"), ("old", None)):
+        (tmp_path / key).mkdir()
+        path = tmp_path / key / "final.json"
+        path.write_text(json.dumps({"test_acc_last": 0.5} | ({"finished": finished} if finished else {})))
+        os.utime(path, (time.mktime((2030, 1, 2, 12, 0, 0, 0, 0, -1)),) * 2)   # a checkout in 2030
+    assert report.finished_dates(str(tmp_path), ["a", "b"]) == ("2026-11-27", "2026-11-29")
+    assert report.finished_dates(str(tmp_path), ["a", "old"]) == ("2026-11-27", "2030-01-02")   # no field: file time
+    assert report.finished_dates(str(tmp_path), ["missing"]) is None

@@ -38,7 +38,7 @@ QUICK = ["--limit-train", "256", "--epochs", "2", "--batch-size", "64"]  # 4 ste
 ELR_FLAGS = ["--head", "dkan", "--method", "elr", "--dcm-stats", "interval", "--dcm-interval", "2",
              "--augment", "crop-flip", "--save-masks"]
 COT_FLAGS = ["--head", "dfc", "--method", "coteaching", "--dcm-freeze"]
-TIMING = {"seconds", "eta_s", "samples_per_s", "wall_s", "train_samples_per_s"}
+TIMING = {"seconds", "eta_s", "samples_per_s", "wall_s", "train_samples_per_s", "finished"}
 
 
 # ----------------------------------------------------------------------------- launching ranks

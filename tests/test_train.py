@@ -3,6 +3,7 @@ files, a step trains through the mask, resume is bit-exact, and --help states ev
 Runs call train.main(argv) in-process. The command line as a user meets it (exit codes,
 one-line errors) is test_cli.py; flag checks and the run folder are test_train_cli.py and
 test_runfolder.py."""
+import datetime
 import json
 import os
 
@@ -24,6 +25,17 @@ def run_ok(tmp_path, *flags, name="run"):
     out = str(tmp_path / name)
     assert train.main(QUICK + ["--out", out] + list(flags)) == 0
     return out
+
+
+def test_final_json_records_when_the_run_finished_in_utc(tmp_path):
+    """The benchmark report dates runs by final.json's `finished`, not by file times (a checkout resets those)."""
+    stamp = lambda: datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    before = stamp()
+    out = run_ok(tmp_path)
+    after = stamp()
+    finished = json.load(open(os.path.join(out, "final.json")))["finished"]
+    assert before <= finished <= after            # same fixed-width format: string order is time order
+    datetime.datetime.strptime(finished, "%Y-%m-%dT%H:%M:%SZ")
 
 
 def read_jsonl(path):
