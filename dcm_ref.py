@@ -764,13 +764,25 @@ class DCMModule(nn.Module):
         pooled = None if float(n) == 0 else (n.clone(), self.pooled_s1.clone(), self.pooled_s2.clone())
         return MaskState(self.mask.clone(), int(self.dcm_step), pooled, int(self.dcm_updates), float(self.dcm_change))
 
-    def _load_mask_state(self, st: MaskState) -> None:
-        self.mask.copy_(st.mask)
+    def _live_state(self) -> MaskState:
+        """mask_state without copies (mask_schedule_step replaces what it changes, never
+        mutates), and without reading the pool when stats="batch" (no pool then)."""
+        pooled = None
+        if self.stats == "interval" and float(self.pooled_n) != 0:
+            pooled = (self.pooled_n, self.pooled_s1, self.pooled_s2)
+        return MaskState(self.mask, int(self.dcm_step), pooled, int(self.dcm_updates), self.dcm_change)
+
+    def _load_mask_state(self, st: MaskState, old: MaskState) -> None:
+        """Write the new state into the buffers, touching only what the step changed."""
+        if st.mask is not old.mask:
+            self.mask.copy_(st.mask)
         self.dcm_step.fill_(st.step)
-        self.dcm_updates.fill_(st.updates)
-        self.dcm_change.fill_(st.change)
-        for buf, t in zip((self.pooled_n, self.pooled_s1, self.pooled_s2), st.pooled or (None,) * 3):
-            buf.zero_() if t is None else buf.copy_(t)
+        if st.updates != old.updates:
+            self.dcm_updates.fill_(st.updates)
+            self.dcm_change.copy_(st.change)
+        if st.pooled is not old.pooled:
+            for buf, t in zip((self.pooled_n, self.pooled_s1, self.pooled_s2), st.pooled or (None,) * 3):
+                buf.zero_() if t is None else buf.copy_(t)
 
     @torch.no_grad()
     def step_mask(self) -> None:
@@ -786,9 +798,10 @@ class DCMModule(nn.Module):
         if float(m[0]) == 0:
             self.dcm_step += 1
             return
-        st = mask_schedule_step(self.mask_state(), m, self._scores, self.keep, scope=self.scope,
+        old = self._live_state()
+        st = mask_schedule_step(old, m, self._scores, self.keep, scope=self.scope,
                                 interval=self.interval, warmup=self.warmup, stats=self.stats)
-        self._load_mask_state(st)
+        self._load_mask_state(st, old)
 
     def _empty_moments(self) -> Moments:
         return tuple(torch.zeros_like(b) for b in (self.pooled_n, self.pooled_s1, self.pooled_s2))
