@@ -6,7 +6,7 @@ runs it, on a synthetic CIFAR-10 folder in the real pickle format (random pixels
 labels: speed does not depend on what the images show).
 
     python bench/gpu_check.py epochs --out OUT_DIR     # preact-resnet18, fc vs dfc, eager/amp/compile
-    python bench/gpu_check.py syncs --out OUT_DIR      # host syncs per training step, fc and dfc
+    python bench/gpu_check.py syncs --out OUT_DIR      # host syncs per training step: fc, dfc, the modules
     python bench/gpu_check.py all --dry-run            # check every train.py command parses; run nothing
 
 Host syncs: train.py runs with torch.cuda.set_sync_debug_mode("warn"), so each
@@ -118,6 +118,58 @@ def syncs_table(data_dir, work):
                       *rows, ""])
 
 
+MODULES = ("nn.Linear", "DCMLinear", "DKANLinear")
+
+
+def module_syncs_table(device="cuda"):
+    """Markdown: host syncs per step of the drop-in modules (dcm_ref.convert / kan.DKANLinear
+    + dcm_ref.attach, the path users copy), counted in this process the same way:
+    (warnings(20 steps) - warnings(10 steps)) / 10. On CPU every count is 0 (a smoke run)."""
+    rows = []
+    for name in MODULES:
+        counts = [module_step_warnings(name, steps, device) for steps in (10, 20)]
+        rows.append(f"| {name} | {counts[0]} | {counts[1]} | {(counts[1] - counts[0]) / 10} |")
+    return "\n".join(["### Host syncs per step of the drop-in modules (an MLP on 3x32x32, batch 128)", "",
+                      "| head module | warnings, 10 steps | warnings, 20 steps | syncs / step |",
+                      "|---|---|---|---|", *rows, ""])
+
+
+def module_step_warnings(name, steps, device):
+    """Sync warnings of `steps` SGD steps of nn.Flatten-Linear-ReLU-<head> with the head `name`."""
+    import warnings
+    sys.path.insert(0, ROOT)
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    import dcm_ref
+    import kan
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 512), nn.ReLU(), nn.Linear(512, 10)).to(device)
+    if name == "DKANLinear":
+        net[3] = kan.DKANLinear(512, 10, keep=0.1, device=device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    if name == "DCMLinear":
+        dcm_ref.convert(net, "3", keep=0.1)
+    if name != "nn.Linear":
+        dcm_ref.attach(net, opt)
+    x = torch.randn(128, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (128,), device=device)
+    step = lambda: (opt.zero_grad(set_to_none=True), F.cross_entropy(net(x), y).backward(), opt.step())
+    step()   # first step: lazy initialisation, outside the count
+    cuda = torch.device(device).type == "cuda"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if cuda:
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(steps):
+                step()
+        finally:
+            if cuda:
+                torch.cuda.set_sync_debug_mode("default")
+    return sum(SYNC_WARNING in str(w.message) for w in caught)
+
+
 def dry_run():
     """Parse every train.py command this script would run with train.py's own parser."""
     sys.path.insert(0, ROOT)
@@ -129,6 +181,7 @@ def dry_run():
         parser.parse_args(argv)
         print("would run: python train.py " + " ".join(argv))
     print(f"gpu_check.py: {len(argvs)} train.py commands parse")
+    print(module_syncs_table("cpu"))
 
 
 def main(argv=None):
@@ -145,7 +198,7 @@ def main(argv=None):
         data_dir = write_synthetic_cifar10(os.path.join(work, "data"))
         if a.what in ("syncs", "all"):
             with open(os.path.join(a.out, "syncs.md"), "w") as f:
-                f.write(syncs_table(data_dir, work))
+                f.write(syncs_table(data_dir, work) + "\n" + module_syncs_table())
         if a.what in ("epochs", "all"):
             with open(os.path.join(a.out, "epochs.md"), "w") as f:
                 f.write(epochs_table(data_dir, work, a.limit_train))
