@@ -691,6 +691,12 @@ EVAL_MASKS = ("full", "masked")
 FORGOT_AFTER = 100   # training forwards without a schedule step before the warning
 
 
+def _distributed() -> bool:
+    """Whether torch.distributed has a process group in this process."""
+    import torch.distributed as dist
+    return dist.is_available() and dist.is_initialized()
+
+
 def _all_sum_moments(m: Moments) -> Moments:
     """Sum a moment tuple over ranks (one all-reduce) when torch.distributed is initialised.
 
@@ -698,7 +704,7 @@ def _all_sum_moments(m: Moments) -> Moments:
     docs/multiprocess.md). Identity in a single process.
     """
     import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _distributed():
         return m
     flat = torch.cat([t.reshape(-1) for t in m])
     dist.all_reduce(flat)
@@ -735,6 +741,7 @@ class DCMModule(nn.Module):
             self.register_buffer(name, torch.zeros(s, **f64))
         self._step_moments: Optional[Moments] = None   # pooled since the last step_mask()
         self._forwards, self._warned, self._attached = 0, False, False
+        self._counts: Optional[Tuple[int, int, bool]] = None   # host copy of (step, updates, pool non-empty)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (*, d) -> (*, C). Train mode: current mask, moments pooled for step_mask().
@@ -742,7 +749,8 @@ class DCMModule(nn.Module):
         x2 = x.reshape(-1, x.shape[-1])
         feats = self._features(x2)
         if self.training:
-            self._step_moments = merge_moments(self._step_moments, self._moments(feats))
+            if x2.shape[0] > 0:   # an empty batch adds nothing to the pool (step_mask: None = no sample)
+                self._step_moments = merge_moments(self._step_moments, self._moments(feats))
             if not torch.compiler.is_compiling():   # Python-side counter: kept out of compiled graphs
                 self._count_forward()
             mask = self.mask
@@ -765,12 +773,15 @@ class DCMModule(nn.Module):
         return MaskState(self.mask.clone(), int(self.dcm_step), pooled, int(self.dcm_updates), float(self.dcm_change))
 
     def _live_state(self) -> MaskState:
-        """mask_state without copies (mask_schedule_step replaces what it changes, never
-        mutates), and without reading the pool when stats="batch" (no pool then)."""
-        pooled = None
-        if self.stats == "interval" and float(self.pooled_n) != 0:
-            pooled = (self.pooled_n, self.pooled_s1, self.pooled_s2)
-        return MaskState(self.mask, int(self.dcm_step), pooled, int(self.dcm_updates), self.dcm_change)
+        """The schedule state on the live buffers, no copies (mask_schedule_step replaces what
+        it changes, never mutates), and no device read: step, updates and whether the pool is
+        empty come from a host copy, read from the buffers once after construction or
+        load_state_dict (on CUDA a read is a host sync)."""
+        if self._counts is None:
+            self._counts = (int(self.dcm_step), int(self.dcm_updates), float(self.pooled_n) != 0)
+        step, updates, pooled_any = self._counts
+        pooled = (self.pooled_n, self.pooled_s1, self.pooled_s2) if pooled_any else None
+        return MaskState(self.mask, step, pooled, updates, self.dcm_change)
 
     def _load_mask_state(self, st: MaskState, old: MaskState) -> None:
         """Write the new state into the buffers, touching only what the step changed."""
@@ -783,6 +794,11 @@ class DCMModule(nn.Module):
         if st.pooled is not old.pooled:
             for buf, t in zip((self.pooled_n, self.pooled_s1, self.pooled_s2), st.pooled or (None,) * 3):
                 buf.zero_() if t is None else buf.copy_(t)
+        self._counts = (st.step, st.updates, st.pooled is not None)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._counts = None   # new buffer values: read them again at the next step
 
     @torch.no_grad()
     def step_mask(self) -> None:
@@ -791,14 +807,19 @@ class DCMModule(nn.Module):
         One mask_schedule_step on the moments pooled since the last call, summed over ranks
         when torch.distributed is initialised (every rank must call it: a collective). With no
         training forward since the last call (on every rank) only the step count advances.
+        No device read in a single process (on CUDA: no host sync); one with several ranks
+        (whether any rank saw a sample).
         """
-        m = self._step_moments if self._step_moments is not None else self._empty_moments()
+        m = self._step_moments
         self._step_moments, self._forwards = None, 0
-        m = _all_sum_moments(m)
-        if float(m[0]) == 0:
-            self.dcm_step += 1
-            return
+        if _distributed():
+            m = _all_sum_moments(m if m is not None else self._empty_moments())
+            m = None if float(m[0]) == 0 else m
         old = self._live_state()
+        if m is None:
+            self.dcm_step += 1
+            self._counts = (old.step + 1, old.updates, old.pooled is not None)
+            return
         st = mask_schedule_step(old, m, self._scores, self.keep, scope=self.scope,
                                 interval=self.interval, warmup=self.warmup, stats=self.stats)
         self._load_mask_state(st, old)

@@ -140,16 +140,48 @@ def _uniform_piece_table(order):
 
 
 def _uniform_spacing(grid, order, dtype):
-    """(t0, h): first knot and spacing per row, each (d_in,); ValueError if not uniform."""
+    """(t0, h): first knot and spacing per row, each (d_in,); ValueError if not uniform.
+
+    The check reads the device (a host sync on CUDA), so its result is remembered per grid
+    storage and version: a fixed grid is checked once, not at every forward. The entry keeps
+    a view of the grid, so its storage (and address) cannot be reused while it is cached.
+    """
+    key = _spacing_key(grid)
+    hit = _SPACING.get(key) if key is not None else None
+    if hit is None:
+        hit = _checked_spacing(grid)
+        if key is not None:
+            if len(_SPACING) >= 64:
+                _SPACING.clear()
+            _SPACING[key] = hit
+    t0, h = hit
+    return t0.to(dtype), h.to(dtype)
+
+
+_SPACING = {}   # _spacing_key(grid) -> (grid[:, 0], h) of a grid already checked
+
+
+def _spacing_key(grid):
+    """(address, version, shape, dtype, device) of grid, or None where that is not available
+    (under torch.compile, or for inference tensors, which carry no version)."""
+    if torch.compiler.is_compiling():
+        return None
+    try:
+        return grid.data_ptr(), grid._version, tuple(grid.shape), grid.dtype, grid.device
+    except RuntimeError:
+        return None
+
+
+def _checked_spacing(grid):
     k = grid.shape[1]
-    g = grid.to(torch.float64)
+    g = grid.detach().to(torch.float64)
     h = (g[:, -1] - g[:, 0]) / (k - 1)
     # Tolerance: the rounding of knots stored in `grid.dtype` (relative to their magnitude).
     tol = 1e-4 * h + 8 * torch.finfo(grid.dtype).eps * g.abs().amax(dim=1)
     if not bool((h > 0).all()) or not bool(((g.diff(dim=1) - h[:, None]).abs() <= tol[:, None]).all()):
         raise ValueError("grid: knots are not uniformly spaced along each row; "
                          "use bspline_basis (Cox–de Boor) for non-uniform grids")
-    return grid[:, 0].to(dtype), h.to(dtype)
+    return grid.detach()[:, 0], h
 
 
 def _locate(x, grid, t0, h):
@@ -403,8 +435,7 @@ def kan_scores_from_moments(m, params):
     in the dtype of params. Cost O(d_in·d_out·F²); never B×d_out×d_in.
     """
     n, s1, s2 = m
-    if not float(n) > 0:
-        raise ValueError(f"m: got n = {float(n)}, expected moments of at least one sample")
+    n = n.clamp(min=1.0)   # an empty pool (n = 0) gives scores 0, as dcm_ref.std_from_moments; no host read
     mean = s1 / n
     return _scores_from_covariance(s2 / n - mean.unsqueeze(-1) * mean.unsqueeze(-2), params)
 

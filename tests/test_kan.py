@@ -357,7 +357,6 @@ def test_init_shapes_and_seeded_determinism():
     lambda p: kan.bspline_basis(torch.zeros(2, 4), p["grid"], 6),          # grid too short for order
     lambda p: kan.bspline_basis(torch.zeros(2, 4), p["grid"].flip(1), 3),  # decreasing knots
     lambda p: kan.kan_scores_from_moments(kan.kan_moments(torch.zeros(2, 4, 5)), p),
-    lambda p: kan.kan_scores_from_moments(kan.kan_moments(torch.zeros(0, 4, 9)), p),   # n = 0
     lambda p: kan.kan_edge_scores(p, torch.zeros(0, 4)),                   # empty batch
     lambda p: kan.kan_init(0, 3),
     lambda p: kan.kan_init(4, 3, grid_range=(1.0, -1.0)),
@@ -366,3 +365,29 @@ def test_bad_input_raises_value_error(call):
     params = kan.kan_init(4, 3)
     with pytest.raises(ValueError):
         call(params)
+
+
+def test_an_empty_pool_gives_zero_scores_without_reading_the_device(monkeypatch):
+    """n = 0 (no sample pooled): scores 0, the convention of dcm_ref.std_from_moments, and no
+    read of n (a host sync on CUDA), so a mask update never waits for the GPU."""
+    params = kan.kan_init(4, 3)
+    m = kan.kan_moments(torch.zeros(0, 4, 9))
+    monkeypatch.setattr(torch.Tensor, "__float__", lambda t: pytest.fail("read a tensor's value"))
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: pytest.fail("read a tensor's value"))
+    scores = kan.kan_scores_from_moments(m, params)
+    monkeypatch.undo()
+    assert scores.shape == (3, 4) and torch.equal(scores, torch.zeros(3, 4))
+
+
+def test_the_uniform_grid_check_is_remembered_but_redone_after_the_grid_changes():
+    """_uniform_spacing checks a grid once (the check reads the device) and again after any
+    in-place change: a grid made non-uniform after a first forward is still refused."""
+    grid = kan.kan_init(4, 3)["grid"].clone()
+    x = torch.rand(5, 4) * 2 - 1
+    first = kan.bspline_basis_uniform(x, grid, 3)
+    assert torch.equal(kan.bspline_basis_uniform(x, grid, 3), first)   # the remembered check: same result
+    grid[:, 4] += 0.05                                                   # in place: not uniform any more
+    with pytest.raises(ValueError, match="not uniformly spaced"):
+        kan.bspline_basis_uniform(x, grid, 3)
+    other = torch.linspace(-2, 2, grid.shape[1]).repeat(4, 1)          # another grid, same shape
+    assert torch.allclose(kan.bspline_basis_uniform(x, other, 3), kan.bspline_basis(x, other, 3), atol=1e-6)

@@ -250,6 +250,42 @@ def test_state_dict_round_trip_gives_the_same_outputs_and_schedule(make):
     assert torch.equal(a(x), b(x))
 
 
+@pytest.mark.parametrize("make", [lambda: D.DCMLinear(6, 3, keep=0.34, stats="interval", interval=2),
+                                  lambda: kan.DKANLinear(6, 3, keep=0.34, stats="interval", interval=2)])
+def test_a_stepped_module_loading_a_state_continues_from_the_loaded_schedule(make):
+    """The schedule keeps a host copy of its counters; load_state_dict must refresh it."""
+    a, b = _trained(make, steps=4), _trained(make, steps=1, seed=6)   # b has counters of its own
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(8, 6)
+    for m in (a, b):
+        m.train()
+        m(x)
+        m.step_mask()
+    assert int(a.dcm_step) == int(b.dcm_step) == 5 and int(a.dcm_updates) == int(b.dcm_updates) == 3
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.pooled_n, b.pooled_n)
+
+
+@pytest.mark.parametrize("make", [lambda: D.DCMLinear(16, 5, keep=0.3), lambda: D.DCMLinear(16, 5, keep=0.3, stats="interval", interval=2),
+                                  lambda: kan.DKANLinear(16, 5, keep=0.3)])
+def test_step_mask_reads_no_tensor_value_in_a_single_process(make, monkeypatch):
+    """On CUDA every read of a tensor's value (int(), float(), bool(), .item()) is a host sync:
+    a single-process schedule step makes none (its counters have a host copy)."""
+    torch.manual_seed(0)
+    m = make()
+    m(torch.randn(32, 16))
+    m.step_mask()                     # the first step reads the counters once
+    reads = []
+    for name in ("__int__", "__float__", "__bool__", "item"):
+        orig = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _o=orig, _n=name: (reads.append(_n), _o(t, *a))[1])
+    for _ in range(5):
+        m(torch.randn(32, 16))
+        m.step_mask()
+    m.step_mask()                     # a step with no forward: only the step count advances
+    monkeypatch.undo()
+    assert reads == [] and int(m.dcm_step) == 7
+
+
 def test_to_dtype_keeps_statistics_float64_and_mask_exact():
     m = _trained(lambda: D.DCMLinear(6, 3, keep=0.34, stats="interval", interval=2))
     before = {k: v.clone() for k, v in m.state_dict().items()}
