@@ -64,6 +64,27 @@ def test_dfc_schedule_step_and_head_make_no_host_sync():
         torch.cuda.set_sync_debug_mode("default")
 
 
+@pytest.mark.parametrize("make, d", [(lambda d: dcm_ref.DCMLinear(d, 100, keep=0.1, device="cuda"), 512),
+                                     (lambda d: kan.DKANLinear(d, 10, keep=0.1, device="cuda"), 64)])
+def test_drop_in_module_steps_make_no_host_sync(make, d):
+    """DCMLinear / DKANLinear + attach, after the first step (which reads the counters and
+    checks the grid once): forward, backward, optimizer step and the mask update never wait."""
+    torch.manual_seed(0)
+    m = make(d)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    dcm_ref.attach(m, opt)
+    x = torch.randn(128, d, device="cuda")
+    step = lambda: (opt.zero_grad(set_to_none=True), m(x).square().mean().backward(), opt.step())
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def test_closed_form_kan_basis_on_cuda_equals_cox_de_boor():
     params = kan.kan_init(32, 10, generator=torch.Generator().manual_seed(0))
     x = torch.rand(64, 32, dtype=torch.float64) * 2.4 - 1.2
