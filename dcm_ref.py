@@ -767,10 +767,10 @@ class DCMModule(nn.Module):
                           "optimizer) once, or .step_mask() after every optimizer.step()", stacklevel=3)
 
     def mask_state(self) -> MaskState:
-        """The schedule state as the pure functions take it (reads buffers: a host sync)."""
-        n = self.pooled_n
-        pooled = None if float(n) == 0 else (n.clone(), self.pooled_s1.clone(), self.pooled_s2.clone())
-        return MaskState(self.mask.clone(), int(self.dcm_step), pooled, int(self.dcm_updates), float(self.dcm_change))
+        """The schedule state as the pure functions take it: a copy (change read as a float: a host sync)."""
+        st = self._live_state()
+        pooled = None if st.pooled is None else tuple(t.clone() for t in st.pooled)
+        return st._replace(mask=st.mask.clone(), pooled=pooled, change=float(st.change))
 
     def _live_state(self) -> MaskState:
         """The schedule state on the live buffers, no copies (mask_schedule_step replaces what
@@ -816,12 +816,11 @@ class DCMModule(nn.Module):
             m = _all_sum_moments(m if m is not None else self._empty_moments())
             m = None if float(m[0]) == 0 else m
         old = self._live_state()
-        if m is None:
-            self.dcm_step += 1
-            self._counts = (old.step + 1, old.updates, old.pooled is not None)
-            return
-        st = mask_schedule_step(old, m, self._scores, self.keep, scope=self.scope,
-                                interval=self.interval, warmup=self.warmup, stats=self.stats)
+        if m is None:   # no sample: only the step count advances
+            st = old._replace(step=old.step + 1)
+        else:
+            st = mask_schedule_step(old, m, self._scores, self.keep, scope=self.scope,
+                                    interval=self.interval, warmup=self.warmup, stats=self.stats)
         self._load_mask_state(st, old)
 
     def _empty_moments(self) -> Moments:

@@ -162,12 +162,12 @@ _SPACING = {}   # _spacing_key(grid) -> (grid[:, 0], h) of a grid already checke
 
 
 def _spacing_key(grid):
-    """(address, version, shape, dtype, device) of grid, or None where that is not available
-    (under torch.compile, or for inference tensors, which carry no version)."""
+    """(address, version, shape, strides, dtype, device) of grid, or None where that is not
+    available (under torch.compile, or for inference tensors, which carry no version)."""
     if torch.compiler.is_compiling():
         return None
     try:
-        return grid.data_ptr(), grid._version, tuple(grid.shape), grid.dtype, grid.device
+        return grid.data_ptr(), grid._version, tuple(grid.shape), grid.stride(), grid.dtype, grid.device
     except RuntimeError:
         return None
 

@@ -5,6 +5,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import kan
+from conftest import record_value_reads
 
 DTYPES = st.sampled_from([torch.float32, torch.float64])
 
@@ -372,11 +373,10 @@ def test_an_empty_pool_gives_zero_scores_without_reading_the_device(monkeypatch)
     read of n (a host sync on CUDA), so a mask update never waits for the GPU."""
     params = kan.kan_init(4, 3)
     m = kan.kan_moments(torch.zeros(0, 4, 9))
-    monkeypatch.setattr(torch.Tensor, "__float__", lambda t: pytest.fail("read a tensor's value"))
-    monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: pytest.fail("read a tensor's value"))
+    reads = record_value_reads(monkeypatch)
     scores = kan.kan_scores_from_moments(m, params)
     monkeypatch.undo()
-    assert scores.shape == (3, 4) and torch.equal(scores, torch.zeros(3, 4))
+    assert reads == [] and scores.shape == (3, 4) and torch.equal(scores, torch.zeros(3, 4))
 
 
 def test_the_uniform_grid_check_is_remembered_but_redone_after_the_grid_changes():
@@ -389,5 +389,9 @@ def test_the_uniform_grid_check_is_remembered_but_redone_after_the_grid_changes(
     grid[:, 4] += 0.05                                                   # in place: not uniform any more
     with pytest.raises(ValueError, match="not uniformly spaced"):
         kan.bspline_basis_uniform(x, grid, 3)
+    square = kan.kan_init(12, 3)["grid"]                                 # 12 rows of 12 knots
+    kan.bspline_basis_uniform(torch.zeros(5, 12), square, 3)
+    with pytest.raises(ValueError, match="not uniformly spaced"):       # same address, shape, version
+        kan.bspline_basis_uniform(torch.zeros(5, 12), square.t(), 3)    # but other strides: checked anew
     other = torch.linspace(-2, 2, grid.shape[1]).repeat(4, 1)          # another grid, same shape
     assert torch.allclose(kan.bspline_basis_uniform(x, other, 3), kan.bspline_basis(x, other, 3), atol=1e-6)

@@ -21,6 +21,7 @@ from torch import nn
 import dcm_ref as D
 import kan
 import nets
+from conftest import record_value_reads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -274,16 +275,25 @@ def test_step_mask_reads_no_tensor_value_in_a_single_process(make, monkeypatch):
     m = make()
     m(torch.randn(32, 16))
     m.step_mask()                     # the first step reads the counters once
-    reads = []
-    for name in ("__int__", "__float__", "__bool__", "item"):
-        orig = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _o=orig, _n=name: (reads.append(_n), _o(t, *a))[1])
+    reads = record_value_reads(monkeypatch)
     for _ in range(5):
         m(torch.randn(32, 16))
         m.step_mask()
     m.step_mask()                     # a step with no forward: only the step count advances
     monkeypatch.undo()
     assert reads == [] and int(m.dcm_step) == 7
+
+
+def test_mask_state_is_a_copy_of_the_schedule_state():
+    """mask_state() gives what the pure functions take: the module's mask, counters, change and
+    pool, as copies (changing them leaves the module as it was)."""
+    m = _trained(lambda: D.DCMLinear(6, 3, keep=0.34, stats="interval", interval=2), steps=4)
+    st = m.mask_state()
+    assert (st.step, st.updates, st.change) == (4, 2, float(m.dcm_change)) and isinstance(st.change, float)
+    assert torch.equal(st.mask, m.mask) and st.mask is not m.mask
+    assert st.pooled is not None and torch.equal(st.pooled[0], m.pooled_n) and float(st.pooled[0]) == 8
+    st.mask.zero_(), st.pooled[1].zero_()
+    assert m.mask.sum() > 0 and m.pooled_s1.abs().sum() > 0
 
 
 def test_to_dtype_keeps_statistics_float64_and_mask_exact():
