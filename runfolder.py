@@ -4,12 +4,13 @@ writes, checksums, locks) are in checkpoint.py. Not a part of the DCM method; th
 bookkeeping that lets a long run be preempted and resumed (README, "Outputs and results").
 
     out, lock, ck = open_run(args, typed, defaults, device, rank)  # locked; ck: the checkpoint to resume
-    checkpoint.save_checkpoint(path, checkpoint_state(st, epoch, history, best, config))  # st: a TrainState
+    log = RunLog.start(args, ck)                  # flags, metrics rows, best epochs, --extend entries
+    checkpoint.save_checkpoint(path, checkpoint_state(st, epoch, log))  # st: a TrainState
 """
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 
 import checkpoint
 import dcm_ref
+import diagnostics
 import distributed
 import nets
 import train_cli
@@ -40,20 +42,42 @@ class TrainState:
     step: int = 0                        # optimizer steps taken
     elr_t: Optional[torch.Tensor] = None  # (n_ids, C) ELR targets (--method elr), else None
     elr_hp: Optional[dict] = None        # ELR's {"beta", "lam"}
-    stop: Optional[dict] = None          # {"sig": signal number or None}, set by the signal handler
+    stop: Optional[train_cli.StopFlag] = None  # set by the stop-signal handler
 
 
-def checkpoint_state(st, epoch, history, best, config, extended=()):
-    """What checkpoint.pt holds: only tensors, numbers, strings, lists and dicts, so that
-    checkpoint.load_checkpoint can use torch.load(weights_only=True). best: {"acc", "epoch",
-    "val_acc", "val_epoch", "test_at_val"}; extended: the --extend history."""
+@dataclass
+class RunLog:
+    """What a run has recorded so far, saved with every checkpoint: the flags, one metrics
+    row per finished epoch, the best epochs (diagnostics.update_best: "acc", "epoch", and
+    with --val-frac "val_acc", "val_epoch", "test_at_val") and the --extend entries."""
+    config: dict                         # the flags, vars(args)
+    history: list = field(default_factory=list)  # metrics.jsonl rows, one per epoch
+    best: dict = field(default_factory=lambda: {"acc": -1.0, "epoch": 0})
+    extended: list = field(default_factory=list)  # {"at_epoch", "epochs_before", "epochs_after"} per --extend
+
+    @classmethod
+    def start(cls, args, ck):
+        """A new run's empty log, or a resumed one's from its checkpoint ck (plus this --extend)."""
+        if ck is None:
+            return cls(dict(vars(args)))
+        return cls(dict(vars(args)), ck["history"], ck["best"], extended_history(args, ck))
+
+    def add(self, row):
+        """Record one epoch's metrics row."""
+        self.best = diagnostics.update_best(self.best, row)
+        self.history.append(row)
+
+
+def checkpoint_state(st, epoch, log):
+    """What checkpoint.pt holds (st: a TrainState, log: a RunLog): only tensors, numbers,
+    strings, lists and dicts, so that checkpoint.load_checkpoint can use torch.load(weights_only=True)."""
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    return {"config": config, "epoch": epoch, "step": st.step, "history": history, "best": best,
+    return {"config": log.config, "epoch": epoch, "step": st.step, "history": log.history, "best": log.best,
             "nets": [n.state_dict() for n in st.nets], "opts": [o.state_dict() for o in st.opts],
             "masks": [dict(m._asdict()) for m in st.masks], "elr_t": st.elr_t, "y_noisy": st.y_noisy,
-            "rng": rng, "extended": list(extended)}
+            "rng": rng, "extended": list(log.extended)}
 
 
 def load_checkpoint(path, device):
@@ -147,16 +171,16 @@ def resume_record(out, meta, ck, args):
     return cfg
 
 
-def initial_files(args, out, ck, meta, d, st, history, best, config):
+def initial_files(args, out, ck, meta, d, st, log):
     """Rank 0, before the first epoch: config.json, noise_report.json (d: a data.TrainData), metrics.jsonl
     and, for a new run, the epoch-0 checkpoint of st (a TrainState). --overwrite first moves the old run to DIR/replaced/."""
     if ck is None and args.overwrite:
         checkpoint.set_aside(out)
     checkpoint.write_json(os.path.join(out, "config.json"), meta if ck is None else resume_record(out, meta, ck, args))
     checkpoint.write_json(os.path.join(out, "noise_report.json"), d.report)
-    checkpoint.write_jsonl(os.path.join(out, "metrics.jsonl"), history)
+    checkpoint.write_jsonl(os.path.join(out, "metrics.jsonl"), log.history)
     if ck is None:
-        checkpoint.save_checkpoint(os.path.join(out, "checkpoint.pt"), checkpoint_state(st, 0, history, best, config))
+        checkpoint.save_checkpoint(os.path.join(out, "checkpoint.pt"), checkpoint_state(st, 0, log))
 
 
 def open_run(args, typed, defaults, device, rank):

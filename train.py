@@ -228,7 +228,7 @@ def init_state(args, d, device, resumed, dist=distributed.Dist()):
 
 def run(args, argv, dist=distributed.Dist()):
     """setup(), then the epochs with SIGINT/SIGTERM caught; the run folder is unlocked at the end. -> exit code."""
-    flag = {"sig": None}
+    flag = train_cli.StopFlag()
     restore = train_cli.catch_stop_signals(flag)
     try:
         job = setup(args, argv, dist)
@@ -251,13 +251,12 @@ def train_run(args, dist, job):
     if resumed is not None and resumed["epoch"] >= args.epochs:  # --auto-resume of a finished run
         say(f"{out} already finished its {args.epochs} epochs (--auto-resume): nothing to do")
         return 0
-    config = {k: v for k, v in vars(args).items()}
-    history, best = (resumed["history"], resumed["best"]) if resumed else ([], {"acc": -1.0, "epoch": 0})
+    log = runfolder.RunLog.start(args, resumed)
     try:
         if lead:
-            meta = runfolder.run_meta(config, out, dist, job.device, job.loss_config, len(job.data.y))
-            runfolder.initial_files(args, out, resumed, meta, job.data, job.state, history, best, config)
-        code = train_epochs(args, dist, job, say, history, best, config, runfolder.extended_history(args, resumed))
+            meta = runfolder.run_meta(log.config, out, dist, job.device, job.loss_config, len(job.data.y))
+            runfolder.initial_files(args, out, resumed, meta, job.data, job.state, log)
+        code = train_epochs(args, dist, job, say, log)
     except (UserError, NonFiniteLoss, checkpoint.CheckpointError, OSError):
         if lead and resumed is None and args.overwrite:
             checkpoint.restore_aside(out)
@@ -267,8 +266,9 @@ def train_run(args, dist, job):
     return code
 
 
-def train_epochs(args, dist, job, say, history, best, config, extended):
-    """Train from the checkpoint's epoch to --epochs; -> exit code (0, or 130/143 when stopped by SIGINT/SIGTERM)."""
+def train_epochs(args, dist, job, say, log):
+    """Train from the checkpoint's epoch to --epochs, recording each epoch in log (a runfolder.RunLog);
+    -> exit code (0, or 130/143 when stopped by SIGINT/SIGTERM)."""
     lead, d, state, out = dist.rank == 0, job.data, job.state, job.out
     ck_path = os.path.join(out, "checkpoint.pt")
     N, B = len(d.y), min(args.batch_size, len(d.y))
@@ -295,21 +295,20 @@ def train_epochs(args, dist, job, say, history, best, config, extended):
                    mask_updates=first_mask.updates, **diagnostics.grad_error_metrics(args, state, d, job.probe, job.loss_fn),
                    seconds=time.time() - t0, samples_per_s=n_seen / max(t_train, 1e-9))
         row["eta_s"] = (args.epochs - epoch) * row["seconds"]
-        best = diagnostics.update_best(best, row)
-        history.append(row)
-        snapshot = runfolder.checkpoint_state(state, epoch, history, best, config, extended)
+        log.add(row)
+        snapshot = runfolder.checkpoint_state(state, epoch, log)
         if lead:
             if args.save_masks:
                 diagnostics.save_mask(out, epoch, first_mask.mask)
             checkpoint.save_checkpoint(ck_path, snapshot)  # first: metrics.jsonl never shows an epoch the checkpoint lacks
-            checkpoint.write_jsonl(os.path.join(out, "metrics.jsonl"), history)
+            checkpoint.write_jsonl(os.path.join(out, "metrics.jsonl"), log.history)
         say(diagnostics.epoch_line(args, row, job.probe), flush=True)
         if train_cli.stop_requested(state) and epoch < args.epochs:
             return train_cli.stopped(state, say, ck_path, epoch, out)
         if args.stop_after and epoch >= args.stop_after and epoch < args.epochs:
             say(f"stopped after epoch {epoch} (--stop-after); continue with --out {out} --resume")
             return 0
-    final = diagnostics.final_metrics(args, history, best, d)
+    final = diagnostics.final_metrics(args, log.history, log.best, d)
     if lead:
         checkpoint.write_json(os.path.join(out, "final.json"), final)
     say(diagnostics.done_line(final, out))

@@ -12,6 +12,8 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -229,17 +231,23 @@ def make_say(lead):
     return say
 
 
+@dataclass
+class StopFlag:
+    """Set by the stop-signal handler: the signal that asked the run to stop, or None."""
+    signum: Optional[int] = None
+
+
 def catch_stop_signals(flag):
-    """SIGINT (Ctrl-C) and SIGTERM (preemption, `kill`) set flag["sig"]: the run stops after
+    """SIGINT (Ctrl-C) and SIGTERM (preemption, `kill`) set flag.signum (a StopFlag): the run stops after
     the current step with its last finished epoch saved, resumable. A second SIGINT
     interrupts at once. -> a function that restores the previous handlers."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
     def handler(signum, frame):
-        if flag["sig"] is not None and signum == signal.SIGINT:
+        if flag.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        flag["sig"] = signum
+        flag.signum = signum
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     return lambda: [signal.signal(sig, h) for sig, h in old.items()]
 
@@ -247,7 +255,7 @@ def catch_stop_signals(flag):
 def stop_requested(st):
     """Whether a stop signal arrived on any rank (st: a runfolder.TrainState; one tiny all-reduce
     when multi-process, so every rank stops after the same step)."""
-    stop = st.stop["sig"] is not None
+    stop = st.stop.signum is not None
     if st.dist.world > 1:
         t = torch.tensor([float(stop)], device=st.y_noisy.device)
         stop = bool(distributed.all_sum((t,), st.dist)[0].item() > 0)
@@ -260,7 +268,7 @@ class Stopped(Exception):
 
 def stopped(st, say, ck_path, epoch, out):
     """The one line of a stopped run; -> 130 (SIGINT) or 143 (SIGTERM), as a shell reports them."""
-    sig = st.stop["sig"] or signal.SIGINT
+    sig = st.stop.signum or signal.SIGINT
     name = signal.Signals(sig).name
     say(f"\ninterrupted ({name}): {ck_path} holds epoch {epoch}; continue with --out {out} --resume", file=sys.stderr)
     return 128 + int(sig)

@@ -120,8 +120,9 @@ def stop_state(sig, dist=None):
     """The part of a run state that train_cli's stop functions read: the caught signal (or None)."""
     import distributed
     import runfolder
+    import train_cli
     return runfolder.TrainState(head=None, nets=[], opts=[], masks=[], compiled=[], y_noisy=torch.zeros(1),
-                                dist=dist or distributed.Dist(), stop={"sig": sig})
+                                dist=dist or distributed.Dist(), stop=train_cli.StopFlag(sig))
 
 
 @pytest.fixture(scope="session")

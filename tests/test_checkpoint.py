@@ -307,7 +307,7 @@ def test_train_state_round_trips_through_the_checkpoint_payload():
     for _ in range(2):
         train.train_step(a, st, xb, d.y_noisy[:64], d.ids[:64], lambda z, y: torch.nn.functional.cross_entropy(z, y, reduction="none"), 0.0, 1)
         st.step += 1
-    ck = runfolder.checkpoint_state(st, 3, [], {"acc": 0.5, "epoch": 3}, vars(a))
+    ck = runfolder.checkpoint_state(st, 3, runfolder.RunLog(vars(a), [], {"acc": 0.5, "epoch": 3}))
     assert set(ck) == CKPT_KEYS and ck["step"] == 2 and ck["elr_t"] is st.elr_t
     fresh = train.init_state(a, d, cpu, None)
     assert fresh.step == 0 and not torch.equal(fresh.elr_t, st.elr_t)

@@ -349,7 +349,7 @@ def dump_train(dump, argv):
         metrics = inner(a, st, d, probe, loss_fn)
         epoch[0] += 1
         os.makedirs(dump, exist_ok=True)
-        torch.save(runfolder.checkpoint_state(st, epoch[0], [], None, vars(a)), os.path.join(dump, f"rank{rank}_epoch{epoch[0]:03d}.pt"))
+        torch.save(runfolder.checkpoint_state(st, epoch[0], runfolder.RunLog(vars(a))), os.path.join(dump, f"rank{rank}_epoch{epoch[0]:03d}.pt"))
         if rank == 0:
             shutil.copy(os.path.join(a.out, "checkpoint.pt"), os.path.join(dump, f"checkpoint_epoch{epoch[0] - 1:03d}.pt"))
         return metrics

@@ -280,18 +280,18 @@ def test_restore_state_then_checkpoint_state_gives_back_the_checkpoint_exactly(t
     ck = trained(tmp_path, flags)
     assert ck["step"] > 0 and ck["opts"][0]["state"]
     _, d, st = new_run(flags)
-    fresh = runfolder.checkpoint_state(st, 0, [], {}, {})
+    fresh = runfolder.checkpoint_state(st, 0, runfolder.RunLog({}))
     for key in ("nets", "opts", "masks", "step"):   # so the comparisons below can fail
         with pytest.raises(AssertionError):
             assert_same(fresh[key], ck[key])
     torch.manual_seed(123)                          # the RNG moves on; restore_state sets it back
     runfolder.restore_state(st, ck, noisy_labels(d), CPU)
-    back = runfolder.checkpoint_state(st, 1, [], {}, {})
+    back = runfolder.checkpoint_state(st, 1, runfolder.RunLog({}))
     for key in WHAT_RESTORES:
         assert_same(back[key], ck[key], key)
     _, d2, st2 = new_run(flags)
     runfolder.restore_state(st2, back, noisy_labels(d2), CPU)
-    again = runfolder.checkpoint_state(st2, 1, [], {}, {})
+    again = runfolder.checkpoint_state(st2, 1, runfolder.RunLog({}))
     for key in WHAT_RESTORES:
         assert_same(again[key], back[key], key)
 
@@ -314,7 +314,7 @@ def test_restore_state_refuses_a_checkpoint_of_another_run_in_one_line(tmp_path,
 def test_a_checkpoint_state_passes_the_weights_only_loader(tmp_path):
     _, _, st = new_run(["--method", "elr", "--dcm-stats", "interval"])
     path = str(tmp_path / "checkpoint.pt")
-    checkpoint.save_checkpoint(path, runfolder.checkpoint_state(st, 0, [], {"acc": -1.0}, {"lr": 0.05}, [{"at_epoch": 1}]))
+    checkpoint.save_checkpoint(path, runfolder.checkpoint_state(st, 0, runfolder.RunLog({"lr": 0.05}, [], {"acc": -1.0}, [{"at_epoch": 1}])))
     ck = runfolder.load_checkpoint(path, CPU)
     assert (ck["epoch"], ck["config"], ck["extended"], ck["best"]) == (0, {"lr": 0.05}, [{"at_epoch": 1}], {"acc": -1.0})
 
@@ -364,13 +364,31 @@ def test_extended_history_adds_one_entry_per_extend():
     assert runfolder.extended_history(parse([])[0], None) == []
 
 
+def test_run_log_starts_empty_or_from_the_checkpoint_and_records_each_epoch():
+    """RunLog.start: a new run's log is empty with no best epoch; a resumed run's continues the
+    checkpoint's rows, best epochs and --extend entries (plus this --extend). add() keeps the best."""
+    a, _ = parse([])
+    new = runfolder.RunLog.start(a, None)
+    assert (new.config, new.history, new.best, new.extended) == (vars(a), [], {"acc": -1.0, "epoch": 0}, [])
+    rows_so_far = [{"epoch": 1, "test_acc": 0.5}]
+    ck = {"epoch": 1, "config": {"epochs": 1}, "history": rows_so_far, "best": {"acc": 0.5, "epoch": 1}, "extended": []}
+    a, _ = parse(["--resume", "--extend", "--epochs", "3"])
+    log = runfolder.RunLog.start(a, ck)
+    assert log.history == rows_so_far and log.best == {"acc": 0.5, "epoch": 1} and log.config["epochs"] == 3
+    assert log.extended == [{"at_epoch": 1, "epochs_before": 1, "epochs_after": 3}]
+    log.add({"epoch": 2, "test_acc": 0.4, "val_acc_noisy": 0.3})
+    log.add({"epoch": 3, "test_acc": 0.6, "val_acc_noisy": 0.2})
+    assert [r["epoch"] for r in log.history] == [1, 2, 3]
+    assert log.best == {"acc": 0.6, "epoch": 3, "val_acc": 0.3, "val_epoch": 2, "test_at_val": 0.4}
+
+
 def test_initial_files_of_a_new_run_and_of_an_overwrite(tmp_path):
     a, d, st = new_run(["--overwrite"])
     out = str(tmp_path / "run")
     fake_run(out, 3)
     (tmp_path / "run" / "final.json").write_text("{}")
     meta = runfolder.run_meta(vars(a), out, distributed.Dist(), CPU, {}, 300)
-    runfolder.initial_files(a, out, None, meta, d, st, [], {"acc": -1.0, "epoch": 0}, vars(a))
+    runfolder.initial_files(a, out, None, meta, d, st, runfolder.RunLog.start(a, None))
     assert json.load(open(os.path.join(out, "config.json")))["n_train"] == 300
     assert rows(out) == [] and os.path.exists(os.path.join(out, "noise_report.json"))
     assert runfolder.load_checkpoint(os.path.join(out, "checkpoint.pt"), CPU)["epoch"] == 0

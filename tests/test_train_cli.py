@@ -286,16 +286,16 @@ def deliver(sig):
 
 def test_stop_signals_set_the_flag_and_a_second_ctrl_c_interrupts():
     before = {s: signal.getsignal(s) for s in HANDLED}
-    flag = {"sig": None}
+    flag = train_cli.StopFlag()
     restore = train_cli.catch_stop_signals(flag)
     try:
         deliver(signal.SIGINT)
-        assert flag["sig"] == signal.SIGINT               # the first Ctrl-C: stop after this step
+        assert flag.signum == signal.SIGINT               # the first Ctrl-C: stop after this step
         try:
             deliver(signal.SIGTERM)
         except KeyboardInterrupt:
             pytest.fail("a SIGTERM after a Ctrl-C interrupted the step")
-        assert flag["sig"] == signal.SIGTERM              # SIGTERM never interrupts a step
+        assert flag.signum == signal.SIGTERM              # SIGTERM never interrupts a step
         with pytest.raises(KeyboardInterrupt):
             deliver(signal.SIGINT)                       # a second Ctrl-C: at once
     finally:
@@ -306,7 +306,7 @@ def test_stop_signals_set_the_flag_and_a_second_ctrl_c_interrupts():
 def test_stop_signals_outside_the_main_thread_change_nothing():
     before = {s: signal.getsignal(s) for s in HANDLED}
     got = []
-    t = threading.Thread(target=lambda: got.append(train_cli.catch_stop_signals({"sig": None})))
+    t = threading.Thread(target=lambda: got.append(train_cli.catch_stop_signals(train_cli.StopFlag())))
     t.start()
     t.join()
     assert {s: signal.getsignal(s) for s in HANDLED} == before and got[0]() is None
