@@ -9,7 +9,8 @@ over the per-input features Φ = [silu(x), B_1(x), …] (the efficient-kan idea)
 on a uniform grid the bases come from a closed form with a hand-written
 backward, and Cox–de Boor stays as the literal reference.
 
-Self-contained (torch only) so it can be copied on its own. Usage:
+The functions up to the drop-in modules need torch only, so they can be copied on their
+own; the usage below takes its top-k selection from dcm_ref.py. Usage:
 
     params = {k: t.requires_grad_(k != "grid") for k, t in kan_init(256, 10).items()}
     mask = dcm_ref.topk_mask(dkan_edge_scores(params, v), keep=0.5)    # v: (B, 256)
@@ -85,7 +86,8 @@ def bspline_basis(x, grid, order):
     x: (B, d_in), grid: (d_in, K) knots t_0 < … < t_{K-1} per input
     -> (B, d_in, K - 1 - order) = (B, d_in, grid_size + order).
     Order 0 uses half-open intervals [t_i, t_{i+1}), so every basis is 0 at and
-    beyond t_{K-1} and below t_0. Differentiable by autograd (w.r.t. x and grid).
+    beyond t_{K-1} and below t_0, for finite x (x = ±inf gives NaN: inf·0 in the
+    recursion; NaN gives NaN). Differentiable by autograd (w.r.t. x and grid).
     """
     _check_basis_args(x, grid, order)
     if not bool((grid[:, 1:] > grid[:, :-1]).all()):
@@ -111,16 +113,23 @@ def bspline_basis_uniform(x, grid, order):
     x: (B, d_in), grid: (d_in, K) uniformly spaced knots per row (rows may differ)
     -> (B, d_in, K - 1 - order). Any order >= 0 (exact piece tables). Gradient
     w.r.t. x by a hand-written closed form; the grid gets no gradient.
-    Raises ValueError if a row of the grid is not uniformly spaced.
+    Raises ValueError if a row of the grid is not uniformly spaced. Equal to
+    bspline_basis for finite x; x = ±inf gives 0 (the limit), NaN gives NaN in some bases.
     """
     return _uniform_features(x, grid, order, with_silu=False)
 
 
 def _uniform_features(x, grid, order, with_silu):
-    """Validated entry to _UniformBSpline.  x: (B, d_in) -> (B, d_in, [1 +] K - 1 - order)."""
+    """Validated entry to _UniformBSpline.  x: (B, d_in) -> (B, d_in, [1 +] K - 1 - order).
+
+    Half-precision x (float16, bfloat16) is computed in float32 and the result cast back:
+    the expanded piece polynomials lose ~3x more than Cox–de Boor when evaluated in 8 bits.
+    """
     _check_basis_args(x, grid, order)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return _uniform_features(x.float(), grid, order, with_silu).to(x.dtype)
     t0, h = _uniform_spacing(grid, order, x.dtype)
-    return _UniformBSpline.apply(x, grid.detach(), t0, h, order, with_silu)
+    return _UniformBSpline.apply(x.contiguous(), grid.detach(), t0, h, order, with_silu)
 
 
 def _uniform_piece_table(order):
@@ -140,25 +149,28 @@ def _uniform_piece_table(order):
 
 
 def _uniform_spacing(grid, order, dtype):
-    """(t0, h): first knot and spacing per row, each (d_in,); ValueError if not uniform.
+    """(t0, h): first knot and spacing per row, each (d_in,), from the live grid; ValueError
+    if a row is not uniform.
 
-    The check reads the device (a host sync on CUDA), so its result is remembered per grid
-    storage and version: a fixed grid is checked once, not at every forward. The entry keeps
-    a view of the grid, so its storage (and address) cannot be reused while it is cached.
+    The check reads the device (a host sync on CUDA), so its verdict is remembered per grid
+    storage and version: a fixed grid is checked once, not at every forward; an in-place
+    change (grid.copy_, grid[...] = ...) bumps the version and is checked again. A change
+    through grid.data is not versioned by torch, so it is not re-checked (t0 and h still
+    follow it). The entry keeps a view of the grid, so its address cannot be reused while cached.
     """
     key = _spacing_key(grid)
-    hit = _SPACING.get(key) if key is not None else None
-    if hit is None:
-        hit = _checked_spacing(grid)
+    if key is None or key not in _SPACING:
+        _check_uniform(grid)
         if key is not None:
             if len(_SPACING) >= 64:
                 _SPACING.clear()
-            _SPACING[key] = hit
-    t0, h = hit
-    return t0.to(dtype), h.to(dtype)
+            _SPACING[key] = grid.detach()
+    g = grid.detach()
+    h = (g[:, -1].to(torch.float64) - g[:, 0].to(torch.float64)) / (grid.shape[1] - 1)
+    return g[:, 0].to(dtype), h.to(dtype)
 
 
-_SPACING = {}   # _spacing_key(grid) -> (grid[:, 0], h) of a grid already checked
+_SPACING = {}   # _spacing_key(grid) -> a view of a grid already found uniform
 
 
 def _spacing_key(grid):
@@ -172,7 +184,8 @@ def _spacing_key(grid):
         return None
 
 
-def _checked_spacing(grid):
+def _check_uniform(grid):
+    """ValueError unless every row of grid (d_in, K) is uniformly spaced (one host read)."""
     k = grid.shape[1]
     g = grid.detach().to(torch.float64)
     h = (g[:, -1] - g[:, 0]) / (k - 1)
@@ -181,7 +194,6 @@ def _checked_spacing(grid):
     if not bool((h > 0).all()) or not bool(((g.diff(dim=1) - h[:, None]).abs() <= tol[:, None]).all()):
         raise ValueError("grid: knots are not uniformly spaced along each row; "
                          "use bspline_basis (Cox–de Boor) for non-uniform grids")
-    return grid.detach()[:, 0], h
 
 
 def _locate(x, grid, t0, h):

@@ -395,3 +395,38 @@ def test_the_uniform_grid_check_is_remembered_but_redone_after_the_grid_changes(
         kan.bspline_basis_uniform(torch.zeros(5, 12), square.t(), 3)    # but other strides: checked anew
     other = torch.linspace(-2, 2, grid.shape[1]).repeat(4, 1)          # another grid, same shape
     assert torch.allclose(kan.bspline_basis_uniform(x, other, 3), kan.bspline_basis(x, other, 3), atol=1e-6)
+
+
+def test_closed_form_takes_non_contiguous_inputs():
+    """A transposed or strided x (B, d_in) gives the same bases and layer output as its copy."""
+    grid = _grid(3, 5, 3)
+    x = _randn((3, 40), 1).t()                                # (40, 3), not contiguous
+    assert not x.is_contiguous()
+    assert torch.equal(kan.bspline_basis_uniform(x, grid, 3), kan.bspline_basis_uniform(x.contiguous(), grid, 3))
+    p = _params(3, 2)
+    assert torch.equal(kan.kan_forward(p, x), kan.kan_forward(p, x.contiguous()))
+    every_other = _randn((40, 6), 2)[:, ::2]
+    assert torch.allclose(kan.bspline_basis_uniform(every_other, grid, 3), kan.bspline_basis(every_other, grid, 3), atol=1e-12)
+
+
+def test_bases_follow_a_grid_changed_through_data():
+    """grid.data.copy_ is not versioned by torch: the remembered check is not redone, but the
+    knots' start and spacing are read from the live grid, so the bases are the new grid's."""
+    grid = _grid(2, 5, 3).clone()
+    x = _randn((30, 2), 3, scale=1.5)
+    kan.bspline_basis_uniform(x, grid, 3)                    # checked and remembered
+    wider = _grid(2, 5, 3, lo=-2.0, hi=2.0)
+    grid.data.copy_(wider)
+    assert torch.allclose(kan.bspline_basis_uniform(x, grid, 3), kan.bspline_basis(x, wider, 3), atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_closed_form_in_half_precision_is_the_rounded_exact_value(dtype):
+    """Half-precision x: the bases are the float64 values rounded to the dtype (computed in
+    float32, error <= half an ulp of 1), not the expanded polynomials evaluated in 8-11 bits."""
+    grid = _grid(4, 5, 3, dtype=torch.float32)
+    x = (torch.rand(256, 4, generator=torch.Generator().manual_seed(0)) * 2.2 - 1.1).to(dtype)
+    exact = kan.bspline_basis(x.double(), grid.double(), 3)
+    got = kan.bspline_basis_uniform(x, grid, 3)
+    assert got.dtype == dtype
+    assert (got.double() - exact).abs().max() <= torch.finfo(dtype).eps / 2 + 1e-6
