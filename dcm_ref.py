@@ -18,6 +18,7 @@ mask M: (C, d) with values 0/1. Scores are population statistics over the
 batch (correction=0), so a batch of one gives scores 0, never NaN.
 """
 import math
+import numbers
 from typing import Callable, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -51,6 +52,7 @@ def edge_scores_literal(v: Tensor, w: Tensor) -> Tensor:
     """
     _check_features_weights(v, w)
     _check_batch(v)
+    _check_floating(v=v, w=w)
     return edge_activations(v, w).std(dim=0, correction=0)
 
 
@@ -83,7 +85,7 @@ def topk_mask_literal(scores: Tensor, keep: float, scope: str = "row") -> Tensor
     sorted indices are the mask: ties go to the lower (flat) index.
     """
     flat, k = _selection_rows(scores, keep, scope)
-    if k == flat.shape[1]:
+    if k >= flat.shape[1]:   # keep = 1, or nothing to select from (an empty row: k = 1 > 0)
         return torch.ones_like(scores)
     order = torch.sort(flat, dim=1, descending=True, stable=True).indices
     mask = torch.zeros_like(flat).scatter_(1, order[:, :k], 1)
@@ -100,8 +102,9 @@ def masked_linear(v: Tensor, w: Tensor, b: Optional[Tensor], mask: Optional[Tens
     F.linear(v, w, b) bit for bit.
     """
     _check_features_weights(v, w)
-    if b is not None and tuple(b.shape) != (w.shape[0],):
-        raise ValueError(f"b: expected shape ({w.shape[0]},) or None, got {tuple(b.shape)}")
+    if b is not None and (not isinstance(b, torch.Tensor) or tuple(b.shape) != (w.shape[0],)):
+        got = tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__
+        raise ValueError(f"b: expected a tensor of shape ({w.shape[0]},) or None, got {got}")
     if mask is None:
         return F.linear(v, w, b)
     _check_mask(mask, w)
@@ -124,6 +127,7 @@ def edge_scores(v: Tensor, w: Tensor) -> Tensor:
     """
     _check_features_weights(v, w)
     _check_batch(v)
+    _check_floating(v=v, w=w)
     std_v = v.to(torch.float64).std(dim=0, correction=0)          # (d,)
     out_dtype = torch.promote_types(v.dtype, w.dtype)
     return (w.to(torch.float64).abs() * std_v).to(out_dtype)
@@ -152,7 +156,7 @@ def topk_mask(scores: Tensor, keep: float, scope: str = "row") -> Tensor:
     read-back, no data-dependent shape.
     """
     flat, k = _selection_rows(scores, keep, scope)
-    if k == flat.shape[1]:
+    if k >= flat.shape[1] or flat.shape[0] == 0:   # keep = 1, or an empty matrix
         return torch.ones_like(scores)
     flat = flat.to(torch.uint8) if flat.dtype == torch.bool else flat   # topk has no bool kernel
     if flat.device.type != "cpu":
@@ -287,21 +291,31 @@ def _check_features_weights(v: Tensor, w: Tensor) -> None:
                          f"{tuple(w.shape)}; expected v: (B, d) and w: (C, d)")
 
 
+def _check_floating(**tensors: Tensor) -> None:
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            raise ValueError(f"{name}: expected a floating-point tensor, got {t.dtype} (scores of integer "
+                             f"tensors would be truncated; convert with {name}.float())")
+
+
 def _check_batch(v: Tensor) -> None:
     if v.shape[0] < 1:
         raise ValueError(f"v: expected at least one sample, got shape {tuple(v.shape)}")
 
 
-def _check_mask(mask: Tensor, w: Tensor) -> None:
+def _check_mask(mask: Tensor, w: Tensor, name: str = "mask", like: str = "w") -> None:
+    if not isinstance(w, torch.Tensor):
+        raise ValueError(f"{like}: expected a tensor, got {type(w).__name__}")
     if not isinstance(mask, torch.Tensor) or mask.shape != w.shape:
         got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise ValueError(f"mask: expected shape {tuple(w.shape)} (same as w), got {got}")
+        raise ValueError(f"{name}: expected shape {tuple(w.shape)} (same as {like}), got {got}")
 
 
 def _check_keep(keep: float) -> None:
-    ok = isinstance(keep, (int, float)) and not isinstance(keep, bool) and 0.0 < keep <= 1.0
+    ok = isinstance(keep, numbers.Real) and not isinstance(keep, (bool, np.bool_)) and 0.0 < keep <= 1.0
     if not ok:
-        raise ValueError(f"keep: expected a number in (0, 1], got {keep!r}")
+        hint = " (a Python number: use float(t) for a tensor)" if isinstance(keep, torch.Tensor) else ""
+        raise ValueError(f"keep: expected a number in (0, 1], got {keep!r}{hint}")
 
 
 def _check_scope(scope: str) -> None:
@@ -325,6 +339,12 @@ def moments(v: Tensor) -> Moments:
     return (n, s1, vd.square_().sum(dim=0))        # float32² is exact in float64
 
 
+def _check_moments(m: Moments) -> None:
+    if not isinstance(m, (tuple, list)) or not m or not all(isinstance(t, torch.Tensor) for t in m):
+        got = type(m).__name__ if not isinstance(m, (tuple, list)) else f"{[type(t).__name__ for t in m]}"
+        raise ValueError(f"batch_moments: expected a tuple of tensors, e.g. moments(v) = (n, Σv, Σv²), got {got}")
+
+
 def merge_moments(a: Optional[Moments], b: Optional[Moments]) -> Optional[Moments]:
     """Pool two moment tuples by elementwise sum; None is the empty pool.
 
@@ -344,10 +364,10 @@ def std_from_moments(m: Moments) -> Tensor:
     """Population std per feature from (n, Σv, Σv²): (d,), float64.
 
     var = Σv²/n − (Σv/n)², clamped at 0 (rounding can make it slightly negative).
-    Done in float64: for float32 features this is as accurate as the two-pass
-    std; for float64 features with |mean| ≫ std the error is ~sqrt(eps64)·|mean|
-    (the price of plain sums, which all-reduce needs). An empty pool (n = 0)
-    gives std 0.
+    Done in float64; the relative error of the std grows like eps64·(mean/std)²: below
+    1e-9 for |mean| < 100·std (features after a ReLU/BN backbone), 2e-6 at |mean| = 1e5·std,
+    1e-3 at 3e6·std, where a two-pass std is better (the price of plain sums, which
+    all-reduce needs). An empty pool (n = 0) gives std 0.
     """
     if len(m) != 3:
         raise ValueError(f"m: expected moments (n, s1, s2), got a tuple of length {len(m)}")
@@ -403,14 +423,17 @@ class MaskState(NamedTuple):
 
 def mask_init(shape, dtype=torch.float32, device=None) -> MaskState:
     """Initial state: all-ones mask of shape (C, d) (plain FC), step 0, nothing pooled."""
-    if len(tuple(shape)) != 2:
-        raise ValueError(f"shape: expected (C, d), got {tuple(shape)}")
+    ok = isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 2 and \
+        all(isinstance(n, numbers.Integral) and n >= 0 for n in shape)
+    if not ok:
+        raise ValueError(f"shape: expected (C, d), two integers >= 0, got {shape!r}")
     mask = torch.ones(tuple(shape), dtype=dtype, device=device)
     return MaskState(mask, 0, None, 0, torch.zeros((), dtype=torch.float64, device=mask.device))
 
 
 def mask_due(step: int, interval: int, warmup: int) -> bool:
     """True iff the mask is recomputed at this step: step ≥ warmup and (step − warmup) % interval == 0."""
+    _check_schedule(interval, warmup, STATS[0])
     return step >= warmup and (step - warmup) % interval == 0
 
 
@@ -441,6 +464,7 @@ def mask_schedule_step(state: MaskState, batch_moments: Moments,
     _check_keep(keep)
     _check_scope(scope)
     _check_schedule(interval, warmup, stats)
+    _check_moments(batch_moments)
     s = state.step
     if s < warmup:
         return state._replace(mask=torch.ones_like(state.mask), step=s + 1, pooled=None)
@@ -472,8 +496,8 @@ def freeze_masked(w_after: Tensor, w_before: Tensor, mask: Tensor) -> Tensor:
     restored: the optimizer's momentum buffers still accumulate weight decay for
     masked entries and apply it once an edge is kept again.
     """
-    _check_mask(w_before, w_after)
-    _check_mask(mask, w_after)
+    _check_mask(w_before, w_after, "w_before", "w_after")
+    _check_mask(mask, w_after, "mask", "w_after")
     return torch.where(mask != 0, w_after, w_before)
 
 
@@ -483,7 +507,7 @@ def mask_change_literal(m_old: Tensor, m_new: Tensor) -> float:
     """Mask change between updates (Fig. 5) as written: 1 − Jaccard(kept_old, kept_new)
     = 1 − |kept_old ∩ kept_new| / |kept_old ∪ kept_new|, 0 if both are empty.
     m_old, m_new: (C, d) masks with values 0/1 (any dtype); kept = entries != 0."""
-    _check_mask(m_new, m_old)
+    _check_mask(m_new, m_old, "m_new", "m_old")
     a, b = m_old != 0, m_new != 0
     union = int((a | b).sum())
     return 0.0 if union == 0 else 1.0 - int((a & b).sum()) / union
@@ -502,7 +526,7 @@ def mask_change_tensor(m_old: Tensor, m_new: Tensor) -> Tensor:
     the host off the CPU (what the schedule stores). For 0/1 masks |A ∩ B| = Σ a·b (one dot
     product) and |A ∪ B| = Σa + Σb − |A ∩ B|: no bool temporaries; counts exact (_exact_count_view).
     """
-    _check_mask(m_new, m_old)
+    _check_mask(m_new, m_old, "m_new", "m_old")
     a, b = _exact_count_view(m_old), _exact_count_view(m_new)
     if a.dtype != b.dtype:                         # torch.dot wants one dtype
         a, b = a.to(torch.float64), b.to(torch.float64)
@@ -553,6 +577,10 @@ def feature_grad_error(w: Tensor, mask: Tensor, y: Tensor, y_noisy: Tensor) -> T
     """
     _check_2d("w", w, "(C, d)")
     _check_mask(mask, w)
+    for name, labels in (("y", y), ("y_noisy", y_noisy)):
+        if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
+            got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise ValueError(f"{name}: expected (B,) integer class indices, got {got}")
     wm = w * mask
     return wm[y] - wm[y_noisy]
 
@@ -845,7 +873,8 @@ class DCMLinear(DCMModule):
     """nn.Linear with Dynamic Connection Masking (the DFC head): z = v (W⊙M)ᵀ + b.
 
     x: (*, in_features) -> (*, out_features); weight (C, d), bias (C,) as nn.Linear (same
-    init, same names, so its state dict loads). Edge scores: Eq. 2 in its exact fast form
+    init, same names; an nn.Linear state dict lacks the DCM buffers, so load one with
+    strict=False, or load it into the nn.Linear before convert()). Edge scores: Eq. 2 in its exact fast form
     from pooled moments (scores_from_moments); mask: topk_mask(keep, scope); schedule:
     mask_schedule_step(interval, warmup, stats), advanced by step_mask() once per optimizer
     step (attach() does it). Masked edges get exactly zero gradient.
@@ -903,13 +932,16 @@ def convert(model: nn.Module, name: str = "fc", **dcm) -> DCMLinear:
     an integer indexes an nn.Sequential, "-1" its last layer. dcm: DCMLinear's keyword
     arguments (keep, scope, interval, warmup, stats, eval_mask). The weight and bias Parameter
     objects are reused, so an optimizer built before convert() still trains them and outputs
-    with an all-ones mask are unchanged. Mutates `model` in place; returns the new module.
+    with an all-ones mask are unchanged; the global random state is left as it was (seeded
+    runs go on drawing the same numbers). Mutates `model` in place; returns the new module.
     """
     parent, key, old = _resolve(model, name)
     if type(old) is not nn.Linear:
         raise ValueError(f"name: {name!r} is a {type(old).__name__}, expected an nn.Linear")
-    new = DCMLinear(old.in_features, old.out_features, bias=old.bias is not None,
-                    device=old.weight.device, **dcm)
+    cuda = [old.weight.device] if old.weight.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):   # the throwaway init of new's own weights draws no number of the caller's
+        new = DCMLinear(old.in_features, old.out_features, bias=old.bias is not None,
+                        device=old.weight.device, **dcm)
     new.weight, new.bias = old.weight, old.bias
     new.train(old.training)
     if isinstance(key, int):

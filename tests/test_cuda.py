@@ -85,6 +85,20 @@ def test_drop_in_module_steps_make_no_host_sync(make, d):
         torch.cuda.set_sync_debug_mode("default")
 
 
+def test_convert_on_cuda_leaves_the_cuda_random_state_as_it_was():
+    head = torch.nn.Linear(16, 4, device="cuda")
+    state = torch.cuda.get_rng_state()
+    dcm_ref.convert(torch.nn.Sequential(head), "0")
+    assert torch.equal(torch.cuda.get_rng_state(), state)
+
+
+def test_closed_form_kan_basis_in_bfloat16_on_cuda_is_the_rounded_exact_value():
+    grid = kan.kan_init(4, 1)["grid"].cuda()
+    x = (torch.rand(256, 4, device="cuda") * 2.2 - 1.1).bfloat16()
+    exact = kan.bspline_basis(x.double(), grid.double(), 3)
+    assert (kan.bspline_basis_uniform(x, grid, 3).double() - exact).abs().max() <= 2.0 ** -9 + 1e-6
+
+
 def test_closed_form_kan_basis_on_cuda_equals_cox_de_boor():
     params = kan.kan_init(32, 10, generator=torch.Generator().manual_seed(0))
     x = torch.rand(64, 32, dtype=torch.float64) * 2.4 - 1.2

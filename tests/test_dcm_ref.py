@@ -6,6 +6,7 @@ features and magnitudes up to 1e4.
 """
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -670,39 +671,69 @@ def test_mask_due_matches_the_schedule_definition():
     assert [s for s in range(4) if D.mask_due(s, 1, 0)] == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("shape, scope", [((3, 0), "row"), ((0, 4), "row"), ((3, 0), "global"), ((0, 4), "global")])
+def test_an_empty_score_matrix_gives_an_empty_mask(shape, scope):
+    scores = torch.rand(shape)
+    for select in (D.topk_mask, D.topk_mask_literal):
+        mask = select(scores, 0.5, scope)
+        assert mask.shape == shape and mask.dtype == scores.dtype
+
+
+@pytest.mark.parametrize("keep", [np.float32(0.25), np.float64(0.25), np.int64(1)])
+def test_numpy_scalars_are_accepted_as_keep(keep):
+    scores = torch.rand(4, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(D.topk_mask(scores, keep), D.topk_mask(scores, float(keep)))
+    assert type(D.kept_count(keep, 8)) is int
+
+
 # ----------------------------------------------------------------------------- bad input
 
 V, W = torch.randn(4, 3), torch.randn(2, 3)
 ONES = D.mask_init((2, 3))
-BAD_CALLS = {
-    "v not 2-D": lambda: D.edge_scores(torch.randn(4), W),
-    "w not 2-D": lambda: D.edge_scores_literal(V, torch.randn(2, 3, 1)),
-    "d mismatch": lambda: D.edge_activations(V, torch.randn(2, 5)),
-    "empty batch": lambda: D.edge_scores(torch.randn(0, 3), W),
-    "mask shape": lambda: D.masked_linear(V, W, None, torch.ones(3, 2)),
-    "bias shape": lambda: D.masked_linear(V, W, torch.zeros(3), None),
-    "keep 0": lambda: D.topk_mask(W, 0.0),
-    "keep > 1": lambda: D.topk_mask(W, 1.5),
-    "keep nan": lambda: D.topk_mask(W, float("nan")),
-    "scope": lambda: D.topk_mask(W, 0.5, "column"),
-    "scores not 2-D": lambda: D.topk_mask(torch.rand(5), 0.5),
-    "interval 0": lambda: D.mask_schedule_step(ONES, D.moments(V), lambda m: W, 0.5, interval=0),
-    "warmup < 0": lambda: D.mask_schedule_step(ONES, D.moments(V), lambda m: W, 0.5, warmup=-1),
-    "stats": lambda: D.mask_schedule_step(ONES, D.moments(V), lambda m: W, 0.5, stats="epoch"),
-    "schedule keep": lambda: D.mask_schedule_step(ONES, D.moments(V), lambda m: W, 2.0),
-    "score_fn shape": lambda: D.mask_schedule_step(ONES, D.moments(V), lambda m: W.T, 0.5),
-    "moments length": lambda: D.std_from_moments(D.moments(V)[:2]),
-    "moments features": lambda: D.scores_from_moments(D.moments(torch.randn(4, 5)), W),
-    "merge lengths": lambda: D.merge_moments(D.moments(V), D.moments(V)[:2]),
-    "freeze shape": lambda: D.freeze_masked(W, torch.randn(3, 2), torch.ones(2, 3)),
-    "change shape": lambda: D.mask_change(torch.ones(2, 3), torch.ones(3, 2)),
-    "mask_init shape": lambda: D.mask_init((5,)),
-    "empty kept_fraction": lambda: D.kept_fraction(torch.ones(0, 3)),
+BAD_CALLS = {   # what is wrong: (the argument the message must name first, the call)
+    "v not 2-D": ("v", lambda: D.edge_scores(torch.randn(4), W)),
+    "w not 2-D": ("w", lambda: D.edge_scores_literal(V, torch.randn(2, 3, 1))),
+    "d mismatch": ("v, w", lambda: D.edge_activations(V, torch.randn(2, 5))),
+    "empty batch": ("v", lambda: D.edge_scores(torch.randn(0, 3), W)),
+    "integer v": ("v", lambda: D.edge_scores(torch.tensor([[0, 3], [2, 0]]), torch.ones(1, 2))),
+    "integer w, literal": ("w", lambda: D.edge_scores_literal(V, torch.ones(2, 3, dtype=torch.int64))),
+    "mask shape": ("mask", lambda: D.masked_linear(V, W, None, torch.ones(3, 2))),
+    "bias shape": ("b", lambda: D.masked_linear(V, W, torch.zeros(3), None)),
+    "bias a list": ("b", lambda: D.masked_linear(V, W, [0.0, 0.0], None)),
+    "keep 0": ("keep", lambda: D.topk_mask(W, 0.0)),
+    "keep > 1": ("keep", lambda: D.topk_mask(W, 1.5)),
+    "keep nan": ("keep", lambda: D.topk_mask(W, float("nan"))),
+    "keep a tensor": ("keep", lambda: D.topk_mask(W, torch.tensor(0.5))),
+    "keep a bool": ("keep", lambda: D.topk_mask(W, True)),
+    "scope": ("scope", lambda: D.topk_mask(W, 0.5, "column")),
+    "scores not 2-D": ("scores", lambda: D.topk_mask(torch.rand(5), 0.5)),
+    "interval 0": ("interval", lambda: D.mask_schedule_step(ONES, D.moments(V), lambda m: W, 0.5, interval=0)),
+    "warmup < 0": ("warmup", lambda: D.mask_schedule_step(ONES, D.moments(V), lambda m: W, 0.5, warmup=-1)),
+    "stats": ("stats", lambda: D.mask_schedule_step(ONES, D.moments(V), lambda m: W, 0.5, stats="epoch")),
+    "schedule keep": ("keep", lambda: D.mask_schedule_step(ONES, D.moments(V), lambda m: W, 2.0)),
+    "score_fn shape": ("score_fn", lambda: D.mask_schedule_step(ONES, D.moments(V), lambda m: W.T, 0.5)),
+    "no moments": ("batch_moments", lambda: D.mask_schedule_step(ONES, None, lambda m: W, 0.5)),
+    "moments of numbers": ("batch_moments", lambda: D.mask_schedule_step(ONES, (4, 1.0, 2.0), lambda m: W, 0.5)),
+    "mask_due interval 0": ("interval", lambda: D.mask_due(3, 0, 0)),
+    "mask_due warmup < 0": ("warmup", lambda: D.mask_due(3, 1, -2)),
+    "moments length": ("m", lambda: D.std_from_moments(D.moments(V)[:2])),
+    "moments features": ("m", lambda: D.scores_from_moments(D.moments(torch.randn(4, 5)), W)),
+    "merge lengths": ("b", lambda: D.merge_moments(D.moments(V), D.moments(V)[:2])),
+    "freeze shape": ("w_before", lambda: D.freeze_masked(W, torch.randn(3, 2), torch.ones(2, 3))),
+    "freeze mask shape": ("mask", lambda: D.freeze_masked(W, W, torch.ones(3, 2))),
+    "change shape": ("m_new", lambda: D.mask_change(torch.ones(2, 3), torch.ones(3, 2))),
+    "change literal, old not a tensor": ("m_old", lambda: D.mask_change_literal([[1, 0]], torch.ones(1, 2))),
+    "mask_init shape": ("shape", lambda: D.mask_init((5,))),
+    "mask_init a number": ("shape", lambda: D.mask_init(5)),
+    "empty kept_fraction": ("mask", lambda: D.kept_fraction(torch.ones(0, 3))),
+    "float labels": ("y", lambda: D.feature_grad_error(W, torch.ones(2, 3), torch.tensor([0.0, 1.0]), torch.tensor([1, 0]))),
+    "2-D noisy labels": ("y_noisy", lambda: D.feature_grad_error(W, torch.ones(2, 3), torch.tensor([0, 1]), torch.tensor([[1, 0]]))),
 }
 
 
 @pytest.mark.parametrize("name", sorted(BAD_CALLS))
-def test_bad_input_raises_a_one_line_value_error(name):
+def test_bad_input_raises_a_one_line_value_error_naming_the_argument(name):
+    argument, call = BAD_CALLS[name]
     with pytest.raises(ValueError) as info:
-        BAD_CALLS[name]()
-    assert "\n" not in str(info.value) and ":" in str(info.value)
+        call()
+    assert "\n" not in str(info.value) and str(info.value).startswith(argument + ":"), str(info.value)

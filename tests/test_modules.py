@@ -357,6 +357,16 @@ def test_convert_sequential_last_layer_and_dotted_timm_head():
     assert D.convert(timm_like, "head.fc") is timm_like.head.fc
 
 
+def test_convert_leaves_the_global_random_state_as_it_was():
+    """A seeded script that converts its head draws the same numbers afterwards as one that does not."""
+    torch.manual_seed(0)
+    D.convert(nn.Sequential(nn.Linear(4, 3)), "0")
+    after_convert = torch.rand(3)
+    torch.manual_seed(0)
+    nn.Sequential(nn.Linear(4, 3))
+    assert torch.equal(torch.rand(3), after_convert)
+
+
 def test_convert_errors_name_the_linear_layers():
     seq = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     with pytest.raises(ValueError, match="no submodule 'fc'.*0, 2"):
