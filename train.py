@@ -53,7 +53,7 @@ from train_cli import NonFiniteLoss, PeerFailed, UserError
 # ----------------------------------------------------------------------------- Flags
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=train_cli.HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="digits", help=f"one of {', '.join(data.ALL_DATASETS)}")
     g.add_argument("--data-dir", default=None, help="dataset folder (default: the dataset's usual place, see README)")
@@ -77,7 +77,7 @@ def build_parser():
     g.add_argument("--imagenet-val-dir", default=None, help="webvision-mini: ILSVRC12 val in one folder per synset; "
                    "its first 50 classes are a second clean test set (metric imagenet_acc)")
     g = p.add_argument_group("label noise (docs/design.md §5)")
-    g.add_argument("--noise", default="symmetric", choices=train_cli.NOISES)
+    g.add_argument("--noise", default="symmetric", choices=train_cli.NOISES, help="label-noise model (none: the dataset's own labels)")
     g.add_argument("--noise-rate", type=float, default=0.4, help="fraction of labels flipped, in [0, 1)")
     g.add_argument("--noise-include-true", action="store_true", help="symmetric noise may keep the true class (ELR/DivideMix convention)")
     g.add_argument("--noise-sampling", default="exact", choices=("exact", "bernoulli"), help="exact = exactly round(T[i,j]*n_i) flips per class")
@@ -89,7 +89,7 @@ def build_parser():
     g.add_argument("--kan-order", type=int, default=3, help="KAN head: B-spline order")
     g = p.add_argument_group("DCM (Fig. 2, Eq. 2; docs/design.md §2)")
     g.add_argument("--keep", type=float, default=0.1, help="fraction of head edges kept, in (0, 1]; 1 = no masking")
-    g.add_argument("--dcm-scope", default="row", choices=("row", "global"), help="row: each class keeps round(keep*d) inputs; global: round(keep*C*d) edges overall")
+    g.add_argument("--dcm-scope", default="row", choices=("row", "global"), help="row: each class keeps max(1, round(keep*d)) inputs; global: max(1, round(keep*C*d)) edges overall")
     g.add_argument("--dcm-interval", type=int, default=1, help="recompute the mask every t optimizer steps")
     g.add_argument("--dcm-warmup", type=int, default=0, help="optimizer steps with the full head before masking starts")
     g.add_argument("--dcm-stats", default="batch", choices=("batch", "interval"), help="score edges on the current batch (Eq. 2) or on moments pooled since the last update")
@@ -101,12 +101,12 @@ def build_parser():
     g.add_argument("--method", default="standard", help="standard | coteaching (two networks) | elr (early-learning regularisation)")
     g.add_argument("--forget-rate", type=float, default=None, help="co-teaching tau (default: the noise rate)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
+    g.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"), help="optimizer")
     g.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
-    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--weight-decay", type=float, default=None, help="default 1e-4, and 0 for anl_* losses (their L1 term replaces it)")
-    g.add_argument("--batch-size", type=int, default=128)
-    g.add_argument("--epochs", type=int, default=30)
+    g.add_argument("--batch-size", type=int, default=128, help="global batch size (split over torchrun ranks)")
+    g.add_argument("--epochs", type=int, default=30, help="training epochs (the LR schedule's length)")
     g.add_argument("--schedule", default="cosine", choices=("cosine", "step", "none"), help="step = x0.1 at 50%% and 75%% of training")
     g.add_argument("--grad-clip", type=float, default=5.0, help="max gradient norm (0 = off)")
     g.add_argument("--seed", type=int, default=0, help="seeds the model, the noise, the batches and the augmentation")
@@ -129,7 +129,7 @@ def build_parser():
     g = p.add_argument_group("diagnostics (Fig. 3-5, docs/design.md §8; plot them with plot.py)")
     g.add_argument("--track-grad-error", action=argparse.BooleanOptionalAction, default=None,
                    help=f"Fig. 3: each epoch, cosine between the noisy- and clean-label gradients on a fixed probe set of "
-                        f"<= {diagnostics.PROBE_SIZE} corrupted training samples; None = on when some training labels differ from the clean ones "
+                        f"<= {diagnostics.PROBE_SIZE} corrupted training samples; default: on when some training labels differ from the clean ones "
                         f"(off for webvision-mini/clothing1m: their clean training labels are unknown)")
     g.add_argument("--train-eval-every", type=int, default=1, metavar="N",
                    help="the pass over the whole training set (train accuracy vs noisy/clean labels, confidence) every N epochs "

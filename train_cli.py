@@ -231,6 +231,13 @@ def make_say(lead):
     return say
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each flag's default, except None: such flags say in their help what unset means."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 @dataclass
 class StopFlag:
     """Set by the stop-signal handler: the signal that asked the run to stop, or None."""

@@ -321,3 +321,18 @@ def test_stopped_reports_one_line_and_the_shell_exit_code(capsys, sig, code, nam
     cap = capsys.readouterr()
     assert cap.out == "" and one_line(cap.err) == (f"interrupted ({name}): runs/x/checkpoint.pt holds epoch 4; "
                                                    f"continue with --out runs/x --resume")
+
+
+def test_help_states_every_default_and_never_none():
+    """--help shows the default of every flag that has one; flags whose default is None say in
+    their own help what unset means, instead of '(default: None)'."""
+    parser = train.build_parser()
+    text = parser.format_help()
+    assert "default: None" not in text
+    for action in parser._actions:
+        if action.dest in ("help",):
+            continue
+        shown = parser._get_formatter()._get_help_string(action)
+        assert action.help, f"{action.option_strings} has no help text"
+        if action.default is not None:
+            assert "%(default)s" in shown or "default" in action.help, action.option_strings
