@@ -748,9 +748,11 @@ class DCMModule(nn.Module):
     stats="interval" pool; they stay float64 under .half()/.to(dtype)). The per-step
     pool of moments is per process and NOT a buffer: DDP would overwrite it with rank 0's.
     Subclass hooks: _features(x2d) -> feats, _moments(feats), _scores(m) -> (C, d),
-    _logits(feats, mask) -> (B, C).
+    _logits(feats, mask) -> (B, C); _MASKED: names of the parameters whose (C, d, ...)
+    entries the mask gates (what attach(..., freeze=True) keeps).
     """
     _F64 = ("dcm_change", "pooled_n", "pooled_s1", "pooled_s2")
+    _MASKED: Tuple[str, ...] = ()
 
     def _init_schedule(self, shape, stat_shapes, keep, scope, interval, warmup, stats, eval_mask, device):
         _check_keep(keep)
@@ -769,6 +771,7 @@ class DCMModule(nn.Module):
             self.register_buffer(name, torch.zeros(s, **f64))
         self._step_moments: Optional[Moments] = None   # pooled since the last step_mask()
         self._forwards, self._warned, self._attached = 0, False, False
+        self._before_step: Optional[list] = None   # attach(freeze=True): masked parameters before the step
         self._counts: Optional[Tuple[int, int, bool]] = None   # host copy of (step, updates, pool non-empty)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -851,6 +854,24 @@ class DCMModule(nn.Module):
                                     interval=self.interval, warmup=self.warmup, stats=self.stats)
         self._load_mask_state(st, old)
 
+    @torch.no_grad()
+    def _keep_masked(self) -> None:
+        """Before optimizer.step() (attach(..., freeze=True)): copy the parameters the mask gates."""
+        self._before_step = [getattr(self, k).detach().clone() for k in self._MASKED]
+
+    @torch.no_grad()
+    def _restore_masked(self) -> None:
+        """After optimizer.step(): the entries this step's mask dropped get their values from
+        before the step back (freeze_masked, --dcm-freeze), so weight decay and momentum leave
+        them exactly unchanged."""
+        if self._before_step is None:
+            return
+        for k, before in zip(self._MASKED, self._before_step):
+            p = getattr(self, k)
+            m = self.mask.reshape(self.mask.shape + (1,) * (p.dim() - 2)).expand_as(p)
+            p.copy_(freeze_masked(p, before, m))
+        self._before_step = None
+
     def _empty_moments(self) -> Moments:
         return tuple(torch.zeros_like(b) for b in (self.pooled_n, self.pooled_s1, self.pooled_s2))
 
@@ -879,6 +900,7 @@ class DCMLinear(DCMModule):
     mask_schedule_step(interval, warmup, stats), advanced by step_mask() once per optimizer
     step (attach() does it). Masked edges get exactly zero gradient.
     """
+    _MASKED = ("weight",)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, keep: float = 0.1,
                  scope: str = "row", interval: int = 1, warmup: int = 0, stats: str = "batch",
@@ -952,19 +974,24 @@ def convert(model: nn.Module, name: str = "fc", **dcm) -> DCMLinear:
 
 
 class Attachment(NamedTuple):
-    """What attach() installed: the optimizer hook handle and the DCM modules it steps."""
-    handle: object
+    """What attach() installed: the optimizer hook handles and the DCM modules they step."""
+    handles: tuple
     modules: tuple
 
     def remove(self) -> None:
-        """Uninstall the hook; the modules can be attached again (to another optimizer)."""
-        self.handle.remove()
+        """Uninstall the hooks; the modules can be attached again (to another optimizer)."""
+        for handle in self.handles:
+            handle.remove()
         for m in self.modules:
             m._attached = False
 
 
-def attach(model: nn.Module, optimizer: torch.optim.Optimizer) -> Attachment:
+def attach(model: nn.Module, optimizer: torch.optim.Optimizer, freeze: bool = False) -> Attachment:
     """Advance every DCM module of `model` once per optimizer.step(): an optimizer step post-hook.
+
+    freeze=True is train.py's --dcm-freeze: a step pre-hook copies the masked parameters and
+    the post-hook puts back the entries that step's mask dropped (freeze_masked), so a stock
+    optimizer's weight decay and momentum leave them exactly unchanged; then the mask advances.
 
     Collects the DCMModule instances (DCMLinear, kan.DKANLinear) present now; works through
     DDP and torch.compile wrappers (their .modules() include the original ones). A step that
@@ -978,11 +1005,19 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer) -> Attachment:
     if any(m._attached for m in mods):
         raise ValueError("model: a DCM module is already attached to an optimizer; remove() that Attachment first")
 
-    def hook(opt, args, kwargs):
+    if not isinstance(freeze, bool):
+        raise ValueError(f"freeze: expected True or False, got {freeze!r}")
+
+    def before(opt, args, kwargs):
         for m in mods:
+            m._keep_masked()
+
+    def after(opt, args, kwargs):
+        for m in mods:
+            m._restore_masked()
             m.step_mask()
 
-    handle = optimizer.register_step_post_hook(hook)
+    handles = ((optimizer.register_step_pre_hook(before),) if freeze else ()) + (optimizer.register_step_post_hook(after),)
     for m in mods:
         m._attached = True
-    return Attachment(handle, mods)
+    return Attachment(handles, mods)

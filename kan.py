@@ -544,9 +544,10 @@ class DKANLinear(dcm_ref.DCMModule):
     pooled feature moments (n, ΣΦ, ΣΦΦᵀ) (kan_scores_from_moments); the schedule and its
     arguments (keep, scope, interval, warmup, stats, eval_mask) are dcm_ref.DCMLinear's, and
     advance once per optimizer step (dcm_ref.attach or .step_mask()). The forward goes
-    through kan_features, whose grid checks read tensors on the host (a sync on CUDA, graph
-    breaks under torch.compile), like train.py's DKAN head.
+    through kan_features, whose uniform-grid check reads the grid on the host once per grid
+    (a sync on CUDA; under torch.compile a graph break at every forward), like train.py's DKAN head.
     """
+    _MASKED = ("base_weight", "spline_weight")
 
     def __init__(self, in_features, out_features, grid_size=5, order=3, grid_range=(-1.0, 1.0),
                  keep=0.1, scope="row", interval=1, warmup=0, stats="batch", eval_mask="full",

@@ -210,6 +210,43 @@ def test_attach_twice_raises_and_remove_allows_again():
     assert int(m[1].dcm_step) == 1
 
 
+@pytest.mark.parametrize("make", [lambda: D.DCMLinear(8, 5, keep=0.25), lambda: kan.DKANLinear(8, 5, keep=0.25)])
+@pytest.mark.parametrize("freeze", [True, False])
+def test_attach_with_freeze_leaves_the_masked_entries_exactly_unchanged(make, freeze):
+    """attach(freeze=True) is --dcm-freeze: under SGD with momentum and weight decay, the entries
+    a step's mask dropped keep their values through that step, the kept ones train. Without
+    freeze, weight decay moves the masked entries (so the comparison can fail)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), make())
+    head = model[2]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+    D.attach(model, opt, freeze=freeze)
+    masked_moved, kept_moved = [], []
+    for step in range(5):
+        before = [getattr(head, k).detach().clone() for k in head._MASKED]
+        mask = head.mask.clone()                      # the mask this step's forward uses
+        _train_step(model, opt, torch.randn(16, 6))
+        for k, old in zip(head._MASKED, before):
+            m = mask.reshape(mask.shape + (1,) * (old.dim() - 2)).expand_as(old) != 0
+            moved = getattr(head, k).detach() != old
+            masked_moved.append(bool(moved[~m].any()))
+            kept_moved.append(bool(moved[m].any()))
+    assert all(kept_moved)
+    assert not any(masked_moved) if freeze else any(masked_moved[2:])   # step 0 uses the full head
+
+
+def test_attach_with_freeze_removes_both_hooks():
+    m = nn.Sequential(nn.Linear(4, 4), D.DCMLinear(4, 2, keep=0.5))
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, weight_decay=0.5)
+    att = D.attach(m, opt, freeze=True)
+    assert len(att.handles) == 2
+    att.remove()
+    _train_step(m, opt, torch.randn(4, 4))
+    assert int(m[1].dcm_step) == 0 and m[1]._before_step is None
+    with pytest.raises(ValueError, match="freeze"):
+        D.attach(m, opt, freeze="yes")
+
+
 def test_attach_without_dcm_module_raises():
     with pytest.raises(ValueError, match="no DCM module"):
         D.attach(nn.Linear(3, 2), torch.optim.SGD(nn.Linear(3, 2).parameters(), lr=0.1))
