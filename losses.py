@@ -188,9 +188,12 @@ def nce(logits, target):
 def fl(logits, target, *, gamma):
     """Focal loss (Lin et al. ICCV'17): fl = -(1 - p_y)^gamma log p_y, gamma >= 0.
 
-    logits: (B, C), target: (B,) -> (B,). Gradients flow through (1 - p_y)^gamma
-    (the true focal loss); it is written exp(gamma * log(1 - p_y)) with the stable
-    log1m_softmax, so gamma < 1 has no 0 * inf at p_y = 1. gamma = 0 gives ce.
+    logits: (B, C), target: (B,) -> (B,). [choice, docs/design.md §4] Gradients
+    flow through (1 - p_y)^gamma, as in Lin et al.'s definition; APL's official
+    FocalLoss (its FL baseline) takes p_t from .data, i.e. detaches the factor
+    (nfl does follow APL: NFL is APL's own loss). Written exp(gamma * log(1 - p_y))
+    with the stable log1m_softmax, so gamma < 1 has no 0 * inf at p_y = 1.
+    gamma = 0 gives ce.
     """
     gamma = _number("gamma", gamma, lambda v: v >= 0, "gamma >= 0")
     _, logp_y = _log_probs(logits, target)

@@ -227,6 +227,7 @@ def test_nfl_gradient_ignores_the_focal_factors():
 
 
 def test_fl_gradient_flows_through_the_focal_factor():
+    # docs/design.md §4 [choice]: Lin et al.'s gradient, not APL's detached (1 - p_t)^gamma
     z, y = torch.randn(4, 5, dtype=torch.float64, requires_grad=True), torch.tensor([0, 1, 2, 3])
     g, = torch.autograd.grad(L.fl(z, y, gamma=2.0).sum(), z)
     p_y = torch.softmax(z, 1).gather(1, y[:, None])[:, 0]
