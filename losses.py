@@ -4,7 +4,10 @@ co-teaching sample selection (docs/design.md §4: the baselines DCM is plugged i
 Every loss maps logits z: (B, C) and labels y: (B,) int64 to per-sample values
 (B,), so that sample-selection methods can rank them; callers reduce. All are
 computed from log_softmax / logsumexp (never log(softmax)), so float32 logits of
-±1e4 give finite values and finite gradients.
+±1e4 give finite values and finite gradients. Bad arguments raise a one-line
+ValueError that names the argument: tensors must be torch.Tensors, and
+hyper-parameters numbers (int, float, numpy scalar or 0-dim tensor; not bool),
+checked for type before domain and used as floats.
 Sources: MAE (Ghosh et al. AAAI'17), GCE (Zhang & Sabuncu NeurIPS'18),
 SCE/RCE (Wang et al. ICCV'19), FL (Lin et al. ICCV'17), NCE/NFL/APL (Ma et al.
 ICML'20), AGCE/AUL/AEL (Zhou et al. ICML'21), NNCE/NNFL/ANL (Ye et al.
@@ -19,6 +22,7 @@ Usage:
 import functools
 import math
 import numbers
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -86,12 +90,58 @@ ELR_CLAMP = 1e-4           # ELR official code clamps p to [1e-4, 1 - 1e-4]
 
 
 # ----------------------------------------------------------------- helpers --
-def _log_probs(logits, target):
-    """Validate; logits: (B, C) float, target: (B,) int64 -> (log p (B, C), log p_y (B,))."""
-    if logits.dim() != 2 or not logits.is_floating_point() or logits.shape[1] < 2:
+def _got(value):
+    """'type repr' of a bad argument for an error message: one line, at most ~80 characters."""
+    text = " ".join(repr(value).split())
+    return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
+
+
+def _tensor(name, value):
+    """Raise the user-facing ValueError unless value is a torch.Tensor -> value."""
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name}: got {_got(value)}; expected a torch.Tensor")
+    return value
+
+
+def _is_real(value):
+    """A real number that is not a bool: Python int/float, numpy scalar, 0-dim real tensor."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not (value.dtype.is_complex or value.dtype == torch.bool)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy's bool_ is no Real
+
+
+def _number(name, value, ok=lambda v: True, domain=None):
+    """A hyper-parameter: its type first (_is_real), then its domain ok(float) -> float.
+
+    Raises the user-facing one-line ValueError naming `name` for either; domain
+    is the text of ok ("0 < q <= 1")."""
+    if not _is_real(value):
+        raise ValueError(f"{name}: got {_got(value)}; expected a number (int, float, numpy scalar "
+                         f"or 0-dim tensor; not bool){'' if domain is None else ' with ' + domain}")
+    v = float(value)
+    if not ok(v):
+        raise ValueError(f"{name}: got {v!r}; expected {domain}")
+    return v
+
+
+def _integer(name, value, ok, expected):
+    """An integer argument (int or numpy integer, not bool) satisfying ok -> int."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not ok(value):
+        raise ValueError(f"{name}: got {_got(value)}; expected {expected}")
+    return int(value)
+
+
+def _check_logits(logits):
+    """logits: (B, C) float tensor with C >= 2, else the user-facing ValueError."""
+    if _tensor("logits", logits).dim() != 2 or not logits.is_floating_point() or logits.shape[1] < 2:
         raise ValueError(f"logits: got shape {tuple(logits.shape)} dtype {logits.dtype}; "
                          f"expected a float tensor (B, C) with C >= 2")
-    if target.shape != logits.shape[:1] or target.dtype != torch.int64:
+
+
+def _log_probs(logits, target):
+    """Validate; logits: (B, C) float, target: (B,) int64 -> (log p (B, C), log p_y (B,))."""
+    _check_logits(logits)
+    if _tensor("target", target).shape != logits.shape[:1] or target.dtype != torch.int64:
         raise ValueError(f"target: got shape {tuple(target.shape)} dtype {target.dtype}; "
                          f"expected int64 of shape ({logits.shape[0]},)")
     if bool(((target < 0) | (target >= logits.shape[1])).any()):
@@ -101,12 +151,6 @@ def _log_probs(logits, target):
     return logp, logp.gather(1, target[:, None])[:, 0]
 
 
-def _check(name, value, ok, expected):
-    """Raise the user-facing ValueError for a hyper-parameter outside its domain."""
-    if not ok:
-        raise ValueError(f"{name}: got {value!r}; expected {expected}")
-
-
 def log1m_softmax(logits):
     """log(1 - p_k) for every class, accurate and with finite gradients even at p_k = 1.
 
@@ -114,6 +158,7 @@ def log1m_softmax(logits):
     where log1p(-p_k) is accurate; for the argmax m, 1 - p_m = sum_{j != m} p_j is
     taken in log space (logsumexp without m), which never rounds to log 0.
     """
+    _check_logits(logits)
     logp = F.log_softmax(logits, dim=1)
     m = logits.argmax(dim=1, keepdim=True)
     # clamp keeps the unused argmax entry (p may be 1) away from log1p(-1) = -inf
@@ -143,11 +188,14 @@ def nce(logits, target):
 def fl(logits, target, *, gamma):
     """Focal loss (Lin et al. ICCV'17): fl = -(1 - p_y)^gamma log p_y, gamma >= 0.
 
-    logits: (B, C), target: (B,) -> (B,). Gradients flow through (1 - p_y)^gamma
-    (the true focal loss); it is written exp(gamma * log(1 - p_y)) with the stable
-    log1m_softmax, so gamma < 1 has no 0 * inf at p_y = 1. gamma = 0 gives ce.
+    logits: (B, C), target: (B,) -> (B,). [choice, docs/design.md §4] Gradients
+    flow through (1 - p_y)^gamma, as in Lin et al.'s definition; APL's official
+    FocalLoss (its FL baseline) takes p_t from .data, i.e. detaches the factor
+    (nfl does follow APL: NFL is APL's own loss). Written exp(gamma * log(1 - p_y))
+    with the stable log1m_softmax, so gamma < 1 has no 0 * inf at p_y = 1.
+    gamma = 0 gives ce.
     """
-    _check("gamma", gamma, gamma >= 0, "gamma >= 0")
+    gamma = _number("gamma", gamma, lambda v: v >= 0, "gamma >= 0")
     _, logp_y = _log_probs(logits, target)
     log1m_y = log1m_softmax(logits).gather(1, target[:, None])[:, 0]
     return -torch.exp(gamma * log1m_y) * logp_y
@@ -160,7 +208,7 @@ def nfl(logits, target, *, gamma):
     (1 - p_k)^gamma factors are detached (numerator and normaliser): gradients flow
     through the log p terms only. gamma = 0 gives nce.
     """
-    _check("gamma", gamma, gamma >= 0, "gamma >= 0")
+    gamma = _number("gamma", gamma, lambda v: v >= 0, "gamma >= 0")
     logp, _ = _log_probs(logits, target)
     fl_k = -torch.exp(gamma * log1m_softmax(logits)).detach() * logp
     return fl_k.gather(1, target[:, None])[:, 0] / fl_k.sum(dim=1)
@@ -190,7 +238,7 @@ def gce(logits, target, *, q):
 
     logits: (B, C), target: (B,) -> (B,).
     """
-    _check("q", q, 0 < q <= 1, "0 < q <= 1")
+    q = _number("q", q, lambda v: 0 < v <= 1, "0 < q <= 1")
     logp_y = _log_probs(logits, target)[1].clamp(min=math.log(GCE_MIN_PROB))
     # -expm1(q log p) = 1 - p^q without cancellation for small q
     return -torch.expm1(q * logp_y) / q
@@ -203,7 +251,7 @@ def nnce(logits, target, *, min_prob):
     vertically flipped CE), nnce = 1 - q_y / sum_k q_k.
     logits: (B, C), target: (B,) -> (B,) in [0, 1].
     """
-    _check("min_prob", min_prob, 0 < min_prob < 1, "0 < min_prob < 1")
+    min_prob = _number("min_prob", min_prob, lambda v: 0 < v < 1, "0 < min_prob < 1")
     logp, _ = _log_probs(logits, target)
     q_k = -math.log(min_prob) + logp.clamp(min=math.log(min_prob))
     return 1.0 - q_k.gather(1, target[:, None])[:, 0] / q_k.sum(dim=1)
@@ -219,8 +267,8 @@ def nnfl(logits, target, *, gamma, min_prob):
     (unlike nfl's detached factors). gamma = 0 gives nnce.
     logits: (B, C), target: (B,) -> (B,) in [0, 1].
     """
-    _check("gamma", gamma, gamma >= 0, "gamma >= 0")
-    _check("min_prob", min_prob, 0 < min_prob < 1, "0 < min_prob < 1")
+    gamma = _number("gamma", gamma, lambda v: v >= 0, "gamma >= 0")
+    min_prob = _number("min_prob", min_prob, lambda v: 0 < v < 1, "0 < min_prob < 1")
     logp, _ = _log_probs(logits, target)
     log_min = math.log(min_prob)
     big_a = -((1.0 - min_prob) ** gamma) * log_min
@@ -235,8 +283,8 @@ def agce(logits, target, *, a, q):
 
     logits: (B, C), target: (B,) -> (B,).
     """
-    _check("a", a, a > 0, "a > 0")
-    _check("q", q, q > 0, "q > 0")
+    a = _number("a", a, lambda v: v > 0, "a > 0")
+    q = _number("q", q, lambda v: v > 0, "q > 0")
     p_y = _log_probs(logits, target)[1].exp()
     return ((a + 1.0) ** q - (a + p_y) ** q) / q
 
@@ -246,8 +294,8 @@ def aul(logits, target, *, a, q):
 
     logits: (B, C), target: (B,) -> (B,).
     """
-    _check("a", a, a > 1, "a > 1")
-    _check("q", q, q > 0, "q > 0")
+    a = _number("a", a, lambda v: v > 1, "a > 1")
+    q = _number("q", q, lambda v: v > 0, "q > 0")
     p_y = _log_probs(logits, target)[1].exp()
     return ((a - p_y) ** q - (a - 1.0) ** q) / q
 
@@ -257,28 +305,37 @@ def ael(logits, target, *, a):
 
     logits: (B, C), target: (B,) -> (B,).
     """
-    _check("a", a, a > 0, "a > 0")
+    a = _number("a", a, lambda v: v > 0, "a > 0")
     return torch.exp(-_log_probs(logits, target)[1].exp() / a)
 
 
 # ------------------------------------------------------ active + passive mixes --
+def _weights(alpha, beta):
+    """The mixing weights of an active + passive loss, checked numbers -> (alpha, beta) floats."""
+    return _number("alpha", alpha), _number("beta", beta)
+
+
 def sce(logits, target, *, alpha, beta):
     """Symmetric CE (Wang et al. ICCV'19): alpha * ce + beta * rce.  (B, C), (B,) -> (B,)."""
+    alpha, beta = _weights(alpha, beta)
     return alpha * ce(logits, target) + beta * rce(logits, target)
 
 
 def nce_rce(logits, target, *, alpha, beta):
     """APL NCE+RCE (Ma et al. ICML'20): alpha * nce + beta * rce.  (B, C), (B,) -> (B,)."""
+    alpha, beta = _weights(alpha, beta)
     return alpha * nce(logits, target) + beta * rce(logits, target)
 
 
 def nce_mae(logits, target, *, alpha, beta):
     """APL NCE+MAE: alpha * nce + beta * mae.  (B, C), (B,) -> (B,)."""
+    alpha, beta = _weights(alpha, beta)
     return alpha * nce(logits, target) + beta * mae(logits, target)
 
 
 def nce_agce(logits, target, *, alpha, beta, a, q):
     """ALFs NCE+AGCE (Zhou et al. ICML'21): alpha * nce + beta * agce.  (B, C), (B,) -> (B,)."""
+    alpha, beta = _weights(alpha, beta)
     return alpha * nce(logits, target) + beta * agce(logits, target, a=a, q=q)
 
 
@@ -289,6 +346,7 @@ def anl_ce(logits, target, *, alpha, beta, min_prob):
     mean, with the optimizer's weight decay set to 0 (ANL official setup).
     logits: (B, C), target: (B,) -> (B,).
     """
+    alpha, beta = _weights(alpha, beta)
     return alpha * nce(logits, target) + beta * nnce(logits, target, min_prob=min_prob)
 
 
@@ -297,6 +355,7 @@ def anl_fl(logits, target, *, alpha, beta, gamma, min_prob):
 
     logits: (B, C), target: (B,) -> (B,).
     """
+    alpha, beta = _weights(alpha, beta)
     return (alpha * nfl(logits, target, gamma=gamma)
             + beta * nnfl(logits, target, gamma=gamma, min_prob=min_prob))
 
@@ -307,8 +366,12 @@ def l1_penalty(params):
     The training loop adds delta * l1_penalty(model.parameters()) to the mean loss
     and sets the optimizer's weight decay to 0 (ANL replaces L2 by this L1 term).
     """
+    if isinstance(params, torch.Tensor) or not isinstance(params, Iterable):
+        raise ValueError(f"params: got {type(params).__name__}; expected an iterable of tensors "
+                         f"(e.g. model.parameters())")
     total = None
     for p in params:
+        _tensor("params", p)
         total = p.abs().sum() if total is None else total + p.abs().sum()
     if total is None:
         raise ValueError("params: got an empty iterable; expected at least one tensor")
@@ -324,14 +387,18 @@ def weight_decay(name, requested=None):
     for the ANL losses (Ye et al. NeurIPS'23 train with weight decay 0 and their L1 term
     instead) and DEFAULT_WEIGHT_DECAY otherwise."""
     if requested is not None:
-        return float(requested)
+        return _number("requested", requested, lambda v: v >= 0, "weight decay >= 0")
     return 0.0 if name in L1_LOSSES else DEFAULT_WEIGHT_DECAY
 
 
 def l1_weight(name, config):
     """delta of the L1 term delta * l1_penalty(params) the training loop adds for loss `name`:
     config["delta"] (loss_config's) for the ANL losses, 0 for every other loss."""
-    return float(config.get("delta", 0.0)) if name in L1_LOSSES else 0.0
+    if not isinstance(config, dict):
+        raise ValueError(f"config: got {type(config).__name__}; expected loss_config's dict")
+    if name not in L1_LOSSES:
+        return 0.0
+    return _number("delta", config.get("delta", 0.0), lambda v: v >= 0, "delta >= 0")
 
 
 LOSSES = {f.__name__: f for f in (
@@ -345,15 +412,15 @@ def loss_config(name, num_classes, dataset, noise=None, **overrides):
 
     Returns a new dict (anl_* include "delta"; "elr" gives beta, lam, and on the
     10-class datasets noise == "asymmetric" selects 0.9, 1, anything else 0.7, 3).
-    Overrides whose value is None are ignored, so unset CLI flags fall through.
+    Overrides whose value is None are ignored, so unset CLI flags fall through;
+    the others must be numbers (_is_real) and are stored as floats.
     num_classes is validated (>= 2); the column is chosen by dataset.
     """
-    if name not in DEFAULTS:
+    if not isinstance(name, str) or name not in DEFAULTS:
         raise ValueError(f"name: got {name!r}; expected one of {sorted(DEFAULTS)}")
-    if dataset not in DATASET_COLUMN:
+    if not isinstance(dataset, str) or dataset not in DATASET_COLUMN:
         raise ValueError(f"dataset: got {dataset!r}; expected one of {sorted(DATASET_COLUMN)}")
-    ok = isinstance(num_classes, numbers.Integral) and num_classes >= 2
-    _check("num_classes", num_classes, ok, "an int >= 2")
+    _integer("num_classes", num_classes, lambda v: v >= 2, "an int >= 2")
     column = DATASET_COLUMN[dataset]
     rows = DEFAULTS[name]
     hp = dict(rows.get(f"{column}/{noise}", rows[column]))
@@ -363,7 +430,7 @@ def loss_config(name, num_classes, dataset, noise=None, **overrides):
         if key not in hp:
             raise ValueError(f"{key}: not a hyper-parameter of {name!r}; "
                              f"expected one of {sorted(hp) or 'none'}")
-        hp[key] = value
+        hp[key] = _number(key, value)
     return hp
 
 
@@ -379,7 +446,7 @@ def make_loss(name, num_classes, dataset, noise=None, **overrides):
     if name == "elr":
         raise ValueError("name: got 'elr', which needs per-sample state; "
                          "expected a stateless loss; call elr_loss with loss_config('elr', ...)")
-    if name not in LOSSES:
+    if not isinstance(name, str) or name not in LOSSES:
         raise ValueError(f"name: got {name!r}; expected one of {sorted(LOSSES)}")
     hp = loss_config(name, num_classes, dataset, noise, **overrides)
     hp.pop("delta", None)
@@ -401,10 +468,10 @@ def elr_loss(logits, target, t_batch, beta, lam):
     logits: (B, C), target: (B,), t_batch: (B, C) rows >= 0 summing to <= 1
     -> (loss (B,), t_new (B, C) detached); t_batch is not modified.
     """
-    _check("beta", beta, 0 <= beta < 1, "0 <= beta < 1")
-    _check("lam", lam, lam >= 0, "lam >= 0")
+    beta = _number("beta", beta, lambda v: 0 <= v < 1, "0 <= beta < 1")
+    lam = _number("lam", lam, lambda v: v >= 0, "lam >= 0")
     logp, logp_y = _log_probs(logits, target)
-    if t_batch.shape != logits.shape:
+    if _tensor("t_batch", t_batch).shape != logits.shape:
         raise ValueError(f"t_batch: got shape {tuple(t_batch.shape)}; "
                          f"expected the logits' shape {tuple(logits.shape)}")
     p = logp.exp().clamp(ELR_CLAMP, 1.0 - ELR_CLAMP)
@@ -422,16 +489,17 @@ def forget_rate(epoch, tau, t_k=10, c=1):
     (default: the noise rate), t_k > 0, c > 0 -> float. Note the official code
     ramps with linspace(0, tau^c, t_k) instead; this is the paper's formula (docs/design.md §4).
     """
-    _check("epoch", epoch, epoch >= 0, "epoch >= 0")
-    _check("tau", tau, 0 <= tau <= 1, "0 <= tau <= 1")
-    _check("t_k", t_k, t_k > 0, "t_k > 0")
-    _check("c", c, c > 0, "c > 0")
+    epoch = _number("epoch", epoch, lambda v: v >= 0, "epoch >= 0")
+    tau = _number("tau", tau, lambda v: 0 <= v <= 1, "0 <= tau <= 1")
+    t_k = _number("t_k", t_k, lambda v: v > 0, "t_k > 0")
+    c = _number("c", c, lambda v: v > 0, "c > 0")
     return tau * min(1.0, epoch / t_k) ** c
 
 
 def num_kept(batch_size, forget_rate):
     """round((1 - forget_rate) * batch_size), half up, at least 1 -> int."""
-    _check("forget_rate", forget_rate, 0 <= forget_rate <= 1, "0 <= forget_rate <= 1")
+    batch_size = _integer("batch_size", batch_size, lambda v: v >= 1, "an int >= 1")
+    forget_rate = _number("forget_rate", forget_rate, lambda v: 0 <= v <= 1, "0 <= forget_rate <= 1")
     return max(1, int(math.floor((1.0 - forget_rate) * batch_size + 0.5)))
 
 
@@ -451,6 +519,7 @@ def coteaching_select(loss_a, loss_b, forget_rate):
     A is updated on the k samples with the smallest loss_b, B on those with the
     smallest loss_a; ties go to the lower index (stable sort), so it is deterministic.
     """
+    _tensor("loss_a", loss_a), _tensor("loss_b", loss_b)
     if loss_a.dim() != 1 or loss_a.shape != loss_b.shape or loss_a.numel() == 0:
         raise ValueError(f"loss_a, loss_b: got shapes {tuple(loss_a.shape)}, "
                          f"{tuple(loss_b.shape)}; expected two non-empty (B,) tensors")

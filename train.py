@@ -80,7 +80,7 @@ def build_parser():
     g.add_argument("--noise", default="symmetric", choices=train_cli.NOISES, help="label-noise model (none: the dataset's own labels)")
     g.add_argument("--noise-rate", type=float, default=0.4, help="fraction of labels flipped, in [0, 1)")
     g.add_argument("--noise-include-true", action="store_true", help="symmetric noise may keep the true class (ELR/DivideMix convention)")
-    g.add_argument("--noise-sampling", default="exact", choices=("exact", "bernoulli"), help="exact = exactly round(T[i,j]*n_i) flips per class")
+    g.add_argument("--noise-sampling", default="exact", choices=("exact", "bernoulli"), help="exact = each class i flips exactly round((1-T[i,i])*n_i) labels (half to even), spread over the targets by largest remainder")
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="mlp", help=f"one of {', '.join(nets.BACKBONES)}")
     g.add_argument("--head", default="dfc", help="fc | dfc (DCM on FC) | kan | dkan (DCM on KAN)")

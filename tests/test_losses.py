@@ -3,6 +3,7 @@ float32 stability at extreme logits, the defaults table, ELR and co-teaching."""
 import inspect
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -226,6 +227,7 @@ def test_nfl_gradient_ignores_the_focal_factors():
 
 
 def test_fl_gradient_flows_through_the_focal_factor():
+    # docs/design.md §4 [choice]: Lin et al.'s gradient, not APL's detached (1 - p_t)^gamma
     z, y = torch.randn(4, 5, dtype=torch.float64, requires_grad=True), torch.tensor([0, 1, 2, 3])
     g, = torch.autograd.grad(L.fl(z, y, gamma=2.0).sum(), z)
     p_y = torch.softmax(z, 1).gather(1, y[:, None])[:, 0]
@@ -298,6 +300,76 @@ def test_bad_logits_raise_value_error():
 def test_hyper_parameters_outside_their_domain_raise_value_error(name, hp):
     with pytest.raises(ValueError, match=next(iter(hp))):
         call(name, torch.zeros(2, 3), torch.tensor([0, 1]), **hp)
+
+
+# ------------------------------------------------------- argument types --
+Z, Y, T3 = torch.zeros(2, 3), torch.tensor([0, 1]), torch.zeros(2, 3)
+BAD_NUMBERS = [None, "0.5", True, np.bool_(True), torch.ones(2), [0.5]]
+
+
+def bad_hyper_parameter_cases():
+    """(id, thunk, argument name): each loss's hyper-parameters given a non-number."""
+    cases = []
+    for name in sorted(L.LOSSES):
+        for key in hp_of(name):
+            for i, bad in enumerate(BAD_NUMBERS):
+                thunk = lambda n=name, k=key, b=bad: call(n, Z, Y, **{k: b})  # noqa: E731
+                cases.append(pytest.param(thunk, key, id=f"{name}-{key}-{i}"))
+    return cases
+
+
+BAD_ARGUMENTS = [  # (thunk, the argument its ValueError must name)
+    *[pytest.param(lambda n=n, z=z: L.LOSSES[n](z, Y, **hp_of(n)), "logits", id=f"{n}-logits-{i}")
+      for n in sorted(L.LOSSES) for i, z in enumerate([None, Z.numpy(), [[0.0, 1.0, 2.0]] * 2])],
+    *[pytest.param(lambda n=n, y=y: L.LOSSES[n](Z, y, **hp_of(n)), "target", id=f"{n}-target-{i}")
+      for n in sorted(L.LOSSES) for i, y in enumerate([None, [0, 1], Y.numpy()])],
+    pytest.param(lambda: L.log1m_softmax([[0.0, 1.0]]), "logits", id="log1m_softmax"),
+    pytest.param(lambda: L.make_loss("gce", 10, "cifar10", q="0.7"), "q", id="make_loss-q-str"),
+    pytest.param(lambda: L.make_loss("fl", 10, "cifar10", gamma=True), "gamma", id="make_loss-gamma-bool"),
+    pytest.param(lambda: L.make_loss(["gce"], 10, "cifar10"), "name", id="make_loss-name-list"),
+    pytest.param(lambda: L.make_loss("gce", "10", "cifar10"), "num_classes", id="make_loss-C-str"),
+    pytest.param(lambda: L.make_loss("gce", True, "cifar10"), "num_classes", id="make_loss-C-bool"),
+    pytest.param(lambda: L.loss_config("gce", 10, ["cifar10"]), "dataset", id="loss_config-dataset-list"),
+    pytest.param(lambda: L.loss_config("sce", 10, "cifar10", alpha="1"), "alpha", id="loss_config-alpha"),
+    pytest.param(lambda: L.loss_config("gce", 10.0, "cifar10"), "num_classes", id="loss_config-C-float"),
+    pytest.param(lambda: L.elr_loss(Z, Y, None, 0.7, 3.0), "t_batch", id="elr-t-None"),
+    pytest.param(lambda: L.elr_loss(Z, Y, T3.numpy(), 0.7, 3.0), "t_batch", id="elr-t-numpy"),
+    pytest.param(lambda: L.elr_loss(Z, Y, T3, None, 3.0), "beta", id="elr-beta"),
+    pytest.param(lambda: L.elr_loss(Z, Y, T3, 0.7, "3"), "lam", id="elr-lam"),
+    pytest.param(lambda: L.elr_loss(None, Y, T3, 0.7, 3.0), "logits", id="elr-logits"),
+    pytest.param(lambda: L.elr_loss(Z, [0, 1], T3, 0.7, 3.0), "target", id="elr-target"),
+    pytest.param(lambda: L.forget_rate(3, None), "tau", id="forget_rate-tau-None"),
+    pytest.param(lambda: L.forget_rate(3, True), "tau", id="forget_rate-tau-bool"),
+    pytest.param(lambda: L.forget_rate(None, 0.4), "epoch", id="forget_rate-epoch"),
+    pytest.param(lambda: L.forget_rate(3, 0.4, t_k="10"), "t_k", id="forget_rate-t_k"),
+    pytest.param(lambda: L.forget_rate(3, 0.4, c=None), "c", id="forget_rate-c"),
+    pytest.param(lambda: L.num_kept(None, 0.2), "batch_size", id="num_kept-B-None"),
+    pytest.param(lambda: L.num_kept(10.0, 0.2), "batch_size", id="num_kept-B-float"),
+    pytest.param(lambda: L.num_kept(10, "0.2"), "forget_rate", id="num_kept-rate"),
+    pytest.param(lambda: L.coteaching_select(None, Y.float(), 0.2), "loss_a", id="coteaching-a"),
+    pytest.param(lambda: L.coteaching_select(Y.float(), [0.0, 1.0], 0.2), "loss_b", id="coteaching-b"),
+    pytest.param(lambda: L.coteaching_select(Y.float(), Y.float(), None), "forget_rate", id="coteaching-rate"),
+    pytest.param(lambda: L.l1_penalty(None), "params", id="l1_penalty-None"),
+    pytest.param(lambda: L.l1_penalty([torch.ones(2), 3.0]), "params", id="l1_penalty-float-item"),
+    pytest.param(lambda: L.weight_decay("ce", "1e-4"), "requested", id="weight_decay-str"),
+    pytest.param(lambda: L.l1_weight("anl_ce", None), "config", id="l1_weight-config"),
+    pytest.param(lambda: L.l1_weight("anl_ce", {"delta": "5e-5"}), "delta", id="l1_weight-delta"),
+    *bad_hyper_parameter_cases(),
+]
+
+
+@pytest.mark.parametrize("thunk, arg", BAD_ARGUMENTS)
+def test_bad_argument_types_raise_a_one_line_value_error_naming_the_argument(thunk, arg):
+    with pytest.raises(ValueError) as err:
+        thunk()
+    assert str(err.value).startswith(f"{arg}: got ") and "\n" not in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("q", [0.5, np.float32(0.5), np.float64(0.5), torch.tensor(0.5)])
+def test_hyper_parameters_accept_python_numpy_and_0_dim_tensor_numbers(q):
+    torch.testing.assert_close(L.gce(Z, Y, q=q), L.gce(Z, Y, q=0.5))
+    assert L.forget_rate(np.int64(5), q) == L.forget_rate(5, 0.5) == 0.25
+    assert L.loss_config("gce", np.int64(10), "cifar10", q=q) == {"q": 0.5}
 
 
 # ----------------------------------------------- defaults table, constructor --

@@ -7,6 +7,7 @@ is a reproducible case, including empty classes and classes of one sample.
 import json
 import math
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -161,6 +162,68 @@ def test_exact_counts_are_within_one_of_T_times_class_size(data, case, seed):
     assert np.array_equal(cnt.sum(1), n_i)
     assert (np.abs(cnt - T * n_i[:, None]) < 1 + 1e-9).all()
     assert (cnt[T == 0] == 0).all()
+
+
+@st.composite
+def decimal_rates(draw, max_rate=0.85):
+    """A rate written with 1-4 decimals (0.015, 0.45, ...) as a float."""
+    d = draw(st.integers(1, 4))
+    return float(Fraction(draw(st.integers(0, int(max_rate * 10**d))), 10**d))
+
+
+def flips_per_class(y, z, C):
+    return [int(((y == i) & (z != i)).sum()) for i in range(C)]
+
+
+@given(st.integers(2, 30), st.integers(0, 200), decimal_rates(), st.booleans(), SEEDS)
+def test_exact_symmetric_equal_classes_flip_the_documented_rounding(C, n, r, include_true, seed):
+    # docs/design.md §5: round((1 - T_ii) n_i), half to even, computed here in exact
+    # rationals from the rate as written; 1 - T_ii = r, or r (C-1)/C with the true class
+    y = labels_with_sizes([n] * C, seed)
+    z = N.corrupt_labels(y, quiet_T("symmetric", C, r, include_true=include_true), seed)
+    flip_rate = Fraction(str(r)) * (Fraction(C - 1, C) if include_true else 1)
+    assert flips_per_class(y, z, C) == [round(flip_rate * n)] * C  # Fraction rounds half to even
+
+
+@given(st.integers(2, 30), st.integers(1, 200), st.data(), SEEDS)
+def test_exact_symmetric_rate_h_over_2n_flips_h_over_2_rounded_in_every_class(C, n, data, seed):
+    # r = h / (2n) as a float is not a short decimal, but (1 - T_ii) n is h/2 up to
+    # float fuzz: every class flips round(h/2), half to even, whatever the fuzz
+    h = data.draw(st.integers(0, int(0.85 * 2 * n)))
+    y = labels_with_sizes([n] * C, seed)
+    z = N.corrupt_labels(y, quiet_T("symmetric", C, h / (2 * n)), seed)
+    assert flips_per_class(y, z, C) == [round(Fraction(h, 2))] * C
+
+
+@pytest.mark.parametrize("C, r, include_true, n, want", [
+    (3, 0.015, False, 100, 2),    # 1.5 -> 2; float fuzz once gave [1, 1, 2]
+    (10, 0.45, False, 10, 4),     # 4.5 -> 4; float fuzz once gave [5 x8, 4, 4]
+    (6, 0.5, True, 6, 2),         # 5/12 * 6 = 2.5 -> 2: not a terminating decimal
+])
+def test_exact_flip_count_rounds_exact_halves_to_even(C, r, include_true, n, want):
+    y = labels_with_sizes([n] * C, 0)
+    z = N.corrupt_labels(y, quiet_T("symmetric", C, r, include_true=include_true), 0)
+    assert flips_per_class(y, z, C) == [want] * C
+
+
+@given(st.data(), labelled(), SEEDS)
+def test_exact_flips_total_the_rounded_rate_and_each_target_gets_floor_or_ceil(data, case, seed):
+    y, C = case
+    T = data.draw(random_T(C))
+    cnt = counts_matrix(y, N.corrupt_labels(y, T, seed), C)
+    for i, n in enumerate(np.bincount(y, minlength=C)):
+        off, expected = np.delete(cnt[i], i), np.delete(T[i], i) * n
+        assert off.sum() == round((1 - T[i, i]) * n)
+        assert ((off == np.floor(expected)) | (off == np.floor(expected) + 1)).all()
+
+
+def test_exact_flips_are_spread_by_largest_remainder_not_rounded_per_target():
+    # 10 classes, r = 0.4, n = 7: 2.8 -> 3 flips; each target's 0.31 rounds to 0,
+    # yet three targets get 1 (docs/design.md §5)
+    y = labels_with_sizes([7] * 10, 0)
+    cnt = counts_matrix(y, N.corrupt_labels(y, quiet_T("symmetric", 10, 0.4), 0), 10)
+    for i in range(10):
+        assert sorted(np.delete(cnt[i], i)) == [0] * 6 + [1] * 3
 
 
 @given(st.floats(0.05, 0.49), SEEDS)
