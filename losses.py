@@ -439,7 +439,7 @@ def make_loss(name, num_classes, dataset, noise=None, **overrides):
 
     A functools.partial of LOSSES[name] with loss_config's hyper-parameters minus
     "delta" (the training loop adds delta * l1_penalty). Hyper-parameter values are
-    checked now by one call on a (1, num_classes) zero batch.
+    checked now, delta by l1_weight and the others by one call on a (1, num_classes) zero batch.
     'elr' raises ValueError: it carries per-sample state, so use elr_loss with
     loss_config('elr', ...) instead (returning plain ce would silently drop ELR).
     """
@@ -449,6 +449,7 @@ def make_loss(name, num_classes, dataset, noise=None, **overrides):
     if not isinstance(name, str) or name not in LOSSES:
         raise ValueError(f"name: got {name!r}; expected one of {sorted(LOSSES)}")
     hp = loss_config(name, num_classes, dataset, noise, **overrides)
+    l1_weight(name, hp)   # checks delta (>= 0) now, not at the first step
     hp.pop("delta", None)
     fn = functools.partial(LOSSES[name], **hp)
     fn(torch.zeros(1, num_classes), torch.zeros(1, dtype=torch.int64))

@@ -173,6 +173,8 @@ def test_a_real_process_exits_2_with_one_line_and_no_traceback(tmp_path):
     (["--dataset", "mnist", "--data-dir", "/nonexistent/dir"], "/nonexistent/dir"),
     (["--loss-arg", "q"], "--loss-arg"),
     (["--loss", "gce", "--loss-arg", "zeta=1"], "zeta"),
+    (["--loss", "anl_ce", "--loss-arg", "delta=-1"], "delta"),
+    (["--loss", "gce", "--loss-arg", "q=2"], "q"),
     (["--resume"], "checkpoint"),
     (["--train-eval-every", "-1"], "--train-eval-every"),
 ])
