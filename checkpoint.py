@@ -141,6 +141,8 @@ def load_checkpoint(path, device="cpu"):
     try:
         verified = verify_checkpoint(path)
         return torch.load(path, map_location=device, weights_only=True), verified
+    except CheckpointError:  # a checksum mismatch: its message already says what is wrong
+        raise
     except Exception as e:  # damaged bytes can fail anywhere in the unpickler (IndexError, KeyError, ...)
         raise CheckpointError(f"cannot read checkpoint {path}: {one_line(e)}; it is corrupt or not a train.py checkpoint") from None
 

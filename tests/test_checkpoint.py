@@ -48,7 +48,7 @@ def test_zeroed_block_is_reported_not_loaded(tmp_path):
         f.write(bytes(4096))
     with pytest.raises(checkpoint.CheckpointError, match="corrupt") as e:
         checkpoint.load_checkpoint(path)
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and str(e.value).count("corrupt") == 1   # said once
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -61,7 +61,7 @@ def test_random_bytes_are_a_one_line_error(tmp_path, seed):
         f.write((b"\x80\x02" if seed % 2 else b"") + body)
     with pytest.raises(checkpoint.CheckpointError) as e:
         checkpoint.load_checkpoint(path)
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and str(e.value).count("corrupt") == 1
 
 
 class Boom:
