@@ -238,9 +238,9 @@ def lock_run(folder):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
             os.close(fd)
-            raise LockHeld(f"--out {folder} is in use by a running train.py (pid {holder}, lock {path}); "
+            raise LockHeld(f"--out {folder} is in use by a running train.py ({_holder(holder)}, lock {path}); "
                             f"wait for it or choose another --out") from None
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
@@ -256,6 +256,14 @@ def lock_run(folder):
     return Lock(folder, fd, made, stale)
 
 
+def _holder(text):
+    """The 'pid host' text of a lock file, for a message: 'pid 19009 on host vm'."""
+    pid, _, host = text.strip().partition(" ")
+    if not pid:
+        return "another process"
+    return f"pid {pid} on host {host.strip()}" if host.strip() else f"pid {pid}"
+
+
 def _is_self(text):
     parts = text.split()
     return len(parts) == 2 and parts[0] == str(os.getpid()) and parts[1] == socket.gethostname()
@@ -268,7 +276,7 @@ def stale_message(lock):
     pid, _, host = lock.stale.partition(" ")
     dead = host != socket.gethostname() or not pid.isdigit() or not _alive(int(pid))
     state = "which is no longer running" if dead else "which no longer holds it"
-    return f"{lock.folder}/{LOCK_NAME} was left by pid {pid} on {host or '?'}, {state}; taking the folder over"
+    return f"{lock.folder}/{LOCK_NAME} was left by {_holder(lock.stale)}, {state}; taking the folder over"
 
 
 def _cleanup(folder, made):

@@ -4,6 +4,7 @@ default run names tell configurations apart."""
 import errno
 import hashlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -163,7 +164,7 @@ def test_set_aside_then_restore_gives_back_exactly_the_old_run(tmp_path):
 def test_a_held_folder_cannot_be_locked_again_and_names_the_holder(tmp_path):
     folder = str(tmp_path / "run")
     lock = checkpoint.lock_run(folder)
-    with pytest.raises(checkpoint.LockHeld, match=f"pid {os.getpid()} {socket.gethostname()}"):
+    with pytest.raises(checkpoint.LockHeld, match=re.escape(f"(pid {os.getpid()} on host {socket.gethostname()}, lock ")):
         checkpoint.lock_run(folder)
     checkpoint.unlock_run(lock)
     checkpoint.unlock_run(checkpoint.lock_run(folder))   # free again after release
@@ -177,7 +178,7 @@ def test_lock_held_by_another_process(tmp_path):
                               cwd=os.path.dirname(os.path.abspath(checkpoint.__file__)))
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(checkpoint.LockHeld, match=f"pid {holder.pid} "):
+        with pytest.raises(checkpoint.LockHeld, match=re.escape(f"(pid {holder.pid} on host {socket.gethostname()}, ")):
             checkpoint.lock_run(folder)
     finally:
         holder.communicate("")
@@ -196,7 +197,7 @@ def test_stale_lock_of_a_dead_pid_is_taken_over_and_reported(tmp_path):
     try:
         assert lock.stale == f"{dead.pid} {socket.gethostname()}"
         msg = checkpoint.stale_message(lock)
-        assert str(dead.pid) in msg and "no longer running" in msg
+        assert f"left by pid {dead.pid} on host {socket.gethostname()}, " in msg and "no longer running" in msg
         assert (folder / checkpoint.LOCK_NAME).read_text().split()[0] == str(os.getpid())
     finally:
         checkpoint.unlock_run(lock)

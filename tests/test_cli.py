@@ -10,6 +10,7 @@ import json
 import os
 import resource
 import signal
+import socket
 import subprocess
 
 import pytest
@@ -42,7 +43,7 @@ def test_second_run_is_refused_and_sigterm_stops_resumably(tmp_path):
         wait_for(a, "epoch   1/200")
         b = cli(*flags)
         assert b.returncode == 2
-        assert f"pid {a.pid} " in one_line(b.stderr) and "in use" in b.stderr
+        assert f"(pid {a.pid} on host {socket.gethostname()}, " in one_line(b.stderr) and "in use" in b.stderr
         a.send_signal(signal.SIGTERM)
         _, err = a.communicate(timeout=120)
     finally:
