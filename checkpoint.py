@@ -141,6 +141,8 @@ def load_checkpoint(path, device="cpu"):
     try:
         verified = verify_checkpoint(path)
         return torch.load(path, map_location=device, weights_only=True), verified
+    except CheckpointError:  # a checksum mismatch: its message already says what is wrong
+        raise
     except Exception as e:  # damaged bytes can fail anywhere in the unpickler (IndexError, KeyError, ...)
         raise CheckpointError(f"cannot read checkpoint {path}: {one_line(e)}; it is corrupt or not a train.py checkpoint") from None
 
@@ -236,9 +238,9 @@ def lock_run(folder):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
             os.close(fd)
-            raise LockHeld(f"--out {folder} is in use by a running train.py (pid {holder}, lock {path}); "
+            raise LockHeld(f"--out {folder} is in use by a running train.py ({_holder(holder)}, lock {path}); "
                             f"wait for it or choose another --out") from None
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
@@ -254,6 +256,14 @@ def lock_run(folder):
     return Lock(folder, fd, made, stale)
 
 
+def _holder(text):
+    """The 'pid host' text of a lock file, for a message: 'pid 19009 on host vm'."""
+    pid, _, host = text.strip().partition(" ")
+    if not pid:
+        return "another process"
+    return f"pid {pid} on host {host.strip()}" if host.strip() else f"pid {pid}"
+
+
 def _is_self(text):
     parts = text.split()
     return len(parts) == 2 and parts[0] == str(os.getpid()) and parts[1] == socket.gethostname()
@@ -266,7 +276,7 @@ def stale_message(lock):
     pid, _, host = lock.stale.partition(" ")
     dead = host != socket.gethostname() or not pid.isdigit() or not _alive(int(pid))
     state = "which is no longer running" if dead else "which no longer holds it"
-    return f"{lock.folder}/{LOCK_NAME} was left by pid {pid} on {host or '?'}, {state}; taking the folder over"
+    return f"{lock.folder}/{LOCK_NAME} was left by {_holder(lock.stale)}, {state}; taking the folder over"
 
 
 def _cleanup(folder, made):
@@ -295,14 +305,19 @@ def unlock_run(lock):
 NAME_BASE = ("dataset", "head", "loss", "noise", "noise_rate", "seed")   # runs/<dataset>-<head>-<loss>-<noise><rate>-s<seed>
 # Flags that cannot change a run's results (where it goes, how fast, what is printed or saved aside).
 NAME_IGNORED = {"out", "resume", "auto_resume", "extend", "overwrite", "stop_after", "device", "threads",
-                "decode_workers", "compile", "train_eval_every", "save_masks", "track_grad_error"}
+                "decode_workers", "compile", "train_eval_every", "save_masks", "track_grad_error", "list_presets"}
+# Flags whose effect is already in the name: --preset NAME puts the preset's flags into argv
+# (presets.expand), and those that differ from their defaults get their own tokens.
+# config.json still records the preset.
+NAME_REDUNDANT = {"preset"}
 # Readable token prefixes; a flag not listed here is named by its own flag name.
 SHORT = {"backbone": "", "method": "", "optimizer": "", "noise_sampling": "", "epochs": "ep", "batch_size": "bs",
-         "limit_train": "n", "val_frac": "val", "keep": "keep", "dcm_scope": "scope-", "dcm_interval": "every",
-         "dcm_warmup": "warm", "dcm_stats": "stats-", "dcm_eval": "eval-", "dcm_freeze": "freeze", "lr": "lr",
-         "momentum": "mom", "weight_decay": "wd", "schedule": "sched-", "grad_clip": "clip", "kan_grid": "grid",
-         "kan_order": "order", "forget_rate": "tau", "augment": "aug-", "noise_include_true": "incl", "amp": "amp",
-         "loss_arg": "", "image_size": "px", "samples_per_epoch": "spe", "subset_once": "once", "noisy_labels": ""}
+         "limit_train": "n", "limit_test": "ntest", "val_frac": "val", "keep": "keep", "dcm_scope": "scope-",
+         "dcm_interval": "every", "dcm_warmup": "warm", "dcm_stats": "stats-", "dcm_eval": "eval-",
+         "dcm_freeze": "freeze", "lr": "lr", "momentum": "mom", "weight_decay": "wd", "schedule": "sched-",
+         "grad_clip": "clip", "kan_grid": "grid", "kan_order": "order", "forget_rate": "tau", "augment": "aug-",
+         "noise_include_true": "incl", "amp": "amp", "loss_arg": "", "image_size": "px", "samples_per_epoch": "spe",
+         "subset_once": "once", "noisy_labels": ""}
 PATH_FLAGS = {"data_dir", "noisy_labels_file", "pretrained", "train_list", "test_list", "imagenet_val_dir"}
 NAME_MAX = 60   # characters of readable tokens; the rest of the differing flags go into a hash suffix
 
@@ -322,13 +337,15 @@ def _fmt(v):
 
 def default_run_name(config, defaults):
     """Folder name of a run without --out: the base name, then a token per other flag that
-    differs from its default (parser order), readable up to NAME_MAX characters; the
+    differs from its default (parser order; not --preset, whose flags have their own tokens,
+    nor the NAME_IGNORED ones), readable up to NAME_MAX characters; the
     flags that do not fit (and paths) go into a '-h' + 8 hex digits suffix, so two
     configurations never share a name.
     config, defaults: {flag dest: value} (vars of the parsed and the default args)."""
     c = config
     name = f"{c['dataset']}-{c['head']}-{c['loss']}-{c['noise']}{_fmt(float(c['noise_rate']))}-s{c['seed']}"
-    differ = [k for k in config if k not in NAME_BASE and k not in NAME_IGNORED and config[k] != defaults.get(k)]
+    differ = [k for k in config if k not in NAME_BASE and k not in NAME_IGNORED and k not in NAME_REDUNDANT
+              and config[k] != defaults.get(k)]
     readable, hashed = [], {}
     for k in differ:
         tok = None if k in PATH_FLAGS else _token(k, config[k])

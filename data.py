@@ -137,8 +137,8 @@ def load_dataset(name, data_dir=None, noisy_labels_file=None, noisy_labels=None,
     if not is_n and (noisy_labels_file is not None or noisy_labels is not None):
         raise DataError(f"--noisy-labels-file/--noisy-labels apply to cifar10n and cifar100n only, "
                         f"not to {name}")
-    base = name[:-1] if is_n else name
-    folder = _data_folder(base, data_dir)
+    base = name[:-1] if is_n else name   # cifar10n reads the cifar10 images; messages name `name`
+    folder = _data_folder(base, data_dir, name)
     if base == "digits":
         x_train, y_train, x_test, y_test = _load_digits(folder)
         extra = {}
@@ -146,7 +146,7 @@ def load_dataset(name, data_dir=None, noisy_labels_file=None, noisy_labels=None,
         x_train, y_train, x_test, y_test = _load_idx_dataset(base, folder)
         extra = {}
     else:
-        x_train, y_train, x_test, y_test, extra = _load_cifar(base, folder)
+        x_train, y_train, x_test, y_test, extra = _load_cifar(base, folder, name)
     if is_n:
         extra["noisy_train"] = _load_cifar_n(name, noisy_labels_file, noisy_labels, len(y_train))
     x_train, x_test = torch.from_numpy(x_train), torch.from_numpy(x_test)
@@ -407,17 +407,19 @@ def redraw_subset(d, epoch):
 
 # ---------------------------------------------------------------- folders
 
-def _data_folder(name, data_dir):
-    """The existing, non-empty folder to read `name` from; DataError otherwise."""
+def _data_folder(name, data_dir, asked=None):
+    """The existing, non-empty folder to read `name` from; DataError otherwise, starting
+    with `asked` (the --dataset given, e.g. cifar10n for the cifar10 images; default name)."""
+    asked = asked or name
     where = data_dir if data_dir is not None else DEFAULT_DIRS.get(name)
     if where is None:
-        raise DataError(f"{name} needs --data-dir DIR with {_expected(name)}; "
+        raise DataError(f"{asked} needs --data-dir DIR with {_expected(name)}; "
                         f"to get them: {_HOW_TO_GET[name]}")
     if not os.path.isdir(where):
-        raise DataError(f"{name}: data directory {where} does not exist (or is not a folder); expected "
+        raise DataError(f"{asked}: data directory {where} does not exist (or is not a folder); expected "
                         f"{_expected(name)} there; to get them: {_HOW_TO_GET[name]}")
     if not os.listdir(where):
-        raise DataError(f"{name}: data directory {where} is empty; expected "
+        raise DataError(f"{asked}: data directory {where} is empty; expected "
                         f"{_expected(name)} there; to get them: {_HOW_TO_GET[name]}")
     return where
 
@@ -431,13 +433,14 @@ def _expected(name):
     return ", ".join(f + ".gz" for f in IDX_FILES) + " (or uncompressed)"
 
 
-def _find_file(folder, name, candidates):
-    """The first existing path among folder/candidates; DataError naming `name`'s files."""
+def _find_file(folder, name, candidates, asked=None):
+    """The first existing path among folder/candidates; DataError naming `name`'s files
+    (the message starts with `asked`, the --dataset given; default name)."""
     for c in candidates:
         path = os.path.join(folder, c)
         if os.path.isfile(path):
             return path
-    raise DataError(f"{name}: {candidates[0]} is missing in {folder}; expected "
+    raise DataError(f"{asked or name}: {candidates[0]} is missing in {folder}; expected "
                     f"{_expected(name)}; to get them: {_HOW_TO_GET[name]}")
 
 
@@ -558,31 +561,33 @@ def _cifar_folder(name, folder):
     return inner if os.path.isdir(inner) else folder
 
 
-def _load_cifar(name, folder):
-    """CIFAR-10/100 pickles -> x_train (N, 3, 32, 32), y_train, x_test, y_test, extra fields."""
+def _load_cifar(name, folder, asked=None):
+    """CIFAR-10/100 pickles -> x_train (N, 3, 32, 32), y_train, x_test, y_test, extra fields.
+    asked: the --dataset given (cifar10n/cifar100n read these images), named by the messages."""
+    asked = asked or name
     folder = _cifar_folder(name, folder)
     keys = [b"labels"] if name == "cifar10" else [b"fine_labels", b"coarse_labels"]
-    parts = [_read_cifar_batch(_find_file(folder, name, [f]), keys) for f in CIFAR_FILES[name]]
+    parts = [_read_cifar_batch(_find_file(folder, name, [f], asked), keys) for f in CIFAR_FILES[name]]
     x_train = np.concatenate([p[0] for p in parts[:-1]])
     train_labels = [np.concatenate([p[1][i] for p in parts[:-1]]) for i in range(len(keys))]
     x_test, test_labels = parts[-1]
     num_classes = 10 if name == "cifar10" else 100
     for y in (train_labels[0], test_labels[0]):
         if y.min(initial=0) < 0 or y.max(initial=0) >= num_classes:
-            raise DataError(f"{name}: labels outside 0..{num_classes - 1} in {folder}; re-download it")
+            raise DataError(f"{asked}: labels outside 0..{num_classes - 1} in {folder}; re-download it")
     extra = {}
     if name == "cifar100":
         extra["coarse_train"] = torch.from_numpy(train_labels[1])
-        extra["fine_to_coarse"] = _fine_to_coarse(train_labels[0], train_labels[1], folder)
+        extra["fine_to_coarse"] = _fine_to_coarse(train_labels[0], train_labels[1], folder, asked)
     return x_train, train_labels[0], x_test, test_labels[0], extra
 
 
-def _fine_to_coarse(fine, coarse, folder):
+def _fine_to_coarse(fine, coarse, folder, asked="cifar100"):
     """(100,) int64 superclass of each fine class, -1 where the class is absent."""
     table = np.full(100, -1, dtype=np.int64)
     table[fine] = coarse
     if (table[fine] != coarse).any() or coarse.min(initial=0) < 0 or coarse.max(initial=0) >= 20:
-        raise DataError(f"cifar100: coarse labels in {folder} are not one superclass in 0..19 "
+        raise DataError(f"{asked}: coarse labels in {folder} are not one superclass in 0..19 "
                         f"per fine class; re-download it")
     return torch.from_numpy(table)
 

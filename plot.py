@@ -267,16 +267,26 @@ def make_figures(runs, out, mask_picks, dpi):
 
 
 # ----------------------------------------------------------------------------- Comparing runs (--table)
-# One markdown table of any run folders: the flags that differ between them, then
-# last / best / validation-selected test accuracy, epochs and wall time. No matplotlib.
+# One markdown table of any run folders: the flags that differ between them (not the
+# records config.json adds, nor flags that cannot change results), then last / best /
+# validation-selected test accuracy, epochs run and wall time. No matplotlib.
 
-# Keys of config.json that describe the machine or the invocation, not the experiment.
-NOT_CONFIG = {"out", "resume", "overwrite", "stop_after", "threads", "device", "device_used", "torch",
-              "numpy", "python", "decode_workers", "list_presets", "n_train"}
+# config.json is train.py's flags plus these records (runfolder.run_meta: the machine and
+# versions, the loss's resolved hyper-parameters, the training-set size; runfolder.resume_record:
+# a list entry per resume and per --extend). Not flags, so never a column. plot.py stays
+# torch-free, so it names them itself; tests/test_plot.py derives them from runfolder.
+CONFIG_RECORDS = {"world_size", "device_used", "torch", "numpy", "python", "loss_hparams", "n_train",
+                  "resumed", "extended"}
+# Flags that cannot change a run's results (checkpoint.NAME_IGNORED | runfolder.CKPT_IGNORED,
+# but --epochs, which does: it is a column when it differs; tests/test_plot.py checks the set).
+NO_RESULT_FLAGS = {"out", "resume", "auto_resume", "extend", "overwrite", "stop_after", "device", "threads",
+                   "decode_workers", "compile", "train_eval_every", "save_masks", "track_grad_error", "list_presets"}
+NOT_CONFIG = CONFIG_RECORDS | NO_RESULT_FLAGS
 
 
 def config_differences(configs):
-    """Keys whose value differs between the configs (missing counts as a value), sorted."""
+    """Flags whose value differs between the configs (missing counts as a value), sorted;
+    NOT_CONFIG keys are left out."""
     keys = sorted(set().union(*configs) - NOT_CONFIG)
     return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
 
@@ -310,9 +320,10 @@ def _pct(acc_epoch):
 
 
 def compare_table(runs):
-    """Markdown table (str) of read_run() results: run, differing flags, accuracies, epochs, wall time."""
+    """Markdown table (str) of read_run() results: run, differing flags, accuracies, epochs run
+    (done/planned while unfinished), wall time."""
     keys = config_differences([r["config"] for r in runs])
-    head = ["run"] + keys + ["test last %", "test best % (epoch)", "val-selected test % (epoch)", "epochs", "wall s"]
+    head = ["run"] + keys + ["test last %", "test best % (epoch)", "val-selected test % (epoch)", "epochs run", "wall s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
         s = run_summary(r)
@@ -333,7 +344,7 @@ def build_parser():
     p.add_argument("--epochs", default=None, help="epochs of the mask heatmaps, e.g. 1,5,30 (default: first, middle, last saved)")
     p.add_argument("--dpi", type=int, default=100, help="resolution of the PNGs")
     p.add_argument("--table", action="store_true", help="print one markdown table comparing the runs (flags that differ, "
-                   "last/best/validation-selected test accuracy, epochs, wall time) instead of drawing figures")
+                   "last/best/validation-selected test accuracy, epochs run, wall time) instead of drawing figures")
     return p
 
 

@@ -4,6 +4,7 @@ default run names tell configurations apart."""
 import errno
 import hashlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch
 from hypothesis import given, strategies as st
 
 import checkpoint
+import presets
 import train
 
 
@@ -48,7 +50,7 @@ def test_zeroed_block_is_reported_not_loaded(tmp_path):
         f.write(bytes(4096))
     with pytest.raises(checkpoint.CheckpointError, match="corrupt") as e:
         checkpoint.load_checkpoint(path)
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and str(e.value).count("corrupt") == 1   # said once
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -61,7 +63,7 @@ def test_random_bytes_are_a_one_line_error(tmp_path, seed):
         f.write((b"\x80\x02" if seed % 2 else b"") + body)
     with pytest.raises(checkpoint.CheckpointError) as e:
         checkpoint.load_checkpoint(path)
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and str(e.value).count("corrupt") == 1
 
 
 class Boom:
@@ -163,7 +165,7 @@ def test_set_aside_then_restore_gives_back_exactly_the_old_run(tmp_path):
 def test_a_held_folder_cannot_be_locked_again_and_names_the_holder(tmp_path):
     folder = str(tmp_path / "run")
     lock = checkpoint.lock_run(folder)
-    with pytest.raises(checkpoint.LockHeld, match=f"pid {os.getpid()} {socket.gethostname()}"):
+    with pytest.raises(checkpoint.LockHeld, match=re.escape(f"(pid {os.getpid()} on host {socket.gethostname()}, lock ")):
         checkpoint.lock_run(folder)
     checkpoint.unlock_run(lock)
     checkpoint.unlock_run(checkpoint.lock_run(folder))   # free again after release
@@ -177,7 +179,7 @@ def test_lock_held_by_another_process(tmp_path):
                               cwd=os.path.dirname(os.path.abspath(checkpoint.__file__)))
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(checkpoint.LockHeld, match=f"pid {holder.pid} "):
+        with pytest.raises(checkpoint.LockHeld, match=re.escape(f"(pid {holder.pid} on host {socket.gethostname()}, ")):
             checkpoint.lock_run(folder)
     finally:
         holder.communicate("")
@@ -196,7 +198,7 @@ def test_stale_lock_of_a_dead_pid_is_taken_over_and_reported(tmp_path):
     try:
         assert lock.stale == f"{dead.pid} {socket.gethostname()}"
         msg = checkpoint.stale_message(lock)
-        assert str(dead.pid) in msg and "no longer running" in msg
+        assert f"left by pid {dead.pid} on host {socket.gethostname()}, " in msg and "no longer running" in msg
         assert (folder / checkpoint.LOCK_NAME).read_text().split()[0] == str(os.getpid())
     finally:
         checkpoint.unlock_run(lock)
@@ -248,11 +250,72 @@ def test_a_differing_flag_is_in_the_name_readably():
     assert name_of(["--out", "x", "--threads", "1", "--device", "cpu"]) == name_of([])   # cannot change results
 
 
+def test_limit_test_has_a_short_token_and_a_preset_adds_none():
+    base = "digits-dfc-ce-symmetric0.4-s0"
+    assert name_of(["--limit-train", "2000", "--limit-test", "1000", "--epochs", "2"]) == f"{base}-n2000-ntest1000-ep2"
+    assert name_of(["--limit-test", "1000"]) == f"{base}-ntest1000"
+
+
+@pytest.mark.parametrize("preset", list(presets.PRESETS))
+def test_a_preset_names_a_run_as_its_flags_typed_out_do(preset):
+    """--preset NAME expands into the preset's flags (presets.expand), which name the run
+    with their own tokens; the preset's name adds nothing (config.json records it)."""
+    argv, _ = presets.expand(["--preset", preset])
+    assert name_of(argv) == name_of(presets.flags(preset))
+    assert "preset" not in name_of(argv)
+
+
+NOT_NAMED = set(checkpoint.NAME_BASE) | checkpoint.NAME_IGNORED | checkpoint.NAME_REDUNDANT | checkpoint.PATH_FLAGS
+
+
+def test_every_flag_that_names_a_run_has_a_short_token():
+    """No experiment flag falls back to a long '-flag-name=value' token, and SHORT names only real flags."""
+    dests = {a.dest for a in train.build_parser()._actions} - {"help"}
+    assert dests - NOT_NAMED - set(checkpoint.SHORT) == set()
+    assert set(checkpoint.SHORT) <= dests - NOT_NAMED
+    prefixes = [p for p in checkpoint.SHORT.values() if p]
+    assert len(prefixes) == len(set(prefixes)), "two flags share a token prefix"
+
+
+def token_values(action):
+    """Non-default values a flag takes in practice (flags without a prefix: their real values)."""
+    import nets
+    import noise
+    import train_cli
+    known = {"backbone": nets.BACKBONES, "method": train_cli.METHODS, "loss_arg": [["q=0.5"], ["q=0.7", "a=1"]],
+             "noisy_labels": sorted(set(noise.CIFAR_N_KEYS[10]) | set(noise.CIFAR_N_KEYS[100]))}
+    if action.dest in known:
+        values = known[action.dest]
+    elif action.choices:
+        values = action.choices
+    elif action.nargs == 0:   # a switch
+        values = [True]
+    elif action.type is int:
+        values = [2, 7, 10, 100]
+    else:
+        values = [0.1, 0.25, 1.0, 1e-05]
+    return [v for v in values if v != action.default]
+
+
+def test_distinct_flag_values_give_distinct_tokens():
+    """Every (flag, value) gives its own token: no two flags, and no two values of a flag, share one."""
+    seen = {}
+    for action in train.build_parser()._actions:
+        if action.dest in checkpoint.SHORT:
+            for v in token_values(action):
+                tok = checkpoint._token(action.dest, v)
+                assert tok not in seen, (tok, (action.dest, v), seen.get(tok))
+                assert "=" not in tok or action.dest == "loss_arg", tok
+                seen[tok] = (action.dest, v)
+    assert len(seen) > 2 * len(checkpoint.SHORT)
+
+
 FLAG_VALUES = {"--keep": ["0.05", "0.3", "1"], "--lr": ["0.01", "0.1"], "--epochs": ["5", "60"],
                "--dcm-interval": ["2", "10"], "--dcm-scope": ["global"], "--weight-decay": ["0", "0.0005"],
                "--batch-size": ["32", "256"], "--backbone": ["cnn8"], "--method": ["elr", "coteaching"],
                "--loss-arg": ["q=0.5", "q=0.7"], "--data-dir": ["/a/b", "/a/c"], "--val-frac": ["0.1"],
-               "--limit-train": ["300", "1000"], "--dcm-freeze": [None], "--augment": ["none"]}
+               "--limit-train": ["300", "1000"], "--limit-test": ["300", "1000"], "--dcm-freeze": [None],
+               "--augment": ["none"]}
 
 
 @st.composite

@@ -374,6 +374,29 @@ def test_cifar_n_bad_which_or_missing_file_raise_dataerror(tmp_path, tiny_cifar_
                     "nope.pt does not exist", "noisylabels.com")
 
 
+@pytest.mark.parametrize("name", ["cifar10n", "cifar100n"])
+@pytest.mark.parametrize("case", ["no data-dir", "no folder", "empty folder", "missing batch", "bad labels"])
+def test_cifar_n_image_errors_start_with_the_dataset_asked_for(tmp_path, name, case):
+    """cifar10n/cifar100n read the CIFAR-10/100 images; their errors still start with the
+    --dataset the user gave, not cifar10/cifar100."""
+    base = name[:-1]
+    where = {"no data-dir": None, "no folder": tmp_path / "nope"}.get(case, tmp_path)
+    if case in ("missing batch", "bad labels"):
+        folder = (write_cifar10 if base == "cifar10" else write_cifar100)(tmp_path)[0]
+        batch = os.path.join(folder, "data_batch_1" if base == "cifar10" else "train")
+        if case == "missing batch":
+            os.remove(batch)
+        elif base == "cifar10":   # a label outside 0..9
+            write_py2_pickle(batch, {b"data": np.zeros((3, 3072), dtype=np.uint8), b"labels": [0, 1, 10]})
+        else:                     # fine class 1 in two superclasses
+            write_py2_pickle(batch, {b"data": np.zeros((2, 3072), dtype=np.uint8), b"fine_labels": [1, 1],
+                                     b"coarse_labels": [0, 3]})
+    needle = {"no data-dir": "needs --data-dir", "no folder": "does not exist", "empty folder": "is empty",
+              "missing batch": "is missing", "bad labels": "labels outside" if base == "cifar10" else "superclass"}[case]
+    msg = raises_one_line(lambda: load_dataset(name, where, noisy_labels_file=tmp_path / "h.pt"), needle)
+    assert msg.startswith((f"{name}:", f"{name} ")), msg
+
+
 # ---------------------------------------------------------------- stratified_subset
 
 label_vectors = st.lists(st.integers(0, 6), min_size=1, max_size=200).map(torch.tensor)

@@ -59,3 +59,61 @@ def test_plot_knows_the_dcm_heads_that_nets_defines():
     """plot.py reads runs without importing torch, so it names the DCM heads itself: the same as nets.Head."""
     import nets
     assert plot.DCM_HEADS == tuple(h for h in nets.HEADS if nets.Head.parse(h).dcm)
+
+
+# ----------------------------------------------------------------------------- --table columns
+
+def test_table_leaves_out_exactly_the_config_records_and_the_flags_without_effect(tmp_path):
+    """plot.py is torch-free, so it lists config.json's non-flag records and the flags that cannot
+    change results itself; here they are derived from what runfolder writes and what
+    checkpoint/runfolder ignore."""
+    import torch
+    import checkpoint
+    import distributed
+    import runfolder
+    import train
+    args = train.build_parser().parse_args([])
+    flags = dict(vars(args))
+    meta = runfolder.run_meta(flags, str(tmp_path), distributed.Dist(), torch.device("cpu"), {"q": 0.7}, 100)
+    args.extend, args.epochs = True, 40
+    record = runfolder.resume_record(str(tmp_path), meta, {"epoch": 3, "config": {"epochs": 30}}, args)
+    assert plot.CONFIG_RECORDS == (set(meta) | set(record)) - set(flags)
+    assert plot.NO_RESULT_FLAGS == (checkpoint.NAME_IGNORED | runfolder.CKPT_IGNORED) - {"epochs"}
+    assert plot.NO_RESULT_FLAGS < set(flags) and "epochs" not in plot.NOT_CONFIG
+
+
+def test_table_columns_of_real_runs_one_resumed_and_extended(tmp_path, dfc_run, fc_run, finished, capsys):
+    """dfc_run (--save-masks), fc_run (--head fc) and a 1-epoch run resumed with --extend to the
+    same 2 epochs: head is the only differing flag; save_masks, out and the resumed/extended
+    records are not columns; the result column is 'epochs run'."""
+    import train
+    from conftest import copy_run
+    ext = copy_run(finished, str(tmp_path / "ext"))
+    assert train.main(["--out", ext, "--resume", "--extend", "--epochs", "2"]) == 0
+    cfg = json.load(open(os.path.join(ext, "config.json")))
+    assert cfg["resumed"] and cfg["extended"] and cfg["epochs"] == 2   # what the table must not show
+    capsys.readouterr()
+    assert plot.main(["--table", dfc_run, fc_run, ext]) == 0
+    header, _, *rows = capsys.readouterr().out.strip().splitlines()
+    assert header == ("| run | head | test last % | test best % (epoch) | val-selected test % (epoch) "
+                      "| epochs run | wall s |")
+    assert [r.split(" | ")[1] for r in rows] == ["dfc", "fc", "dfc"]
+    assert all(r.split(" | ")[-2] == "2" for r in rows)
+
+
+def test_table_has_an_epochs_flag_column_only_when_epochs_differ(tmp_path, capsys):
+    rows = [dict(epoch=1, test_acc=0.5, seconds=1.0)]
+    runs = []
+    for name, cfg in (("a", {"head": "dfc", "epochs": 4, "save_masks": True, "threads": 1}),
+                      ("b", {"head": "dfc", "epochs": 10, "save_masks": False, "threads": 2,
+                             "resumed": [{"at_epoch": 1}], "extended": [{"at_epoch": 1, "epochs_before": 5}]})):
+        os.makedirs(tmp_path / name)
+        json.dump(cfg, open(tmp_path / name / "config.json", "w"))
+        (tmp_path / name / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")
+        runs.append(str(tmp_path / name))
+    assert plot.main(["--table", *runs]) == 0
+    header, _, a, b = capsys.readouterr().out.strip().splitlines()
+    assert header == ("| run | epochs | test last % | test best % (epoch) | val-selected test % (epoch) "
+                      "| epochs run | wall s |")                       # the differing flag, then the result
+    assert a.startswith("| a | 4 | 50.00 |") and a.endswith("| 1/4 | 1.0 |")
+    assert b.startswith("| b | 10 | 50.00 |") and b.endswith("| 1/10 | 1.0 |")

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from bench import accuracy as bench_accuracy
+import checkpoint
 import plot
 import presets
 import train
@@ -69,6 +70,20 @@ def test_config_json_records_the_preset_and_explicit_flags_win(tmp_path):
     cfg = json.load(open(os.path.join(run, "config.json")))
     assert cfg["preset"] == "fmnist-grid" and cfg["dataset"] == "digits" and cfg["epochs"] == 2
     assert (cfg["lr"], cfg["noise_rate"], cfg["keep"]) == (0.05, 0.6, 0.1)   # from the preset
+
+
+def test_a_preset_run_without_out_is_named_by_its_flags_and_config_json_records_the_preset(tmp_path, monkeypatch):
+    """The default run folder of --preset NAME is the one its flags typed out would get (no
+    '-preset=NAME' token); config.json still says which preset it was."""
+    monkeypatch.chdir(tmp_path)
+    extra = ["--dataset", "digits", "--limit-train", "0", "--val-frac", "0.2", "--epochs", "2", "--batch-size", "64",
+             "--threads", "1"]
+    assert train.main(["--preset", "fmnist-grid", *extra]) == 0
+    defaults = vars(train.build_parser().parse_args([]))
+    typed_out = vars(train.build_parser().parse_args(presets.flags("fmnist-grid") + extra))
+    assert os.listdir("runs") == [checkpoint.default_run_name(typed_out, defaults)]
+    cfg = json.load(open(os.path.join("runs", os.listdir("runs")[0], "config.json")))
+    assert cfg["preset"] == "fmnist-grid" and cfg["dataset"] == "digits"
 
 
 # ----------------------------------------------------------------------------- plot.py --table

@@ -333,8 +333,9 @@ def test_load_checkpoint_errors_are_one_line_and_a_missing_checksum_warns(tmp_pa
         f.write(b"\0" * 64)
     checkpoint.save_checkpoint(str(tmp_path / "other.pt"), {"epoch": 1})
     os.replace(str(tmp_path / "other.pt.sha256"), path + checkpoint.SUM_SUFFIX)   # a checksum of other bytes
-    with pytest.raises(train_cli.UserError, match="corrupt"):
+    with pytest.raises(train_cli.UserError, match="corrupt") as e:
         runfolder.load_checkpoint(path, CPU)
+    assert str(e.value).count("corrupt") == 1 and "another run" in str(e.value)   # said once, with the way out
 
 
 # ----------------------------------------------------------------------------- config.json records
