@@ -303,6 +303,7 @@ def unlock_run(lock):
 # ----------------------------------------------------------------------------- Run names
 
 NAME_BASE = ("dataset", "head", "loss", "noise", "noise_rate", "seed")   # runs/<dataset>-<head>-<loss>-<noise><rate>-s<seed>
+# (with --noise none and the default rate, <rate> is left out: cifar10n-dfc-ce-none-s0)
 # Flags that cannot change a run's results (where it goes, how fast, what is printed or saved aside).
 NAME_IGNORED = {"out", "resume", "auto_resume", "extend", "overwrite", "stop_after", "device", "threads",
                 "decode_workers", "compile", "train_eval_every", "save_masks", "track_grad_error", "list_presets"}
@@ -343,7 +344,11 @@ def default_run_name(config, defaults):
     configurations never share a name.
     config, defaults: {flag dest: value} (vars of the parsed and the default args)."""
     c = config
-    name = f"{c['dataset']}-{c['head']}-{c['loss']}-{c['noise']}{_fmt(float(c['noise_rate']))}-s{c['seed']}"
+    rate = _fmt(float(c["noise_rate"]))
+    if c["noise"] == "none" and c["noise_rate"] == defaults.get("noise_rate"):
+        rate = ""   # --noise none ignores the rate: named only when it is not the default
+    noise = f"{c['noise']}{rate}"
+    name = f"{c['dataset']}-{c['head']}-{c['loss']}-{noise}-s{c['seed']}"
     differ = [k for k in config if k not in NAME_BASE and k not in NAME_IGNORED and k not in NAME_REDUNDANT
               and config[k] != defaults.get(k)]
     readable, hashed = [], {}

@@ -235,13 +235,21 @@ def test_unusable_out_paths_are_one_line_errors(tmp_path, monkeypatch):
 DEFAULTS = vars(train.build_parser().parse_args([]))
 
 
+PARSER = train.build_parser()
+
+
 def name_of(argv):
-    return checkpoint.default_run_name(vars(train.build_parser().parse_args(argv)), DEFAULTS)
+    return checkpoint.default_run_name(vars(PARSER.parse_args(argv)), DEFAULTS)
 
 
 def test_default_flags_give_todays_name():
     assert name_of([]) == "digits-dfc-ce-symmetric0.4-s0"
     assert name_of(["--seed", "3", "--noise-rate", "0.6"]) == "digits-dfc-ce-symmetric0.6-s3"
+
+
+def test_a_run_without_synthetic_noise_is_named_without_a_rate():
+    assert name_of(["--noise", "none"]) == "digits-dfc-ce-none-s0"
+    assert name_of(["--noise", "none", "--noise-rate", "0.2"]) == "digits-dfc-ce-none0.2-s0"   # still distinct
 
 
 def test_a_differing_flag_is_in_the_name_readably():
@@ -310,7 +318,7 @@ def test_distinct_flag_values_give_distinct_tokens():
     assert len(seen) > 2 * len(checkpoint.SHORT)
 
 
-FLAG_VALUES = {"--keep": ["0.05", "0.3", "1"], "--lr": ["0.01", "0.1"], "--epochs": ["5", "60"],
+FLAG_VALUES = {"--keep": ["0.05", "0.3", "1"], "--noise": ["none", "asymmetric"], "--noise-rate": ["0.2", "0.6"], "--lr": ["0.01", "0.1"], "--epochs": ["5", "60"],
                "--dcm-interval": ["2", "10"], "--dcm-scope": ["global"], "--weight-decay": ["0", "0.0005"],
                "--batch-size": ["32", "256"], "--backbone": ["cnn8"], "--method": ["elr", "coteaching"],
                "--loss-arg": ["q=0.5", "q=0.7"], "--data-dir": ["/a/b", "/a/c"], "--val-frac": ["0.1"],
@@ -336,6 +344,17 @@ def test_different_configurations_never_share_a_name(a, b):
     else:
         assert name_of(a) == name_of(b)
     assert len(name_of(a)) <= len("digits-dfc-ce-symmetric0.4-s0") + 1 + checkpoint.NAME_MAX + 10
+
+
+@given(configs())
+def test_changing_one_flag_changes_the_name(a):
+    """Neighbours, where a collision would hide: a configuration and each copy of it with
+    one flag set to another value (later flags win in argparse)."""
+    ca = vars(PARSER.parse_args(a))
+    for flag, values in sorted(FLAG_VALUES.items()):
+        for value in values:
+            b = a + ([flag] if value is None else [flag, value])
+            assert (name_of(a) != name_of(b)) == (ca != vars(PARSER.parse_args(b))), (a, b)
 
 
 def test_claim_skips_locked_and_finished_folders(tmp_path):
