@@ -428,8 +428,8 @@ def loss_config(name, num_classes, dataset, noise=None, **overrides):
         if value is None:
             continue
         if key not in hp:
-            raise ValueError(f"{key}: not a hyper-parameter of {name!r}; "
-                             f"expected one of {sorted(hp) or 'none'}")
+            known = f"expected one of {', '.join(sorted(hp))}" if hp else f"{name!r} has none"
+            raise ValueError(f"{key}: not a hyper-parameter of {name!r}; {known}")
         hp[key] = _number(key, value)
     return hp
 

@@ -430,7 +430,7 @@ def test_make_loss_applies_overrides_and_ignores_none():
 
 @pytest.mark.parametrize("args, kwargs, match", [
     (("nope", 10, "cifar10"), {}, "ce"),                      # lists the losses
-    (("gce", 10, "cifar10"), dict(gamma=1.0), "'q'"),          # lists gce's hyper-parameters
+    (("gce", 10, "cifar10"), dict(gamma=1.0), "expected one of q$"),        # lists gce's hyper-parameters
     (("gce", 10, "imagenet"), {}, "cifar100n"),               # lists the datasets
     (("gce", 1, "cifar10"), {}, "num_classes"),
     (("gce", 10, "cifar10"), dict(q=2.0), "q"),               # bad value caught at construction

@@ -79,7 +79,7 @@ def test_check_flags_returns_the_device_and_the_loss_overrides():
 
 @pytest.mark.parametrize("argv, needle", [
     (["--loss-arg", "q"], "--loss-arg"), (["--loss-arg", "q=high"], "--loss-arg"),
-    (["--loss", "gce", "--loss-arg", "zeta=1"], "zeta"), (["--loss", "sce", "--loss-arg", "q=0.5"], "'alpha', 'beta'"),
+    (["--loss", "gce", "--loss-arg", "zeta=1"], "zeta"), (["--loss", "sce", "--loss-arg", "q=0.5"], "expected one of alpha, beta"), (["--loss-arg", "q=0.5"], "'ce' has none"),
     (["--keep", "0", "--loss-arg", "q"], "--keep"),              # the values first
     (["--device", "tpu"], "--device"),
 ])
