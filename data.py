@@ -311,7 +311,13 @@ def _image_options(cfg):
                 workers=cfg.decode_workers, train_list=cfg.train_list, test_list=cfg.test_list)
     if cfg.dataset == "webvision-mini":
         opts["imagenet_val_dir"] = cfg.imagenet_val_dir
+    if not cfg.subset_once and (cfg.val_frac > 0 or cfg.limit_train):
+        opts["redraw_refused"] = REDRAW_REFUSED
     return opts
+
+
+REDRAW_REFUSED = ("--val-frac/--limit-train cannot be combined with a new --samples-per-epoch subset every epoch "
+                  "(a held-out image would be drawn for training later); add --subset-once, or drop them")
 
 
 def _noise_report(cfg, ds, y, y_noisy, T):
@@ -371,9 +377,8 @@ def prepare_training_data(cfg, device):
         val = (x[vidx].to(device), y_noisy[vidx].to(device))
         x, y, y_noisy = x[keep], y[keep], y_noisy[keep]
     pool = None if cfg.subset_once else ds.train_pool
-    if pool is not None and (cfg.val_frac > 0 or cfg.limit_train):
-        raise DataError("--val-frac/--limit-train cannot be combined with a new --samples-per-epoch subset every epoch "
-                        "(a held-out image would be drawn for training later); add --subset-once, or drop them")
+    if pool is not None and (cfg.val_frac > 0 or cfg.limit_train):   # load_dataset refuses it before decoding
+        raise DataError(REDRAW_REFUSED)
     aug = default_augment(cfg.dataset) if cfg.augment == "auto" else cfg.augment
     x_test, y_test = ds.x_test, ds.y_test
     if cfg.limit_test and cfg.limit_test < len(y_test):  # the same subset for every run (seed 0), so runs compare

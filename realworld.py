@@ -40,7 +40,7 @@ HOW_TO_GET = {
 
 
 def load_image_dataset(name, data_dir, image_size=224, samples=0, seed=0, workers=8,
-                       train_list=None, test_list=None, imagenet_val_dir=None):
+                       train_list=None, test_list=None, imagenet_val_dir=None, redraw_refused=None):
     """WebVision-Mini or Clothing1M from its original layout (docs/realworld.md) as data.Dataset's fields.
 
     Train images: shorter side resized to image_size, centre crop (S, S) with
@@ -52,6 +52,8 @@ def load_image_dataset(name, data_dir, image_size=224, samples=0, seed=0, worker
     replacing info/*.txt, paths relative to data_dir.
     imagenet_val_dir (webvision-mini): ILSVRC12 val sorted into one folder per
     synset; its first 50 classes become the second clean set (x_val, y_val).
+    redraw_refused: why the caller cannot train on a new subset every epoch; raised
+    (ValueError) before any image is decoded when samples would draw one.
     The training labels are the noisy ones (noisy_train == y_train,
     clean_train_known False). Returns a dict of data.Dataset's fields (3-channel, uint8).
     """
@@ -71,6 +73,8 @@ def load_image_dataset(name, data_dir, image_size=224, samples=0, seed=0, worker
         (tr_p, tr_y), (te_p, te_y), val = _clothing1m_lists(folder)
         C = CLOTHING1M_CLASSES
     pool, ids = None, None
+    if redraw_refused is not None and 0 < samples < len(tr_y):   # before minutes of decoding
+        raise ValueError(redraw_refused)
     if 0 < samples < len(tr_y):   # else every image, decoded once
         pool = (tr_p, tr_y)
         x_train, y_train, ids = draw_train_subset(pool, samples, seed, 1, image_size, workers)

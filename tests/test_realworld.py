@@ -375,12 +375,16 @@ def test_subset_once_keeps_epoch_1_subset(tmp_path, capsys):
     assert metrics(once)[0] == metrics(redrawn)[0] and metrics(once)[1] != metrics(redrawn)[1]
 
 
-def test_validation_split_with_redrawn_subsets_is_refused(tmp_path, capsys):
+def test_validation_split_with_redrawn_subsets_is_refused_before_any_image_is_decoded(tmp_path, capsys, monkeypatch):
     make_clothing1m(str(tmp_path / "c1m"), n_train=28)
+    decoded = []
+    real_decode = realworld.decode_images
+    monkeypatch.setattr(realworld, "decode_images", lambda paths, *a, **k: decoded.append(len(paths)) or real_decode(paths, *a, **k))
     rc = train.main(["--dataset", "clothing1m", "--data-dir", str(tmp_path / "c1m"), "--noise", "none", "--image-size", "16",
                      "--samples-per-epoch", "14", "--val-frac", "0.2", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert rc == 2 and "add --subset-once" in err and err.count("\n") == 1
+    assert decoded == []                       # refused before minutes of JPEG decoding
 
 
 @pytest.mark.parametrize("flags, words", [
