@@ -24,6 +24,14 @@ import kan
 BACKBONES = ("mlp", "cnn8", "preact-resnet18", "resnet34", "resnet50")
 
 
+def _alias(module, name, layer):
+    """module.<name> = layer without registering layer a second time: it is a submodule under
+    its own name already, so state_dict keeps one key per tensor (torchvision's exact key
+    layout for --pretrained, no duplicate tensor in checkpoints). `.last_layer` is the
+    layer whose parameters the Fig. 3 gradient-error probe reads."""
+    object.__setattr__(module, name, layer)
+
+
 class MLP(nn.Module):
     """Two hidden layers (Linear+BN+ReLU), x: (B, C, H, W) -> v: (B, 256)."""
 
@@ -32,7 +40,8 @@ class MLP(nn.Module):
         d_in = in_shape[0] * in_shape[1] * in_shape[2]
         self.fc1, self.bn1 = nn.Linear(d_in, width), nn.BatchNorm1d(width)
         self.fc2, self.bn2 = nn.Linear(width, width), nn.BatchNorm1d(width)
-        self.feature_dim, self.last_layer = width, self.fc2
+        self.feature_dim = width
+        _alias(self, "last_layer", self.fc2)
 
     def forward(self, x):
         h = F.relu(self.bn1(self.fc1(x.flatten(1))))
@@ -60,7 +69,8 @@ class CNN8(nn.Module):
             c_prev = c_out
         self.features = nn.Sequential(*layers)
         self.fc, self.bn = nn.Linear(196 * h * w, width), nn.BatchNorm1d(width)
-        self.feature_dim, self.last_layer = width, self.fc
+        self.feature_dim = width
+        _alias(self, "last_layer", self.fc)
 
     def forward(self, x):
         return F.relu(self.bn(self.fc(self.features(x).flatten(1))))
@@ -118,7 +128,7 @@ class ResNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.final_bn = nn.BatchNorm2d(512) if preact else nn.Identity()
         self.feature_dim = 512
-        self.last_layer = stages[-1].conv2
+        _alias(self, "last_layer", stages[-1].conv2)
 
     def forward(self, x):
         out = self.stem(x)
@@ -168,7 +178,7 @@ class ResNet50(nn.Module):
                 c_prev = 4 * width
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.feature_dim = 2048
-        self.last_layer = self.layer4[-1].conv3
+        _alias(self, "last_layer", self.layer4[-1].conv3)
 
     def forward(self, x):
         out = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
@@ -185,14 +195,20 @@ def load_pretrained(backbone, path):
     in place: an nn.Module is the one stateful object here, as for load_state_dict."""
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)  # tensors only: no code runs
-    except (OSError, RuntimeError, EOFError, ValueError) as e:
-        raise ValueError(f"--pretrained {path}: cannot read it ({' '.join(str(e).split())[:200]}); "
-                         f"expected a torch.save'd state dict") from None
+    except Exception as e:   # any damage or foreign pickle (UnpicklingError, KeyError, ...): one line
+        raise ValueError(f"--pretrained {path}: cannot read it as tensors ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:160]}); expected a torch.save'd state dict, "
+                         f"not a whole model or another format") from None
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
         raise ValueError(f"--pretrained {path}: holds a {type(sd).__name__}, expected a state dict")
     sd = {k[7:] if k.startswith("module.") else k: v for k, v in sd.items() if not k.startswith(("fc.", "module.fc."))}
+    not_tensors = sorted(str(k) for k, v in sd.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        more = f" (and {len(not_tensors) - 1} more keys)" if len(not_tensors) > 1 else ""
+        raise ValueError(f"--pretrained {path}: the value of {not_tensors[0]!r}{more} is not a tensor; "
+                         f"expected a state dict of tensors")
     own = backbone.state_dict()
     optional = {k for k in own if k.endswith("num_batches_tracked")}
     missing = sorted(set(own) - set(sd) - optional)

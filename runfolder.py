@@ -198,12 +198,16 @@ def open_run(args, typed, defaults, device, rank):
     return out, lock, ck
 
 
+OLD_ALIAS = "backbone.last_layer."   # a second copy of the Fig. 3 layer in checkpoints written before 2026-12-03
+
+
 def restore_state(st, ck, y_noisy, device):
     """Load a checkpoint into st, a TrainState (nets, opts, masks, step, ELR memory; and the CPU RNG),
     the inverse of checkpoint_state. y_noisy: (N,) the labels this run drew; they must be the saved ones.
     A checkpoint whose networks do not fit this run's is refused (UserError) before anything is loaded."""
-    check_fits(st.nets, ck["nets"])
-    for net, sd in zip(st.nets, ck["nets"]):
+    saved = [{k: v for k, v in sd.items() if not k.startswith(OLD_ALIAS)} for sd in ck["nets"]]
+    check_fits(st.nets, saved)
+    for net, sd in zip(st.nets, saved):
         net.load_state_dict(sd)
     for opt, sd in zip(st.opts, ck["opts"]):
         opt.load_state_dict(sd)

@@ -35,6 +35,31 @@ def test_resnet50_has_torchvision_names_and_size():
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, net.feature_dim) == (2, 2048)
 
 
+def torchvision_resnet50_keys():
+    """The state-dict keys of torchvision's resnet50 without fc, spelled out by its layout."""
+    def bn(p):
+        return [f"{p}.{t}" for t in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+    keys = ["conv1.weight", *bn("bn1")]
+    for layer, blocks in zip((1, 2, 3, 4), (3, 4, 6, 3)):
+        for b in range(blocks):
+            p = f"layer{layer}.{b}"
+            keys += [k for i in (1, 2, 3) for k in (f"{p}.conv{i}.weight", *bn(f"{p}.bn{i}"))]
+            if b == 0:
+                keys += [f"{p}.downsample.0.weight", *bn(f"{p}.downsample.1")]
+    return set(keys)
+
+
+def test_resnet50_state_dict_has_exactly_torchvision_keys():
+    assert set(nets.make_backbone("resnet50", (3, 32, 32)).state_dict()) == torchvision_resnet50_keys()
+
+
+@pytest.mark.parametrize("name", nets.BACKBONES)
+def test_no_backbone_stores_a_tensor_twice(name):
+    """The Fig. 3 alias .last_layer adds no state-dict key: one key per tensor."""
+    sd = nets.make_backbone(name, (3, 32, 32)).state_dict()
+    assert len({t.data_ptr() for t in sd.values() if t.numel() > 1}) == sum(t.numel() > 1 for t in sd.values())
+
+
 def test_pretrained_round_trip_in_torchvision_layout(tmp_path):
     torch.manual_seed(0)
     src = nets.make_backbone("resnet50", (3, 32, 32))
@@ -46,6 +71,22 @@ def test_pretrained_round_trip_in_torchvision_layout(tmp_path):
     for k, v in src.state_dict().items():
         if not k.endswith("num_batches_tracked"):
             assert torch.equal(v, dst.state_dict()[k]), k
+
+
+@pytest.mark.parametrize("content", ["garbage", "whole model", "list value"])
+def test_an_unreadable_pretrained_file_is_one_line(tmp_path, content):
+    path = tmp_path / "w.pth"
+    if content == "garbage":
+        path.write_bytes(bytes(range(256)) * 8)
+    elif content == "whole model":
+        torch.save(torch.nn.Linear(2, 2), path)        # a pickled module, not a state dict
+    else:
+        sd = nets.make_backbone("mlp", (1, 8, 8)).state_dict()
+        sd["fc1.weight"] = [1, 2]
+        torch.save(sd, path)
+    with pytest.raises(ValueError, match="--pretrained") as e:
+        nets.load_pretrained(nets.make_backbone("mlp", (1, 8, 8)), str(path))
+    assert "\n" not in str(e.value)
 
 
 def test_pretrained_mismatch_names_missing_and_unexpected_keys(tmp_path):

@@ -296,6 +296,18 @@ def test_restore_state_then_checkpoint_state_gives_back_the_checkpoint_exactly(t
         assert_same(again[key], back[key], key)
 
 
+def test_a_checkpoint_with_the_old_last_layer_alias_still_resumes(tmp_path):
+    """Checkpoints written before the backbones stopped registering .last_layer hold a second
+    copy of that layer under backbone.last_layer.*; restore_state drops it and loads the rest."""
+    ck = trained(tmp_path, [])
+    for sd in ck["nets"]:
+        sd.update({f"backbone.last_layer.{k}": v.clone() for k, v in sd.items() if k.startswith("backbone.fc2.")})
+    assert any(k.startswith(runfolder.OLD_ALIAS) for k in ck["nets"][0])
+    _, d, st = new_run([])
+    runfolder.restore_state(st, ck, noisy_labels(d), CPU)
+    assert torch.equal(st.nets[0].backbone.fc2.weight, ck["nets"][0]["backbone.fc2.weight"])
+
+
 @pytest.mark.parametrize("saved, flags, needle", [
     ([], ["--head", "kan"], "do not fit"),                               # other head parameters
     ([], ["--backbone", "cnn8"], "do not fit"),                          # other backbone
