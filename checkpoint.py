@@ -154,10 +154,25 @@ RUN_FILES = ("config.json", "noise_report.json", "metrics.jsonl", "final.json", 
              "checkpoint.pt" + SUM_SUFFIX, "masks")
 
 
+def holds_run(folder):
+    """Whether folder holds a run's results: a checkpoint, a final.json or an epoch in
+    metrics.jsonl (a config.json alone is a run that stopped before its first checkpoint)."""
+    def present(name):
+        path = os.path.join(folder, name)
+        return os.path.exists(path) and (name != "metrics.jsonl" or os.path.getsize(path) > 0)
+    return any(present(name) for name in ("checkpoint.pt", "final.json", "metrics.jsonl"))
+
+
 def set_aside(out):
-    """--overwrite: move the old run's files into DIR/replaced/ (an older replaced/ is dropped)."""
+    """--overwrite: move the old run's files into DIR/replaced/. A replaced/ that is already
+    there holds a run an earlier --overwrite set aside and never finished replacing: when
+    DIR has no final.json, DIR holds that unfinished replacement, so replaced/ stays (it is
+    the last good run) and DIR's files go; when DIR is finished, replaced/ is stale and goes."""
     aside = os.path.join(out, REPLACED)
     if os.path.isdir(aside):
+        if not os.path.exists(os.path.join(out, "final.json")):
+            _remove_run_files(out)
+            return
         shutil.rmtree(aside)
     os.makedirs(aside)
     for name in RUN_FILES:
@@ -175,15 +190,20 @@ def restore_aside(out):
     aside = os.path.join(out, REPLACED)
     if not os.path.isdir(aside):
         return
+    _remove_run_files(out)
+    for name in RUN_FILES:
+        if os.path.exists(os.path.join(aside, name)):
+            os.replace(os.path.join(aside, name), os.path.join(out, name))
+    shutil.rmtree(aside)
+
+
+def _remove_run_files(out):
     for name in RUN_FILES:
         path = os.path.join(out, name)
         if os.path.isdir(path):
             shutil.rmtree(path)
         elif os.path.exists(path):
             os.remove(path)
-        if os.path.exists(os.path.join(aside, name)):
-            os.replace(os.path.join(aside, name), path)
-    shutil.rmtree(aside)
 
 
 # ----------------------------------------------------------------------------- The run-folder lock
@@ -366,7 +386,7 @@ def default_run_name(config, defaults):
 
 def claim_run_dir(base, fresh):
     """Lock the run folder. fresh=False: exactly `base`. fresh=True (a new run under a
-    default name): the first of base, base-2, base-3... that holds no checkpoint and is
+    default name): the first of base, base-2, base-3... that holds no run (holds_run) and is
     not locked by a running process, so parallel or repeated runs never share a folder.
     -> (folder, Lock). Raises LockError (one line)."""
     if not fresh:
@@ -375,12 +395,12 @@ def claim_run_dir(base, fresh):
     while True:
         out = base if k == 1 else f"{base}-{k}"
         k += 1
-        if os.path.exists(os.path.join(out, "checkpoint.pt")):
+        if holds_run(out):
             continue
         try:
             lock = lock_run(out)
         except LockHeld:
             continue
-        if not os.path.exists(os.path.join(out, "checkpoint.pt")):   # written before we got the lock
+        if not holds_run(out):   # written before we got the lock
             return out, lock
         unlock_run(lock)

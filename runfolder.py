@@ -189,7 +189,7 @@ def open_run(args, typed, defaults, device, rank):
     out, lock = claim_out(args, defaults) if rank == 0 else (args.out or default_out(args, defaults), None)
     try:
         ck = resolve_resume(args, typed, out, device) if (args.resume or args.auto_resume) else None
-        if ck is None and os.path.exists(os.path.join(out, "checkpoint.pt")) and not args.overwrite:
+        if ck is None and checkpoint.holds_run(out) and not args.overwrite:
             raise train_cli.UserError(f"{out} already holds a run; use --resume to continue it, --overwrite to replace it, or another --out")
     except BaseException:
         if lock is not None:

@@ -257,7 +257,7 @@ def train_run(args, dist, job):
             meta = runfolder.run_meta(log.config, out, dist, job.device, job.loss_config, len(job.data.y))
             runfolder.initial_files(args, out, resumed, meta, job.data, job.state, log)
         code = train_epochs(args, dist, job, say, log)
-    except (UserError, NonFiniteLoss, checkpoint.CheckpointError, OSError):
+    except Exception:   # not a stop (Ctrl-C, SIGTERM: resumable, so the old run waits in DIR/replaced/)
         if lead and resumed is None and args.overwrite:
             checkpoint.restore_aside(out)
         raise

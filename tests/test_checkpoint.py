@@ -160,6 +160,43 @@ def test_set_aside_then_restore_gives_back_exactly_the_old_run(tmp_path):
     assert not os.path.exists(os.path.join(out, checkpoint.REPLACED))
 
 
+def test_a_second_overwrite_after_an_unfinished_one_keeps_the_last_good_run(tmp_path):
+    """--overwrite killed before it finished leaves the good run in replaced/ and a partial
+    run in DIR; the next --overwrite must set aside nothing over it, and a failure then puts
+    the good run back."""
+    out = str(tmp_path)
+    checkpoint.save_checkpoint(os.path.join(out, "checkpoint.pt"), state(1))
+    checkpoint.write_json(os.path.join(out, "final.json"), {"test_acc_last": 0.9})   # the good run
+    good = open(os.path.join(out, "final.json"), "rb").read()
+    checkpoint.set_aside(out)
+    checkpoint.save_checkpoint(os.path.join(out, "checkpoint.pt"), state(2))        # killed mid-run: no final.json
+    checkpoint.set_aside(out)                                                       # the second --overwrite
+    assert sorted(os.listdir(out)) == [checkpoint.REPLACED]
+    checkpoint.write_text(os.path.join(out, "metrics.jsonl"), "{}\n")               # ... which fails too
+    checkpoint.restore_aside(out)
+    assert open(os.path.join(out, "final.json"), "rb").read() == good
+    assert checkpoint.load_checkpoint(os.path.join(out, "checkpoint.pt"))[0]["epoch"] == state(1)["epoch"]
+
+
+def test_an_overwrite_after_a_finished_one_drops_the_stale_replaced(tmp_path):
+    out = str(tmp_path)
+    os.makedirs(os.path.join(out, checkpoint.REPLACED))
+    checkpoint.write_json(os.path.join(out, checkpoint.REPLACED, "final.json"), {"test_acc_last": 0.1})   # stale
+    checkpoint.write_json(os.path.join(out, "final.json"), {"test_acc_last": 0.9})   # finished, drop_aside missed
+    checkpoint.set_aside(out)
+    assert open(os.path.join(out, checkpoint.REPLACED, "final.json")).read().count("0.9") == 1
+
+
+@pytest.mark.parametrize("files, holds", [
+    ((), False), (("config.json",), False), (("metrics.jsonl:",), False),
+    (("checkpoint.pt",), True), (("final.json",), True), (("metrics.jsonl:{}",), True)])
+def test_a_folder_holds_a_run_when_it_has_results(tmp_path, files, holds):
+    for f in files:
+        name, _, text = f.partition(":")
+        (tmp_path / name).write_text(text)
+    assert checkpoint.holds_run(str(tmp_path)) == holds
+
+
 # ----------------------------------------------------------------------------- Lock
 
 def test_a_held_folder_cannot_be_locked_again_and_names_the_holder(tmp_path):
@@ -363,8 +400,10 @@ def test_claim_skips_locked_and_finished_folders(tmp_path):
     second, lock2 = checkpoint.claim_run_dir(base, fresh=True)    # base is locked by a running run
     os.makedirs(base + "-3")
     open(os.path.join(base + "-3", "checkpoint.pt"), "w").close()  # -3 holds a run
+    os.makedirs(base + "-4")
+    open(os.path.join(base + "-4", "final.json"), "w").close()     # -4 a finished run whose checkpoint was deleted
     third, lock3 = checkpoint.claim_run_dir(base, fresh=True)
-    assert (first, second, third) == (base, base + "-2", base + "-4")
+    assert (first, second, third) == (base, base + "-2", base + "-5")
     for lock in (lock1, lock2, lock3):
         checkpoint.unlock_run(lock)
     with pytest.raises(checkpoint.LockHeld):

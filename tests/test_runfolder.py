@@ -130,6 +130,17 @@ def fake_run(folder, done, epochs=3, *flags):
     checkpoint.save_checkpoint(os.path.join(folder, "checkpoint.pt"), {"config": vars(a), "epoch": done})
 
 
+def test_a_finished_run_whose_checkpoint_was_deleted_is_not_overwritten(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert train.main(QUICK + ["--out", out, "--epochs", "1"]) == 0
+    for name in ("checkpoint.pt", "checkpoint.pt.sha256"):
+        os.remove(os.path.join(out, name))
+    final = open(os.path.join(out, "final.json")).read()
+    assert train.main(QUICK + ["--out", out, "--epochs", "1"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert open(os.path.join(out, "final.json")).read() == final
+
+
 FOLDERS = {"absent": None, "empty": -1, "unfinished": 1, "finished": 3}
 
 POLICY = [   # folder, flags, outcome: "new", ("resume", epoch, epochs) or an error's words
