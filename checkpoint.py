@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 from typing import NamedTuple, Optional
@@ -96,7 +97,7 @@ def read_sums(path):
 def save_checkpoint(path, state):
     """torch.save(state) to `path` with its sha256 in `path`.sha256, as a pair.
 
-    Order: payload to a temp file; sidecar listing the new AND the current digest;
+    Order: payload to a temp file; sidecar listing the new digest AND those it listed;
     os.replace of the payload; sidecar with the new digest only. A crash between any
     two steps leaves a payload whose digest the sidecar lists, so a kill -9 never makes
     a good checkpoint look corrupt. Raises CheckpointError (one line) on a write error,
@@ -108,15 +109,27 @@ def save_checkpoint(path, state):
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         new = sha256_file(tmp)
-        old = (read_sums(path) or [])[:1] if os.path.exists(path) else []
+        # Every digest the sidecar lists, not only the first: after a kill between the two
+        # sidecar writes the first one names a payload that never replaced `path`.
+        old = [d for d in (read_sums(path) or []) if d != new] if os.path.exists(path) else []
         write_text(path + SUM_SUFFIX, "".join(f"{s}  {os.path.basename(path)}\n" for s in [new] + old))
         os.replace(tmp, path)
         write_text(path + SUM_SUFFIX, f"{new}  {os.path.basename(path)}\n")
     except (OSError, RuntimeError) as e:   # torch's zip writer reports a full disk as RuntimeError
-        raise CheckpointError(f"cannot write {path}: {one_line(e)}; the previous checkpoint is intact") from None
+        kept = "the previous checkpoint is intact" if os.path.exists(path) else "no earlier checkpoint is there"
+        raise CheckpointError(f"cannot write {path}: {one_line(e)}{_disk_note(path)}; {kept}") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _disk_note(path):
+    """' (the disk is full: N bytes free)' when that is the likely cause of a failed write, else ''."""
+    try:
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+    except OSError:
+        return ""
+    return f" (the disk is full: {free} bytes free)" if free < (64 << 20) else ""
 
 
 def verify_checkpoint(path):
@@ -273,7 +286,24 @@ def lock_run(folder):
     stale = previous if previous and not _is_self(previous) else None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+    _remove_temp_files(folder)
     return Lock(folder, fd, made, stale)
+
+
+def _remove_temp_files(folder):
+    """The half-written temp files (NAME.tmp<pid>, atomic_write/save_checkpoint) a killed run
+    left in its folder: with the lock held no other process writes there, so all are dead."""
+    for sub in (folder, os.path.join(folder, "masks")):
+        try:
+            names = os.listdir(sub)
+        except OSError:
+            continue
+        for name in names:
+            if re.fullmatch(r".+\.tmp\d+", name):
+                try:
+                    os.remove(os.path.join(sub, name))
+                except OSError:
+                    pass
 
 
 def _holder(text):

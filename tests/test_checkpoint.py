@@ -4,6 +4,7 @@ default run names tell configurations apart."""
 import errno
 import hashlib
 import os
+import shutil
 import re
 import socket
 import subprocess
@@ -95,24 +96,42 @@ def test_missing_sidecar_loads_unverified(tmp_path):
     assert_state_equal(loaded, state(2))
 
 
-@pytest.mark.parametrize("crash_at, expect", [(1, 1), (2, 1), (3, 2)])
-def test_a_save_killed_between_any_two_steps_leaves_a_verified_checkpoint(tmp_path, monkeypatch, crash_at, expect):
-    """os.replace calls of a save: 1 = sidecar listing old+new, 2 = payload, 3 = sidecar new only."""
-    path = str(tmp_path / "checkpoint.pt")
-    checkpoint.save_checkpoint(path, state(1))
+def killed_save(monkeypatch, path, payload, crash_at):
+    """save_checkpoint killed at its crash_at-th os.replace: 1 = sidecar listing old+new,
+    2 = payload, 3 = sidecar new only (nothing after the kill runs)."""
     real, calls = os.replace, []
 
     def replace(src, dst):
         calls.append(dst)
         if len(calls) == crash_at:
-            raise KeyboardInterrupt   # a kill: nothing after this step runs
+            raise KeyboardInterrupt
         real(src, dst)
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.save_checkpoint(path, state(2))
+        checkpoint.save_checkpoint(path, payload)
     monkeypatch.setattr(os, "replace", real)
+
+
+@pytest.mark.parametrize("crash_at, expect", [(1, 1), (2, 1), (3, 2)])
+def test_a_save_killed_between_any_two_steps_leaves_a_verified_checkpoint(tmp_path, monkeypatch, crash_at, expect):
+    path = str(tmp_path / "checkpoint.pt")
+    checkpoint.save_checkpoint(path, state(1))
+    killed_save(monkeypatch, path, state(2), crash_at)
     loaded, verified = checkpoint.load_checkpoint(path)
     assert verified and loaded["epoch"] == expect
+
+
+@pytest.mark.parametrize("first", [1, 2, 3])
+@pytest.mark.parametrize("second", [1, 2, 3])
+def test_two_saves_killed_in_a_row_leave_a_verified_checkpoint(tmp_path, monkeypatch, first, second):
+    """A resumed run killed again before its first save finished: the file on disk must stay
+    listed (the sidecar's first digest may name a payload that never replaced it)."""
+    path = str(tmp_path / "checkpoint.pt")
+    checkpoint.save_checkpoint(path, state(1))
+    killed_save(monkeypatch, path, state(2), first)
+    killed_save(monkeypatch, path, state(3), second)
+    loaded, verified = checkpoint.load_checkpoint(path)
+    assert verified and loaded["epoch"] in (1, 2, 3)
 
 
 @pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
@@ -132,6 +151,17 @@ def test_disk_full_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monke
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "checkpoint.pt.sha256"]   # no temp file left
     loaded, verified = checkpoint.load_checkpoint(path)
     assert verified and loaded["epoch"] == 1
+
+
+def test_a_failed_write_on_a_full_disk_says_so(tmp_path, monkeypatch):
+    """torch's zip writer words a full disk as 'unexpected pos 64 vs 0': the line adds the free space."""
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 1234))
+
+    def full(obj, f):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(checkpoint.CheckpointError, match=r"the disk is full: 1234 bytes free\); no earlier checkpoint"):
+        checkpoint.save_checkpoint(str(tmp_path / "checkpoint.pt"), state(1))
 
 
 def test_train_checkpoint_state_loads_with_weights_only(tmp_path):
@@ -198,6 +228,18 @@ def test_a_folder_holds_a_run_when_it_has_results(tmp_path, files, holds):
 
 
 # ----------------------------------------------------------------------------- Lock
+
+def test_taking_the_lock_removes_temp_files_a_killed_run_left(tmp_path):
+    folder = tmp_path / "run"
+    (folder / "masks").mkdir(parents=True)
+    left = [folder / "checkpoint.pt.tmp4242", folder / "metrics.jsonl.tmp17", folder / "masks" / "epoch_003.npz.tmp9"]
+    kept = [folder / "checkpoint.pt", folder / "notes.tmp", folder / "masks" / "epoch_003.npz"]
+    for p in left + kept:
+        p.write_text("x")
+    lock = checkpoint.lock_run(str(folder))
+    checkpoint.unlock_run(lock)
+    assert not any(p.exists() for p in left) and all(p.exists() for p in kept)
+
 
 def test_a_held_folder_cannot_be_locked_again_and_names_the_holder(tmp_path):
     folder = str(tmp_path / "run")
