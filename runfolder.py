@@ -88,7 +88,27 @@ def load_checkpoint(path, device):
         raise train_cli.UserError(f"{e}; resume from another run or start a new --out") from None
     if not verified:
         train_cli.warn(f"{path} has no {checkpoint.SUM_SUFFIX} checksum (written before train.py kept one); loaded unverified")
+    ok = isinstance(ck, dict) and isinstance(ck.get("config"), dict) and isinstance(ck["config"].get("epochs"), int) \
+        and isinstance(ck.get("epoch"), int)
+    if not ok:
+        raise train_cli.UserError(f"{path} is not a train.py checkpoint (no config with epochs, or no epoch); "
+                                  f"resume from another run or start a new --out")
     return ck
+
+
+# What restore_state reads, and its type: a checkpoint of another version or program is refused in one line.
+PAYLOAD = {"step": int, "history": list, "best": dict, "nets": list, "opts": list, "masks": list,
+           "y_noisy": torch.Tensor, "rng": dict}
+
+
+def check_payload(ck):
+    """UserError (one line) unless ck has what restore_state needs, in the right types."""
+    bad = [k for k, t in PAYLOAD.items() if not isinstance(ck.get(k), t)]
+    bad += [f"masks[{i}]" for i, m in enumerate(ck.get("masks") or [])
+            if not isinstance(m, dict) or set(m) != set(dcm_ref.MaskState._fields)]
+    if bad:
+        raise train_cli.UserError(f"--resume: the checkpoint lacks or has another form of {', '.join(bad)} "
+                                  f"(written by another version of train.py?); start a new --out")
 
 
 def default_out(args, defaults):
@@ -149,9 +169,15 @@ def check_epochs(args, typed, ck, out):
     elif args.epochs != saved:
         raise train_cli.UserError(f"--resume: {out} was started for {saved} epochs (its LR schedule spans them); "
                         f"add --extend to train to {args.epochs}, or drop --epochs")
-    elif done >= saved and not args.auto_resume:
+    elif done >= saved and not args.auto_resume and finished(out):
         raise train_cli.UserError(f"--resume: {out} already finished its {saved} epochs; "
                         f"add --extend --epochs N (N > {saved}) to train longer")
+
+
+def finished(out):
+    """Whether the run in out wrote its final.json. A checkpoint at the last epoch without it
+    (killed, or a full disk, between the two writes) is resumed to write its final files."""
+    return os.path.exists(os.path.join(out, "final.json"))
 
 
 def resume_record(out, meta, ck, args):
@@ -205,6 +231,7 @@ def restore_state(st, ck, y_noisy, device):
     """Load a checkpoint into st, a TrainState (nets, opts, masks, step, ELR memory; and the CPU RNG),
     the inverse of checkpoint_state. y_noisy: (N,) the labels this run drew; they must be the saved ones.
     A checkpoint whose networks do not fit this run's is refused (UserError) before anything is loaded."""
+    check_payload(ck)
     saved = [{k: v for k, v in sd.items() if not k.startswith(OLD_ALIAS)} for sd in ck["nets"]]
     check_fits(st.nets, saved)
     for net, sd in zip(st.nets, saved):

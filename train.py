@@ -248,7 +248,7 @@ def train_run(args, dist, job):
     """The run's files and its epochs; -> exit code. A failing replacement (--overwrite) puts the old run back."""
     lead, resumed, out = dist.rank == 0, job.resumed, job.out  # only rank 0 prints and writes files
     say = train_cli.make_say(lead)
-    if resumed is not None and resumed["epoch"] >= args.epochs:  # --auto-resume of a finished run
+    if resumed is not None and resumed["epoch"] >= args.epochs and runfolder.finished(out):  # --auto-resume
         say(f"{out} already finished its {args.epochs} epochs (--auto-resume): nothing to do")
         return 0
     log = runfolder.RunLog.start(args, resumed)

@@ -128,6 +128,8 @@ def fake_run(folder, done, epochs=3, *flags):
     a, _ = parse(QUICK + ["--epochs", str(epochs), *flags])
     os.makedirs(folder, exist_ok=True)
     checkpoint.save_checkpoint(os.path.join(folder, "checkpoint.pt"), {"config": vars(a), "epoch": done})
+    if done >= epochs:   # a finished run has its final.json
+        checkpoint.write_json(os.path.join(folder, "final.json"), {"test_acc_last": 0.5})
 
 
 def test_a_finished_run_whose_checkpoint_was_deleted_is_not_overwritten(tmp_path, capsys):
@@ -139,6 +141,21 @@ def test_a_finished_run_whose_checkpoint_was_deleted_is_not_overwritten(tmp_path
     assert train.main(QUICK + ["--out", out, "--epochs", "1"]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert open(os.path.join(out, "final.json")).read() == final
+
+
+@pytest.mark.parametrize("how", ["--resume", "--auto-resume"])
+def test_a_run_killed_between_its_last_checkpoint_and_final_json_can_be_finished(tmp_path, how):
+    """The last checkpoint is written before metrics.jsonl and final.json: a kill (or a full
+    disk) in between left a run that --resume called finished and --auto-resume skipped."""
+    out = str(tmp_path / "run")
+    assert train.main(QUICK + ["--out", out, "--epochs", "2"]) == 0
+    final, rows = json.load(open(os.path.join(out, "final.json"))), open(os.path.join(out, "metrics.jsonl")).read()
+    os.remove(os.path.join(out, "final.json"))
+    checkpoint.write_text(os.path.join(out, "metrics.jsonl"), rows.splitlines(keepends=True)[0])
+    assert train.main(QUICK + ["--out", out, "--epochs", "2", how]) == 0
+    again = json.load(open(os.path.join(out, "final.json")))
+    assert {k: v for k, v in again.items() if k != "finished"} == {k: v for k, v in final.items() if k != "finished"}
+    assert open(os.path.join(out, "metrics.jsonl")).read() == rows
 
 
 FOLDERS = {"absent": None, "empty": -1, "unfinished": 1, "finished": 3}
@@ -334,12 +351,42 @@ def test_restore_state_refuses_a_checkpoint_of_another_run_in_one_line(tmp_path,
     assert needle in str(e.value) and "\n" not in str(e.value) and str(e.value).startswith("--resume:")
 
 
+@pytest.mark.parametrize("payload", [{"a": 1}, torch.zeros(3), {"epoch": 1}, {"epoch": 1, "config": {"lr": 0.1}},
+                                     {"epoch": "1", "config": {"epochs": 2}}])
+def test_a_foreign_checkpoint_is_one_line(tmp_path, payload):
+    path = str(tmp_path / "checkpoint.pt")
+    checkpoint.save_checkpoint(path, payload)
+    with pytest.raises(train_cli.UserError, match="not a train.py checkpoint") as e:
+        runfolder.load_checkpoint(path, CPU)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("damage", ["no best", "history a dict", "extra mask field", "no y_noisy"])
+def test_a_checkpoint_of_another_version_is_refused_in_one_line_before_loading(tmp_path, damage):
+    ck = trained(tmp_path, [])
+    if damage == "no best":
+        del ck["best"]
+    elif damage == "history a dict":
+        ck["history"] = {}
+    elif damage == "extra mask field":
+        ck["masks"][0]["new_field"] = 1
+    else:
+        del ck["y_noisy"]
+    _, d, st = new_run([])
+    before = [p.detach().clone() for p in st.nets[0].parameters()]
+    with pytest.raises(train_cli.UserError, match="another version") as e:
+        runfolder.restore_state(st, ck, noisy_labels(d), CPU)
+    assert "\n" not in str(e.value)
+    assert all(torch.equal(a, b) for a, b in zip(before, st.nets[0].parameters()))
+
+
 def test_a_checkpoint_state_passes_the_weights_only_loader(tmp_path):
     _, _, st = new_run(["--method", "elr", "--dcm-stats", "interval"])
     path = str(tmp_path / "checkpoint.pt")
-    checkpoint.save_checkpoint(path, runfolder.checkpoint_state(st, 0, runfolder.RunLog({"lr": 0.05}, [], {"acc": -1.0}, [{"at_epoch": 1}])))
+    log = runfolder.RunLog({"lr": 0.05, "epochs": 2}, [], {"acc": -1.0}, [{"at_epoch": 1}])
+    checkpoint.save_checkpoint(path, runfolder.checkpoint_state(st, 0, log))
     ck = runfolder.load_checkpoint(path, CPU)
-    assert (ck["epoch"], ck["config"], ck["extended"], ck["best"]) == (0, {"lr": 0.05}, [{"at_epoch": 1}], {"acc": -1.0})
+    assert (ck["epoch"], ck["config"], ck["extended"], ck["best"]) == (0, {"lr": 0.05, "epochs": 2}, [{"at_epoch": 1}], {"acc": -1.0})
 
 
 def test_load_checkpoint_errors_are_one_line_and_a_missing_checksum_warns(tmp_path, capsys):
@@ -347,7 +394,7 @@ def test_load_checkpoint_errors_are_one_line_and_a_missing_checksum_warns(tmp_pa
     with pytest.raises(train_cli.UserError, match="another run") as e:
         runfolder.load_checkpoint(path, CPU)
     assert "\n" not in str(e.value)
-    checkpoint.save_checkpoint(path, {"epoch": 4})
+    checkpoint.save_checkpoint(path, {"epoch": 4, "config": {"epochs": 5}})
     os.remove(path + checkpoint.SUM_SUFFIX)
     capsys.readouterr()
     assert runfolder.load_checkpoint(path, CPU)["epoch"] == 4
