@@ -464,7 +464,7 @@ def main(argv=None):
     if args.preset != preset:
         print(f"train.py: error: write --preset in full (got an abbreviation for {args.preset!r})", file=sys.stderr)
         return 2
-    if args.threads > 0:
+    if 0 < args.threads <= train_cli.THREADS_MAX:   # out of range: check_args says so in one line
         torch.set_num_threads(args.threads)
     try:
         dist = distributed.dist_from_env(os.environ)

@@ -42,6 +42,9 @@ class NonFiniteLoss(Exception):
 
 # ----------------------------------------------------------------------------- Flag checks
 
+THREADS_MAX = 1024   # torch.set_num_threads(100000) crashes the process (segfault) before any message
+
+
 def check_args(args):
     """Validate flag values; raises UserError with one line."""
     head = nets.Head.parse(args.head) if args.head in HEADS else None  # None: reported by the --head check
@@ -74,7 +77,8 @@ def check_args(args):
         (args.forget_rate is None or 0.0 <= args.forget_rate < 1.0, f"--forget-rate must be in [0, 1), got {args.forget_rate}"),
         (0.0 <= args.momentum < 1.0, f"--momentum must be in [0, 1), got {args.momentum}"),
         (0 <= args.seed < SEED_MAX, f"--seed must be in [0, 2^32), got {args.seed}"),
-        (args.threads >= 0, f"--threads must be >= 0 (0 = torch's default), got {args.threads}"),
+        (0 <= args.threads <= THREADS_MAX, f"--threads must be in [0, {THREADS_MAX}] (0 = torch's default), got {args.threads}"),
+        (args.out != "", "--out is empty; give a folder, or leave --out out for the default runs/<name>"),
         (args.stop_after >= 0, f"--stop-after must be >= 0 (0 = never), got {args.stop_after}"),
         (args.decode_workers >= 1, f"--decode-workers must be >= 1, got {args.decode_workers}"),
         (not (args.resume and args.overwrite), "--resume continues the run in --out and --overwrite replaces it; give one of them"),

@@ -290,3 +290,10 @@ def test_each_error_kind_has_its_exit_code_and_at_most_one_line(capsys, monkeypa
     rc, out, err = run_in(capsys)
     assert rc == code and out == ""
     assert (one_line(err) if line else err) == (line or "")
+
+
+def test_a_huge_thread_count_is_one_line_not_a_crash():
+    """torch.set_num_threads(100000) kills the process (segfault) before any message, so
+    main must check --threads before setting it (a real process: a crash is the bug)."""
+    p = cli("--threads", "100000", "--epochs", "1")
+    assert p.returncode == 2 and "--threads must be in [0, 1024]" in one_line(p.stderr)

@@ -39,7 +39,7 @@ BAD = [   # argv, the flag the one line must name
     (["--image-size", "4"], "--image-size"), (["--pretrained", "/nonexistent/net.pth"], "--pretrained"),
     (["--kan-grid", "0"], "--kan-grid"), (["--kan-order", "-1"], "--kan-order"),
     (["--forget-rate", "1"], "--forget-rate"), (["--momentum", "1"], "--momentum"),
-    (["--seed", str(2 ** 32)], "--seed"), (["--seed", "-1"], "--seed"), (["--threads", "-1"], "--threads"),
+    (["--seed", str(2 ** 32)], "--seed"), (["--seed", "-1"], "--seed"), (["--threads", "-1"], "--threads"), (["--threads", "100000"], "--threads"), (["--out", ""], "--out is empty"),
     (["--stop-after", "-1"], "--stop-after"), (["--decode-workers", "0"], "--decode-workers"),
     # combinations
     (["--save-masks", "--head", "fc"], "--save-masks"), (["--subset-once"], "--subset-once"),
