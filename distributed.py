@@ -10,6 +10,7 @@ trains on its equal shard of the GLOBAL batch; what is exchanged, and why:
     ELR memory rows  all_gather_rows each step -> the same (N, C) memory on every rank
     eval logits      all_gather_rows           -> identical metrics on every rank, 1/W of the compute each
     setup errors     first_failure             -> a user error on any rank stops them all
+    run folder       from_rank0                -> rank 0 claims it (runs/<name>-2 ...), every rank uses that one
 
 Explicit all-reduces, not DDP: the heads run outside the module's forward, co-teaching
 has two losses and the Fig. 3 probe takes extra gradients.
@@ -128,3 +129,14 @@ def first_failure(failed, dd):
     r = torch.tensor([dd.rank if failed else dd.world])
     dist.all_reduce(r, op=dist.ReduceOp.MIN)
     return -1 if int(r) == dd.world else int(r)
+
+
+def from_rank0(obj, dd):
+    """Rank 0's obj (a small picklable value) on every rank; obj is ignored elsewhere. Every rank
+    must call it (a collective), also when rank 0 has nothing to send: it then sends None.
+    It travels in CPU tensors: over gloo, also where CUDA tensors go by NCCL."""
+    if dd.world == 1:
+        return obj
+    box = [obj if dd.rank == 0 else None]
+    dist.broadcast_object_list(box, src=0, device=torch.device("cpu"))
+    return box[0]

@@ -164,7 +164,7 @@ def setup(args, argv, dist):
     err, job = None, None
     try:
         job = prepare(args, argv, dist)
-    except UserError as e:
+    except (UserError, PeerFailed) as e:   # PeerFailed: rank 0 could not claim the run folder
         err = e
     first = distributed.first_failure(err is not None, dist)
     if first >= 0 and job is not None and job.lock is not None:
@@ -182,7 +182,7 @@ def prepare(args, argv, dist):
     folder is touched and before the data is loaded."""
     typed = train_cli.explicit_flags(build_parser(), argv)
     device, loss_overrides = train_cli.check_flags(args, typed, dist)
-    out, lock, resumed = runfolder.open_run(args, typed, vars(build_parser().parse_args([])), device, dist.rank)
+    out, lock, resumed = runfolder.open_run(args, typed, vars(build_parser().parse_args([])), device, dist)
     try:
         d, loss_config, loss_fn = load_data(args, device, loss_overrides)
         train_cli.check_data_sizes(args, d, dist)

@@ -2,7 +2,8 @@
 every rank holds bit-identical parameters, masks and ELR memory; the mask from
 all-reduced moments is the single-process mask of the global batch; a 2-rank step is
 the single-process step of the global batch; a 2-rank run writes the files of a 1-rank
-run and resumes exactly; a user error stops every rank with one line.
+run and resumes exactly; a user error stops every rank with one line; every rank uses the
+run folder rank 0 claimed.
 
 Ranks get torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
 One run goes through torchrun itself; the others start the two ranks directly, which
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import checkpoint
 import dcm_ref as D
 import diagnostics
 import distributed
@@ -49,8 +51,8 @@ def _env(extra=None):
     return env
 
 
-def launch(args, nproc=2, extra_env=None, timeout=120):
-    """Start nproc ranks of `python *args` with torchrun's variables; -> [(rc, stdout, stderr)] by rank."""
+def launch(args, nproc=2, extra_env=None, timeout=120, cwd=ROOT):
+    """Start nproc ranks of `python *args` in cwd with torchrun's variables; -> [(rc, stdout, stderr)] by rank."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -59,7 +61,7 @@ def launch(args, nproc=2, extra_env=None, timeout=120):
         out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # files: a full pipe cannot block a rank
         env = _env(dict(extra_env or {}, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nproc),
                         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
-        procs.append(subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=err, text=True))
+        procs.append(subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=out, stderr=err, text=True))
         logs.append((out, err))
     try:
         rcs = [p.wait(timeout=timeout) for p in procs]
@@ -229,6 +231,11 @@ def test_sharded_evaluation_returns_every_row_in_order(worker_results):
         assert torch.allclose(z_ddp, z_one, rtol=1e-5, atol=1e-6)
 
 
+def test_every_rank_takes_rank0s_value(worker_results):
+    """from_rank0 gives rank 0's value on every rank, None too."""
+    assert [res["from_rank0"] for res in worker_results] == [["runs/x-2", None]] * 2
+
+
 def test_every_rank_learns_the_lowest_failing_rank(worker_results):
     """Setup failed nowhere / on rank 1 only / on both: every rank gets -1 / 1 / 0 and stops alike."""
     assert [res["first_failure"] for res in worker_results] == [[-1, 1, 0]] * 2
@@ -265,6 +272,34 @@ def test_user_error_stops_every_rank_with_one_line(tmp_path):
     lines = [line for _, _, err in results for line in err.strip().splitlines()]
     assert len(lines) == 1 and "--batch-size 63" in lines[0] and "Traceback" not in lines[0], lines
     assert not os.path.exists(tmp_path / "x")
+
+
+def test_runs_under_a_default_name_take_the_next_free_folder_on_every_rank(tmp_path):
+    """Twice the same 2-rank run without --out in one folder: rank 0 claims runs/<name>, then
+    runs/<name>-2, and the other rank trains into that same folder (it used to check runs/<name>,
+    find a run there and stop: 'already holds a run')."""
+    for _ in range(2):
+        results = launch([os.path.join(ROOT, "train.py"), *QUICK, "--epochs", "1"], cwd=str(tmp_path), timeout=150)
+        assert [rc for rc, _, _ in results] == [0, 0], [err for _, _, err in results]
+    first, second = sorted(os.listdir(tmp_path / "runs"))
+    assert second == first + "-2"
+    for name in (first, second):
+        assert os.path.exists(tmp_path / "runs" / name / "final.json")
+        assert json.load(open(tmp_path / "runs" / name / "config.json"))["out"] == os.path.join("runs", name)
+
+
+def test_a_run_folder_rank0_cannot_claim_stops_every_rank_with_one_line(tmp_path):
+    """Rank 0's claim fails (a running train.py holds the folder): it still answers the broadcast the
+    other rank waits on, and every rank exits 2 promptly, with one line from rank 0."""
+    out = str(tmp_path / "x")
+    held = checkpoint.lock_run(out)
+    try:
+        results = launch(["train.py", *QUICK, "--out", out], timeout=90)
+    finally:
+        checkpoint.unlock_run(held)
+    assert [rc for rc, _, _ in results] == [2, 2]
+    lines = [line for _, _, err in results for line in err.strip().splitlines()]
+    assert len(lines) == 1 and "in use" in lines[0] and results[0][2].strip() == lines[0], lines
 
 
 # ----------------------------------------------------------------------------- the worker
@@ -324,6 +359,12 @@ def _step_checks(dd, g):
     return res
 
 
+def _agreement_checks(dd):
+    """from_rank0 on real ranks."""
+    res = {"from_rank0": [distributed.from_rank0(f"runs/x-{dd.rank + 2}", dd), distributed.from_rank0(None, dd)]}
+    return res
+
+
 def worker(out):
     dd = distributed.dist_from_env(os.environ)
     distributed.init_distributed(dd)
@@ -332,6 +373,7 @@ def worker(out):
         res = _moment_checks(dd, g)
         res.update(_step_checks(dd, g))
         res["first_failure"] = [distributed.first_failure(dd.rank in fails, dd) for fails in ((), (1,), (0, 1))]
+        res.update(_agreement_checks(dd))
         torch.save(res, f"{out}.rank{dd.rank}")
     finally:
         distributed.close()
