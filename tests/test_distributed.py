@@ -3,7 +3,8 @@ every rank holds bit-identical parameters, masks and ELR memory; the mask from
 all-reduced moments is the single-process mask of the global batch; a 2-rank step is
 the single-process step of the global batch; a 2-rank run writes the files of a 1-rank
 run and resumes exactly; a user error stops every rank with one line; every rank uses the
-run folder rank 0 claimed.
+run folder rank 0 claimed; a failure on one rank after setup ends every rank with one line
+(no traceback).
 
 Ranks get torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
 One run goes through torchrun itself; the others start the two ranks directly, which
@@ -236,6 +237,12 @@ def test_every_rank_takes_rank0s_value(worker_results):
     assert [res["from_rank0"] for res in worker_results] == [["runs/x-2", None]] * 2
 
 
+def test_a_failed_write_on_rank0_after_the_last_collective_stops_the_other_ranks(worker_results):
+    """train_cli.on_rank0 (final.json): rank 0's error is re-raised on rank 0, PeerFailed elsewhere
+    (a quiet exit 2), so no rank exits 0 from a run whose final.json was not written."""
+    assert [res["on_rank0"] for res in worker_results] == [["ok", "OSError"], ["ok", "PeerFailed"]]
+
+
 def test_every_rank_learns_the_lowest_failing_rank(worker_results):
     """Setup failed nowhere / on rank 1 only / on both: every rank gets -1 / 1 / 0 and stops alike."""
     assert [res["first_failure"] for res in worker_results] == [[-1, 1, 0]] * 2
@@ -302,6 +309,20 @@ def test_a_run_folder_rank0_cannot_claim_stops_every_rank_with_one_line(tmp_path
     assert len(lines) == 1 and "in use" in lines[0] and results[0][2].strip() == lines[0], lines
 
 
+def test_a_failure_after_setup_stops_every_rank_without_a_traceback(tmp_path):
+    """Rank 0 cannot write noise_report.json (a folder of that name) after the ranks agreed on the
+    setup: it reports that in one line; the other rank, whose next all-reduce fails because rank 0
+    has gone, ends with one line too (distributed.PeerLost), not gloo's traceback."""
+    out = tmp_path / "x"
+    (out / "noise_report.json").mkdir(parents=True)
+    results = launch(["train.py", *QUICK, "--out", str(out)], timeout=90)
+    assert [rc for rc, _, _ in results] == [2, 2], [err for _, _, err in results]
+    assert not [r for r, (_, o, e) in enumerate(results) if "Traceback" in o + e], results
+    (line0,), (line1,) = (err.strip().splitlines() for _, _, err in results)
+    assert line0.startswith("train.py: error: cannot write") and "noise_report.json" in line0
+    assert line1.startswith("train.py: error (rank 1): another rank stopped; see its message")
+
+
 # ----------------------------------------------------------------------------- the worker
 
 def _moment_checks(dd, g):
@@ -360,8 +381,20 @@ def _step_checks(dd, g):
 
 
 def _agreement_checks(dd):
-    """from_rank0 on real ranks."""
+    """from_rank0 and train_cli.on_rank0 on real ranks."""
+    import train_cli
     res = {"from_rank0": [distributed.from_rank0(f"runs/x-{dd.rank + 2}", dd), distributed.from_rank0(None, dd)]}
+    outcomes = []
+    for fails in (False, True):   # rank 0's write after the last collective (final.json) succeeds / fails
+        def write():
+            if fails:
+                raise OSError(28, "No space left on device", "final.json")
+        try:
+            train_cli.on_rank0(write, dd)
+            outcomes.append("ok")
+        except Exception as e:
+            outcomes.append(type(e).__name__)
+    res["on_rank0"] = outcomes
     return res
 
 
