@@ -11,6 +11,7 @@ trains on its equal shard of the GLOBAL batch; what is exchanged, and why:
     eval logits      all_gather_rows           -> identical metrics on every rank, 1/W of the compute each
     setup errors     first_failure             -> a user error on any rank stops them all
     run folder       from_rank0                -> rank 0 claims it (runs/<name>-2 ...), every rank uses that one
+    stop signal      max_over_ranks            -> every rank stops after the same step, reporting the same signal
 
 A collective that fails because another rank has gone (it stopped on an error of its own and
 reported it) raises PeerLost, which train.main reports in one line instead of a traceback.
@@ -172,3 +173,13 @@ def from_rank0(obj, dd):
     with _collective():
         dist.broadcast_object_list(box, src=0, device=torch.device("cpu"))
     return box[0]
+
+
+def max_over_ranks(x, dd, device=None):
+    """The largest of every rank's integer x (one all-reduce; x itself at world size 1)."""
+    if dd.world == 1:
+        return x
+    t = torch.tensor([int(x)], dtype=torch.int64, device=device)
+    with _collective():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t)

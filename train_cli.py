@@ -261,13 +261,16 @@ def catch_stop_signals(flag):
 
 
 def stop_requested(st):
-    """Whether a stop signal arrived on any rank (st: a runfolder.TrainState; one tiny all-reduce
-    when multi-process, so every rank stops after the same step)."""
-    stop = st.stop.signum is not None
+    """Whether a stop signal arrived on any rank (st: a runfolder.TrainState). Multi-process: one
+    tiny all-reduce of the signal number (MAX: SIGTERM 15 over SIGINT 2, 0 for none), so every rank
+    stops after the same step, and st.stop.signum becomes that signal on every rank: stopped()
+    then reports it and exits with 128 + its number everywhere, also on ranks that got none."""
+    sig = st.stop.signum or 0
     if st.dist.world > 1:
-        t = torch.tensor([float(stop)], device=st.y_noisy.device)
-        stop = bool(distributed.all_sum((t,), st.dist)[0].item() > 0)
-    return stop
+        sig = distributed.max_over_ranks(sig, st.dist, st.y_noisy.device)
+        if sig:
+            st.stop.signum = sig
+    return bool(sig)
 
 
 def on_rank0(write, dd):

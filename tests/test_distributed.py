@@ -4,7 +4,7 @@ all-reduced moments is the single-process mask of the global batch; a 2-rank ste
 the single-process step of the global batch; a 2-rank run writes the files of a 1-rank
 run and resumes exactly; a user error stops every rank with one line; every rank uses the
 run folder rank 0 claimed; a failure on one rank after setup ends every rank with one line
-(no traceback).
+(no traceback); a stop signal on one rank stops all with its exit code.
 
 Ranks get torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
 One run goes through torchrun itself; the others start the two ranks directly, which
@@ -17,10 +17,12 @@ epoch (bottom of the file).
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 import torch
@@ -52,8 +54,10 @@ def _env(extra=None):
     return env
 
 
-def launch(args, nproc=2, extra_env=None, timeout=120, cwd=ROOT):
-    """Start nproc ranks of `python *args` in cwd with torchrun's variables; -> [(rc, stdout, stderr)] by rank."""
+def launch(args, nproc=2, extra_env=None, timeout=120, cwd=ROOT, during=None):
+    """Start nproc ranks of `python *args` in cwd with torchrun's variables; -> [(rc, stdout, stderr)] by rank.
+    during(procs, logs): called once the ranks are started (logs: (stdout, stderr) files by rank; read
+    them with read_log while the ranks run)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -65,6 +69,8 @@ def launch(args, nproc=2, extra_env=None, timeout=120, cwd=ROOT):
         procs.append(subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=out, stderr=err, text=True))
         logs.append((out, err))
     try:
+        if during is not None:
+            during(procs, logs)
         rcs = [p.wait(timeout=timeout) for p in procs]
     finally:
         for p in procs:
@@ -76,6 +82,11 @@ def launch(args, nproc=2, extra_env=None, timeout=120, cwd=ROOT):
         err.seek(0)
         results.append((rc, out.read(), err.read()))
     return results
+
+
+def read_log(f):
+    """What a running rank has written so far to its log file f (pread: the rank's file offset is untouched)."""
+    return os.pread(f.fileno(), 1 << 20, 0).decode(errors="replace")
 
 
 def train_command(dump=None):
@@ -232,9 +243,11 @@ def test_sharded_evaluation_returns_every_row_in_order(worker_results):
         assert torch.allclose(z_ddp, z_one, rtol=1e-5, atol=1e-6)
 
 
-def test_every_rank_takes_rank0s_value(worker_results):
-    """from_rank0 gives rank 0's value on every rank, None too."""
+def test_every_rank_takes_rank0s_value_and_stops_with_the_same_signal(worker_results):
+    """from_rank0 gives rank 0's value (None too); a SIGTERM on rank 1 only, or SIGINT on rank 0 and
+    SIGTERM on rank 1, stops both ranks with 143; no signal on any rank stops none."""
     assert [res["from_rank0"] for res in worker_results] == [["runs/x-2", None]] * 2
+    assert [res["stops"] for res in worker_results] == [[(True, 143), (True, 143), (False, None)]] * 2
 
 
 def test_a_failed_write_on_rank0_after_the_last_collective_stops_the_other_ranks(worker_results):
@@ -323,6 +336,23 @@ def test_a_failure_after_setup_stops_every_rank_without_a_traceback(tmp_path):
     assert line1.startswith("train.py: error (rank 1): another rank stopped; see its message")
 
 
+def test_sigterm_to_one_rank_stops_every_rank_with_143(tmp_path):
+    """SIGTERM to rank 1 only, during training: every rank stops after the same step and exits
+    143 (128 + SIGTERM), and rank 0 reports SIGTERM (it used to report SIGINT and exit 130)."""
+    out = str(tmp_path / "x")
+
+    def term_rank1(procs, logs):
+        for _ in range(1200):   # until rank 0 has printed its first epoch (at most 120 s)
+            if "epoch   1/" in read_log(logs[0][0]) or any(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.1)
+        procs[1].send_signal(signal.SIGTERM)
+    results = launch(["train.py", *QUICK, "--epochs", "1000", "--out", out], during=term_rank1, timeout=180)
+    assert [rc for rc, _, _ in results] == [143, 143], [err for _, _, err in results]
+    assert "interrupted (SIGTERM)" in results[0][2] and "Traceback" not in results[0][2] + results[1][2]
+    assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)["epoch"] >= 1
+
+
 # ----------------------------------------------------------------------------- the worker
 
 def _moment_checks(dd, g):
@@ -381,9 +411,16 @@ def _step_checks(dd, g):
 
 
 def _agreement_checks(dd):
-    """from_rank0 and train_cli.on_rank0 on real ranks."""
+    """from_rank0 and the stop-signal agreement (train_cli.stop_requested / stopped) on real ranks."""
+    from conftest import stop_state
     import train_cli
     res = {"from_rank0": [distributed.from_rank0(f"runs/x-{dd.rank + 2}", dd), distributed.from_rank0(None, dd)]}
+    stops = []
+    for got in ({1: signal.SIGTERM}, {0: signal.SIGINT, 1: signal.SIGTERM}, {}):
+        st = stop_state(got.get(dd.rank), dd)
+        asked = train_cli.stop_requested(st)
+        stops.append((asked, train_cli.stopped(st, lambda *a, **k: None, "c.pt", 1, "o") if asked else None))
+    res["stops"] = stops
     outcomes = []
     for fails in (False, True):   # rank 0's write after the last collective (final.json) succeeds / fails
         def write():
