@@ -10,10 +10,16 @@ trains on its equal shard of the GLOBAL batch; what is exchanged, and why:
     ELR memory rows  all_gather_rows each step -> the same (N, C) memory on every rank
     eval logits      all_gather_rows           -> identical metrics on every rank, 1/W of the compute each
     setup errors     first_failure             -> a user error on any rank stops them all
+    run folder       from_rank0                -> rank 0 claims it (runs/<name>-2 ...), every rank uses that one
+    stop signal      max_over_ranks            -> every rank stops after the same step, reporting the same signal
+
+A collective that fails because another rank has gone (it stopped on an error of its own and
+reported it) raises PeerLost, which train.main reports in one line instead of a traceback.
 
 Explicit all-reduces, not DDP: the heads run outside the module's forward, co-teaching
 has two losses and the Fig. 3 probe takes extra gradients.
 """
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -41,6 +47,29 @@ def dist_from_env(env):
         got = "/".join(str(env.get(k)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
         raise ValueError(f"RANK/WORLD_SIZE/LOCAL_RANK = {got}; expected integers with 0 <= RANK < WORLD_SIZE (as torchrun sets them)")
     return dd
+
+
+class PeerLost(RuntimeError):
+    """A collective failed: in practice another rank has stopped (an error it reported, a
+    non-finite loss, a kill) and closed its connections. The message is one line."""
+
+
+@contextmanager
+def _collective():
+    """Turn the RuntimeError of a failed collective (gloo's "Connection closed by peer", NCCL's
+    DistBackendError) into PeerLost, keeping the backend's first sentence as the reason."""
+    try:
+        yield
+    except RuntimeError as e:
+        raise PeerLost(f"another rank stopped; see its message (a collective failed: {_reason(e)})") from e
+
+
+def _reason(e):
+    """The first sentence of a backend error, without gloo's "[/path/pair.cc:553] " prefix."""
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if text.startswith("[") and "] " in text:
+        text = text.split("] ", 1)[1]
+    return text.split(". ")[0].rstrip(".")
 
 
 def init_distributed(dd):
@@ -78,7 +107,8 @@ def all_sum(ts, dd):
     if dd.world == 1:
         return ts
     flat = torch.cat([t.reshape(-1) for t in ts])
-    dist.all_reduce(flat)
+    with _collective():
+        dist.all_reduce(flat)
     return tuple(c.view_as(t) for c, t in zip(flat.split([t.numel() for t in ts]), ts))
 
 
@@ -90,7 +120,8 @@ def all_gather_rows(t, sizes, dd):
     n = max(sizes)  # all_gather needs equal shapes: pad, gather, trim
     padded = torch.cat([t, t.new_zeros((n - len(t),) + tuple(t.shape[1:]))])
     parts = [torch.empty_like(padded) for _ in range(dd.world)]
-    dist.all_gather(parts, padded)
+    with _collective():
+        dist.all_gather(parts, padded)
     return torch.cat([p[:s] for p, s in zip(parts, sizes)])
 
 
@@ -100,7 +131,8 @@ def _mean_over_ranks_(tensors, dd):
     if dd.world == 1 or not tensors:
         return
     flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat)
+    with _collective():
+        dist.all_reduce(flat)
     flat /= dd.world
     for t, c in zip(tensors, flat.split([t.numel() for t in tensors])):
         t.copy_(c.view_as(t))
@@ -126,5 +158,28 @@ def first_failure(failed, dd):
     if dd.world == 1:
         return 0 if failed else -1
     r = torch.tensor([dd.rank if failed else dd.world])
-    dist.all_reduce(r, op=dist.ReduceOp.MIN)
+    with _collective():
+        dist.all_reduce(r, op=dist.ReduceOp.MIN)
     return -1 if int(r) == dd.world else int(r)
+
+
+def from_rank0(obj, dd):
+    """Rank 0's obj (a small picklable value) on every rank; obj is ignored elsewhere. Every rank
+    must call it (a collective), also when rank 0 has nothing to send: it then sends None.
+    It travels in CPU tensors: over gloo, also where CUDA tensors go by NCCL."""
+    if dd.world == 1:
+        return obj
+    box = [obj if dd.rank == 0 else None]
+    with _collective():
+        dist.broadcast_object_list(box, src=0, device=torch.device("cpu"))
+    return box[0]
+
+
+def max_over_ranks(x, dd, device=None):
+    """The largest of every rank's integer x (one all-reduce; x itself at world size 1)."""
+    if dd.world == 1:
+        return x
+    t = torch.tensor([int(x)], dtype=torch.int64, device=device)
+    with _collective():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t)

@@ -3,7 +3,7 @@ what its checkpoint holds and what its config.json records. The file mechanics (
 writes, checksums, locks) are in checkpoint.py. Not a part of the DCM method; the
 bookkeeping that lets a long run be preempted and resumed (README, "Outputs and results").
 
-    out, lock, ck = open_run(args, typed, defaults, device, rank)  # locked; ck: the checkpoint to resume
+    out, lock, ck = open_run(args, typed, defaults, device, dd)    # locked on rank 0; ck: the checkpoint to resume
     log = RunLog.start(args, ck)                  # flags, metrics rows, best epochs, --extend entries
     checkpoint.save_checkpoint(path, checkpoint_state(st, epoch, log))  # st: a TrainState
 """
@@ -209,11 +209,21 @@ def initial_files(args, out, ck, meta, d, st, log):
         checkpoint.save_checkpoint(os.path.join(out, "checkpoint.pt"), checkpoint_state(st, 0, log))
 
 
-def open_run(args, typed, defaults, device, rank):
+def open_run(args, typed, defaults, device, dd):
     """The run folder (locked on rank 0) and, for --resume/--auto-resume, its checkpoint.
-    -> (out, lock or None, checkpoint or None). The lock is released when this raises."""
-    out, lock = claim_out(args, defaults) if rank == 0 else (args.out or default_out(args, defaults), None)
+    -> (out, lock or None, checkpoint or None). The lock is released when this raises.
+    dd: a distributed.Dist. Rank 0 claims the folder and sends it to the other ranks, which take
+    that one (a default name may have become runs/<name>-2); when rank 0's claim fails it sends
+    None and the others raise PeerFailed, so no rank waits on a broadcast that never comes."""
     try:
+        out, lock = claim_out(args, defaults) if dd.rank == 0 else (None, None)
+    except BaseException:
+        distributed.from_rank0(None, dd)   # the other ranks wait for the folder: tell them there is none
+        raise
+    try:
+        out = distributed.from_rank0(out, dd)
+        if out is None:   # rank 0's claim failed; it reports why
+            raise train_cli.PeerFailed()
         ck = resolve_resume(args, typed, out, device) if (args.resume or args.auto_resume) else None
         if ck is None and checkpoint.holds_run(out) and not args.overwrite:
             raise train_cli.UserError(f"{out} already holds a run; use --resume to continue it, --overwrite to replace it, or another --out")

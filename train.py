@@ -164,7 +164,7 @@ def setup(args, argv, dist):
     err, job = None, None
     try:
         job = prepare(args, argv, dist)
-    except UserError as e:
+    except (UserError, PeerFailed) as e:   # PeerFailed: rank 0 could not claim the run folder
         err = e
     first = distributed.first_failure(err is not None, dist)
     if first >= 0 and job is not None and job.lock is not None:
@@ -182,7 +182,7 @@ def prepare(args, argv, dist):
     folder is touched and before the data is loaded."""
     typed = train_cli.explicit_flags(build_parser(), argv)
     device, loss_overrides = train_cli.check_flags(args, typed, dist)
-    out, lock, resumed = runfolder.open_run(args, typed, vars(build_parser().parse_args([])), device, dist.rank)
+    out, lock, resumed = runfolder.open_run(args, typed, vars(build_parser().parse_args([])), device, dist)
     try:
         d, loss_config, loss_fn = load_data(args, device, loss_overrides)
         train_cli.check_data_sizes(args, d, dist)
@@ -309,8 +309,7 @@ def train_epochs(args, dist, job, say, log):
             say(f"stopped after epoch {epoch} (--stop-after); continue with --out {out} --resume")
             return 0
     final = diagnostics.final_metrics(args, log.history, log.best, d)
-    if lead:
-        checkpoint.write_json(os.path.join(out, "final.json"), final)
+    train_cli.on_rank0(lambda: checkpoint.write_json(os.path.join(out, "final.json"), final), dist)  # after the last collective
     say(diagnostics.done_line(final, out))
     return 0
 
@@ -478,9 +477,12 @@ def main(argv=None):
         return run(args, argv, dist)
     except PeerFailed:
         return 2  # the failing rank has printed why
+    except distributed.PeerLost as e:  # a collective failed: another rank stopped (and printed why)
+        print(f"train.py: error{who}: {e}", file=sys.stderr)
+        return 2
     except (UserError, data.DataError, checkpoint.CheckpointError, NonFiniteLoss) as e:
         print(f"train.py: error{who}: {e}", file=sys.stderr)  # DataError: an image unreadable at a redraw
-        return 3 if isinstance(e, NonFiniteLoss) else 2  # NonFiniteLoss: one rank's; torchrun then stops the others
+        return 3 if isinstance(e, NonFiniteLoss) else 2  # NonFiniteLoss: one rank's; the others stop at their next collective (PeerLost)
     except OSError as e:  # writing the run's files: a full disk, a folder removed under the run
         print(f"train.py: error{who}: cannot write {e.filename or 'a run file'}: {e.strerror or e}", file=sys.stderr)
         return 2

@@ -33,7 +33,8 @@ class UserError(Exception):
 
 
 class PeerFailed(Exception):
-    """Another rank failed during setup and reported it; this rank exits quietly (exit 2)."""
+    """Another rank failed (during setup, or rank 0 writing a file after the last collective:
+    on_rank0) and reported it; this rank exits quietly (exit 2)."""
 
 
 class NonFiniteLoss(Exception):
@@ -264,13 +265,33 @@ def catch_stop_signals(flag):
 
 
 def stop_requested(st):
-    """Whether a stop signal arrived on any rank (st: a runfolder.TrainState; one tiny all-reduce
-    when multi-process, so every rank stops after the same step)."""
-    stop = st.stop.signum is not None
+    """Whether a stop signal arrived on any rank (st: a runfolder.TrainState). Multi-process: one
+    tiny all-reduce of the signal number (MAX: SIGTERM 15 over SIGINT 2, 0 for none), so every rank
+    stops after the same step, and st.stop.signum becomes that signal on every rank: stopped()
+    then reports it and exits with 128 + its number everywhere, also on ranks that got none."""
+    sig = st.stop.signum or 0
     if st.dist.world > 1:
-        t = torch.tensor([float(stop)], device=st.y_noisy.device)
-        stop = bool(distributed.all_sum((t,), st.dist)[0].item() > 0)
-    return stop
+        sig = distributed.max_over_ranks(sig, st.dist, st.y_noisy.device)
+        if sig:
+            st.stop.signum = sig
+    return bool(sig)
+
+
+def on_rank0(write, dd):
+    """write() on rank 0 only (the rank that writes files), then an agreement (one all-reduce): when it
+    raised, rank 0 raises it again and every other rank raises PeerFailed (exit 2, quietly). For
+    rank 0's writes after the run's last collective (final.json), where no later collective would
+    fail (distributed.PeerLost) and stop the others with a non-zero exit."""
+    err = None
+    if dd.rank == 0:
+        try:
+            write()
+        except BaseException as e:
+            err = e
+    if distributed.first_failure(err is not None, dd) >= 0:
+        if err is not None:
+            raise err
+        raise PeerFailed()
 
 
 class Stopped(Exception):

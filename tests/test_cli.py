@@ -19,6 +19,7 @@ import torch
 import checkpoint
 import data
 import diagnostics
+import distributed
 import train
 import train_cli
 from conftest import QUICK, cli, copy_run, listing, one_line, popen, rows, run_in
@@ -281,6 +282,8 @@ def test_empty_data_dir_names_the_expected_files(tmp_path, capsys):
     (train_cli.UserError("--keep must be in (0, 1], got 0"), 2, "train.py: error: --keep must be in (0, 1], got 0"),
     (train_cli.NonFiniteLoss("non-finite training loss at step 7"), 3, "train.py: error: non-finite training loss at step 7"),
     (train_cli.PeerFailed(), 2, None),                       # the failing rank has printed why
+    (distributed.PeerLost("another rank stopped; see its message (a collective failed: Connection closed by peer)"), 2,
+     "train.py: error: another rank stopped; see its message (a collective failed: Connection closed by peer)"),
     (KeyboardInterrupt(), 130, "train.py: interrupted; the last finished epoch's checkpoint (if any) is kept"),
 ])
 def test_each_error_kind_has_its_exit_code_and_at_most_one_line(capsys, monkeypatch, error, code, line):

@@ -2,7 +2,9 @@
 every rank holds bit-identical parameters, masks and ELR memory; the mask from
 all-reduced moments is the single-process mask of the global batch; a 2-rank step is
 the single-process step of the global batch; a 2-rank run writes the files of a 1-rank
-run and resumes exactly; a user error stops every rank with one line.
+run and resumes exactly; a user error stops every rank with one line; every rank uses the
+run folder rank 0 claimed; a failure on one rank after setup ends every rank with one line
+(no traceback); a stop signal on one rank stops all with its exit code.
 
 Ranks get torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
 One run goes through torchrun itself; the others start the two ranks directly, which
@@ -15,16 +17,19 @@ epoch (bottom of the file).
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import checkpoint
 import dcm_ref as D
 import diagnostics
 import distributed
@@ -49,8 +54,10 @@ def _env(extra=None):
     return env
 
 
-def launch(args, nproc=2, extra_env=None, timeout=120):
-    """Start nproc ranks of `python *args` with torchrun's variables; -> [(rc, stdout, stderr)] by rank."""
+def launch(args, nproc=2, extra_env=None, timeout=120, cwd=ROOT, during=None):
+    """Start nproc ranks of `python *args` in cwd with torchrun's variables; -> [(rc, stdout, stderr)] by rank.
+    during(procs, logs): called once the ranks are started (logs: (stdout, stderr) files by rank; read
+    them with read_log while the ranks run)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -59,9 +66,11 @@ def launch(args, nproc=2, extra_env=None, timeout=120):
         out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # files: a full pipe cannot block a rank
         env = _env(dict(extra_env or {}, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nproc),
                         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
-        procs.append(subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=err, text=True))
+        procs.append(subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=out, stderr=err, text=True))
         logs.append((out, err))
     try:
+        if during is not None:
+            during(procs, logs)
         rcs = [p.wait(timeout=timeout) for p in procs]
     finally:
         for p in procs:
@@ -73,6 +82,11 @@ def launch(args, nproc=2, extra_env=None, timeout=120):
         err.seek(0)
         results.append((rc, out.read(), err.read()))
     return results
+
+
+def read_log(f):
+    """What a running rank has written so far to its log file f (pread: the rank's file offset is untouched)."""
+    return os.pread(f.fileno(), 1 << 20, 0).decode(errors="replace")
 
 
 def train_command(dump=None):
@@ -229,6 +243,19 @@ def test_sharded_evaluation_returns_every_row_in_order(worker_results):
         assert torch.allclose(z_ddp, z_one, rtol=1e-5, atol=1e-6)
 
 
+def test_every_rank_takes_rank0s_value_and_stops_with_the_same_signal(worker_results):
+    """from_rank0 gives rank 0's value (None too); a SIGTERM on rank 1 only, or SIGINT on rank 0 and
+    SIGTERM on rank 1, stops both ranks with 143; no signal on any rank stops none."""
+    assert [res["from_rank0"] for res in worker_results] == [["runs/x-2", None]] * 2
+    assert [res["stops"] for res in worker_results] == [[(True, 143), (True, 143), (False, None)]] * 2
+
+
+def test_a_failed_write_on_rank0_after_the_last_collective_stops_the_other_ranks(worker_results):
+    """train_cli.on_rank0 (final.json): rank 0's error is re-raised on rank 0, PeerFailed elsewhere
+    (a quiet exit 2), so no rank exits 0 from a run whose final.json was not written."""
+    assert [res["on_rank0"] for res in worker_results] == [["ok", "OSError"], ["ok", "PeerFailed"]]
+
+
 def test_every_rank_learns_the_lowest_failing_rank(worker_results):
     """Setup failed nowhere / on rank 1 only / on both: every rank gets -1 / 1 / 0 and stops alike."""
     assert [res["first_failure"] for res in worker_results] == [[-1, 1, 0]] * 2
@@ -265,6 +292,65 @@ def test_user_error_stops_every_rank_with_one_line(tmp_path):
     lines = [line for _, _, err in results for line in err.strip().splitlines()]
     assert len(lines) == 1 and "--batch-size 63" in lines[0] and "Traceback" not in lines[0], lines
     assert not os.path.exists(tmp_path / "x")
+
+
+def test_runs_under_a_default_name_take_the_next_free_folder_on_every_rank(tmp_path):
+    """Twice the same 2-rank run without --out in one folder: rank 0 claims runs/<name>, then
+    runs/<name>-2, and the other rank trains into that same folder (it used to check runs/<name>,
+    find a run there and stop: 'already holds a run')."""
+    for _ in range(2):
+        results = launch([os.path.join(ROOT, "train.py"), *QUICK, "--epochs", "1"], cwd=str(tmp_path), timeout=150)
+        assert [rc for rc, _, _ in results] == [0, 0], [err for _, _, err in results]
+    first, second = sorted(os.listdir(tmp_path / "runs"))
+    assert second == first + "-2"
+    for name in (first, second):
+        assert os.path.exists(tmp_path / "runs" / name / "final.json")
+        assert json.load(open(tmp_path / "runs" / name / "config.json"))["out"] == os.path.join("runs", name)
+
+
+def test_a_run_folder_rank0_cannot_claim_stops_every_rank_with_one_line(tmp_path):
+    """Rank 0's claim fails (a running train.py holds the folder): it still answers the broadcast the
+    other rank waits on, and every rank exits 2 promptly, with one line from rank 0."""
+    out = str(tmp_path / "x")
+    held = checkpoint.lock_run(out)
+    try:
+        results = launch(["train.py", *QUICK, "--out", out], timeout=90)
+    finally:
+        checkpoint.unlock_run(held)
+    assert [rc for rc, _, _ in results] == [2, 2]
+    lines = [line for _, _, err in results for line in err.strip().splitlines()]
+    assert len(lines) == 1 and "in use" in lines[0] and results[0][2].strip() == lines[0], lines
+
+
+def test_a_failure_after_setup_stops_every_rank_without_a_traceback(tmp_path):
+    """Rank 0 cannot write noise_report.json (a folder of that name) after the ranks agreed on the
+    setup: it reports that in one line; the other rank, whose next all-reduce fails because rank 0
+    has gone, ends with one line too (distributed.PeerLost), not gloo's traceback."""
+    out = tmp_path / "x"
+    (out / "noise_report.json").mkdir(parents=True)
+    results = launch(["train.py", *QUICK, "--out", str(out)], timeout=90)
+    assert [rc for rc, _, _ in results] == [2, 2], [err for _, _, err in results]
+    assert not [r for r, (_, o, e) in enumerate(results) if "Traceback" in o + e], results
+    (line0,), (line1,) = (err.strip().splitlines() for _, _, err in results)
+    assert line0.startswith("train.py: error: cannot write") and "noise_report.json" in line0
+    assert line1.startswith("train.py: error (rank 1): another rank stopped; see its message")
+
+
+def test_sigterm_to_one_rank_stops_every_rank_with_143(tmp_path):
+    """SIGTERM to rank 1 only, during training: every rank stops after the same step and exits
+    143 (128 + SIGTERM), and rank 0 reports SIGTERM (it used to report SIGINT and exit 130)."""
+    out = str(tmp_path / "x")
+
+    def term_rank1(procs, logs):
+        for _ in range(1200):   # until rank 0 has printed its first epoch (at most 120 s)
+            if "epoch   1/" in read_log(logs[0][0]) or any(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.1)
+        procs[1].send_signal(signal.SIGTERM)
+    results = launch(["train.py", *QUICK, "--epochs", "1000", "--out", out], during=term_rank1, timeout=180)
+    assert [rc for rc, _, _ in results] == [143, 143], [err for _, _, err in results]
+    assert "interrupted (SIGTERM)" in results[0][2] and "Traceback" not in results[0][2] + results[1][2]
+    assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)["epoch"] >= 1
 
 
 # ----------------------------------------------------------------------------- the worker
@@ -324,6 +410,31 @@ def _step_checks(dd, g):
     return res
 
 
+def _agreement_checks(dd):
+    """from_rank0 and the stop-signal agreement (train_cli.stop_requested / stopped) on real ranks."""
+    from conftest import stop_state
+    import train_cli
+    res = {"from_rank0": [distributed.from_rank0(f"runs/x-{dd.rank + 2}", dd), distributed.from_rank0(None, dd)]}
+    stops = []
+    for got in ({1: signal.SIGTERM}, {0: signal.SIGINT, 1: signal.SIGTERM}, {}):
+        st = stop_state(got.get(dd.rank), dd)
+        asked = train_cli.stop_requested(st)
+        stops.append((asked, train_cli.stopped(st, lambda *a, **k: None, "c.pt", 1, "o") if asked else None))
+    res["stops"] = stops
+    outcomes = []
+    for fails in (False, True):   # rank 0's write after the last collective (final.json) succeeds / fails
+        def write():
+            if fails:
+                raise OSError(28, "No space left on device", "final.json")
+        try:
+            train_cli.on_rank0(write, dd)
+            outcomes.append("ok")
+        except Exception as e:
+            outcomes.append(type(e).__name__)
+    res["on_rank0"] = outcomes
+    return res
+
+
 def worker(out):
     dd = distributed.dist_from_env(os.environ)
     distributed.init_distributed(dd)
@@ -332,6 +443,7 @@ def worker(out):
         res = _moment_checks(dd, g)
         res.update(_step_checks(dd, g))
         res["first_failure"] = [distributed.first_failure(dd.rank in fails, dd) for fails in ((), (1,), (0, 1))]
+        res.update(_agreement_checks(dd))
         torch.save(res, f"{out}.rank{dd.rank}")
     finally:
         distributed.close()

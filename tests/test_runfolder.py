@@ -117,9 +117,19 @@ def parse(argv):
 
 
 def open_with(argv, rank=0):
-    """runfolder.open_run as train.py calls it -> (args, (out, lock, checkpoint))."""
+    """runfolder.open_run as train.py calls it -> (args, (out, lock, checkpoint)). rank > 0: a rank of a
+    2-rank job, whose broadcast from rank 0 the caller replaces (rank0_sends)."""
     a, typed = parse(argv)
-    return a, runfolder.open_run(a, typed, vars(train.build_parser().parse_args([])), CPU, rank)
+    dd = distributed.Dist(rank, 2, rank) if rank else distributed.Dist()
+    return a, runfolder.open_run(a, typed, vars(train.build_parser().parse_args([])), CPU, dd)
+
+
+def rank0_sends(monkeypatch, value):
+    """distributed.from_rank0 as a rank > 0 sees it when rank 0 sent value; -> the list of the values
+    passed to it (what this rank would have sent, were it rank 0)."""
+    calls = []
+    monkeypatch.setattr(distributed, "from_rank0", lambda obj, dd: (calls.append(obj), value if dd.rank else obj)[1])
+    return calls
 
 
 def fake_run(folder, done, epochs=3, *flags):
@@ -228,12 +238,44 @@ def test_resume_takes_the_saved_flags_and_keeps_the_typed_same_ones(tmp_path):
     assert (a.keep, a.head, a.kan_grid, a.epochs, a.limit_train) == (0.3, "dkan", 7, 3, 300)
 
 
-def test_other_ranks_take_no_lock(tmp_path):
+def test_other_ranks_take_no_lock(tmp_path, monkeypatch):
     out = str(tmp_path / "run")
     fake_run(out, 1)
+    rank0_sends(monkeypatch, out)
     _, (got, lock, ck) = open_with(["--out", out, "--resume"], rank=1)
     assert got == out and lock is None and ck["epoch"] == 1
     assert not os.path.exists(os.path.join(out, checkpoint.LOCK_NAME))
+
+
+def test_other_ranks_take_the_folder_rank0_claimed(tmp_path, monkeypatch):
+    """Under a default name rank 0 may claim runs/<name>-2 (runs/<name> holds a run): the other
+    ranks take that folder, not the default name they would compute (which holds a run)."""
+    monkeypatch.chdir(tmp_path)
+    a, _ = parse(QUICK)
+    base = runfolder.default_out(a, vars(train.build_parser().parse_args([])))
+    fake_run(base, 2, 2)
+    _, (claimed, lock, _) = open_with(QUICK)       # rank 0
+    checkpoint.unlock_run(lock)
+    assert claimed == base + "-2"
+    rank0_sends(monkeypatch, claimed)
+    _, (got, lock, ck) = open_with(QUICK, rank=1)
+    assert (got, lock, ck) == (base + "-2", None, None)
+
+
+def test_a_failed_claim_on_rank0_still_answers_the_other_ranks(tmp_path, monkeypatch):
+    """Rank 0 whose claim fails (the folder is in use) still sends (None), so the other ranks never
+    wait on a broadcast that does not come; a rank that receives None raises PeerFailed (quiet exit 2)."""
+    out = str(tmp_path / "run")
+    held = checkpoint.lock_run(out)
+    sent = rank0_sends(monkeypatch, None)
+    try:
+        with pytest.raises(train_cli.UserError, match="in use"):
+            open_with(QUICK + ["--out", out])
+        assert sent == [None]
+        with pytest.raises(train_cli.PeerFailed):
+            open_with(QUICK + ["--out", out], rank=1)
+    finally:
+        checkpoint.unlock_run(held)
 
 
 def test_a_new_run_without_out_takes_the_first_free_default_folder(tmp_path, monkeypatch):

@@ -323,6 +323,28 @@ def test_stopped_reports_one_line_and_the_shell_exit_code(capsys, sig, code, nam
                                                    f"continue with --out runs/x --resume")
 
 
+@pytest.mark.parametrize("mine, peers, code, name", [
+    (None, signal.SIGTERM, 143, "SIGTERM"),          # another rank got SIGTERM: this one reports it too
+    (signal.SIGINT, signal.SIGTERM, 143, "SIGTERM"),  # different signals: the larger number, on every rank
+    (signal.SIGTERM, 0, 143, "SIGTERM"),
+    (None, signal.SIGINT, 130, "SIGINT"),
+])
+def test_every_rank_reports_the_signal_of_the_rank_that_got_one(capsys, monkeypatch, mine, peers, code, name):
+    """Rank 0 of 2 ranks; the all-reduce (MAX over ranks) is replaced by the largest of this rank's
+    signal number and the peers'. tests/test_distributed.py does it with 2 real ranks."""
+    monkeypatch.setattr(distributed, "max_over_ranks", lambda x, dd, device=None: max(x, peers))
+    st = stop_state(mine, distributed.Dist(0, 2, 0))
+    assert train_cli.stop_requested(st)
+    assert train_cli.stopped(st, train_cli.make_say(True), "runs/x/checkpoint.pt", 4, "runs/x") == code
+    assert one_line(capsys.readouterr().err).startswith(f"interrupted ({name}):")
+
+
+def test_no_signal_on_any_rank_is_no_stop(monkeypatch):
+    monkeypatch.setattr(distributed, "max_over_ranks", lambda x, dd, device=None: x)
+    st = stop_state(None, distributed.Dist(1, 2, 1))
+    assert not train_cli.stop_requested(st) and st.stop.signum is None
+
+
 def test_help_states_every_default_and_never_none():
     """--help shows the default of every flag that has one; flags whose default is None say in
     their own help what unset means, instead of '(default: None)'."""
