@@ -54,6 +54,8 @@ def atomic_write(path, write):
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:   # name the file the user knows, not the temp file
+        raise OSError(e.errno, e.strerror or str(e), path) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -480,3 +480,11 @@ def test_train_state_round_trips_through_the_checkpoint_payload():
     for k, t in st.nets[0].state_dict().items():
         assert torch.equal(fresh.nets[0].state_dict()[k], t), k
     assert fresh.opts[0].state_dict()["state"].keys() == st.opts[0].state_dict()["state"].keys()
+
+
+def test_a_failed_atomic_write_names_the_target_not_the_temp_file(tmp_path):
+    target = tmp_path / "noise_report.json"
+    target.mkdir()                                       # a folder where the file should go
+    with pytest.raises(OSError) as e:
+        checkpoint.write_json(str(target), {"rate": 0.4})
+    assert e.value.filename == str(target) and not list(tmp_path.glob("*.tmp*"))
