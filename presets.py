@@ -67,6 +67,12 @@ def flags(name):
     return PRESETS[name][0].split()
 
 
+def setting(name, flag):
+    """The value preset `name` gives `flag` (e.g. "--loss"), or None when it leaves it unset."""
+    fl = flags(name)
+    return fl[fl.index(flag) + 1] if flag in fl else None
+
+
 def find(argv):
     """The preset named in argv (`--preset NAME` or `--preset=NAME`), or None.
 

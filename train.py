@@ -112,7 +112,7 @@ def build_parser():
     g.add_argument("--seed", type=int, default=0, help="seeds the model, the noise, the batches and the augmentation")
     g.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda | cuda:N")
     g.add_argument("--compile", action="store_true", help="torch.compile the backbone")
-    g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="bf16 autocast on CUDA")
     g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default); 1 avoids slow-downs when other jobs share the cores")
     g = p.add_argument_group("run")
     g.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<head>-<loss>-<noise><rate>-s<seed>, then "

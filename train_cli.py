@@ -21,6 +21,7 @@ import data
 import distributed
 import losses
 import nets
+import presets
 
 HEADS = nets.HEADS
 METHODS = ("standard", "coteaching", "elr")
@@ -124,7 +125,20 @@ def flag_warnings(args, typed):
     for key, applies, why in NO_EFFECT:
         if key in typed and not applies(args, head):
             out.append(f"--{key.replace('_', '-')} has no effect here: {why}")
-    return out
+    return out + preset_warnings(args)
+
+
+def preset_warnings(args):
+    """A --loss typed over a preset whose --weight-decay was set for a loss of the other kind:
+    ANL's losses replace weight decay by their L1 term (weight decay 0), the others use it."""
+    if args.preset is None or presets.setting(args.preset, "--weight-decay") is None:
+        return []
+    wd, loss = float(presets.setting(args.preset, "--weight-decay")), presets.setting(args.preset, "--loss") or "ce"
+    if args.weight_decay != wd or (args.loss in losses.L1_LOSSES) == (loss in losses.L1_LOSSES):
+        return []
+    usual = "0 (its L1 term replaces it)" if args.loss in losses.L1_LOSSES else f"{losses.DEFAULT_WEIGHT_DECAY:g} or the protocol's"
+    return [f"--preset {args.preset} sets --weight-decay {wd:g} for --loss {loss}; --loss {args.loss} usually trains "
+            f"with {usual}: type --weight-decay to choose"]
 
 
 def parse_loss_args(items):

@@ -35,6 +35,32 @@ def test_explicit_flags_override_the_preset_wherever_they_are_typed():
     assert (a.backbone, a.lr, a.weight_decay, a.epochs) == ("resnet34", 0.1, 1e-5, 200)
 
 
+def test_every_switch_a_preset_turns_on_can_be_turned_off():
+    """Typed flags win also for switches: --no-amp after a preset that sets --amp."""
+    for name in presets.PRESETS:
+        switches = [f for f in presets.flags(name) if f.startswith("--") and f[2:].replace("-", "_") in
+                    {a.dest for a in train.build_parser()._actions if a.nargs == 0 and a.const is None}]
+        for flag in switches:
+            a, _ = parse(["--preset", name, "--no-" + flag[2:]])
+            assert getattr(a, flag[2:].replace("-", "_")) is False, (name, flag)
+    a, _ = parse(["--preset", "webvision-mini", "--no-amp"])
+    assert a.amp is False
+
+
+@pytest.mark.parametrize("argv, warned", [
+    (["--preset", "cifar10-ce", "--loss", "anl_ce"], "usually trains with 0"),      # wd 1e-4 set for ce
+    (["--preset", "cifar100-anl_ce", "--loss", "ce"], "usually trains with 0.0001"),   # wd 0 set for anl_ce
+    (["--preset", "cifar10-ce", "--loss", "gce"], None),                               # same kind: wd fits
+    (["--preset", "cifar10-ce", "--loss", "anl_ce", "--weight-decay", "0"], None),     # chosen explicitly
+    (["--preset", "fmnist-grid", "--loss", "anl_ce"], None),                           # preset sets no wd
+    (["--loss", "anl_ce"], None),
+])
+def test_a_loss_typed_over_a_preset_warns_when_its_weight_decay_was_set_for_the_other_kind(argv, warned):
+    a, _ = parse(argv)
+    got = train_cli.preset_warnings(a)
+    assert (got == []) if warned is None else (len(got) == 1 and warned in got[0] and "\n" not in got[0])
+
+
 def test_fmnist_grid_preset_is_the_benchmark_grid():
     a, _ = parse(["--preset", "fmnist-grid"])
     for k, v in {**bench_accuracy.COMMON, **bench_accuracy.ABLATION_BASE}.items():
