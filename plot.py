@@ -83,13 +83,14 @@ def run_label(config, path):
 
 
 def labelled(runs):
-    """Attach a unique 'label' to every run; equal labels get the folder name appended."""
+    """Attach a unique 'label' and a fixed 'color' to every run (a panel showing only some
+    runs, e.g. the DCM ones, keeps each run's colour); equal labels get the folder name appended."""
     base = [run_label(r["config"], r["path"]) for r in runs]
     out = []
-    for r, lab in zip(runs, base):
+    for i, (r, lab) in enumerate(zip(runs, base)):
         if base.count(lab) > 1:
             lab += f" ({os.path.basename(os.path.normpath(r['path']))})"
-        out.append(dict(r, label=lab))
+        out.append(dict(r, label=lab, color=f"C{i % 10}"))
     return out
 
 
@@ -144,12 +145,12 @@ def load_pyplot():
 
 
 def lines(ax, runs, keys, title, ylabel):
-    """keys: [(metric, suffix, linestyle)]; one colour per run."""
+    """keys: [(metric, suffix, linestyle)]; one colour per run, the same in every panel (labelled)."""
     for i, r in enumerate(runs):
         for key, suffix, style in keys:
             x, y = series(r["rows"], key)
             if x:
-                ax.plot(x, y, style, color=f"C{i % 10}", label=f"{r['label']}{suffix}", marker="." if len(x) < 3 else None)
+                ax.plot(x, y, style, color=r.get("color", f"C{i % 10}"), label=f"{r['label']}{suffix}", marker="." if len(x) < 3 else None)
     ax.set_title(title, fontsize=10)
     ax.set(xlabel="epoch", ylabel=ylabel)
     ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
@@ -223,13 +224,22 @@ def fig_masks(plt, picks, path, dpi):
             if col >= len(epochs):
                 ax.axis("off")
                 continue
-            with np.load(r["masks"][epochs[col]]) as z:
-                m = z["mask"]
+            m = load_mask(r["masks"][epochs[col]])
             ax.imshow(m, aspect="auto", cmap="Greys", interpolation="nearest", vmin=0, vmax=1)
             ax.set_title(f"{r['label']}\nepoch {epochs[col]}: kept {m.mean():.3f}", fontsize=8)
             ax.set(xlabel="feature k", ylabel="class j")
     fig.suptitle("DCM masks (black = kept edge)", fontsize=10)
     save(plt, fig, path, dpi)
+
+
+def load_mask(path):
+    """The (C, d) bool mask of a masks/epoch_XXX.npz; PlotError (one line) when it is damaged."""
+    try:
+        with np.load(path) as z:
+            return z["mask"]
+    except Exception as e:   # BadZipFile, a pickled or truncated file, no "mask" array, ...
+        raise PlotError(f"{path} is damaged or not a train.py mask file ({type(e).__name__}); "
+                        f"delete it or rerun with --save-masks") from None
 
 
 def make_figures(runs, out, mask_picks, dpi):
@@ -360,7 +370,10 @@ def run(a):
     runs = labelled([read_run(p) for p in a.runs])
     mask_picks = [(r, mask_epochs(r, epochs)) for r in runs if r["masks"]]  # bad --epochs fail before any drawing
     out = a.out or a.runs[0]
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise PlotError(f"--out {out}: cannot create that folder ({e.strerror or e})") from None
     written, skipped = make_figures(runs, out, mask_picks, a.dpi)
     print(f"plot.py: wrote {', '.join(written)} to {out}")
     for s in skipped:
@@ -375,6 +388,9 @@ def main(argv=None):
     except PlotError as e:
         msg = str(e)
         print(msg if msg == MATPLOTLIB_MISSING else f"plot.py: error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as e:   # writing a PNG: a full disk, a folder removed meanwhile
+        print(f"plot.py: error: cannot write {e.filename or 'a figure'}: {e.strerror or e}", file=sys.stderr)
         return 2
 
 

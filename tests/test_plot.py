@@ -117,3 +117,33 @@ def test_table_has_an_epochs_flag_column_only_when_epochs_differ(tmp_path, capsy
                       "| epochs run | wall s |")                       # the differing flag, then the result
     assert a.startswith("| a | 4 | 50.00 |") and a.endswith("| 1/4 | 1.0 |")
     assert b.startswith("| b | 10 | 50.00 |") and b.endswith("| 1/10 | 1.0 |")
+
+
+def test_a_run_keeps_its_colour_in_panels_that_show_only_some_runs(dfc_run, fc_run):
+    """summary.png: the mask panel draws only the DCM runs; each run's colour is its own everywhere."""
+    plt = plot.load_pyplot()
+    runs = plot.labelled([plot.read_run(fc_run), plot.read_run(dfc_run)])   # fc first: C0, dfc: C1
+    fig, (a1, a2) = plt.subplots(1, 2)
+    plot.panel_confidence(a1, runs)
+    plot.panel_mask_change(a2, runs)
+    colour = {line.get_label().split(":")[0]: line.get_color() for line in a1.lines}
+    assert [line.get_color() for line in a2.lines] == [colour[runs[1]["label"]]] == ["C1"]
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("damage", ["out is a file", "damaged mask"])
+def test_output_and_mask_file_problems_are_one_line(tmp_path, dfc_run, capsys, damage):
+    import shutil
+    run = str(tmp_path / "run")
+    shutil.copytree(dfc_run, run)
+    args = [run, "--dpi", "40"]
+    if damage == "out is a file":
+        (tmp_path / "afile").write_text("x")
+        args += ["--out", str(tmp_path / "afile")]
+    else:
+        first = sorted(os.listdir(os.path.join(run, "masks")))[0]
+        with open(os.path.join(run, "masks", first), "wb") as f:
+            f.write(b"not a zip")
+    assert plot.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("plot.py: error:") and err.count("\n") == 1
