@@ -136,3 +136,21 @@ def test_gpu_check_part_limits_fit_the_time_it_claims():
     limits = [int(line.split()[2]) for line in text.splitlines() if line.startswith("part ")]
     claim = int(re.search(r"< (\d+) min", text).group(1))
     assert len(limits) == 4 and sum(limits) <= 60 * claim
+
+
+def test_cnn_table_without_a_cpu_budget_as_on_a_gpu(tmp_path, monkeypatch):
+    """README: on a GPU, empty CNN_BUDGET and rerun --grid cnn; the section then says so (no KeyError)."""
+    name = "CNN backbone (cnn8, sym 0.6)"
+    losses, base, rows = acc.ROUND2[name]
+    base = {k: v for k, v in base.items() if k not in acc.CNN_BUDGET}
+    monkeypatch.setattr(acc, "CNN_BUDGET", {})
+    monkeypatch.setattr(acc, "ROUND2", {**acc.ROUND2, name: (losses, base, rows)})
+    common = dict(acc.COMMON, epochs=30)
+    flags = round2.settings(common, name)
+    assert "limit_test" not in flags[("ce", "fc")] and flags[("ce", "fc")]["limit_train"] == common["limit_train"]
+    for seed in acc.SEEDS:
+        write_run(tmp_path, flags[("ce", "fc")], seed, test=[0.8, 0.5], val=[0.3, 0.2])
+    text = round2.section(common, str(tmp_path), "## T")
+    assert f"--limit-train {common['limit_train']} (0 = all; 10 % of it the noisy validation split), 30 epochs" in text
+    assert "15 epochs" not in text and "--limit-test" not in text and "at a CPU budget" not in text
+    assert "| ce | fc → dfc | 3/0 | 50.00 ± 0.00 |" in text
