@@ -268,7 +268,8 @@ def fmt_duration(seconds):
 
 
 def execute(runs, runs_dir, jobs, threads, log=print):
-    """Run every unfinished run, `jobs` at a time; -> {key: return code} of the launched ones.
+    """Run every unfinished run, `jobs` at a time; -> {key: return code, or the one-line reason
+    a run could not start} of the launched ones.
 
     Progress after each run, with an ETA from the estimated cost of what is left,
     scaled by how the finished runs compared to their estimates.
@@ -284,7 +285,7 @@ def execute(runs, runs_dir, jobs, threads, log=print):
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
     old_int = signal.signal(signal.SIGINT, signal.default_int_handler) if _main_thread() else None
     try:
-        futures = {pool.submit(launch, r, runs_dir, threads, live): r for r in todo}
+        futures = {pool.submit(launch_or_reason, r, runs_dir, threads, live): r for r in todo}
         for k, fut in enumerate(concurrent.futures.as_completed(futures), 1):
             run = futures[fut]
             rc, secs = fut.result()
@@ -292,7 +293,8 @@ def execute(runs, runs_dir, jobs, threads, log=print):
             est = estimate_s(run.cfg)
             spent, est_done, left = spent + secs, est_done + est, left - est
             eta = left * (spent / est_done) / jobs
-            status = "ok" if rc == 0 else f"FAILED rc={rc}, see {os.path.join(runs_dir, run.key, 'stdout.log')}"
+            status = ("ok" if rc == 0 else f"FAILED to start: {rc}" if isinstance(rc, str) else
+                      f"FAILED rc={rc}, see {os.path.join(runs_dir, run.key, 'stdout.log')}")
             log(f"[{k}/{len(todo)}] {run.key}  {secs:.0f}s  {status}  "
                 f"elapsed {fmt_duration(time.time() - t0)}  eta {fmt_duration(eta)}")
     except KeyboardInterrupt:   # Ctrl-C or SIGTERM: stop launching, let the running runs checkpoint
@@ -301,11 +303,20 @@ def execute(runs, runs_dir, jobs, threads, log=print):
         raise SystemExit("bench accuracy: interrupted; rerun the same command to continue "
                          "(finished runs are kept, started ones resume from their checkpoint)") from None
     finally:
+        pool.shutdown(wait=False, cancel_futures=True)   # whatever ends the loop, launch nothing more
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
             signal.signal(signal.SIGINT, old_int)
-    pool.shutdown()
     return codes
+
+
+def launch_or_reason(run, runs_dir, threads, live):
+    """launch(), with a run that cannot even start (its folder or log cannot be made, Popen
+    fails: an OSError, ...) -> (one-line reason, 0.0): a failed run, not the grid's end."""
+    try:
+        return launch(run, runs_dir, threads, live)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}", 0.0
 
 
 ROUND2_GRIDS = {"length": ("training length",), "kan-length": ("KAN heads, training length",),

@@ -29,7 +29,7 @@ def load_result(run_dir):
     try:
         with open(os.path.join(run_dir, "final.json")) as f:
             final = json.load(f)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):   # not finished, or not even a folder
         return None
     val = device = None
     try:

@@ -75,6 +75,29 @@ def test_crashing_run_is_reported_and_the_next_run_still_runs(tiny, tmp_path, mo
     assert "crash" in (tmp_path / "runs" / runs[0].key / "stdout.log").read_text()
 
 
+def test_run_that_cannot_start_is_one_failed_run_and_the_grid_goes_on(tiny, tmp_path, monkeypatch, capsys):
+    """A file where a run's folder should be: makedirs raises; that run is reported failed with a
+    one-line reason, the next runs still run, and no exception escapes."""
+    (tmp_path / "train.py").write_text(FAKE_TRAIN)
+    monkeypatch.setattr(acc, "ROOT", str(tmp_path))
+    cfg = dict(TINY_COMMON, noise="symmetric", noise_rate=0.6, loss="ce", head="fc")
+    runs = [acc.make_run(dict(cfg, seed=s)) for s in (1, 2, 3)]
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / runs[1].key).write_text("not a folder")
+    lines = []
+    codes = acc.execute(runs, str(tmp_path / "runs"), jobs=1, threads=1, log=lines.append)
+    assert codes[runs[0].key] == 0 and codes[runs[2].key] == 0
+    assert codes[runs[1].key].startswith("FileExistsError: ")
+    (bad,) = [line for line in lines if runs[1].key in line]
+    assert "FAILED to start: FileExistsError" in bad and "\n" not in bad
+    assert (tmp_path / "runs" / runs[2].key / "final.json").exists()
+    (tmp_path / "cli").mkdir()
+    (tmp_path / "cli" / keys_of("fc")[1]).write_text("not a folder")   # the command line: one line at the end
+    with pytest.raises(SystemExit, match="run\\(s\\) failed: .*" + keys_of("fc")[1]):
+        cli.main(["accuracy", "--grid", "main", "--runs-dir", str(tmp_path / "cli")])
+    assert f"{keys_of('fc')[1]}  0s  FAILED to start: FileExistsError" in capsys.readouterr().err
+
+
 SLOW_TRAIN = """import os, signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)   # as train.py: its own handler, even if started with SIGINT ignored
 out = sys.argv[sys.argv.index("--out") + 1]
