@@ -10,8 +10,11 @@ one train.py process per run, several seeds, resumable, interruptible. The table
     python -m bench accuracy --table-only --out-md bench/README.md --out-csv results/accuracy.csv
 """
 import concurrent.futures
+import contextlib
 import hashlib
+import io
 import itertools
+import json
 import os
 import shlex
 import signal
@@ -128,6 +131,10 @@ FULL_TRAIN = 54000
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository root: train.py
 
 
+STALE_HOW = ("it finished under other train.py defaults than its flags now give; "
+             "move its folder away to rerun it")
+
+
 class Run(NamedTuple):
     key: str      # folder name under --runs-dir
     argv: tuple   # train.py flags, without --out
@@ -196,11 +203,49 @@ def estimate_s(cfg):
 
 # ----------------------------------------------------------------------------- running
 
-def run_state(run_dir):
-    """'done' (final.json), 'resume' (a checkpoint, no final.json) or 'new'."""
+def run_state(run_dir, argv=None):
+    """'done' (final.json), 'stale' (final.json, but with argv given, its config.json differs from
+    what train.py now makes of argv: stale_flags), 'resume' (a checkpoint, no final.json) or 'new'."""
     if os.path.exists(os.path.join(run_dir, "final.json")):
-        return "done"
+        return "stale" if argv is not None and stale_flags(run_dir, argv) else "done"
     return "resume" if os.path.exists(os.path.join(run_dir, "checkpoint.pt")) else "new"
+
+
+def _train_parser():
+    """train.py's argument parser and the flags that do not change a run's results
+    (checkpoint.NAME_IGNORED: the ones a run's name leaves out, e.g. --out, --device, --threads)."""
+    global _PARSER
+    if _PARSER is None:
+        sys.path.insert(0, ROOT)
+        import checkpoint
+        import train
+        _PARSER = train.build_parser(), frozenset(checkpoint.NAME_IGNORED)
+    return _PARSER
+
+
+_PARSER = None
+
+
+def stale_flags(run_dir, argv):
+    """The result-affecting flags where a finished run's config.json differs from train.py's
+    parser resolved on the run's argv today (current defaults): the run key hashes only the
+    argv, so a changed train.py default would otherwise mix configurations in one table.
+    Only flags present in both are compared (an older config.json lacks newer flags).
+    -> list of 'flag: ran with X, now Y' ([] when it matches or has no config.json)."""
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            saved = json.load(f)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    parser, ignored = _train_parser()
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            now = vars(parser.parse_args(list(argv)))
+    except SystemExit:
+        return [f"its train.py flags no longer parse ({err.getvalue().strip().splitlines()[-1]})"]
+    return [f"--{k.replace('_', '-')}: ran with {saved[k]!r}, now {now[k]!r}"
+            for k in sorted(set(saved) & set(now) - ignored) if saved[k] != now[k]]
 
 
 class Live:
@@ -274,9 +319,14 @@ def execute(runs, runs_dir, jobs, threads, log=print):
     Progress after each run, with an ETA from the estimated cost of what is left,
     scaled by how the finished runs compared to their estimates.
     """
-    todo = [r for r in runs if run_state(os.path.join(runs_dir, r.key)) != "done"]
-    log(f"accuracy: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run "
-        f"({jobs} job(s) x {threads} thread(s))")
+    state = {r.key: run_state(os.path.join(runs_dir, r.key), r.argv) for r in runs}
+    todo = [r for r in runs if state[r.key] not in ("done", "stale")]
+    stale = [r for r in runs if state[r.key] == "stale"]
+    for r in stale:
+        log(f"accuracy: stale run {r.key} (not rerun, not counted): {STALE_HOW}; "
+            + "; ".join(stale_flags(os.path.join(runs_dir, r.key), r.argv)))
+    log(f"accuracy: {len(runs)} runs, {len(runs) - len(todo) - len(stale)} already done, "
+        + (f"{len(stale)} stale, " if stale else "") + f"{len(todo)} to run ({jobs} job(s) x {threads} thread(s))")
     left = sum(estimate_s(r.cfg) for r in todo)
     spent = est_done = 0.0
     codes, t0, live = {}, time.time(), Live()

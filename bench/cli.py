@@ -22,9 +22,11 @@ def dry_run(runs, runs_dir, jobs):
     """Print each run's state and train.py flags, and the estimated time of what is left."""
     left = 0.0
     for r in runs:
-        state = acc.run_state(os.path.join(runs_dir, r.key))
-        left += 0.0 if state == "done" else acc.estimate_s(r.cfg)
+        state = acc.run_state(os.path.join(runs_dir, r.key), r.argv)
+        left += 0.0 if state in ("done", "stale") else acc.estimate_s(r.cfg)
         print(f"{state:6s}  {r.key}  {' '.join(r.argv)}")
+        if state == "stale":
+            print(f"        {acc.STALE_HOW}: " + "; ".join(acc.stale_flags(os.path.join(runs_dir, r.key), r.argv)))
     print(f"{len(runs)} runs; estimated time left ≈ {acc.fmt_duration(left)} of CPU at 1 thread each "
           f"(≈ {acc.fmt_duration(left / jobs)} with --jobs {jobs} on free cores)")
 
@@ -61,7 +63,8 @@ def accuracy_main(args):
         if args.out_md:
             report.write_section(args.out_md, section, ROUND2_TITLE)
         return _fail_if(failed)
-    results = {k: report.load_result(os.path.join(runs_dir, k)) for k in keys}
+    argv = {r.key: r.argv for r in runs}
+    results = {k: report.load_result(os.path.join(runs_dir, k), argv[k]) for k in keys}
     section = report.accuracy_section(args, common, acc.MAIN, acc.ABLATIONS, results, keys)
     print(section, end="")
     if args.out_md:

@@ -18,12 +18,12 @@ from bench import report
 FIELDS = ("last", "best", "valsel", "val")
 
 
-def load_run(run_dir):
+def load_run(run_dir, argv=None):
     """A finished run -> dict(last, best, valsel, val, val_epoch) in percent, or None.
 
     valsel: test accuracy at the first epoch of maximal val_acc_noisy (the noisy-label
     validation accuracy); val: that maximal validation accuracy."""
-    base = report.load_result(run_dir)
+    base = report.load_result(run_dir, argv)
     if base is None:
         return None
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
@@ -159,10 +159,11 @@ def cnn_budget_text(common):
 
 
 def section(common, runs_dir, title):
-    keys = [r.key for r in acc.plan(list(acc.round2_settings(common, acc.ROUND2)), acc.SEEDS)]
-    keys += [acc.make_run(dict(common, noise="symmetric", noise_rate=0.6, loss="ce", epochs=15, head=h, seed=s)).key
+    runs = acc.plan(list(acc.round2_settings(common, acc.ROUND2)), acc.SEEDS)
+    runs += [acc.make_run(dict(common, noise="symmetric", noise_rate=0.6, loss="ce", epochs=15, head=h, seed=s))
              for h in ("kan", "dkan") for s in acc.SEEDS]
-    results = {k: load_run(os.path.join(runs_dir, k)) for k in dict.fromkeys(keys)}
+    argv = {r.key: r.argv for r in runs}
+    results = {k: load_run(os.path.join(runs_dir, k), a) for k, a in argv.items()}
     done = sum(r is not None for r in results.values())
     return "\n".join([
         title, "",

@@ -207,6 +207,43 @@ def fake(tiny, tmp_path):
     return md.read_text(), list(csv.DictReader(table.open()))
 
 
+def test_run_finished_under_another_train_default_is_stale_left_out_and_not_rerun(fake, tiny, tmp_path, monkeypatch, capsys):
+    """The run key hashes only the argv: a run whose config.json differs from what train.py now
+    makes of its argv (a default changed since) must not enter the tables, nor count as done."""
+    runs = tmp_path / "runs"
+    bad = keys_of("dfc")[1]
+    now = vars(acc._train_parser()[0].parse_args(list(acc.make_run(dict(
+        TINY_COMMON, noise="symmetric", noise_rate=0.6, loss="ce", head="dfc", seed=1)).argv)))
+    same = {k: now[k] for k in ("momentum", "keep", "optimizer")}
+    ignored = {"out": "elsewhere", "device": "cuda", "threads": 7}   # no effect on the results
+    for key in keys_of("fc") + keys_of("dfc"):
+        (runs / key / "config.json").write_text(json.dumps(dict(same, **ignored, device_used="cpu")))
+    (runs / bad / "config.json").write_text(json.dumps(dict(same, grad_clip=now["grad_clip"] + 1, device_used="cpu")))
+    capsys.readouterr()
+    cli.main(["accuracy", "--grid", "main", "--table-only", "--runs-dir", str(runs)])
+    out, err = capsys.readouterr()
+    (warning,) = [line for line in err.splitlines() if "stale" in line]
+    assert bad in warning and f"--grad-clip: ran with {now['grad_clip'] + 1!r}, now {now['grad_clip']!r}" in warning
+    assert "--out" not in warning and "--device" not in warning and "--momentum" not in warning
+    assert md_rows(out)[2][3] == "2/1" and md_rows(out)[2][5] == "90.00"   # dfc: seed 0 only
+    monkeypatch.setattr(acc, "launch", lambda *a, **k: pytest.fail("a stale run was launched"))
+    lines = []
+    assert acc.execute(acc.plan(acc.grid_settings(acc.COMMON, "main"), acc.SEEDS), str(runs), 1, 1, lines.append) == {}
+    assert "3 already done, 1 stale, 0 to run" in lines[-1] and any(bad in line and "grad-clip" in line for line in lines)
+    cli.main(["accuracy", "--grid", "main", "--dry-run", "--runs-dir", str(runs)])
+    assert f"stale   {bad}" in capsys.readouterr().out
+
+
+def test_committed_runs_match_what_train_py_now_makes_of_their_flags():
+    """Every finished run of results/runs still counts (no train.py default moved under them)."""
+    runs = acc.plan(acc.grid_settings(acc.COMMON, "all") + acc.grid_settings(acc.COMMON, "round2"), acc.SEEDS)
+    folder = os.path.join(acc.ROOT, "results", "runs")
+    done = [r for r in runs if os.path.exists(os.path.join(folder, r.key, "final.json"))]
+    assert len(done) > 600
+    assert {r.key: acc.stale_flags(os.path.join(folder, r.key), r.argv) for r in done
+            if acc.stale_flags(os.path.join(folder, r.key), r.argv)} == {}
+
+
 def md_rows(text):
     return [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
             if line.startswith("|")]
