@@ -349,15 +349,23 @@ def execute(runs, runs_dir, jobs, threads, log=print):
                 f"elapsed {fmt_duration(time.time() - t0)}  eta {fmt_duration(eta)}")
     except KeyboardInterrupt:   # Ctrl-C or SIGTERM: stop launching, let the running runs checkpoint
         pool.shutdown(wait=False, cancel_futures=True)
-        live.stop()
-        raise SystemExit("bench accuracy: interrupted; rerun the same command to continue "
-                         "(finished runs are kept, started ones resume from their checkpoint)") from None
+        try:
+            live.stop()
+        except KeyboardInterrupt:   # a second Ctrl-C in the grace period: leave now, quietly; the runs
+            print(f"bench accuracy: {INTERRUPTED}; the runs still stopping finish their checkpoint on their own",
+                  file=sys.stderr, flush=True)   # have their SIGINT and checkpoint in their own sessions
+            os._exit(130)   # not SystemExit: exiting would wait for the pool threads, i.e. for the runs
+        raise SystemExit(f"bench accuracy: {INTERRUPTED}") from None
     finally:
         pool.shutdown(wait=False, cancel_futures=True)   # whatever ends the loop, launch nothing more
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
             signal.signal(signal.SIGINT, old_int)
     return codes
+
+
+INTERRUPTED = ("interrupted; rerun the same command to continue "
+               "(finished runs are kept, started ones resume from their checkpoint)")
 
 
 def launch_or_reason(run, runs_dir, threads, live):

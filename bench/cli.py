@@ -44,6 +44,7 @@ def accuracy_main(args):
     except re.error as e:
         raise SystemExit(f"bench: --only {args.only!r} is not a regular expression ({e})")
     runs_dir = args.runs_dir
+    check_outputs(args)
     print(f"accuracy grid {args.grid}: --epochs {args.epochs} --limit-train {args.limit_train} "
           f"(grid defaults {acc.COMMON['epochs']}, {acc.COMMON['limit_train']}), seeds {acc.SEEDS}, "
           f"runs in {runs_dir}", file=sys.stderr)
@@ -72,6 +73,28 @@ def accuracy_main(args):
     if args.out_csv:
         report.write_csv(args.out_csv, report.csv_rows(common, acc.MAIN, acc.ABLATIONS, acc.SEEDS, results, args.grid))
     return _fail_if(failed)
+
+
+def check_outputs(args):
+    """One line, before any run, for outputs that could only fail after the grid ran."""
+    if args.grid in acc.ROUND2_GRIDS and args.out_csv:
+        raise SystemExit(f"bench accuracy: --out-csv is for the main and ablation tables; --grid {args.grid} "
+                         "writes its round-two section with --out-md only")
+    for flag, path in (("--out-md", args.out_md), ("--out-csv", args.out_csv)):
+        check_out_path(flag, path)
+    if os.path.exists(args.runs_dir) and not os.path.isdir(args.runs_dir):
+        raise SystemExit(f"bench accuracy: --runs-dir {args.runs_dir} is a file, not a folder")
+
+
+def check_out_path(flag, path):
+    """An output file's folder must exist and the path must not be a folder (checked up front)."""
+    if not path:
+        return
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise SystemExit(f"bench: {flag} {path}: no folder {folder}")
+    if os.path.isdir(path):
+        raise SystemExit(f"bench: {flag} {path} is a folder, not a file")
 
 
 ROUND2_TITLE = "## Accuracy, round two: training length, sparse masks, KAN heads"

@@ -33,6 +33,7 @@ largest single allocation. On CUDA, torch.cuda.max_memory_allocated over the cal
 import copy
 import itertools
 import math
+import os
 import platform
 import statistics
 import sys
@@ -404,6 +405,11 @@ def speed_main(args):
     if not (args.budget > 0 and args.max_literal_gb >= 0):
         raise SystemExit(f"bench: --budget must be > 0 and --max-literal-gb >= 0, "
                          f"got {args.budget} and {args.max_literal_gb}")
+    if args.out:   # before the measurement, not after it: the table would be lost
+        folder = os.path.dirname(args.out) or "."
+        if not os.path.isdir(folder) or os.path.isdir(args.out):
+            raise SystemExit(f"bench: --out {args.out}: " + (f"no folder {folder}" if not os.path.isdir(folder)
+                                                             else "is a folder, not a file"))
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cfg = {"keep": args.keep, "max_literal_gb": args.max_literal_gb,

@@ -137,6 +137,47 @@ def test_interrupt_stops_launching_and_forwards_one_sigint_to_each_running_run(t
     assert sorted(p.read_text() for p in runs.glob("*/interrupted")) == ["x", "x"]   # one SIGINT each
 
 
+SLOW_STOP_TRAIN = SLOW_TRAIN.replace('sys.exit(130)', 'time.sleep(20); sys.exit(130)')   # a long checkpoint
+
+
+def test_second_interrupt_during_the_grace_period_exits_quietly(tmp_path):
+    (tmp_path / "train.py").write_text(SLOW_STOP_TRAIN)
+    runs = tmp_path / "runs"
+    driver = DRIVER.format(repo=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           fake=str(tmp_path), runs=str(runs))
+    proc = subprocess.Popen([sys.executable, "-c", driver], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while len(list(runs.glob("*/started"))) < 2:
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "timeout"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    while len(list(runs.glob("*/interrupted"))) < 2:   # both runs are in their (slow) stop
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "timeout"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    assert "interrupted; rerun the same command to continue" in err
+
+
+def test_outputs_are_checked_before_any_run(tiny, tmp_path, monkeypatch):
+    """Mistakes that would only show after hours of runs (or never) are one line up front."""
+    monkeypatch.setattr(acc, "execute", lambda *a, **k: pytest.fail("the grid ran"))
+    (tmp_path / "afile").write_text("")
+    base = ["accuracy", "--grid", "main", "--runs-dir", str(tmp_path / "runs")]
+    for extra, message in (
+            (["--out-md", str(tmp_path / "missing" / "B.md")], "--out-md .*: no folder .*missing$"),
+            (["--out-csv", str(tmp_path / "missing" / "a.csv")], "--out-csv .*: no folder .*missing$"),
+            (["--out-csv", str(tmp_path)], "is a folder, not a file"),
+            (["--runs-dir", str(tmp_path / "afile")], "--runs-dir .*afile is a file, not a folder")):
+        with pytest.raises(SystemExit, match=message):
+            cli.main(base + extra)
+    with pytest.raises(SystemExit, match="--out-csv is for the main and ablation tables"):
+        cli.main(["accuracy", "--grid", "round2", "--table-only", "--runs-dir", str(tmp_path / "runs"),
+                  "--out-csv", str(tmp_path / "r2.csv")])
+    assert not (tmp_path / "runs").exists()
+
+
 def test_second_call_launches_no_subprocess_for_finished_runs(ran, tiny, monkeypatch, capsys):
 
     def no_launch(*a, **k):

@@ -123,3 +123,9 @@ def test_out_file_keeps_the_rows_measured_before_a_time_limit_kills_the_run(tmp_
     text = out.read_text()
     assert text.startswith("Machine: ") and [r[0] for r in table_rows(text)] == [
         "DFC / FC head fwd+bwd", "DFC / FC train step (mlp backbone)"]
+
+
+def test_out_in_a_missing_folder_is_one_line_before_any_measurement(tmp_path, monkeypatch):
+    monkeypatch.setattr(speed, "speed_rows", lambda *a: pytest.fail("measured before checking --out"))
+    with pytest.raises(SystemExit, match="--out .*: no folder .*missing$"):
+        cli.main(["speed", "--quick", "--out", str(tmp_path / "missing" / "speed.md")])
