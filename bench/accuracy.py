@@ -10,8 +10,11 @@ one train.py process per run, several seeds, resumable, interruptible. The table
     python -m bench accuracy --table-only --out-md bench/README.md --out-csv results/accuracy.csv
 """
 import concurrent.futures
+import contextlib
 import hashlib
+import io
 import itertools
+import json
 import os
 import shlex
 import signal
@@ -128,6 +131,10 @@ FULL_TRAIN = 54000
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository root: train.py
 
 
+STALE_HOW = ("it finished under other train.py defaults than its flags now give; "
+             "move its folder away to rerun it")
+
+
 class Run(NamedTuple):
     key: str      # folder name under --runs-dir
     argv: tuple   # train.py flags, without --out
@@ -196,11 +203,49 @@ def estimate_s(cfg):
 
 # ----------------------------------------------------------------------------- running
 
-def run_state(run_dir):
-    """'done' (final.json), 'resume' (a checkpoint, no final.json) or 'new'."""
+def run_state(run_dir, argv=None):
+    """'done' (final.json), 'stale' (final.json, but with argv given, its config.json differs from
+    what train.py now makes of argv: stale_flags), 'resume' (a checkpoint, no final.json) or 'new'."""
     if os.path.exists(os.path.join(run_dir, "final.json")):
-        return "done"
+        return "stale" if argv is not None and stale_flags(run_dir, argv) else "done"
     return "resume" if os.path.exists(os.path.join(run_dir, "checkpoint.pt")) else "new"
+
+
+def _train_parser():
+    """train.py's argument parser and the flags that do not change a run's results
+    (checkpoint.NAME_IGNORED: the ones a run's name leaves out, e.g. --out, --device, --threads)."""
+    global _PARSER
+    if _PARSER is None:
+        sys.path.insert(0, ROOT)
+        import checkpoint
+        import train
+        _PARSER = train.build_parser(), frozenset(checkpoint.NAME_IGNORED)
+    return _PARSER
+
+
+_PARSER = None
+
+
+def stale_flags(run_dir, argv):
+    """The result-affecting flags where a finished run's config.json differs from train.py's
+    parser resolved on the run's argv today (current defaults): the run key hashes only the
+    argv, so a changed train.py default would otherwise mix configurations in one table.
+    Only flags present in both are compared (an older config.json lacks newer flags).
+    -> list of 'flag: ran with X, now Y' ([] when it matches or has no config.json)."""
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            saved = json.load(f)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    parser, ignored = _train_parser()
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            now = vars(parser.parse_args(list(argv)))
+    except SystemExit:
+        return [f"its train.py flags no longer parse ({err.getvalue().strip().splitlines()[-1]})"]
+    return [f"--{k.replace('_', '-')}: ran with {saved[k]!r}, now {now[k]!r}"
+            for k in sorted(set(saved) & set(now) - ignored) if saved[k] != now[k]]
 
 
 class Live:
@@ -268,14 +313,20 @@ def fmt_duration(seconds):
 
 
 def execute(runs, runs_dir, jobs, threads, log=print):
-    """Run every unfinished run, `jobs` at a time; -> {key: return code} of the launched ones.
+    """Run every unfinished run, `jobs` at a time; -> {key: return code, or the one-line reason
+    a run could not start} of the launched ones.
 
     Progress after each run, with an ETA from the estimated cost of what is left,
     scaled by how the finished runs compared to their estimates.
     """
-    todo = [r for r in runs if run_state(os.path.join(runs_dir, r.key)) != "done"]
-    log(f"accuracy: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run "
-        f"({jobs} job(s) x {threads} thread(s))")
+    state = {r.key: run_state(os.path.join(runs_dir, r.key), r.argv) for r in runs}
+    todo = [r for r in runs if state[r.key] not in ("done", "stale")]
+    stale = [r for r in runs if state[r.key] == "stale"]
+    for r in stale:
+        log(f"accuracy: stale run {r.key} (not rerun, not counted): {STALE_HOW}; "
+            + "; ".join(stale_flags(os.path.join(runs_dir, r.key), r.argv)))
+    log(f"accuracy: {len(runs)} runs, {len(runs) - len(todo) - len(stale)} already done, "
+        + (f"{len(stale)} stale, " if stale else "") + f"{len(todo)} to run ({jobs} job(s) x {threads} thread(s))")
     left = sum(estimate_s(r.cfg) for r in todo)
     spent = est_done = 0.0
     codes, t0, live = {}, time.time(), Live()
@@ -284,7 +335,7 @@ def execute(runs, runs_dir, jobs, threads, log=print):
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
     old_int = signal.signal(signal.SIGINT, signal.default_int_handler) if _main_thread() else None
     try:
-        futures = {pool.submit(launch, r, runs_dir, threads, live): r for r in todo}
+        futures = {pool.submit(launch_or_reason, r, runs_dir, threads, live): r for r in todo}
         for k, fut in enumerate(concurrent.futures.as_completed(futures), 1):
             run = futures[fut]
             rc, secs = fut.result()
@@ -292,20 +343,38 @@ def execute(runs, runs_dir, jobs, threads, log=print):
             est = estimate_s(run.cfg)
             spent, est_done, left = spent + secs, est_done + est, left - est
             eta = left * (spent / est_done) / jobs
-            status = "ok" if rc == 0 else f"FAILED rc={rc}, see {os.path.join(runs_dir, run.key, 'stdout.log')}"
+            status = ("ok" if rc == 0 else f"FAILED to start: {rc}" if isinstance(rc, str) else
+                      f"FAILED rc={rc}, see {os.path.join(runs_dir, run.key, 'stdout.log')}")
             log(f"[{k}/{len(todo)}] {run.key}  {secs:.0f}s  {status}  "
                 f"elapsed {fmt_duration(time.time() - t0)}  eta {fmt_duration(eta)}")
     except KeyboardInterrupt:   # Ctrl-C or SIGTERM: stop launching, let the running runs checkpoint
         pool.shutdown(wait=False, cancel_futures=True)
-        live.stop()
-        raise SystemExit("bench accuracy: interrupted; rerun the same command to continue "
-                         "(finished runs are kept, started ones resume from their checkpoint)") from None
+        try:
+            live.stop()
+        except KeyboardInterrupt:   # a second Ctrl-C in the grace period: leave now, quietly; the runs
+            print(f"bench accuracy: {INTERRUPTED}; the runs still stopping finish their checkpoint on their own",
+                  file=sys.stderr, flush=True)   # have their SIGINT and checkpoint in their own sessions
+            os._exit(130)   # not SystemExit: exiting would wait for the pool threads, i.e. for the runs
+        raise SystemExit(f"bench accuracy: {INTERRUPTED}") from None
     finally:
+        pool.shutdown(wait=False, cancel_futures=True)   # whatever ends the loop, launch nothing more
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
             signal.signal(signal.SIGINT, old_int)
-    pool.shutdown()
     return codes
+
+
+INTERRUPTED = ("interrupted; rerun the same command to continue "
+               "(finished runs are kept, started ones resume from their checkpoint)")
+
+
+def launch_or_reason(run, runs_dir, threads, live):
+    """launch(), with a run that cannot even start (its folder or log cannot be made, Popen
+    fails: an OSError, ...) -> (one-line reason, 0.0): a failed run, not the grid's end."""
+    try:
+        return launch(run, runs_dir, threads, live)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}", 0.0
 
 
 ROUND2_GRIDS = {"length": ("training length",), "kan-length": ("KAN heads, training length",),

@@ -22,9 +22,11 @@ def dry_run(runs, runs_dir, jobs):
     """Print each run's state and train.py flags, and the estimated time of what is left."""
     left = 0.0
     for r in runs:
-        state = acc.run_state(os.path.join(runs_dir, r.key))
-        left += 0.0 if state == "done" else acc.estimate_s(r.cfg)
+        state = acc.run_state(os.path.join(runs_dir, r.key), r.argv)
+        left += 0.0 if state in ("done", "stale") else acc.estimate_s(r.cfg)
         print(f"{state:6s}  {r.key}  {' '.join(r.argv)}")
+        if state == "stale":
+            print(f"        {acc.STALE_HOW}: " + "; ".join(acc.stale_flags(os.path.join(runs_dir, r.key), r.argv)))
     print(f"{len(runs)} runs; estimated time left ≈ {acc.fmt_duration(left)} of CPU at 1 thread each "
           f"(≈ {acc.fmt_duration(left / jobs)} with --jobs {jobs} on free cores)")
 
@@ -42,6 +44,7 @@ def accuracy_main(args):
     except re.error as e:
         raise SystemExit(f"bench: --only {args.only!r} is not a regular expression ({e})")
     runs_dir = args.runs_dir
+    check_outputs(args)
     print(f"accuracy grid {args.grid}: --epochs {args.epochs} --limit-train {args.limit_train} "
           f"(grid defaults {acc.COMMON['epochs']}, {acc.COMMON['limit_train']}), seeds {acc.SEEDS}, "
           f"runs in {runs_dir}", file=sys.stderr)
@@ -61,7 +64,8 @@ def accuracy_main(args):
         if args.out_md:
             report.write_section(args.out_md, section, ROUND2_TITLE)
         return _fail_if(failed)
-    results = {k: report.load_result(os.path.join(runs_dir, k)) for k in keys}
+    argv = {r.key: r.argv for r in runs}
+    results = {k: report.load_result(os.path.join(runs_dir, k), argv[k]) for k in keys}
     section = report.accuracy_section(args, common, acc.MAIN, acc.ABLATIONS, results, keys)
     print(section, end="")
     if args.out_md:
@@ -69,6 +73,28 @@ def accuracy_main(args):
     if args.out_csv:
         report.write_csv(args.out_csv, report.csv_rows(common, acc.MAIN, acc.ABLATIONS, acc.SEEDS, results, args.grid))
     return _fail_if(failed)
+
+
+def check_outputs(args):
+    """One line, before any run, for outputs that could only fail after the grid ran."""
+    if args.grid in acc.ROUND2_GRIDS and args.out_csv:
+        raise SystemExit(f"bench accuracy: --out-csv is for the main and ablation tables; --grid {args.grid} "
+                         "writes its round-two section with --out-md only")
+    for flag, path in (("--out-md", args.out_md), ("--out-csv", args.out_csv)):
+        check_out_path(flag, path)
+    if os.path.exists(args.runs_dir) and not os.path.isdir(args.runs_dir):
+        raise SystemExit(f"bench accuracy: --runs-dir {args.runs_dir} is a file, not a folder")
+
+
+def check_out_path(flag, path):
+    """An output file's folder must exist and the path must not be a folder (checked up front)."""
+    if not path:
+        return
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise SystemExit(f"bench: {flag} {path}: no folder {folder}")
+    if os.path.isdir(path):
+        raise SystemExit(f"bench: {flag} {path} is a folder, not a file")
 
 
 ROUND2_TITLE = "## Accuracy, round two: training length, sparse masks, KAN heads"

@@ -19,6 +19,8 @@ import argparse
 import json
 import os
 import pickle
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +30,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository (train.py)
 SYNC_WARNING = "called a synchronizing CUDA operation"
-MODES = {"eager": [], "amp": ["--amp"], "compile": ["--compile"], "compile+amp": ["--compile", "--amp"]}
+# Most informative first: a part that hits its time limit keeps the rows it finished (each row
+# is appended to the markdown as soon as it is measured), so fp32 --compile comes last.
+MODES = {"eager": [], "amp": ["--amp"], "compile+amp": ["--compile", "--amp"], "compile": ["--compile"]}
 HEADS = ("fc", "dfc")
 
 
@@ -79,59 +83,88 @@ def last_epoch(out):
         return json.loads(f.readlines()[-1])
 
 
-def epochs_table(data_dir, work, limit_train):
-    """Markdown: seconds of the 2nd epoch (steady state, compile done) and samples/s."""
-    rows, per_head = [], {}
+class MdTable:
+    """A markdown file written as it is measured: the header lines at once, then each row
+    appended and flushed (and echoed to stdout) as soon as it exists, so a part killed by
+    its time limit keeps every row it finished."""
+
+    def __init__(self, path, lines, mode="w"):
+        self.path = path
+        with open(path, mode) as f:
+            f.write("\n".join(lines) + "\n")
+        print("\n".join(lines), flush=True)
+
+    def add(self, *lines):
+        with open(self.path, "a") as f:
+            f.write("".join(line + "\n" for line in lines))
+            f.flush()
+        for line in lines:
+            print(line, flush=True)
+
+
+def progress(text):
+    print(f"gpu_check: {text}", flush=True)
+
+
+def epochs_table(path, data_dir, work, limit_train):
+    """Markdown at path: seconds of the 2nd epoch (steady state, compile done), samples/s, and on
+    each dfc row DFC / FC time per sample (samples/s of FC over DFC in the same mode)."""
+    table = MdTable(path, [
+        f"### preact-resnet18, synthetic CIFAR-10 ({limit_train} training images, batch 128), epoch 2 of 2", "",
+        "DFC / FC: time per sample of DFC over FC in the same mode (samples/s of FC over DFC; 1.0 = DCM costs nothing).", "",
+        "| mode | head | s / epoch | samples / s | wall s (2 epochs + start) | DFC / FC |", "|---|---|---|---|---|---|"])
     for mode in MODES:
+        per_head = {}
         for head in HEADS:
             out = os.path.join(work, f"ep-{head}-{mode}")
+            progress(f"epochs: {mode} {head} ...")
             t0 = time.time()
             rc, log = run_train(epoch_argv(head, mode, data_dir, out, limit_train))
             if rc != 0:
-                rows.append(f"| {mode} | {head} | failed (rc {rc}): {log.strip().splitlines()[-1][:120]} | | |")
+                last = (log.strip().splitlines() or [""])[-1][:120]
+                table.add(f"| {mode} | {head} | failed (rc {rc}): {last} | | | |")
                 continue
             m = last_epoch(out)
-            per_head[(mode, head)] = m["samples_per_s"]
-            rows.append(f"| {mode} | {head} | {m['seconds']:.2f} | {m['samples_per_s']:.0f} | {time.time() - t0:.0f} |")
-    ratios = [f"| {mode} | {per_head[(mode, 'fc')] / per_head[(mode, 'dfc')]:.3f} |"
-              for mode in MODES if (mode, "fc") in per_head and (mode, "dfc") in per_head]
-    return "\n".join([
-        f"### preact-resnet18, synthetic CIFAR-10 ({limit_train} training images, batch 128), epoch 2 of 2",
-        "", "| mode | head | s / epoch | samples / s | wall s (2 epochs + start) |", "|---|---|---|---|---|",
-        *rows, "", "DFC / FC time per sample (samples/s of FC over DFC; 1.0 = DCM costs nothing):", "",
-        "| mode | DFC / FC |", "|---|---|", *ratios, ""])
+            per_head[head] = m["samples_per_s"]
+            ratio = f"{per_head['fc'] / per_head['dfc']:.3f}" if head == "dfc" and "fc" in per_head else ""
+            table.add(f"| {mode} | {head} | {m['seconds']:.2f} | {m['samples_per_s']:.0f} | "
+                      f"{time.time() - t0:.0f} | {ratio} |")
 
 
-def syncs_table(data_dir, work):
-    """Markdown: host syncs per training step for fc and dfc (see the module docstring)."""
-    rows = []
+def syncs_table(path, data_dir, work):
+    """Markdown at path: host syncs per training step for fc and dfc (see the module docstring)."""
+    table = MdTable(path, ["### Host syncs per training step (torch.cuda.set_sync_debug_mode)", "",
+                           "| head | warnings, 10 steps | warnings, 20 steps | syncs / step |", "|---|---|---|---|"])
     for head in HEADS:
         counts = []
         for steps in (10, 20):
+            progress(f"syncs: {head}, {steps} steps ...")
             rc, log = run_train(sync_argv(head, data_dir, os.path.join(work, f"sync-{head}-{steps}"), steps),
                                 sync_debug=True)
             counts.append(log.count(SYNC_WARNING) if rc == 0 else None)
         per_step = (counts[1] - counts[0]) / 10 if None not in counts else "run failed"
-        rows.append(f"| {head} | {counts[0]} | {counts[1]} | {per_step} |")
-    return "\n".join(["### Host syncs per training step (torch.cuda.set_sync_debug_mode)", "",
-                      "| head | warnings, 10 steps | warnings, 20 steps | syncs / step |", "|---|---|---|---|",
-                      *rows, ""])
+        table.add(f"| {head} | {counts[0]} | {counts[1]} | {per_step} |")
 
 
 MODULES = ("nn.Linear", "DCMLinear", "DKANLinear")
+
+
+MODULE_HEADER = ["### Host syncs per step of the drop-in modules (an MLP on 3x32x32, batch 128)", "",
+                 "| head module | warnings, 10 steps | warnings, 20 steps | syncs / step |", "|---|---|---|---|"]
+
+
+def module_syncs_rows(device="cuda"):
+    """Rows of the drop-in modules' host syncs per step (see module_syncs_table), one at a time."""
+    for name in MODULES:
+        counts = [module_step_warnings(name, steps, device) for steps in (10, 20)]
+        yield f"| {name} | {counts[0]} | {counts[1]} | {(counts[1] - counts[0]) / 10} |"
 
 
 def module_syncs_table(device="cuda"):
     """Markdown: host syncs per step of the drop-in modules (dcm_ref.convert / kan.DKANLinear
     + dcm_ref.attach, the path users copy), counted in this process the same way:
     (warnings(20 steps) - warnings(10 steps)) / 10. On CPU every count is 0 (a smoke run)."""
-    rows = []
-    for name in MODULES:
-        counts = [module_step_warnings(name, steps, device) for steps in (10, 20)]
-        rows.append(f"| {name} | {counts[0]} | {counts[1]} | {(counts[1] - counts[0]) / 10} |")
-    return "\n".join(["### Host syncs per step of the drop-in modules (an MLP on 3x32x32, batch 128)", "",
-                      "| head module | warnings, 10 steps | warnings, 20 steps | syncs / step |",
-                      "|---|---|---|---|", *rows, ""])
+    return "\n".join([*MODULE_HEADER, *module_syncs_rows(device), ""])
 
 
 def module_step_warnings(name, steps, device):
@@ -194,14 +227,27 @@ def main(argv=None):
     if a.dry_run:
         return dry_run()
     os.makedirs(a.out, exist_ok=True)
-    with tempfile.TemporaryDirectory() as work:
+    # `timeout` (gpu_check.sh's part limits) sends SIGTERM: leave through SystemExit so the
+    # finally blocks run and the synthetic data's temp folder (~264 MB) is removed.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    work = tempfile.mkdtemp(prefix="dcm-gpu-check-")
+    try:
+        progress(f"writing synthetic CIFAR-10 to {work}")
         data_dir = write_synthetic_cifar10(os.path.join(work, "data"))
         if a.what in ("syncs", "all"):
-            with open(os.path.join(a.out, "syncs.md"), "w") as f:
-                f.write(syncs_table(data_dir, work) + "\n" + module_syncs_table())
+            path = os.path.join(a.out, "syncs.md")
+            syncs_table(path, data_dir, work)
+            table = MdTable(path, ["", *MODULE_HEADER], mode="a")
+            for line in module_syncs_rows():
+                table.add(line)
         if a.what in ("epochs", "all"):
-            with open(os.path.join(a.out, "epochs.md"), "w") as f:
-                f.write(epochs_table(data_dir, work, a.limit_train))
+            epochs_table(os.path.join(a.out, "epochs.md"), data_dir, work, a.limit_train)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

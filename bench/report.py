@@ -14,6 +14,7 @@ import os
 import platform
 import shlex
 import statistics
+import sys
 
 import torch
 
@@ -21,15 +22,22 @@ from bench import accuracy as acc
 
 # ----------------------------------------------------------------------------- results
 
-def load_result(run_dir):
+def load_result(run_dir, argv=None, warn=None):
     """A finished run -> dict(last, best, best_epoch, val, at_val, device) with accuracies in
     percent (val: noisy-label validation accuracy at the last epoch; at_val: test accuracy at
     the validation-selected epoch, final.json's test_acc_at_val_best; both None without
-    --val-frac); None when the run has no final.json."""
+    --val-frac); None when the run has no final.json, or, with its train.py argv given, when it
+    is stale (acc.stale_flags: it ran under other defaults; one line to warn, default stderr)."""
+    if argv is not None and os.path.exists(os.path.join(run_dir, "final.json")):
+        stale = acc.stale_flags(run_dir, argv)
+        if stale:
+            (warn or _warn)(f"bench: stale run {os.path.basename(run_dir)} left out of the tables: "
+                            f"{acc.STALE_HOW}; " + "; ".join(stale))
+            return None
     try:
         with open(os.path.join(run_dir, "final.json")) as f:
             final = json.load(f)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):   # not finished, or not even a folder
         return None
     val = device = None
     try:
@@ -43,6 +51,10 @@ def load_result(run_dir):
     return dict(last=100 * final["test_acc_last"], best=100 * final["test_acc_best"],
                 best_epoch=final.get("best_epoch"), val=None if val is None else 100 * val, device=device,
                 at_val=100 * final["test_acc_at_val_best"] if "test_acc_at_val_best" in final else None)
+
+
+def _warn(line):
+    print(line, file=sys.stderr, flush=True)
 
 
 def stats(values):

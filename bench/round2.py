@@ -18,12 +18,12 @@ from bench import report
 FIELDS = ("last", "best", "valsel", "val")
 
 
-def load_run(run_dir):
+def load_run(run_dir, argv=None):
     """A finished run -> dict(last, best, valsel, val, val_epoch) in percent, or None.
 
     valsel: test accuracy at the first epoch of maximal val_acc_noisy (the noisy-label
     validation accuracy); val: that maximal validation accuracy."""
-    base = report.load_result(run_dir)
+    base = report.load_result(run_dir, argv)
     if base is None:
         return None
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
@@ -141,11 +141,29 @@ CNN_HEADER = ("loss", "first → second", "n", "last: first", "last: second", "l
               "val-sel: first", "val-sel: second", "val-sel: Δ (paired t)")
 
 
+def cnn_budget_text(common):
+    """The cnn8 table's paragraph, from the budget the runs actually used (acc.CNN_BUDGET, which
+    GPU users empty; its flags over common's)."""
+    flags = {**common, **acc.CNN_BUDGET}
+    epochs = flags.get("epochs", "train.py's default")
+    if not acc.CNN_BUDGET:
+        return (f"No CPU budget (bench/accuracy.py CNN_BUDGET is empty): --limit-train {flags.get('limit_train', 0)} "
+                f"(0 = all; 10 % of it the noisy validation split), {epochs} epochs, the full test set.")
+    train, test = flags.get("limit_train", 0), acc.CNN_BUDGET.get("limit_test")
+    no_pass = acc.CNN_BUDGET.get("train_eval_every") == 0
+    return (f"The 2-core CPU budget (bench/accuracy.py CNN_BUDGET): --limit-train {train} "
+            f"(10 % of it the noisy validation split), {epochs} epochs, "
+            + (f"--limit-test {test} (one class-stratified test subset for every run)" if test else "the full test set")
+            + (", no per-epoch pass over the training set" if no_pass else "")
+            + ". On a GPU, drop these limits and rerun `python -m bench accuracy --grid cnn`.")
+
+
 def section(common, runs_dir, title):
-    keys = [r.key for r in acc.plan(list(acc.round2_settings(common, acc.ROUND2)), acc.SEEDS)]
-    keys += [acc.make_run(dict(common, noise="symmetric", noise_rate=0.6, loss="ce", epochs=15, head=h, seed=s)).key
+    runs = acc.plan(list(acc.round2_settings(common, acc.ROUND2)), acc.SEEDS)
+    runs += [acc.make_run(dict(common, noise="symmetric", noise_rate=0.6, loss="ce", epochs=15, head=h, seed=s))
              for h in ("kan", "dkan") for s in acc.SEEDS]
-    results = {k: load_run(os.path.join(runs_dir, k)) for k in dict.fromkeys(keys)}
+    argv = {r.key: r.argv for r in runs}
+    results = {k: load_run(os.path.join(runs_dir, k), a) for k, a in argv.items()}
     done = sum(r is not None for r in results.values())
     return "\n".join([
         title, "",
@@ -163,9 +181,6 @@ def section(common, runs_dir, title):
         report.md_table(KAN_HEADER, kan_rows(common, results)), "",
         "### Sparse masks x long intervals (DFC, sym 0.6, 40 epochs)",
         *sweep_tables(common, results), "",
-        "### CNN backbone (cnn8, sym 0.6, at a CPU budget)", "",
-        f"The 2-core CPU budget (bench/accuracy.py CNN_BUDGET): --limit-train {acc.CNN_BUDGET['limit_train']} "
-        f"(10 % of it the noisy validation split), 15 epochs, --limit-test {acc.CNN_BUDGET['limit_test']} (one "
-        "class-stratified test subset for every run), no per-epoch pass over the training set. On a GPU, drop "
-        "these limits and rerun `python -m bench accuracy --grid cnn`.", "",
+        "### CNN backbone (cnn8, sym 0.6" + (", at a CPU budget)" if acc.CNN_BUDGET else ")"), "",
+        cnn_budget_text(common), "",
         report.md_table(CNN_HEADER, cnn_rows(common, results)), ""])

@@ -33,6 +33,7 @@ largest single allocation. On CUDA, torch.cuda.max_memory_allocated over the cal
 import copy
 import itertools
 import math
+import os
 import platform
 import statistics
 import sys
@@ -345,26 +346,25 @@ def literal_rows(kind, fns, shape, device, cfg, dtype_bytes=4):
 
 
 def speed_rows(shape, device, cfg):
-    """Every comparison at one (B, d, C)."""
+    """Every comparison at one (B, d, C); yields each comparison's rows as soon as they are measured."""
     B, d, C = shape
     gen = torch.Generator().manual_seed(0)
     at_target = tuple(shape) == TARGET_SHAPE
-    rows = timed_rows(dfc_head_fns(B, d, C, cfg["keep"], device, gen),
+    yield from timed_rows(dfc_head_fns(B, d, C, cfg["keep"], device, gen),
                       [("DFC / FC head fwd+bwd", "DFC", "FC")], shape, device, cfg,
                       {"DFC / FC head fwd+bwd": ("≤", 1.05, True)})
-    rows += timed_rows(train_step_fns(B, d, C, cfg["keep"], device, gen),
+    yield from timed_rows(train_step_fns(B, d, C, cfg["keep"], device, gen),
                        [(STEP, "DFC", "FC")], shape, device, cfg, {STEP: ("≤", 1.05, True)})
-    rows += timed_rows(train_step_fns(B, d, C, cfg["keep"], device, gen, interval=STEP_INTERVAL),
+    yield from timed_rows(train_step_fns(B, d, C, cfg["keep"], device, gen, interval=STEP_INTERVAL),
                        [(STEPS, "DFC", "FC")], shape, device, cfg, {})
-    rows += timed_rows(module_step_fns(B, d, C, cfg["keep"], device, gen),
+    yield from timed_rows(module_step_fns(B, d, C, cfg["keep"], device, gen),
                        [(MODULE_STEP, "DCMLinear", "nn.Linear")], shape, device, cfg, {})
-    rows += literal_rows("score", score_fns(B, d, C, device, gen), shape, device, cfg)
-    rows += timed_rows(kan_fns(B, d, C, device, gen),
+    yield from literal_rows("score", score_fns(B, d, C, device, gen), shape, device, cfg)
+    yield from timed_rows(kan_fns(B, d, C, device, gen),
                        [("KAN closed / Cox–de Boor fwd+bwd", "closed", "cox"),
                         ("KAN closed / nn.Linear fwd+bwd", "closed", "linear")], shape, device, cfg,
                        {"KAN closed / Cox–de Boor fwd+bwd": ("≤", 0.4, at_target)})
-    rows += literal_rows("dkan", dkan_score_fns(B, d, C, device, gen), shape, device, cfg)
-    return rows
+    yield from literal_rows("dkan", dkan_score_fns(B, d, C, device, gen), shape, device, cfg)
 
 
 COLUMNS = (("comparison", "comparison (A / B)"), ("shape", "(B, d, C)"), ("a", "A"), ("b", "B"),
@@ -375,8 +375,11 @@ def markdown_table(rows):
     """rows (dicts keyed by COLUMNS) -> a GitHub markdown table, one line per row."""
     lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |",
              "|" + "|".join(" --- " for _ in COLUMNS) + "|"]
-    lines += ["| " + " | ".join(r[key] for key, _ in COLUMNS) + " |" for r in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + [md_row(r) for r in rows])
+
+
+def md_row(r):
+    return "| " + " | ".join(r[key] for key, _ in COLUMNS) + " |"
 
 
 def machine_line(device):
@@ -402,19 +405,28 @@ def speed_main(args):
     if not (args.budget > 0 and args.max_literal_gb >= 0):
         raise SystemExit(f"bench: --budget must be > 0 and --max-literal-gb >= 0, "
                          f"got {args.budget} and {args.max_literal_gb}")
+    if args.out:   # before the measurement, not after it: the table would be lost
+        folder = os.path.dirname(args.out) or "."
+        if not os.path.isdir(folder) or os.path.isdir(args.out):
+            raise SystemExit(f"bench: --out {args.out}: " + (f"no folder {folder}" if not os.path.isdir(folder)
+                                                             else "is a folder, not a file"))
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cfg = {"keep": args.keep, "max_literal_gb": args.max_literal_gb,
            "budget": 0.02 if args.quick else args.budget, "rounds": (3, 5) if args.quick else ROUNDS}
-    rows = []
-    for shape in (QUICK_SHAPES if args.quick else SHAPES):
-        rows += speed_rows(shape, device, cfg)
-        print(f"bench: done {shape}", file=sys.stderr, flush=True)
-    text = (f"Machine: {machine_line(device)}.\n"
+    head = (f"Machine: {machine_line(device)}.\n"
             f"Command: python -m bench {' '.join(args.argv)}\n"
             "Ratios: median over interleaved rounds of t_A / t_B from the same round.\n\n"
-            + markdown_table(rows) + "\n")
-    print(text, end="")
-    if args.out:
+            + markdown_table([]) + "\n")
+    if args.out:   # written as it is measured: a run stopped by a time limit keeps its finished rows
         with open(args.out, "w") as f:
-            f.write(text)
+            f.write(head)
+    rows = []
+    for shape in (QUICK_SHAPES if args.quick else SHAPES):
+        for r in speed_rows(shape, device, cfg):
+            rows.append(r)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(md_row(r) + "\n")
+        print(f"bench: done {shape}", file=sys.stderr, flush=True)
+    print(head + "".join(md_row(r) + "\n" for r in rows), end="")

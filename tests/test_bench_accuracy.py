@@ -75,6 +75,29 @@ def test_crashing_run_is_reported_and_the_next_run_still_runs(tiny, tmp_path, mo
     assert "crash" in (tmp_path / "runs" / runs[0].key / "stdout.log").read_text()
 
 
+def test_run_that_cannot_start_is_one_failed_run_and_the_grid_goes_on(tiny, tmp_path, monkeypatch, capsys):
+    """A file where a run's folder should be: makedirs raises; that run is reported failed with a
+    one-line reason, the next runs still run, and no exception escapes."""
+    (tmp_path / "train.py").write_text(FAKE_TRAIN)
+    monkeypatch.setattr(acc, "ROOT", str(tmp_path))
+    cfg = dict(TINY_COMMON, noise="symmetric", noise_rate=0.6, loss="ce", head="fc")
+    runs = [acc.make_run(dict(cfg, seed=s)) for s in (1, 2, 3)]
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / runs[1].key).write_text("not a folder")
+    lines = []
+    codes = acc.execute(runs, str(tmp_path / "runs"), jobs=1, threads=1, log=lines.append)
+    assert codes[runs[0].key] == 0 and codes[runs[2].key] == 0
+    assert codes[runs[1].key].startswith("FileExistsError: ")
+    (bad,) = [line for line in lines if runs[1].key in line]
+    assert "FAILED to start: FileExistsError" in bad and "\n" not in bad
+    assert (tmp_path / "runs" / runs[2].key / "final.json").exists()
+    (tmp_path / "cli").mkdir()
+    (tmp_path / "cli" / keys_of("fc")[1]).write_text("not a folder")   # the command line: one line at the end
+    with pytest.raises(SystemExit, match="run\\(s\\) failed: .*" + keys_of("fc")[1]):
+        cli.main(["accuracy", "--grid", "main", "--runs-dir", str(tmp_path / "cli")])
+    assert f"{keys_of('fc')[1]}  0s  FAILED to start: FileExistsError" in capsys.readouterr().err
+
+
 SLOW_TRAIN = """import os, signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)   # as train.py: its own handler, even if started with SIGINT ignored
 out = sys.argv[sys.argv.index("--out") + 1]
@@ -112,6 +135,47 @@ def test_interrupt_stops_launching_and_forwards_one_sigint_to_each_running_run(t
     assert proc.returncode != 0 and "interrupted; rerun the same command to continue" in err
     assert len(list(runs.glob("*/started"))) == 2            # runs 3 and 4 never started
     assert sorted(p.read_text() for p in runs.glob("*/interrupted")) == ["x", "x"]   # one SIGINT each
+
+
+SLOW_STOP_TRAIN = SLOW_TRAIN.replace('sys.exit(130)', 'time.sleep(20); sys.exit(130)')   # a long checkpoint
+
+
+def test_second_interrupt_during_the_grace_period_exits_quietly(tmp_path):
+    (tmp_path / "train.py").write_text(SLOW_STOP_TRAIN)
+    runs = tmp_path / "runs"
+    driver = DRIVER.format(repo=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           fake=str(tmp_path), runs=str(runs))
+    proc = subprocess.Popen([sys.executable, "-c", driver], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while len(list(runs.glob("*/started"))) < 2:
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "timeout"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    while len(list(runs.glob("*/interrupted"))) < 2:   # both runs are in their (slow) stop
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "timeout"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    assert "interrupted; rerun the same command to continue" in err
+
+
+def test_outputs_are_checked_before_any_run(tiny, tmp_path, monkeypatch):
+    """Mistakes that would only show after hours of runs (or never) are one line up front."""
+    monkeypatch.setattr(acc, "execute", lambda *a, **k: pytest.fail("the grid ran"))
+    (tmp_path / "afile").write_text("")
+    base = ["accuracy", "--grid", "main", "--runs-dir", str(tmp_path / "runs")]
+    for extra, message in (
+            (["--out-md", str(tmp_path / "missing" / "B.md")], "--out-md .*: no folder .*missing$"),
+            (["--out-csv", str(tmp_path / "missing" / "a.csv")], "--out-csv .*: no folder .*missing$"),
+            (["--out-csv", str(tmp_path)], "is a folder, not a file"),
+            (["--runs-dir", str(tmp_path / "afile")], "--runs-dir .*afile is a file, not a folder")):
+        with pytest.raises(SystemExit, match=message):
+            cli.main(base + extra)
+    with pytest.raises(SystemExit, match="--out-csv is for the main and ablation tables"):
+        cli.main(["accuracy", "--grid", "round2", "--table-only", "--runs-dir", str(tmp_path / "runs"),
+                  "--out-csv", str(tmp_path / "r2.csv")])
+    assert not (tmp_path / "runs").exists()
 
 
 def test_second_call_launches_no_subprocess_for_finished_runs(ran, tiny, monkeypatch, capsys):
@@ -182,6 +246,43 @@ def fake(tiny, tmp_path):
     cli.main(["accuracy", "--grid", "main", "--table-only", "--runs-dir", str(runs),
                 "--out-md", str(md), "--out-csv", str(table)])
     return md.read_text(), list(csv.DictReader(table.open()))
+
+
+def test_run_finished_under_another_train_default_is_stale_left_out_and_not_rerun(fake, tiny, tmp_path, monkeypatch, capsys):
+    """The run key hashes only the argv: a run whose config.json differs from what train.py now
+    makes of its argv (a default changed since) must not enter the tables, nor count as done."""
+    runs = tmp_path / "runs"
+    bad = keys_of("dfc")[1]
+    now = vars(acc._train_parser()[0].parse_args(list(acc.make_run(dict(
+        TINY_COMMON, noise="symmetric", noise_rate=0.6, loss="ce", head="dfc", seed=1)).argv)))
+    same = {k: now[k] for k in ("momentum", "keep", "optimizer")}
+    ignored = {"out": "elsewhere", "device": "cuda", "threads": 7}   # no effect on the results
+    for key in keys_of("fc") + keys_of("dfc"):
+        (runs / key / "config.json").write_text(json.dumps(dict(same, **ignored, device_used="cpu")))
+    (runs / bad / "config.json").write_text(json.dumps(dict(same, grad_clip=now["grad_clip"] + 1, device_used="cpu")))
+    capsys.readouterr()
+    cli.main(["accuracy", "--grid", "main", "--table-only", "--runs-dir", str(runs)])
+    out, err = capsys.readouterr()
+    (warning,) = [line for line in err.splitlines() if "stale" in line]
+    assert bad in warning and f"--grad-clip: ran with {now['grad_clip'] + 1!r}, now {now['grad_clip']!r}" in warning
+    assert "--out" not in warning and "--device" not in warning and "--momentum" not in warning
+    assert md_rows(out)[2][3] == "2/1" and md_rows(out)[2][5] == "90.00"   # dfc: seed 0 only
+    monkeypatch.setattr(acc, "launch", lambda *a, **k: pytest.fail("a stale run was launched"))
+    lines = []
+    assert acc.execute(acc.plan(acc.grid_settings(acc.COMMON, "main"), acc.SEEDS), str(runs), 1, 1, lines.append) == {}
+    assert "3 already done, 1 stale, 0 to run" in lines[-1] and any(bad in line and "grad-clip" in line for line in lines)
+    cli.main(["accuracy", "--grid", "main", "--dry-run", "--runs-dir", str(runs)])
+    assert f"stale   {bad}" in capsys.readouterr().out
+
+
+def test_committed_runs_match_what_train_py_now_makes_of_their_flags():
+    """Every finished run of results/runs still counts (no train.py default moved under them)."""
+    runs = acc.plan(acc.grid_settings(acc.COMMON, "all") + acc.grid_settings(acc.COMMON, "round2"), acc.SEEDS)
+    folder = os.path.join(acc.ROOT, "results", "runs")
+    done = [r for r in runs if os.path.exists(os.path.join(folder, r.key, "final.json"))]
+    assert len(done) > 600
+    assert {r.key: acc.stale_flags(os.path.join(folder, r.key), r.argv) for r in done
+            if acc.stale_flags(os.path.join(folder, r.key), r.argv)} == {}
 
 
 def md_rows(text):

@@ -2,8 +2,11 @@
 check script's --dry-run (so its commands cannot rot while no GPU is around)."""
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -82,3 +85,72 @@ def test_gpu_check_dry_run_parses_every_command():
     assert "12 train.py commands parse" in p.stdout and "gpu_check.sh --dry-run: ok" in p.stdout
     for module in ("nn.Linear", "DCMLinear", "DKANLinear"):   # the module sync count ran its steps on CPU
         assert f"| {module} | 0 | 0 | 0.0 |" in p.stdout
+
+
+GPU_CHECK_DRIVER = """import functools, json, os, subprocess, sys
+sys.path.insert(0, {repo!r})
+from bench import gpu_check as gc
+gc.write_synthetic_cifar10 = functools.partial(gc.write_synthetic_cifar10, n_train=50, n_test=10)
+calls = []
+
+def fake_run_train(argv, env_extra=None, sync_debug=False):   # train.py's metrics.jsonl, or a hang on the 3rd run
+    calls.append(argv)
+    out = argv[argv.index("--out") + 1]
+    if len(calls) == 3:
+        open({started!r}, "w").close()
+        p = subprocess.run([sys.executable, "-c", "import time; time.sleep(120)"], capture_output=True)
+        return p.returncode, ""
+    os.makedirs(out)
+    with open(os.path.join(out, "metrics.jsonl"), "w") as f:
+        f.write(json.dumps(dict(epoch=2, seconds=2.0, samples_per_s=1000.0 * len(calls))) + "\\n")
+    return 0, ""
+gc.run_train = fake_run_train
+sys.exit(gc.main(["epochs", "--out", {out!r}]))
+"""
+
+
+def test_gpu_check_part_killed_by_its_time_limit_keeps_finished_rows_and_removes_its_temp_data(tmp_path):
+    """timeout sends SIGTERM mid-run: the rows measured before stay in epochs.md, the synthetic
+    data folder is removed, and the progress lines reached stdout."""
+    tmp, out, started = tmp_path / "tmp", tmp_path / "out", tmp_path / "started"
+    tmp.mkdir()
+    driver = GPU_CHECK_DRIVER.format(repo=ROOT, started=str(started), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=dict(os.environ, TMPDIR=str(tmp)))
+    deadline = time.time() + 60
+    while not started.exists():   # two runs measured, the third one hangs
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else "timeout"
+        time.sleep(0.05)
+    assert list(tmp.iterdir())                      # the synthetic data is there while it runs
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, log
+    rows = [line for line in (out / "epochs.md").read_text().splitlines() if line.startswith("| eager")]
+    assert rows == ["| eager | fc | 2.00 | 1000 | 0 |  |", "| eager | dfc | 2.00 | 2000 | 0 | 0.500 |"]
+    assert not list(tmp.iterdir()), "the synthetic-data temp folder was left behind"
+    assert "gpu_check: epochs: amp fc ..." in log and "| eager | dfc |" in log and "Traceback" not in log
+
+
+def test_gpu_check_part_limits_fit_the_time_it_claims():
+    text = open(os.path.join(ROOT, "bench", "gpu_check.sh")).read()
+    limits = [int(line.split()[2]) for line in text.splitlines() if line.startswith("part ")]
+    claim = int(re.search(r"< (\d+) min", text).group(1))
+    assert len(limits) == 4 and sum(limits) <= 60 * claim
+
+
+def test_cnn_table_without_a_cpu_budget_as_on_a_gpu(tmp_path, monkeypatch):
+    """README: on a GPU, empty CNN_BUDGET and rerun --grid cnn; the section then says so (no KeyError)."""
+    name = "CNN backbone (cnn8, sym 0.6)"
+    losses, base, rows = acc.ROUND2[name]
+    base = {k: v for k, v in base.items() if k not in acc.CNN_BUDGET}
+    monkeypatch.setattr(acc, "CNN_BUDGET", {})
+    monkeypatch.setattr(acc, "ROUND2", {**acc.ROUND2, name: (losses, base, rows)})
+    common = dict(acc.COMMON, epochs=30)
+    flags = round2.settings(common, name)
+    assert "limit_test" not in flags[("ce", "fc")] and flags[("ce", "fc")]["limit_train"] == common["limit_train"]
+    for seed in acc.SEEDS:
+        write_run(tmp_path, flags[("ce", "fc")], seed, test=[0.8, 0.5], val=[0.3, 0.2])
+    text = round2.section(common, str(tmp_path), "## T")
+    assert f"--limit-train {common['limit_train']} (0 = all; 10 % of it the noisy validation split), 30 epochs" in text
+    assert "15 epochs" not in text and "--limit-test" not in text and "at a CPU budget" not in text
+    assert "| ce | fc → dfc | 3/0 | 50.00 ± 0.00 |" in text

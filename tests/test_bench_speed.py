@@ -3,8 +3,10 @@
 run is a subprocess, so the benchmark's torch.set_num_threads(1) cannot leak into other tests."""
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -92,3 +94,38 @@ def test_accuracy_without_grid_launches_nothing_and_says_how(tmp_path):
 def test_paired_ratio_is_the_median_of_same_round_ratios():
     assert speed.paired_ratio([1.0, 2.0, 30.0], [1.0, 1.0, 1.0]) == 2.0
     assert speed.paired_ratio([2.0, 4.0], [1.0, 4.0]) == 1.5
+
+
+SPEED_DRIVER = """import itertools, sys, time
+sys.path.insert(0, {repo!r})
+from bench import cli, speed
+real = speed.speed_rows
+
+def two_rows_then_hang(shape, device, cfg):
+    yield from itertools.islice(real(shape, device, cfg), 2)
+    open({started!r}, "w").close()
+    time.sleep(120)
+speed.speed_rows = two_rows_then_hang
+cli.main(["speed", "--quick", "--out", {out!r}])
+"""
+
+
+def test_out_file_keeps_the_rows_measured_before_a_time_limit_kills_the_run(tmp_path):
+    out, started = tmp_path / "speed.md", tmp_path / "started"
+    driver = SPEED_DRIVER.format(repo=ROOT, started=str(started), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", driver], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not started.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)   # what `timeout` sends
+    proc.communicate(timeout=30)
+    text = out.read_text()
+    assert text.startswith("Machine: ") and [r[0] for r in table_rows(text)] == [
+        "DFC / FC head fwd+bwd", "DFC / FC train step (mlp backbone)"]
+
+
+def test_out_in_a_missing_folder_is_one_line_before_any_measurement(tmp_path, monkeypatch):
+    monkeypatch.setattr(speed, "speed_rows", lambda *a: pytest.fail("measured before checking --out"))
+    with pytest.raises(SystemExit, match="--out .*: no folder .*missing$"):
+        cli.main(["speed", "--quick", "--out", str(tmp_path / "missing" / "speed.md")])
