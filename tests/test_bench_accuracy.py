@@ -119,17 +119,27 @@ acc.execute(runs, {runs!r}, jobs=2, threads=1, log=lambda s: None)
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_stops_launching_and_forwards_one_sigint_to_each_running_run(tmp_path, sig):
-    (tmp_path / "train.py").write_text(SLOW_TRAIN)
+def wait_for(proc, runs, marker, deadline):
+    """Until two runs wrote `marker` (their fake train.py got that far), while the grid runs."""
+    while len(list(runs.glob(f"*/{marker}"))) < 2:
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "timeout"
+        time.sleep(0.05)
+
+
+def start_grid(tmp_path, fake_train):
+    """The 4-run grid of DRIVER on a fake train.py, with its two jobs' runs started -> (process, runs folder)."""
+    (tmp_path / "train.py").write_text(fake_train)
     runs = tmp_path / "runs"
     driver = DRIVER.format(repo=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            fake=str(tmp_path), runs=str(runs))
     proc = subprocess.Popen([sys.executable, "-c", driver], stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while len(list(runs.glob("*/started"))) < 2:   # both jobs' runs are sleeping
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "timeout"
-        time.sleep(0.05)
+    wait_for(proc, runs, "started", time.time() + 60)   # both jobs' runs are sleeping
+    return proc, runs
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_stops_launching_and_forwards_one_sigint_to_each_running_run(tmp_path, sig):
+    proc, runs = start_grid(tmp_path, SLOW_TRAIN)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "interrupted; rerun the same command to continue" in err
@@ -141,19 +151,9 @@ SLOW_STOP_TRAIN = SLOW_TRAIN.replace('sys.exit(130)', 'time.sleep(20); sys.exit(
 
 
 def test_second_interrupt_during_the_grace_period_exits_quietly(tmp_path):
-    (tmp_path / "train.py").write_text(SLOW_STOP_TRAIN)
-    runs = tmp_path / "runs"
-    driver = DRIVER.format(repo=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           fake=str(tmp_path), runs=str(runs))
-    proc = subprocess.Popen([sys.executable, "-c", driver], stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while len(list(runs.glob("*/started"))) < 2:
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "timeout"
-        time.sleep(0.05)
+    proc, runs = start_grid(tmp_path, SLOW_STOP_TRAIN)
     proc.send_signal(signal.SIGINT)
-    while len(list(runs.glob("*/interrupted"))) < 2:   # both runs are in their (slow) stop
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "timeout"
-        time.sleep(0.05)
+    wait_for(proc, runs, "interrupted", time.time() + 60)   # both runs are in their (slow) stop
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=15)
     assert proc.returncode != 0 and "Traceback" not in err, err
