@@ -224,22 +224,27 @@ def _remove_run_files(out):
 # ----------------------------------------------------------------------------- The run-folder lock
 
 class Lock(NamedTuple):
-    """A held run-folder lock. fd: the flock'ed lock file; made: the folder was created
-    by lock_run (removed again by unlock_run when left empty); stale: 'pid host' of a
-    previous holder that died without releasing it, else None."""
+    """A held run-folder lock. fd: the flock'ed lock file; made: the outermost folder lock_run
+    created for it (folder or a missing parent; unlock_run removes them again when left
+    empty), else None; stale: 'pid host' of a previous holder that died without releasing
+    it, else None."""
     folder: str
     fd: int
-    made: bool
+    made: Optional[str]
     stale: Optional[str]
 
 
 def make_folder(folder):
-    """os.makedirs with one-line LockError for the usual mistakes. -> True if created."""
+    """os.makedirs with one-line LockError for the usual mistakes. -> the outermost folder
+    it created (folder itself, or a parent that was missing too), or None."""
     if os.path.isdir(folder):
-        return False
+        return None
+    top = os.path.abspath(folder)
+    while not os.path.exists(os.path.dirname(top)):
+        top = os.path.dirname(top)
     try:
         os.makedirs(folder)
-        return True
+        return top
     except FileExistsError:
         raise LockError(f"--out {folder} exists and is not a folder") from None
     except NotADirectoryError:
@@ -332,11 +337,19 @@ def stale_message(lock):
 
 
 def _cleanup(folder, made):
-    if made:
+    """Remove folder and the parents make_folder created for it, up to `made`, each only if
+    empty: a failed start leaves no trace."""
+    if not made:
+        return
+    path = os.path.abspath(folder)
+    while True:
         try:
-            os.rmdir(folder)   # only if empty: a failed start leaves no trace
+            os.rmdir(path)
         except OSError:
-            pass
+            return
+        if path == made or len(path) <= len(made):
+            return
+        path = os.path.dirname(path)
 
 
 def unlock_run(lock):

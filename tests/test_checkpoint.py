@@ -241,6 +241,17 @@ def test_taking_the_lock_removes_temp_files_a_killed_run_left(tmp_path):
     assert not any(p.exists() for p in left) and all(p.exists() for p in kept)
 
 
+def test_a_failed_start_removes_the_folders_it_created_and_only_those(tmp_path):
+    (tmp_path / "kept").mkdir()
+    lock = checkpoint.lock_run(str(tmp_path / "kept" / "a" / "b" / "run"))
+    checkpoint.unlock_run(lock)                                    # nothing was written
+    assert sorted(os.listdir(tmp_path)) == ["kept"] and os.listdir(tmp_path / "kept") == []
+    lock = checkpoint.lock_run(str(tmp_path / "kept" / "c" / "run"))
+    (tmp_path / "kept" / "c" / "notes.txt").write_text("a user's file")   # appeared meanwhile: stays
+    checkpoint.unlock_run(lock)
+    assert os.listdir(tmp_path / "kept" / "c") == ["notes.txt"]
+
+
 def test_a_held_folder_cannot_be_locked_again_and_names_the_holder(tmp_path):
     folder = str(tmp_path / "run")
     lock = checkpoint.lock_run(folder)
