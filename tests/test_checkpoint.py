@@ -433,7 +433,9 @@ def test_different_configurations_never_share_a_name(a, b):
         assert name_of(a) != name_of(b)
     else:
         assert name_of(a) == name_of(b)
-    assert len(name_of(a)) <= len("digits-dfc-ce-symmetric0.4-s0") + 1 + checkpoint.NAME_MAX + 10
+    config = vars(PARSER.parse_args(a))
+    base = checkpoint.default_run_name({**DEFAULTS, **{k: config[k] for k in checkpoint.NAME_BASE}}, DEFAULTS)
+    assert len(name_of(a)) <= len(base) + 1 + checkpoint.NAME_MAX + 10
 
 
 @given(configs())
