@@ -7,15 +7,22 @@ schedule as a pure state transition, moment helpers for multi-process runs,
 `--dcm-freeze`, and the diagnostics of Fig. 3 and Fig. 5. Conventions and their
 sources: docs/design.md §2.
 
-Usage (one optimizer step; state in, new state out):
+Usage, the method in three lines (one training step):
+
+    S = edge_scores(v.detach(), w)             # (C, d) = |W| · std_b v   (Eq. 2)
+    M = topk_mask(S, keep=0.1)                 # each class keeps max(1, round(0.1·d)) inputs
+    logits = masked_linear(v, w, b, M)         # z = v (W⊙M)ᵀ + b; at test time mask=None (full head)
+
+and as train.py runs it, with the schedule (interval, warm-up) as a pure state transition:
 
     state = mask_init(w.shape, device=w.device)                         # all ones
-    state = mask_schedule_step(state, moments(v), lambda m: scores_from_moments(m, w), keep=0.7)
-    logits = masked_linear(v, w, b, state.mask)                         # z = v (W⊙M)ᵀ + b
+    state = mask_schedule_step(state, moments(v), lambda m: scores_from_moments(m, w), keep=0.1)
+    logits = masked_linear(v, w, b, state.mask)
 
-Conventions: features v: (B, d), head weights w: (C, d), bias b: (C,),
-mask M: (C, d) with values 0/1. Scores are population statistics over the
-batch (correction=0), so a batch of one gives scores 0, never NaN.
+Conventions (the paper's Eq. 2 with j = class, k = input feature): features v: (B, d), head
+weights w: (C, d), bias b: (C,), mask M: (C, d) with values 0/1; scores use the unmasked w.
+Scores are population statistics over the batch (correction=0): the mask does not depend on
+it (it scales every score alike), except that a batch of one gives scores 0, never NaN.
 """
 import math
 import numbers
@@ -113,7 +120,8 @@ def masked_linear(v: Tensor, w: Tensor, b: Optional[Tensor], mask: Optional[Tens
 
 # ----------------------------------------------------------------------------- fast paths
 # Tuned versions of the definitions above, each proven equal to its definition by the test
-# its docstring names. Training uses these.
+# its docstring names. Training selects with topk_mask and scores with scores_from_moments
+# (the moments section below), the mergeable form of edge_scores.
 
 def edge_scores(v: Tensor, w: Tensor) -> Tensor:
     """Edge importance, exact fast form of Eq. 2: S[j, k] = |w[j, k]| · std_b v[b, k];
@@ -381,9 +389,11 @@ _SCORE_BLOCK = 1 << 17   # entries of w per float64 block in scores_from_moments
 
 
 def scores_from_moments(m: Moments, w: Tensor) -> Tensor:
-    """Edge scores of Eq. 2 from pooled moments: |w| · std.  m: moments of (d,), w: (C, d) -> (C, d) in w.dtype.
+    """Edge scores of Eq. 2 from pooled moments: |w| · std: what training scores with.
+    m: moments of (d,), w: (C, d) -> (C, d) in w.dtype (edge_scores returns the promoted dtype).
 
-    Equals edge_scores on the concatenation of the pooled batches (float tolerance).
+    Equals edge_scores on the concatenation of the pooled batches (float tolerance), proven by
+    tests/test_dcm_ref.py::test_scores_from_pooled_moments_equal_scores_on_concatenated_batches.
     """
     _check_2d("w", w, "(C, d)")
     std_v = std_from_moments(m)
@@ -608,9 +618,10 @@ def feature_grad_error_bound(w: Tensor, mask: Tensor) -> float:
 # Gradient error caused by noisy labels: on samples whose label was corrupted,
 # compare the gradient of the training loss under the noisy label ỹ with the one
 # under the clean label y. DCM's claim is that masking the head shrinks the error
-# that reaches the backbone (Fig. 3 of the paper). Copy these three together.
+# that reaches the backbone (Fig. 3 of the paper). Copy these three together, with the
+# module's imports and _check_2d.
 
-from typing import Sequence  # noqa: E402  (kept inside this section so it can be copied alone)
+from typing import Sequence  # noqa: E402
 
 
 class GradError(NamedTuple):
@@ -855,7 +866,7 @@ class DCMModule(nn.Module):
         self._load_mask_state(st, old)
 
     @torch.no_grad()
-    def _keep_masked(self) -> None:
+    def _save_masked_params(self) -> None:
         """Before optimizer.step() (attach(..., freeze=True)): copy the parameters the mask gates."""
         self._before_step = [getattr(self, k).detach().clone() for k in self._MASKED]
 
@@ -895,10 +906,12 @@ class DCMLinear(DCMModule):
 
     x: (*, in_features) -> (*, out_features); weight (C, d), bias (C,) as nn.Linear (same
     init, same names; an nn.Linear state dict lacks the DCM buffers, so load one with
-    strict=False, or load it into the nn.Linear before convert()). Edge scores: Eq. 2 in its exact fast form
-    from pooled moments (scores_from_moments); mask: topk_mask(keep, scope); schedule:
-    mask_schedule_step(interval, warmup, stats), advanced by step_mask() once per optimizer
-    step (attach() does it). Masked edges get exactly zero gradient.
+    strict=False, or load it into the nn.Linear before convert()). Edge scores: Eq. 2 in its
+    exact fast form from pooled moments (scores_from_moments); mask: topk_mask(keep, scope);
+    schedule: mask_schedule_step(interval, warmup, stats), advanced by step_mask() once per
+    optimizer step (attach() does it). Masked edges get exactly zero gradient.
+    Timing: the mask of step s is scored on step s−1's batches (the module sees a batch only
+    in its own forward) and step 0 uses the full head; train.py scores step s's own batch.
     """
     _MASKED = ("weight",)
 
@@ -1010,7 +1023,7 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, freeze: bool = Fa
 
     def before(opt, args, kwargs):
         for m in mods:
-            m._keep_masked()
+            m._save_masked_params()
 
     def after(opt, args, kwargs):
         for m in mods:

@@ -5,16 +5,18 @@ Masking" (Zhang et al., arXiv 2508.09697): y_j = Σ_k φ_jk(x_k) with
 φ_jk(x) = base_weight[j,k]·silu(x) + Σ_g spline_weight[j,k,g]·B_g(x), its edge
 importance S[j,k] = std_b φ_jk(x_bk) (the DKAN analogue of Eq. 2), and the
 DCM mask applied to each edge's coefficient vector. The forward is ONE matmul
-over the per-input features Φ = [silu(x), B_1(x), …] (the efficient-kan idea);
-on a uniform grid the bases come from a closed form with a hand-written
-backward, and Cox–de Boor stays as the literal reference.
+over the per-input features Φ = [silu(x), B_0(x), …, B_{G'-1}(x)] (the efficient-kan
+idea; F = 1 + G' features per input, G' = grid_size + order bases); on a uniform grid the
+bases come from a closed form with a hand-written backward, and Cox–de Boor stays as the
+literal reference. Indices as in dcm_ref.py: j = output (class), k = input.
 
-The functions up to the drop-in modules need torch only, so they can be copied on their
-own; the usage below takes its top-k selection from dcm_ref.py. Usage:
+The functions up to the drop-in modules import torch only (the literal path: kan_init,
+bspline_basis, kan_coefficients, kan_edge_activations and their _check_* helpers; the
+forward's closed form brings its own block); the usage takes its top-k from dcm_ref.py:
 
     params = {k: t.requires_grad_(k != "grid") for k, t in kan_init(256, 10).items()}
-    mask = dcm_ref.topk_mask(dkan_edge_scores(params, v), keep=0.5)    # v: (B, 256)
-    logits = dkan_forward(params, v, mask)                             # (B, 10)
+    mask = dcm_ref.topk_mask(dkan_edge_scores(params, v), keep=0.1)    # v: (B, 256)
+    logits = dkan_forward(params, v, mask)                             # (B, 10); at test time mask=None
 """
 import math
 from fractions import Fraction
@@ -441,10 +443,14 @@ def _scores_from_covariance(cov, params):
 
 
 def kan_scores_from_moments(m, params):
-    """S[j,k] = sqrt(c_jkᵀ Σ_k c_jk), Σ_k = E[ΦΦᵀ] − E[Φ]E[Φ]ᵀ, from merged moments.
+    """S[j,k] = sqrt(c_jkᵀ Cov_k c_jk), Cov_k = E[ΦΦᵀ] − E[Φ]E[Φ]ᵀ, from merged moments:
+    what training scores with (unmasked coefficients c).
 
     m: (n, ΣΦ (d_in, F), ΣΦΦᵀ (d_in, F, F)) as from kan_moments -> (d_out, d_in),
-    in the dtype of params. Cost O(d_in·d_out·F²); never B×d_out×d_in.
+    in the dtype of params. Cost O(d_in·d_out·F²); never B×d_out×d_in. Not centred
+    first (plain sums, so they merge over batches and ranks): a constant input scores
+    ~1e-9 here where the two-pass kan_edge_scores gives exactly 0; the mask is the same
+    unless such near-zero scores decide the top-k.
     """
     n, s1, s2 = m
     n = n.clamp(min=1.0)   # an empty pool (n = 0) gives scores 0, as dcm_ref.std_from_moments; no host read
