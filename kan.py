@@ -66,7 +66,7 @@ def _check_positive_int(name, value):
 
 
 # ----------------------------------------------------------------------------
-# B-spline bases: Cox–de Boor (literal) and the uniform closed form (fast)
+# B-spline bases: Cox–de Boor (literal; the closed form training uses is the fast-path section below)
 # ----------------------------------------------------------------------------
 
 def _check_basis_args(x, grid, order):
@@ -103,201 +103,6 @@ def bspline_basis(x, grid, order):
         right = (t[..., p + 1:] - xe) / (t[..., p + 1:] - t[..., 1:-p]) * b[..., 1:]
         b = left + right
     return b
-
-
-# Fast path: the closed form on a uniform grid, proven equal to bspline_basis by
-# tests/test_kan.py::test_closed_form_equals_cox_de_boor (values) and
-# ::test_closed_form_gradient_equals_cox_de_boor_gradient (gradients). Training uses it.
-
-def bspline_basis_uniform(x, grid, order):
-    """Same values as bspline_basis, by the closed form on a uniform grid (fast path).
-
-    x: (B, d_in), grid: (d_in, K) uniformly spaced knots per row (rows may differ)
-    -> (B, d_in, K - 1 - order). Any order >= 0 (exact piece tables). Gradient
-    w.r.t. x by a hand-written closed form; the grid gets no gradient.
-    Raises ValueError if a row of the grid is not uniformly spaced. Equal to
-    bspline_basis for finite x; x = ±inf gives 0 (the limit), NaN gives NaN in some bases.
-    """
-    return _uniform_features(x, grid, order, with_silu=False)
-
-
-def _uniform_features(x, grid, order, with_silu):
-    """Validated entry to _UniformBSpline.  x: (B, d_in) -> (B, d_in, [1 +] K - 1 - order).
-
-    Half-precision x (float16, bfloat16) is computed in float32 and the result cast back:
-    the expanded piece polynomials lose ~3x more than Cox–de Boor when evaluated in 8 bits.
-    """
-    _check_basis_args(x, grid, order)
-    if x.dtype in (torch.float16, torch.bfloat16):
-        return _uniform_features(x.float(), grid, order, with_silu).to(x.dtype)
-    t0, h = _uniform_spacing(grid, order, x.dtype)
-    return _UniformBSpline.apply(x.contiguous(), grid.detach(), t0, h, order, with_silu)
-
-
-def _uniform_piece_table(order):
-    """Exact polynomial coefficients of the uniform (cardinal) B-spline pieces.
-
-    -> A: (order+1, order+1) list of Fractions, A[m][r] = coefficient of u^m in
-    piece r, i.e. N_p(u + r) for u ∈ [0, 1), from the truncated-power formula
-    N_p(t) = 1/p! Σ_j (-1)^j C(p+1, j) (t - j)_+^p (only j ≤ r are active).
-    """
-    p = order
-    table = [[Fraction(0)] * (p + 1) for _ in range(p + 1)]
-    for r in range(p + 1):
-        for m in range(p + 1):
-            acc = sum((-1) ** j * math.comb(p + 1, j) * (r - j) ** (p - m) for j in range(r + 1))
-            table[m][r] = Fraction(math.comb(p, m) * acc, math.factorial(p))
-    return table
-
-
-def _uniform_spacing(grid, order, dtype):
-    """(t0, h): first knot and spacing per row, each (d_in,), from the live grid; ValueError
-    if a row is not uniform.
-
-    The check reads the device (a host sync on CUDA), so its verdict is remembered per grid
-    storage and version: a fixed grid is checked once, not at every forward; an in-place
-    change (grid.copy_, grid[...] = ...) bumps the version and is checked again. A change
-    through grid.data is not versioned by torch, so it is not re-checked (t0 and h still
-    follow it). The entry keeps a view of the grid, so its address cannot be reused while cached.
-    """
-    key = _spacing_key(grid)
-    if key is None or key not in _SPACING:
-        _check_uniform(grid)
-        if key is not None:
-            if len(_SPACING) >= 64:
-                _SPACING.clear()
-            _SPACING[key] = grid.detach()
-    g = grid.detach()
-    h = (g[:, -1].to(torch.float64) - g[:, 0].to(torch.float64)) / (grid.shape[1] - 1)
-    return g[:, 0].to(dtype), h.to(dtype)
-
-
-_SPACING = {}   # _spacing_key(grid) -> a view of a grid already found uniform
-
-
-def _spacing_key(grid):
-    """(address, version, shape, strides, dtype, device) of grid, or None where that is not
-    available (under torch.compile, or for inference tensors, which carry no version)."""
-    if torch.compiler.is_compiling():
-        return None
-    try:
-        return grid.data_ptr(), grid._version, tuple(grid.shape), grid.stride(), grid.dtype, grid.device
-    except RuntimeError:
-        return None
-
-
-def _check_uniform(grid):
-    """ValueError unless every row of grid (d_in, K) is uniformly spaced (one host read)."""
-    k = grid.shape[1]
-    g = grid.detach().to(torch.float64)
-    h = (g[:, -1] - g[:, 0]) / (k - 1)
-    # Tolerance: the rounding of knots stored in `grid.dtype` (relative to their magnitude).
-    tol = 1e-4 * h + 8 * torch.finfo(grid.dtype).eps * g.abs().amax(dim=1)
-    if not bool((h > 0).all()) or not bool(((g.diff(dim=1) - h[:, None]).abs() <= tol[:, None]).all()):
-        raise ValueError("grid: knots are not uniformly spaced along each row; "
-                         "use bspline_basis (Cox–de Boor) for non-uniform grids")
-
-
-def _locate(x, grid, t0, h):
-    """Knot interval of each x and local coordinate, matching Cox–de Boor's [t_i, t_{i+1}).
-
-    x: (B, d), grid: (d, K), t0, h: (d,) -> i: (B, d) float holding an integer in
-    [-1, K-1] (-1 and K-1 mean outside the grid), u = (x - t_i)/h in [0, 1]: (B, d).
-    """
-    d, k = grid.shape
-    s = (x - t0) / h
-    i = s.floor().clamp_(0, k - 2).nan_to_num_(0.0)
-    # floor((x - t0)/h) can be off by one at a knot through rounding; compare with
-    # the stored knots themselves so the interval is exactly Cox–de Boor's.
-    flat = (i.long() + k * torch.arange(d, device=x.device)).view(-1)
-    g = grid.to(x.dtype).reshape(-1)
-    lo, hi = g.index_select(0, flat).view_as(x), g.index_select(0, flat + 1).view_as(x)
-    i = torch.where(x < lo, i - 1, torch.where(x >= hi, i + 1, i))
-    # clamp: u is in [0, 1) up to rounding inside the grid; outside (values dropped
-    # later) it keeps u^p finite, so huge or infinite x give 0, not inf·0 = NaN.
-    return i, (s - i).clamp_(0, 1)
-
-
-class _UniformBSpline(torch.autograd.Function):
-    """Closed-form uniform B-spline bases (optionally after a silu column), closed-form backward.
-
-    On a uniform grid B_g(x) = N_p((x - t_0)/h - g). With i the knot interval of x
-    and u its local coordinate, the only non-zero bases are g = i - r, r = 0..p,
-    with value P_r(u) (piece r of N_p) and derivative P_r'(u)/h. The work is done
-    piece-major, (p+1, B, d), so every elementwise op runs over contiguous memory;
-    one scatter then writes the p+1 values of each (b, k) into Φ.
-
-    Double backward: the backward is itself made of differentiable ops; under
-    create_graph it recomputes u from x (the saved powers carry no graph), so the
-    second derivative is P_r''(u)/h² (and silu''), not a silent zero.
-    """
-
-    @staticmethod
-    def forward(ctx, x, grid, t0, h, order, with_silu):
-        n = grid.shape[1] - 1 - order
-        width = n + int(with_silu)
-        i, u = _locate(x, grid, t0, h)                                           # (B, d)
-        r = torch.arange(order + 1, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-        g = i - r                                                                # (p+1, B, d)
-        gc = g.clamp(0, n - 1)
-        # kept = [0 <= g < n] as 0/1 floats (float ops are much cheaper than bool masks on CPU):
-        # drops x outside the grid (i = -1 or K-1) and pieces whose basis is cut off at the ends.
-        kept = (1 - (g - gc).abs_()).clamp_(min=0)
-        powers = _powers(u, order)                                               # (p+1, B, d)
-        # clamp: the expanded polynomial can round to -1e-17 where a piece touches 0.
-        vals = _polyval(powers, _piece_table(order, x)).clamp_(min=0).mul_(kept)
-        # Flat position in Φ (B, d, width) of basis g of row (b, k); clamped dropped pieces add 0.
-        rows = torch.arange(x.numel(), device=x.device).view(x.shape) * width + (width - n)
-        index = gc.long().add_(rows)
-        out = x.new_zeros(x.shape[0], x.shape[1], width)
-        out.view(-1).scatter_add_(0, index.view(-1), vals.view(-1))
-        if with_silu:
-            out[..., 0] = F.silu(x)
-        ctx.save_for_backward(x, grid, t0, powers, index, kept, h)
-        ctx.order, ctx.with_silu = order, with_silu
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, grid, t0, powers, index, kept, h = ctx.saved_tensors
-        p = ctx.order
-        grad_x = torch.zeros_like(x)
-        if p > 0:   # order 0 is piecewise constant: zero derivative
-            if torch.is_grad_enabled():   # create_graph: u as a function of x, for the second derivative
-                powers = _powers(_locate(x, grid, t0, h)[1], p)
-            dvals = _polyval(powers[:p], _piece_table(p, x, derivative=True)).mul_(kept)
-            picked = grad_out.reshape(-1).index_select(0, index.view(-1)).view_as(dvals)
-            grad_x = (picked * dvals).sum(dim=0) / h   # dB/dx = P_r'(u)/h
-        if ctx.with_silu:
-            sig = torch.sigmoid(x)
-            grad_x = grad_x + grad_out[..., 0] * sig * (1 + x * (1 - sig))   # silu'(x)
-        return grad_x, None, None, None, None, None
-
-
-def _piece_table(order, like, derivative=False):
-    """Polynomial coefficients of the uniform B-spline pieces, as a tensor like `like`.
-
-    -> (order+1, order+1) with [m, r] = coefficient of u^m in P_r, or with
-    derivative=True (order, order+1) with [m, r] = coefficient of u^m in P_r'.
-    """
-    table = torch.tensor(_uniform_piece_table(order), dtype=torch.float64)
-    if derivative:   # d/du Σ_m A[m] u^m = Σ_m m·A[m] u^(m-1): shift up one power
-        table = table[1:] * torch.arange(1, order + 1, dtype=torch.float64).unsqueeze(1)
-    return table.to(dtype=like.dtype, device=like.device)
-
-
-def _powers(u, order):
-    """u: (B, d) -> (order+1, B, d) = [1, u, u², …, u^order], by repeated products."""
-    cols = [torch.ones_like(u)]
-    for _ in range(order):
-        cols.append(cols[-1] * u)
-    return torch.stack(cols)
-
-
-def _polyval(powers, table):
-    """Σ_m table[m, r]·u^m for every piece r.  powers: (M, B, d), table: (M, R) -> (R, B, d)."""
-    m, b, d = powers.shape
-    return (table.T @ powers.reshape(m, b * d)).view(table.shape[1], b, d)
 
 
 # ----------------------------------------------------------------------------
@@ -484,6 +289,203 @@ def dkan_forward(params, v, mask=None, basis="closed"):
 def dkan_edge_scores(params, v, basis="closed"):
     """DKAN edge scores std_b φ_jk(layer_norm(v)_bk), fast form.  v: (B, d_in) -> (d_out, d_in)."""
     return kan_edge_scores(params, layer_norm(v), basis)
+
+
+# ----------------------------------------------------------------------------
+# Fast path: B-spline bases on a uniform grid by a closed form, what training uses;
+# proven equal to bspline_basis by tests/test_kan.py::test_closed_form_equals_cox_de_boor
+# (values) and ::test_closed_form_gradient_equals_cox_de_boor_gradient (gradients)
+# ----------------------------------------------------------------------------
+
+def bspline_basis_uniform(x, grid, order):
+    """Same values as bspline_basis, by the closed form on a uniform grid (fast path).
+
+    x: (B, d_in), grid: (d_in, K) uniformly spaced knots per row (rows may differ)
+    -> (B, d_in, K - 1 - order). Any order >= 0 (exact piece tables). Gradient
+    w.r.t. x by a hand-written closed form; the grid gets no gradient.
+    Raises ValueError if a row of the grid is not uniformly spaced. Equal to
+    bspline_basis for finite x; x = ±inf gives 0 (the limit), NaN gives NaN in some bases.
+    """
+    return _uniform_features(x, grid, order, with_silu=False)
+
+
+def _uniform_features(x, grid, order, with_silu):
+    """Validated entry to _UniformBSpline.  x: (B, d_in) -> (B, d_in, [1 +] K - 1 - order).
+
+    Half-precision x (float16, bfloat16) is computed in float32 and the result cast back:
+    the expanded piece polynomials lose ~3x more than Cox–de Boor when evaluated in 8 bits.
+    """
+    _check_basis_args(x, grid, order)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return _uniform_features(x.float(), grid, order, with_silu).to(x.dtype)
+    t0, h = _uniform_spacing(grid, order, x.dtype)
+    return _UniformBSpline.apply(x.contiguous(), grid.detach(), t0, h, order, with_silu)
+
+
+_SPACING = {}   # _spacing_key(grid) -> a view of a grid already found uniform
+
+
+def _uniform_spacing(grid, order, dtype):
+    """(t0, h): first knot and spacing per row, each (d_in,), from the live grid; ValueError
+    if a row is not uniform.
+
+    The check reads the device (a host sync on CUDA), so its verdict is remembered per grid
+    storage and version: a fixed grid is checked once, not at every forward; an in-place
+    change (grid.copy_, grid[...] = ...) bumps the version and is checked again. A change
+    through grid.data is not versioned by torch, so it is not re-checked (t0 and h still
+    follow it). The entry keeps a view of the grid, so its address cannot be reused while cached.
+    """
+    key = _spacing_key(grid)
+    if key is None or key not in _SPACING:
+        _check_uniform(grid)
+        if key is not None:
+            if len(_SPACING) >= 64:
+                _SPACING.clear()
+            _SPACING[key] = grid.detach()
+    g = grid.detach()
+    h = (g[:, -1].to(torch.float64) - g[:, 0].to(torch.float64)) / (grid.shape[1] - 1)
+    return g[:, 0].to(dtype), h.to(dtype)
+
+
+def _spacing_key(grid):
+    """(address, version, shape, strides, dtype, device) of grid, or None where that is not
+    available (under torch.compile, or for inference tensors, which carry no version)."""
+    if torch.compiler.is_compiling():
+        return None
+    try:
+        return grid.data_ptr(), grid._version, tuple(grid.shape), grid.stride(), grid.dtype, grid.device
+    except RuntimeError:
+        return None
+
+
+def _check_uniform(grid):
+    """ValueError unless every row of grid (d_in, K) is uniformly spaced (one host read)."""
+    k = grid.shape[1]
+    g = grid.detach().to(torch.float64)
+    h = (g[:, -1] - g[:, 0]) / (k - 1)
+    # Tolerance: the rounding of knots stored in `grid.dtype` (relative to their magnitude).
+    tol = 1e-4 * h + 8 * torch.finfo(grid.dtype).eps * g.abs().amax(dim=1)
+    if not bool((h > 0).all()) or not bool(((g.diff(dim=1) - h[:, None]).abs() <= tol[:, None]).all()):
+        raise ValueError("grid: knots are not uniformly spaced along each row; "
+                         "use bspline_basis (Cox–de Boor) for non-uniform grids")
+
+
+def _locate(x, grid, t0, h):
+    """Knot interval of each x and local coordinate, matching Cox–de Boor's [t_i, t_{i+1}).
+
+    x: (B, d), grid: (d, K), t0, h: (d,) -> i: (B, d) float holding an integer in
+    [-1, K-1] (-1 and K-1 mean outside the grid), u = (x - t_i)/h in [0, 1]: (B, d).
+    """
+    d, k = grid.shape
+    s = (x - t0) / h
+    i = s.floor().clamp_(0, k - 2).nan_to_num_(0.0)
+    # floor((x - t0)/h) can be off by one at a knot through rounding; compare with
+    # the stored knots themselves so the interval is exactly Cox–de Boor's.
+    flat = (i.long() + k * torch.arange(d, device=x.device)).view(-1)
+    g = grid.to(x.dtype).reshape(-1)
+    lo, hi = g.index_select(0, flat).view_as(x), g.index_select(0, flat + 1).view_as(x)
+    i = torch.where(x < lo, i - 1, torch.where(x >= hi, i + 1, i))
+    # clamp: u is in [0, 1) up to rounding inside the grid; outside (values dropped
+    # later) it keeps u^p finite, so huge or infinite x give 0, not inf·0 = NaN.
+    return i, (s - i).clamp_(0, 1)
+
+
+class _UniformBSpline(torch.autograd.Function):
+    """Closed-form uniform B-spline bases (optionally after a silu column), closed-form backward.
+
+    On a uniform grid B_g(x) = N_p((x - t_0)/h - g). With i the knot interval of x
+    and u its local coordinate, the only non-zero bases are g = i - r, r = 0..p,
+    with value P_r(u) (piece r of N_p) and derivative P_r'(u)/h. The work is done
+    piece-major, (p+1, B, d), so every elementwise op runs over contiguous memory;
+    one scatter then writes the p+1 values of each (b, k) into Φ.
+
+    Double backward: the backward is itself made of differentiable ops; under
+    create_graph it recomputes u from x (the saved powers carry no graph), so the
+    second derivative is P_r''(u)/h² (and silu''), not a silent zero.
+    """
+
+    @staticmethod
+    def forward(ctx, x, grid, t0, h, order, with_silu):
+        n = grid.shape[1] - 1 - order
+        width = n + int(with_silu)
+        i, u = _locate(x, grid, t0, h)                                           # (B, d)
+        r = torch.arange(order + 1, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        g = i - r                                                                # (p+1, B, d)
+        gc = g.clamp(0, n - 1)
+        # kept = [0 <= g < n] as 0/1 floats (float ops are much cheaper than bool masks on CPU):
+        # drops x outside the grid (i = -1 or K-1) and pieces whose basis is cut off at the ends.
+        kept = (1 - (g - gc).abs_()).clamp_(min=0)
+        powers = _powers(u, order)                                               # (p+1, B, d)
+        # clamp: the expanded polynomial can round to -1e-17 where a piece touches 0.
+        vals = _polyval(powers, _piece_table(order, x)).clamp_(min=0).mul_(kept)
+        # Flat position in Φ (B, d, width) of basis g of row (b, k); clamped dropped pieces add 0.
+        rows = torch.arange(x.numel(), device=x.device).view(x.shape) * width + (width - n)
+        index = gc.long().add_(rows)
+        out = x.new_zeros(x.shape[0], x.shape[1], width)
+        out.view(-1).scatter_add_(0, index.view(-1), vals.view(-1))
+        if with_silu:
+            out[..., 0] = F.silu(x)
+        ctx.save_for_backward(x, grid, t0, powers, index, kept, h)
+        ctx.order, ctx.with_silu = order, with_silu
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, grid, t0, powers, index, kept, h = ctx.saved_tensors
+        p = ctx.order
+        grad_x = torch.zeros_like(x)
+        if p > 0:   # order 0 is piecewise constant: zero derivative
+            if torch.is_grad_enabled():   # create_graph: u as a function of x, for the second derivative
+                powers = _powers(_locate(x, grid, t0, h)[1], p)
+            dvals = _polyval(powers[:p], _piece_table(p, x, derivative=True)).mul_(kept)
+            picked = grad_out.reshape(-1).index_select(0, index.view(-1)).view_as(dvals)
+            grad_x = (picked * dvals).sum(dim=0) / h   # dB/dx = P_r'(u)/h
+        if ctx.with_silu:
+            sig = torch.sigmoid(x)
+            grad_x = grad_x + grad_out[..., 0] * sig * (1 + x * (1 - sig))   # silu'(x)
+        return grad_x, None, None, None, None, None
+
+
+def _uniform_piece_table(order):
+    """Exact polynomial coefficients of the uniform (cardinal) B-spline pieces.
+
+    -> A: (order+1, order+1) list of Fractions, A[m][r] = coefficient of u^m in
+    piece r, i.e. N_p(u + r) for u ∈ [0, 1), from the truncated-power formula
+    N_p(t) = 1/p! Σ_j (-1)^j C(p+1, j) (t - j)_+^p (only j ≤ r are active).
+    """
+    p = order
+    table = [[Fraction(0)] * (p + 1) for _ in range(p + 1)]
+    for r in range(p + 1):
+        for m in range(p + 1):
+            acc = sum((-1) ** j * math.comb(p + 1, j) * (r - j) ** (p - m) for j in range(r + 1))
+            table[m][r] = Fraction(math.comb(p, m) * acc, math.factorial(p))
+    return table
+
+
+def _piece_table(order, like, derivative=False):
+    """Polynomial coefficients of the uniform B-spline pieces, as a tensor like `like`.
+
+    -> (order+1, order+1) with [m, r] = coefficient of u^m in P_r, or with
+    derivative=True (order, order+1) with [m, r] = coefficient of u^m in P_r'.
+    """
+    table = torch.tensor(_uniform_piece_table(order), dtype=torch.float64)
+    if derivative:   # d/du Σ_m A[m] u^m = Σ_m m·A[m] u^(m-1): shift up one power
+        table = table[1:] * torch.arange(1, order + 1, dtype=torch.float64).unsqueeze(1)
+    return table.to(dtype=like.dtype, device=like.device)
+
+
+def _powers(u, order):
+    """u: (B, d) -> (order+1, B, d) = [1, u, u², …, u^order], by repeated products."""
+    cols = [torch.ones_like(u)]
+    for _ in range(order):
+        cols.append(cols[-1] * u)
+    return torch.stack(cols)
+
+
+def _polyval(powers, table):
+    """Σ_m table[m, r]·u^m for every piece r.  powers: (M, B, d), table: (M, R) -> (R, B, d)."""
+    m, b, d = powers.shape
+    return (table.T @ powers.reshape(m, b * d)).view(table.shape[1], b, d)
 
 
 # ============================================================================
