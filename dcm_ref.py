@@ -283,54 +283,6 @@ def _first_k_by_rank(flat: Tensor, top: Tensor, k: int, host_checks: bool = True
     return above | (tied & (tied.cumsum(dim=1, dtype=torch.int32) <= room))
 
 
-# ----------------------------------------------------------------------------- argument checks (user errors are ValueError)
-
-def _check_2d(name: str, t: Tensor, expected: str) -> None:
-    if not isinstance(t, torch.Tensor) or t.dim() != 2:
-        got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-        raise ValueError(f"{name}: expected a 2-D tensor {expected}, got {got}")
-
-
-def _check_features_weights(v: Tensor, w: Tensor) -> None:
-    _check_2d("v", v, "(B, d)")
-    _check_2d("w", w, "(C, d)")
-    if v.shape[1] != w.shape[1]:
-        raise ValueError(f"v, w: feature sizes differ, v is {tuple(v.shape)} and w is "
-                         f"{tuple(w.shape)}; expected v: (B, d) and w: (C, d)")
-
-
-def _check_floating(**tensors: Tensor) -> None:
-    for name, t in tensors.items():
-        if not t.is_floating_point():
-            raise ValueError(f"{name}: expected a floating-point tensor, got {t.dtype} (scores of integer "
-                             f"tensors would be truncated; convert with {name}.float())")
-
-
-def _check_batch(v: Tensor) -> None:
-    if v.shape[0] < 1:
-        raise ValueError(f"v: expected at least one sample, got shape {tuple(v.shape)}")
-
-
-def _check_mask(mask: Tensor, w: Tensor, name: str = "mask", like: str = "w") -> None:
-    if not isinstance(w, torch.Tensor):
-        raise ValueError(f"{like}: expected a tensor, got {type(w).__name__}")
-    if not isinstance(mask, torch.Tensor) or mask.shape != w.shape:
-        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise ValueError(f"{name}: expected shape {tuple(w.shape)} (same as {like}), got {got}")
-
-
-def _check_keep(keep: float) -> None:
-    ok = isinstance(keep, numbers.Real) and not isinstance(keep, (bool, np.bool_)) and 0.0 < keep <= 1.0
-    if not ok:
-        hint = " (a Python number: use float(t) for a tensor)" if isinstance(keep, torch.Tensor) else ""
-        raise ValueError(f"keep: expected a number in (0, 1], got {keep!r}{hint}")
-
-
-def _check_scope(scope: str) -> None:
-    if scope not in SCOPES:
-        raise ValueError(f"scope: expected one of {SCOPES}, got {scope!r}")
-
-
 # ----------------------------------------------------------------------------- moments (multi-process)
 
 def moments(v: Tensor) -> Moments:
@@ -345,12 +297,6 @@ def moments(v: Tensor) -> Moments:
     n = torch.full((), float(vd.shape[0]), dtype=torch.float64, device=vd.device)   # a fill, no host copy
     s1 = vd.sum(dim=0)
     return (n, s1, vd.square_().sum(dim=0))        # float32² is exact in float64
-
-
-def _check_moments(m: Moments) -> None:
-    if not isinstance(m, (tuple, list)) or not m or not all(isinstance(t, torch.Tensor) for t in m):
-        got = type(m).__name__ if not isinstance(m, (tuple, list)) else f"{[type(t).__name__ for t in m]}"
-        raise ValueError(f"batch_moments: expected a tuple of tensors, e.g. moments(v) = (n, Σv, Σv²), got {got}")
 
 
 def merge_moments(a: Optional[Moments], b: Optional[Moments]) -> Optional[Moments]:
@@ -447,15 +393,6 @@ def mask_due(step: int, interval: int, warmup: int) -> bool:
     return step >= warmup and (step - warmup) % interval == 0
 
 
-def _check_schedule(interval: int, warmup: int, stats: str) -> None:
-    if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1:
-        raise ValueError(f"interval: expected an integer >= 1, got {interval!r}")
-    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
-        raise ValueError(f"warmup: expected an integer >= 0, got {warmup!r}")
-    if stats not in STATS:
-        raise ValueError(f"stats: expected one of {STATS}, got {stats!r}")
-
-
 def mask_schedule_step(state: MaskState, batch_moments: Moments,
                        score_fn: Callable[[Moments], Tensor], keep: float,
                        scope: str = "row", interval: int = 1, warmup: int = 0,
@@ -511,7 +448,7 @@ def freeze_masked(w_after: Tensor, w_before: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask != 0, w_after, w_before)
 
 
-# ----------------------------------------------------------------------------- diagnostics (Fig. 5 mask change, Fig. 3 gradient error)
+# ----------------------------------------------------------------------------- diagnostics (Fig. 5): mask change between updates, kept fraction
 
 def mask_change_literal(m_old: Tensor, m_new: Tensor) -> float:
     """Mask change between updates (Fig. 5) as written: 1 − Jaccard(kept_old, kept_new)
@@ -578,6 +515,17 @@ def kept_fraction(mask: Tensor) -> float:
     return float((mask != 0).to(torch.float64).mean())
 
 
+# ============================================================================= Diagnostics (Fig. 3)
+# Gradient error caused by noisy labels: on samples whose label was corrupted,
+# compare the gradient of the training loss under the noisy label ỹ with the one
+# under the clean label y. DCM's claim is that masking the head shrinks the error
+# that reaches the backbone (Fig. 3 of the paper): in closed form for an FC head with CE
+# (feature_grad_error and its bound), and by autograd for any head and loss. Copy the
+# section with the module's imports, _check_2d and _check_mask.
+
+from typing import Sequence  # noqa: E402
+
+
 def feature_grad_error(w: Tensor, mask: Tensor, y: Tensor, y_noisy: Tensor) -> Tensor:
     """Per-sample error of the CE gradient w.r.t. the features, noisy minus clean label.
 
@@ -612,16 +560,6 @@ def feature_grad_error_bound(w: Tensor, mask: Tensor) -> float:
     k = int((mask != 0).sum(dim=1).max())
     m = float((w * mask).abs().max())
     return 2.0 * math.sqrt(k) * m
-
-
-# ============================================================================= Diagnostics (Fig. 3)
-# Gradient error caused by noisy labels: on samples whose label was corrupted,
-# compare the gradient of the training loss under the noisy label ỹ with the one
-# under the clean label y. DCM's claim is that masking the head shrinks the error
-# that reaches the backbone (Fig. 3 of the paper). Copy these three together, with the
-# module's imports and _check_2d.
-
-from typing import Sequence  # noqa: E402
 
 
 class GradError(NamedTuple):
@@ -695,6 +633,71 @@ def label_gradient_error(loss_fn: Callable[[Tensor, Tensor], Tensor], logits: Te
     gv_n, gv_c = ((torch.zeros_like(v) if g is None else g).double() for g in (g_n[-1], g_c[-1]))
     cos_feat = F.cosine_similarity(gv_n, gv_c, dim=1, eps=1e-300)  # zero gradient -> 0, as gradient_cosine
     return GradError(gradient_cosine(g_n[:-1], g_c[:-1]), cos_feat, (gv_n - gv_c).norm(dim=1))
+
+
+# ----------------------------------------------------------------------------- argument checks
+# Private helpers of the public functions above (user errors are one-line ValueErrors);
+# copy them along with any function you copy.
+
+def _check_2d(name: str, t: Tensor, expected: str) -> None:
+    if not isinstance(t, torch.Tensor) or t.dim() != 2:
+        got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{name}: expected a 2-D tensor {expected}, got {got}")
+
+
+def _check_features_weights(v: Tensor, w: Tensor) -> None:
+    _check_2d("v", v, "(B, d)")
+    _check_2d("w", w, "(C, d)")
+    if v.shape[1] != w.shape[1]:
+        raise ValueError(f"v, w: feature sizes differ, v is {tuple(v.shape)} and w is "
+                         f"{tuple(w.shape)}; expected v: (B, d) and w: (C, d)")
+
+
+def _check_floating(**tensors: Tensor) -> None:
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            raise ValueError(f"{name}: expected a floating-point tensor, got {t.dtype} (scores of integer "
+                             f"tensors would be truncated; convert with {name}.float())")
+
+
+def _check_batch(v: Tensor) -> None:
+    if v.shape[0] < 1:
+        raise ValueError(f"v: expected at least one sample, got shape {tuple(v.shape)}")
+
+
+def _check_mask(mask: Tensor, w: Tensor, name: str = "mask", like: str = "w") -> None:
+    if not isinstance(w, torch.Tensor):
+        raise ValueError(f"{like}: expected a tensor, got {type(w).__name__}")
+    if not isinstance(mask, torch.Tensor) or mask.shape != w.shape:
+        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"{name}: expected shape {tuple(w.shape)} (same as {like}), got {got}")
+
+
+def _check_keep(keep: float) -> None:
+    ok = isinstance(keep, numbers.Real) and not isinstance(keep, (bool, np.bool_)) and 0.0 < keep <= 1.0
+    if not ok:
+        hint = " (a Python number: use float(t) for a tensor)" if isinstance(keep, torch.Tensor) else ""
+        raise ValueError(f"keep: expected a number in (0, 1], got {keep!r}{hint}")
+
+
+def _check_scope(scope: str) -> None:
+    if scope not in SCOPES:
+        raise ValueError(f"scope: expected one of {SCOPES}, got {scope!r}")
+
+
+def _check_moments(m: Moments) -> None:
+    if not isinstance(m, (tuple, list)) or not m or not all(isinstance(t, torch.Tensor) for t in m):
+        got = type(m).__name__ if not isinstance(m, (tuple, list)) else f"{[type(t).__name__ for t in m]}"
+        raise ValueError(f"batch_moments: expected a tuple of tensors, e.g. moments(v) = (n, Σv, Σv²), got {got}")
+
+
+def _check_schedule(interval: int, warmup: int, stats: str) -> None:
+    if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1:
+        raise ValueError(f"interval: expected an integer >= 1, got {interval!r}")
+    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+        raise ValueError(f"warmup: expected an integer >= 0, got {warmup!r}")
+    if stats not in STATS:
+        raise ValueError(f"stats: expected one of {STATS}, got {stats!r}")
 
 
 # ============================================================================= nn.Module shells
