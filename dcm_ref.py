@@ -142,26 +142,17 @@ def edge_scores(v: Tensor, w: Tensor) -> Tensor:
 
 
 def topk_mask(scores: Tensor, keep: float, scope: str = "row") -> Tensor:
-    """Fast path of topk_mask_literal, proven equal to it bit for bit by
+    """Fast path of topk_mask_literal: the same mask bit for bit (stable descending sort:
+    ties go to the lower flat index, NaN ranks first), proven by
     tests/test_dcm_ref.py::test_topk_mask_equals_the_stable_sort_definition_on_random_scores
     (and ..._under_heavy_ties_and_nan, ..._near_ties_signs_and_long_rows).
 
-    scores: (C, d) -> M: (C, d), same dtype and device, values 0/1.
-    scope "row": every class j keeps exactly k = max(1, round(keep·d)) inputs;
-    scope "global": exactly max(1, round(keep·C·d)) edges over the whole matrix.
-    keep = 1 returns all ones (plain FC).
-
-    The mask is the one a stable descending sort defines (topk_mask_literal, bit
-    for bit): ties among equal scores go to the lower (flat) index, so the mask
-    is deterministic on CPU and CUDA alike; NaN ranks above every number and
-    ties with NaN (NaN scores are kept first; they only arise from NaN features).
-    On CPU `_mask_by_bits` selects by numpy's partition on the bit patterns (several
-    times faster than torch.topk there) and proves its mask is the stable-sort one;
-    when it cannot (ties at the k-th score, NaN at the threshold, negative scores)
-    `_first_k_by_rank` picks the entries exactly. The proof is one cheap host read
-    on CPU; off the CPU it would be a host sync (the GPU waits for the host), so
-    there the exact tie fill always runs (torch.topk, then a cumsum): no
-    read-back, no data-dependent shape.
+    scores: (C, d) -> M: (C, d), same dtype and device, values 0/1; scope "row": every
+    class keeps exactly max(1, round(keep·d)) inputs, "global": max(1, round(keep·C·d))
+    edges overall; keep = 1 is plain FC.
+    How (docs/design.md §9): on CPU numpy's partition on the score bits, kept only where it
+    provably equals the sort, else torch.topk plus an exact tie fill; on a GPU always the
+    tie fill, so there is no read-back to the host.
     """
     flat, k = _selection_rows(scores, keep, scope)
     if k >= flat.shape[1] or flat.shape[0] == 0:   # keep = 1, or an empty matrix
