@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -86,6 +87,19 @@ def test_every_loss_matches_its_published_formula_in_float64(name, batch):
     got = call(name, z, y)
     want = literal(name, torch.softmax(z, 1), y, hp_of(name))
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(MIXES))
+@settings(max_examples=10)
+@given(batch=batches)
+def test_mixed_losses_weigh_their_parts_by_alpha_and_beta_when_they_differ(name, batch):
+    """The CIFAR-10 defaults of several mixes have alpha == beta (anl_ce: 5, 5), where a swap
+    of the two weights cannot show; here alpha = 3·beta' and beta = 0.25 (mutation testing
+    found the swap unseen)."""
+    z, y = as_tensors(batch, torch.float64)
+    hp = dict(hp_of(name), alpha=3.0, beta=0.25)
+    got = L.LOSSES[name](z, y, **hp)
+    torch.testing.assert_close(got, literal(name, torch.softmax(z, 1), y, hp), rtol=1e-9, atol=1e-9)
 
 
 def closed_form_uniform(name, c, hp):
@@ -488,6 +502,23 @@ def test_elr_loss_is_ce_plus_lam_log_one_minus_inner_product_with_updated_target
     v, t_new = L.elr_loss(z, y, t, beta, 3.0)
     p = torch.softmax(z, 1).clamp(1e-4, 1 - 1e-4)
     torch.testing.assert_close(v, L.ce(z, y) + 3.0 * torch.log(1 - (t_new * p).sum(1)))
+
+
+def test_elr_gradient_does_not_flow_through_the_target():
+    """ELR's target t_new = beta t + (1 - beta) p^/sum p^ is built from p.detach(): the
+    regulariser's gradient reaches z only through p in <t_new, p> (the loss value alone
+    cannot show a missing detach; mutation testing found it unseen)."""
+    torch.manual_seed(0)
+    z = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3])
+    got = L.elr_loss(z, y, torch.zeros(4, 5, dtype=torch.float64), beta=0.0, lam=3.0)[0]
+    p = torch.softmax(z, 1).clamp(L.ELR_CLAMP, 1 - L.ELR_CLAMP)
+    t_new = (p / p.sum(1, keepdim=True)).detach()
+    want = F.cross_entropy(z, y, reduction="none") + 3.0 * torch.log1p(-(t_new * p).sum(1))
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    g_got, = torch.autograd.grad(got.sum(), z)
+    g_want, = torch.autograd.grad(want.sum(), z)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-10)
 
 
 def test_elr_with_zero_lambda_is_ce():

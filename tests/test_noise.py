@@ -525,3 +525,17 @@ def test_symmetric_rate_making_true_class_a_minority_warns():
         warnings.simplefilter("error")
         N.transition_matrix("symmetric", 10, 0.89)
         N.transition_matrix("symmetric", 10, 0.95, include_true=True)
+
+
+def test_which_samples_flip_does_not_depend_on_their_position_in_the_class():
+    """Exact corruption flips exactly round(r·n_i) samples of class i, chosen at random: the
+    first and second half of every class flip about the same share (4 standard deviations of
+    the hypergeometric spread), and another seed flips other samples. Without the shuffle the
+    count is still exact, so only this catches it (found by mutation testing)."""
+    y = np.repeat(np.arange(10), 100)
+    T = N.transition_matrix("symmetric", 10, 0.4)
+    flipped = np.asarray(N.corrupt_labels(y, T, 0)) != y
+    halves = flipped.reshape(10, 2, 50).mean(axis=2)
+    assert np.all(np.abs(halves - 0.4) <= 0.2), halves
+    other = np.asarray(N.corrupt_labels(y, T, 1)) != y
+    assert flipped.sum() == other.sum() == 400 and (flipped != other).sum() > 100
