@@ -169,6 +169,12 @@ RUN_FILES = ("config.json", "noise_report.json", "metrics.jsonl", "final.json", 
              "checkpoint.pt" + SUM_SUFFIX, "masks")
 
 
+def finished(folder):
+    """Whether the run in folder wrote its final.json (its last file). A checkpoint at the last
+    epoch without it (killed, or a full disk, between the two writes) is a run to finish."""
+    return os.path.exists(os.path.join(folder, "final.json"))
+
+
 def holds_run(folder):
     """Whether folder holds a run's results: a checkpoint, a final.json or an epoch in
     metrics.jsonl (a config.json alone is a run that stopped before its first checkpoint)."""
@@ -185,7 +191,7 @@ def set_aside(out):
     the last good run) and DIR's files go; when DIR is finished, replaced/ is stale and goes."""
     aside = os.path.join(out, REPLACED)
     if os.path.isdir(aside):
-        if not os.path.exists(os.path.join(out, "final.json")):
+        if not finished(out):
             _remove_run_files(out)
             return
         shutil.rmtree(aside)
@@ -347,7 +353,7 @@ def _cleanup(folder, made):
             os.rmdir(path)
         except OSError:
             return
-        if path == made or len(path) <= len(made):
+        if len(path) <= len(made):   # made itself removed: stop there
             return
         path = os.path.dirname(path)
 

@@ -169,15 +169,9 @@ def check_epochs(args, typed, ck, out):
     elif args.epochs != saved:
         raise train_cli.UserError(f"--resume: {out} was started for {saved} epochs (its LR schedule spans them); "
                         f"add --extend to train to {args.epochs}, or drop --epochs")
-    elif done >= saved and not args.auto_resume and finished(out):
+    elif done >= saved and not args.auto_resume and checkpoint.finished(out):
         raise train_cli.UserError(f"--resume: {out} already finished its {saved} epochs; "
                         f"add --extend --epochs N (N > {saved}) to train longer")
-
-
-def finished(out):
-    """Whether the run in out wrote its final.json. A checkpoint at the last epoch without it
-    (killed, or a full disk, between the two writes) is resumed to write its final files."""
-    return os.path.exists(os.path.join(out, "final.json"))
 
 
 def resume_record(out, meta, ck, args):

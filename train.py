@@ -248,7 +248,7 @@ def train_run(args, dist, job):
     """The run's files and its epochs; -> exit code. A failing replacement (--overwrite) puts the old run back."""
     lead, resumed, out = dist.rank == 0, job.resumed, job.out  # only rank 0 prints and writes files
     say = train_cli.make_say(lead)
-    if resumed is not None and resumed["epoch"] >= args.epochs and runfolder.finished(out):  # --auto-resume
+    if resumed is not None and resumed["epoch"] >= args.epochs and checkpoint.finished(out):  # --auto-resume
         say(f"{out} already finished its {args.epochs} epochs (--auto-resume): nothing to do")
         return 0
     log = runfolder.RunLog.start(args, resumed)
@@ -261,7 +261,7 @@ def train_run(args, dist, job):
         if lead and resumed is None and args.overwrite:
             checkpoint.restore_aside(out)
         raise
-    if lead and code == 0 and os.path.exists(os.path.join(out, "final.json")):
+    if lead and code == 0 and checkpoint.finished(out):
         checkpoint.drop_aside(out)
     return code
 
