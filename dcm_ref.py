@@ -351,6 +351,14 @@ def scores_from_moments(m: Moments, w: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- schedule
+# One DCM step per optimizer step (docs/design.md §2). Its host half (schedule_phase: which of
+# warm-up / update / hold this step is) depends on integers only; its tensor half (mask_step:
+# score, select) depends on tensors only, so a compiled forward takes it whole with no graph
+# break and no recompilation per step. layers.DCMModule.forward (what train.py and the drop-in
+# modules run) calls the two halves; mask_schedule_step is their composition as one pure transition.
+
+PHASES = ("warmup", "update", "hold")
+
 
 class MaskState(NamedTuple):
     """State of the mask schedule; replaced, never mutated.
@@ -358,8 +366,7 @@ class MaskState(NamedTuple):
     mask: (C, d) 0/1; step: optimizer steps already taken; pooled: moments pooled
     since the last update (stats="interval") or None; updates: number of mask
     recomputations; change: 1 − Jaccard(kept) at the last update, a 0-dim float64
-    tensor on the mask's device (0 initially), so a schedule step never waits for the
-    GPU; float(state.change) reads it (a float restored from an old checkpoint works too).
+    tensor on the mask's device (0 initially), so a schedule step never waits for the GPU.
     """
     mask: Tensor
     step: int
@@ -378,44 +385,66 @@ def mask_init(shape, dtype=torch.float32, device=None) -> MaskState:
     return MaskState(mask, 0, None, 0, torch.zeros((), dtype=torch.float64, device=mask.device))
 
 
-def mask_due(step: int, interval: int, warmup: int) -> bool:
-    """True iff the mask is recomputed at this step: step ≥ warmup and (step − warmup) % interval == 0."""
+def schedule_phase(step: int, interval: int = 1, warmup: int = 0) -> str:
+    """What optimizer step `step` (0-based) does to the mask: "warmup" (step < warmup: the full
+    head), "update" (recompute it: (step − warmup) % interval == 0) or "hold" (keep the last one)."""
     _check_schedule(interval, warmup, STATS[0])
-    return step >= warmup and (step - warmup) % interval == 0
+    if step < warmup:
+        return "warmup"
+    return "update" if (step - warmup) % interval == 0 else "hold"
+
+
+def mask_due(step: int, interval: int, warmup: int) -> bool:
+    """True iff the mask is recomputed at this step: schedule_phase(step, …) == "update"."""
+    return schedule_phase(step, interval, warmup) == "update"
+
+
+def mask_step(phase: str, mask: Tensor, batch_moments: Optional[Moments], pooled: Optional[Moments],
+              score_fn: Callable[[Moments], Tensor], keep: float, scope: str = "row",
+              stats: str = "batch") -> Tuple[Tensor, Optional[Moments], Optional[Tensor]]:
+    """The tensor half of one DCM step (Fig. 2, Eq. 2): -> (mask, pooled, change).
+
+    phase: schedule_phase of this step. "warmup": an all-ones mask, nothing pooled.
+    "hold": the same mask; with stats="interval" the batch joins the pool. "update":
+    M = topk_mask(score_fn(source), keep, scope), source = this batch's moments
+    (stats="batch", Eq. 2) or the pool including this batch (stats="interval"), which
+    then empties; change = mask_change_tensor(old, new) (else None: unchanged).
+    batch_moments (already summed over ranks) may be None when the step does not need
+    them (warm-up, or hold with stats="batch"). score_fn: Moments -> (C, d), e.g.
+    lambda m: scores_from_moments(m, w). A pool of zeros is the same as None.
+    """
+    _check_keep(keep)
+    _check_scope(scope)
+    _check_schedule(1, 0, stats)
+    if phase not in PHASES:
+        raise ValueError(f"phase: expected one of {PHASES}, got {phase!r}")
+    if phase == "warmup":
+        return torch.ones_like(mask), None, None
+    _check_moments(batch_moments)
+    pooled = merge_moments(pooled, batch_moments) if stats == "interval" else None
+    if phase == "hold":
+        return mask, pooled, None
+    scores = score_fn(pooled if stats == "interval" else batch_moments)
+    if not isinstance(scores, torch.Tensor) or scores.shape != mask.shape:
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(f"score_fn: expected scores of shape {tuple(mask.shape)}, got {got}")
+    new = topk_mask(scores, keep, scope).to(mask.dtype)
+    return new, None, mask_change_tensor(mask, new)
 
 
 def mask_schedule_step(state: MaskState, batch_moments: Moments,
                        score_fn: Callable[[Moments], Tensor], keep: float,
                        scope: str = "row", interval: int = 1, warmup: int = 0,
                        stats: str = "batch") -> MaskState:
-    """One step of the DCM schedule (docs/design.md §2). Call once per optimizer step, before
-    the head forward of that step, with the current batch's moments (already
-    all-reduced in multi-process runs).
-
-    s = state.step. Before warm-up (s < warmup) the mask is all ones. From then on
-    the mask is recomputed when mask_due(s, interval, warmup), as
-    topk_mask(score_fn(moments), keep, scope), where moments are the current
-    batch's (stats="batch", Eq. 2) or those pooled over every batch since the
-    last update, this one included (stats="interval"). score_fn: Moments -> (C, d),
-    e.g. lambda m: scores_from_moments(m, w). Returns the new state with step s + 1.
-    """
-    _check_keep(keep)
-    _check_scope(scope)
+    """One step of the DCM schedule as a pure transition: schedule_phase, then mask_step.
+    Call once per optimizer step, before that step's head forward, with its batch's moments.
+    Returns the new state with step + 1 (and updates + 1 when the mask was recomputed)."""
     _check_schedule(interval, warmup, stats)
     _check_moments(batch_moments)
-    s = state.step
-    if s < warmup:
-        return state._replace(mask=torch.ones_like(state.mask), step=s + 1, pooled=None)
-    pooled = merge_moments(state.pooled, batch_moments) if stats == "interval" else None
-    if not mask_due(s, interval, warmup):
-        return state._replace(step=s + 1, pooled=pooled)
-    source = pooled if stats == "interval" else batch_moments
-    scores = score_fn(source)
-    if not isinstance(scores, torch.Tensor) or scores.shape != state.mask.shape:
-        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-        raise ValueError(f"score_fn: expected scores of shape {tuple(state.mask.shape)}, got {got}")
-    new = topk_mask(scores, keep, scope).to(state.mask.dtype)
-    return MaskState(new, s + 1, None, state.updates + 1, mask_change_tensor(state.mask, new))
+    phase = schedule_phase(state.step, interval, warmup)
+    mask, pooled, change = mask_step(phase, state.mask, batch_moments, state.pooled, score_fn, keep, scope, stats)
+    updated = change is not None
+    return MaskState(mask, state.step + 1, pooled, state.updates + updated, change if updated else state.change)
 
 
 # ----------------------------------------------------------------------------- --dcm-freeze
@@ -691,340 +720,15 @@ def _check_schedule(interval: int, warmup: int, stats: str) -> None:
         raise ValueError(f"stats: expected one of {STATS}, got {stats!r}")
 
 
-# ============================================================================= nn.Module shells
-# Drop-in DCM for nn.Module codebases (README "Use DCM in your own model"):
-#
-#     head = dcm_ref.convert(model, "fc", keep=0.1)   # the nn.Linear at model.fc -> DCMLinear, same Parameters
-#     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-#     dcm_ref.attach(model, opt)                      # the mask advances once per opt.step()
-#
-# Thin shells over the pure functions above (moments, merge_moments, scores_from_moments,
-# mask_schedule_step, masked_linear); no formula is written twice. kan.DKANLinear reuses
-# DCMModule with the DKAN functions of kan.py.
-#
-# When the mask moves: once per OPTIMIZER STEP, never per forward.
-#   forward, train mode: z = v (W⊙M)ᵀ + b with the current mask M; the head-input moments
-#     (float64, dcm_ref.moments) join a per-step pool. No host sync, no schedule decision.
-#   step_mask(): the pool (summed over ranks when torch.distributed is initialised) goes
-#     through ONE mask_schedule_step, which gives the mask of the next step.
-#   attach(model, optimizer): an optimizer step post-hook that calls step_mask() on every
-#     DCM module of the model after each optimizer.step().
-# So gradient accumulation (k micro-batches, one step) scores the union of the k batches,
-# and an extra train-mode forward (a probe, a second view) cannot advance the schedule.
-# Difference from train.py, which scores step s's own batch before its head forward: here
-# the mask of step s is scored on step s−1's batches (with W after step s−1), because a
-# module sees its batch only inside its forward; step 0 uses the all-ones mask.
-# Forgetting attach()/step_mask() warns once after FORGOT_AFTER training forwards.
+# ============================================================================= the drop-in modules
+# DCMLinear, convert and attach live in layers.py (with kan's KAN layers) and stay reachable
+# here, so `dcm_ref.convert(model, "fc")` / `dcm_ref.attach(model, opt)` keep working.
 
-import warnings  # noqa: E402  (kept inside this section so it can be copied alone)
-
-from torch import nn  # noqa: E402
-
-EVAL_MASKS = ("full", "masked")
-FORGOT_AFTER = 100   # training forwards without a schedule step before the warning
+_LAYERS = ("DCMModule", "DCMLinear", "convert", "attach", "Attachment")
 
 
-def _distributed() -> bool:
-    """Whether torch.distributed has a process group in this process."""
-    import torch.distributed as dist
-    return dist.is_available() and dist.is_initialized()
-
-
-def _all_sum_moments(m: Moments) -> Moments:
-    """Sum a moment tuple over ranks (one all-reduce) when torch.distributed is initialised.
-
-    Every rank then scores the global batch and picks the same mask (docs/design.md §2, multi-process;
-    docs/multiprocess.md). Identity in a single process.
-    """
-    import torch.distributed as dist
-    if not _distributed():
-        return m
-    flat = torch.cat([t.reshape(-1) for t in m])
-    dist.all_reduce(flat)
-    sizes = [t.numel() for t in m]
-    return tuple(c.view_as(t) for c, t in zip(flat.split(sizes), m))
-
-
-class DCMModule(nn.Module):
-    """Mask schedule of a DCM head as module state; subclasses supply the head math.
-
-    Buffers (saved by state_dict, moved by .to(), broadcast by DDP): mask (C, d) 0/1,
-    dcm_step, dcm_updates (int64), dcm_change, pooled_n/_s1/_s2 (float64: the
-    stats="interval" pool; they stay float64 under .half()/.to(dtype)). The per-step
-    pool of moments is per process and NOT a buffer: DDP would overwrite it with rank 0's.
-    Subclass hooks: _features(x2d) -> feats, _moments(feats), _scores(m) -> (C, d),
-    _logits(feats, mask) -> (B, C); _MASKED: names of the parameters whose (C, d, ...)
-    entries the mask gates (what attach(..., freeze=True) keeps).
-    """
-    _F64 = ("dcm_change", "pooled_n", "pooled_s1", "pooled_s2")
-    _MASKED: Tuple[str, ...] = ()
-
-    def _init_schedule(self, shape, stat_shapes, keep, scope, interval, warmup, stats, eval_mask, device):
-        _check_keep(keep)
-        _check_scope(scope)
-        _check_schedule(interval, warmup, stats)
-        if eval_mask not in EVAL_MASKS:
-            raise ValueError(f"eval_mask: expected one of {EVAL_MASKS}, got {eval_mask!r}")
-        self.keep, self.scope, self.interval, self.warmup = keep, scope, interval, warmup
-        self.stats, self.eval_mask = stats, eval_mask
-        f64 = dict(dtype=torch.float64, device=device)
-        self.register_buffer("mask", torch.ones(shape, device=device))
-        self.register_buffer("dcm_step", torch.zeros((), dtype=torch.long, device=device))
-        self.register_buffer("dcm_updates", torch.zeros((), dtype=torch.long, device=device))
-        self.register_buffer("dcm_change", torch.zeros((), **f64))
-        for name, s in zip(("pooled_n", "pooled_s1", "pooled_s2"), ((),) + tuple(stat_shapes)):
-            self.register_buffer(name, torch.zeros(s, **f64))
-        self._step_moments: Optional[Moments] = None   # pooled since the last step_mask()
-        self._forwards, self._warned, self._attached = 0, False, False
-        self._before_step: Optional[list] = None   # attach(freeze=True): masked parameters before the step
-        self._counts: Optional[Tuple[int, int, bool]] = None   # host copy of (step, updates, pool non-empty)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (*, d) -> (*, C). Train mode: current mask, moments pooled for step_mask().
-        Eval mode: the full head (eval_mask="full", the paper's default) or the mask."""
-        x2 = x.reshape(-1, x.shape[-1])
-        feats = self._features(x2)
-        if self.training:
-            if x2.shape[0] > 0:   # an empty batch adds nothing to the pool (step_mask: None = no sample)
-                self._step_moments = merge_moments(self._step_moments, self._moments(feats))
-            if not torch.compiler.is_compiling():   # Python-side counter: kept out of compiled graphs
-                self._count_forward()
-            mask = self.mask
-        else:
-            mask = self.mask if self.eval_mask == "masked" else None
-        return self._logits(feats, mask).reshape(*x.shape[:-1], -1)
-
-    def _count_forward(self) -> None:
-        self._forwards += 1
-        if self._forwards >= FORGOT_AFTER and not self._warned:
-            self._warned = True
-            warnings.warn(f"{type(self).__name__}: {self._forwards} training forwards and no mask update; "
-                          "the DCM schedule advances once per optimizer step: call dcm_ref.attach(model, "
-                          "optimizer) once, or .step_mask() after every optimizer.step()", stacklevel=3)
-
-    def mask_state(self) -> MaskState:
-        """The schedule state as the pure functions take it: a copy (change read as a float: a host sync)."""
-        st = self._live_state()
-        pooled = None if st.pooled is None else tuple(t.clone() for t in st.pooled)
-        return st._replace(mask=st.mask.clone(), pooled=pooled, change=float(st.change))
-
-    def _live_state(self) -> MaskState:
-        """The schedule state on the live buffers, no copies (mask_schedule_step replaces what
-        it changes, never mutates), and no device read: step, updates and whether the pool is
-        empty come from a host copy, read from the buffers once after construction or
-        load_state_dict (on CUDA a read is a host sync)."""
-        if self._counts is None:
-            self._counts = (int(self.dcm_step), int(self.dcm_updates), float(self.pooled_n) != 0)
-        step, updates, pooled_any = self._counts
-        pooled = (self.pooled_n, self.pooled_s1, self.pooled_s2) if pooled_any else None
-        return MaskState(self.mask, step, pooled, updates, self.dcm_change)
-
-    def _load_mask_state(self, st: MaskState, old: MaskState) -> None:
-        """Write the new state into the buffers, touching only what the step changed."""
-        if st.mask is not old.mask:
-            self.mask.copy_(st.mask)
-        self.dcm_step.fill_(st.step)
-        if st.updates != old.updates:
-            self.dcm_updates.fill_(st.updates)
-            self.dcm_change.copy_(st.change)
-        if st.pooled is not old.pooled:
-            for buf, t in zip((self.pooled_n, self.pooled_s1, self.pooled_s2), st.pooled or (None,) * 3):
-                buf.zero_() if t is None else buf.copy_(t)
-        self._counts = (st.step, st.updates, st.pooled is not None)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self._counts = None   # new buffer values: read them again at the next step
-
-    @torch.no_grad()
-    def step_mask(self) -> None:
-        """Advance the schedule by one optimizer step (attach() calls this after optimizer.step()).
-
-        One mask_schedule_step on the moments pooled since the last call, summed over ranks
-        when torch.distributed is initialised (every rank must call it: a collective). With no
-        training forward since the last call (on every rank) only the step count advances.
-        No device read in a single process (on CUDA: no host sync); one with several ranks
-        (whether any rank saw a sample).
-        """
-        m = self._step_moments
-        self._step_moments, self._forwards = None, 0
-        if _distributed():
-            m = _all_sum_moments(m if m is not None else self._empty_moments())
-            m = None if float(m[0]) == 0 else m
-        old = self._live_state()
-        if m is None:   # no sample: only the step count advances
-            st = old._replace(step=old.step + 1)
-        else:
-            st = mask_schedule_step(old, m, self._scores, self.keep, scope=self.scope,
-                                    interval=self.interval, warmup=self.warmup, stats=self.stats)
-        self._load_mask_state(st, old)
-
-    @torch.no_grad()
-    def _save_masked_params(self) -> None:
-        """Before optimizer.step() (attach(..., freeze=True)): copy the parameters the mask gates."""
-        self._before_step = [getattr(self, k).detach().clone() for k in self._MASKED]
-
-    @torch.no_grad()
-    def _restore_masked(self) -> None:
-        """After optimizer.step(): the entries this step's mask dropped get their values from
-        before the step back (freeze_masked, --dcm-freeze), so weight decay and momentum leave
-        them exactly unchanged."""
-        if self._before_step is None:
-            return
-        for k, before in zip(self._MASKED, self._before_step):
-            p = getattr(self, k)
-            m = self.mask.reshape(self.mask.shape + (1,) * (p.dim() - 2)).expand_as(p)
-            p.copy_(freeze_masked(p, before, m))
-        self._before_step = None
-
-    def _empty_moments(self) -> Moments:
-        return tuple(torch.zeros_like(b) for b in (self.pooled_n, self.pooled_s1, self.pooled_s2))
-
-    def _apply(self, fn, recurse=True):
-        # .half()/.to(dtype) would round the float64 statistics: they follow the device only.
-        kept = {k: self._buffers[k] for k in self._F64}
-        out = super()._apply(fn, recurse)
-        for k, t in kept.items():
-            self._buffers[k] = t.to(self._buffers[k].device)
-        if self._step_moments is not None:
-            self._step_moments = tuple(t.to(self.mask.device) for t in self._step_moments)
-        return out
-
-    def extra_repr(self) -> str:
-        return (f"keep={self.keep}, scope={self.scope!r}, interval={self.interval}, warmup={self.warmup}, "
-                f"stats={self.stats!r}, eval_mask={self.eval_mask!r}")
-
-
-class DCMLinear(DCMModule):
-    """nn.Linear with Dynamic Connection Masking (the DFC head): z = v (W⊙M)ᵀ + b.
-
-    x: (*, in_features) -> (*, out_features); weight (C, d), bias (C,) as nn.Linear (same
-    init, same names; an nn.Linear state dict lacks the DCM buffers, so load one with
-    strict=False, or load it into the nn.Linear before convert()). Edge scores: Eq. 2 in its
-    exact fast form from pooled moments (scores_from_moments); mask: topk_mask(keep, scope);
-    schedule: mask_schedule_step(interval, warmup, stats), advanced by step_mask() once per
-    optimizer step (attach() does it). Masked edges get exactly zero gradient.
-    Timing: the mask of step s is scored on step s−1's batches (the module sees a batch only
-    in its own forward) and step 0 uses the full head; train.py scores step s's own batch.
-    """
-    _MASKED = ("weight",)
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, keep: float = 0.1,
-                 scope: str = "row", interval: int = 1, warmup: int = 0, stats: str = "batch",
-                 eval_mask: str = "full", device=None, dtype=None):
-        super().__init__()
-        lin = nn.Linear(in_features, out_features, bias, device=device, dtype=dtype)   # PyTorch's init
-        self.in_features, self.out_features = in_features, out_features
-        self.weight, self.bias = lin.weight, lin.bias
-        self._init_schedule((out_features, in_features), ((in_features,), (in_features,)),
-                            keep, scope, interval, warmup, stats, eval_mask, device)
-
-    def _features(self, x: Tensor) -> Tensor:
-        return x
-
-    def _moments(self, v: Tensor) -> Moments:
-        return moments(v)
-
-    def _scores(self, m: Moments) -> Tensor:
-        return scores_from_moments(m, self.weight)
-
-    def _logits(self, v: Tensor, mask: Optional[Tensor]) -> Tensor:
-        return masked_linear(v, self.weight, self.bias, mask)
-
-    def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, " + super().extra_repr())
-
-
-def _resolve(model: nn.Module, name: str):
-    """Dotted path -> (parent module, key, child); an integer key indexes nn.Sequential (-1 = last)."""
-    parent, parts = model, name.split(".")
-    for i, part in enumerate(parts):
-        indexable = isinstance(parent, (nn.Sequential, nn.ModuleList))
-        if indexable and part.lstrip("-").isdigit() and -len(parent) <= int(part) < len(parent):
-            key, child = int(part), parent[int(part)]
-        elif part in parent._modules:
-            key, child = part, parent._modules[part]
-        else:
-            linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-            raise ValueError(f"name: the model has no submodule {name!r}; its nn.Linear layers are "
-                             f"{', '.join(linears) or 'none'}")
-        if i < len(parts) - 1:
-            parent = child
-    return parent, key, child
-
-
-def convert(model: nn.Module, name: str = "fc", **dcm) -> DCMLinear:
-    """Replace the nn.Linear at `name` in `model` with a DCMLinear holding the SAME Parameters.
-
-    name: dotted path, e.g. "fc" (torchvision ResNet), "head" or "head.fc" (timm), "classifier.1";
-    an integer indexes an nn.Sequential, "-1" its last layer. dcm: DCMLinear's keyword
-    arguments (keep, scope, interval, warmup, stats, eval_mask). The weight and bias Parameter
-    objects are reused, so an optimizer built before convert() still trains them and outputs
-    with an all-ones mask are unchanged; the global random state is left as it was (seeded
-    runs go on drawing the same numbers). Mutates `model` in place; returns the new module.
-    """
-    parent, key, old = _resolve(model, name)
-    if type(old) is not nn.Linear:
-        raise ValueError(f"name: {name!r} is a {type(old).__name__}, expected an nn.Linear")
-    cuda = [old.weight.device] if old.weight.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):   # the throwaway init of new's own weights draws no number of the caller's
-        new = DCMLinear(old.in_features, old.out_features, bias=old.bias is not None,
-                        device=old.weight.device, **dcm)
-    new.weight, new.bias = old.weight, old.bias
-    new.train(old.training)
-    if isinstance(key, int):
-        parent[key] = new
-    else:
-        setattr(parent, key, new)
-    return new
-
-
-class Attachment(NamedTuple):
-    """What attach() installed: the optimizer hook handles and the DCM modules they step."""
-    handles: tuple
-    modules: tuple
-
-    def remove(self) -> None:
-        """Uninstall the hooks; the modules can be attached again (to another optimizer)."""
-        for handle in self.handles:
-            handle.remove()
-        for m in self.modules:
-            m._attached = False
-
-
-def attach(model: nn.Module, optimizer: torch.optim.Optimizer, freeze: bool = False) -> Attachment:
-    """Advance every DCM module of `model` once per optimizer.step(): an optimizer step post-hook.
-
-    freeze=True is train.py's --dcm-freeze: a step pre-hook copies the masked parameters and
-    the post-hook puts back the entries that step's mask dropped (freeze_masked), so a stock
-    optimizer's weight decay and momentum leave them exactly unchanged; then the mask advances.
-
-    Collects the DCMModule instances (DCMLinear, kan.DKANLinear) present now; works through
-    DDP and torch.compile wrappers (their .modules() include the original ones). A step that
-    GradScaler skips (inf/NaN gradients) does not call the hook, so the schedule waits too.
-    Raises ValueError if the model has no DCM module or one is already attached (two hooks
-    would advance it twice per step). Returns an Attachment; .remove() undoes it.
-    """
-    mods = tuple(dict.fromkeys(m for m in model.modules() if isinstance(m, DCMModule)))
-    if not mods:
-        raise ValueError("model: no DCM module (DCMLinear, kan.DKANLinear); use dcm_ref.convert(model, name) first")
-    if any(m._attached for m in mods):
-        raise ValueError("model: a DCM module is already attached to an optimizer; remove() that Attachment first")
-
-    if not isinstance(freeze, bool):
-        raise ValueError(f"freeze: expected True or False, got {freeze!r}")
-
-    def before(opt, args, kwargs):
-        for m in mods:
-            m._save_masked_params()
-
-    def after(opt, args, kwargs):
-        for m in mods:
-            m._restore_masked()
-            m.step_mask()
-
-    handles = ((optimizer.register_step_pre_hook(before),) if freeze else ()) + (optimizer.register_step_post_hook(after),)
-    for m in mods:
-        m._attached = True
-    return Attachment(handles, mods)
+def __getattr__(name):   # PEP 562: imported on first use, so this module needs no torch.nn
+    if name in _LAYERS:
+        import layers
+        return getattr(layers, name)
+    raise AttributeError(f"module 'dcm_ref' has no attribute {name!r}")

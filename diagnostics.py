@@ -17,44 +17,39 @@ import checkpoint
 import data
 import dcm_ref
 import distributed
-import nets
+import layers
 import train_cli
 
 PROBE_SIZE = 256  # Fig. 3 probe set: at most this many corrupted training samples
 
 
-def eval_logits(net, x, mean, std, args, head, mstate, batch=1024, dd=distributed.Dist()):
-    """Logits (N, C) of a uint8 tensor x (N, ...) in eval mode, without augmentation; head: the
-    net's nets.Head, masked with mstate's mask for --dcm-eval masked.
+def eval_logits(net, x, mean, std, batch=1024, dd=distributed.Dist()):
+    """Logits (N, C) of a uint8 tensor x (N, ...) in eval mode, without augmentation (a DCM head
+    then uses its eval_mask: the full head, or its last mask for --dcm-eval masked).
 
     Multi-process: each rank computes a contiguous 1/W of the rows and every rank
-    receives all N rows, so metrics computed from them agree on all distributed.
+    receives all N rows, so metrics computed from them agree on all ranks.
     """
     sizes = [len(part) for part in x.tensor_split(dd.world)]
     x = x.tensor_split(dd.world)[dd.rank]
     net.eval()
-    mask = mstate.mask if (head.dcm and args.dcm_eval == "masked") else None
     out = []
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            xb = data.to_float(x[i:i + batch], mean, std)
-            params = net.head_params()
-            feats = nets.head_features(head, params, net.backbone(xb))
-            out.append(nets.head_forward(head, params, feats, mask).float())
+            out.append(net(data.to_float(x[i:i + batch], mean, std)))
     net.train()
     if not out:  # a rank can get no rows of a set smaller than the world size
-        C = net.head_params()["base_weight" if head.kan else "w"].shape[0]
-        out = [torch.zeros(0, C, device=x.device)]
+        out = [torch.zeros(0, net.head.out_features, device=x.device)]
     return distributed.all_gather_rows(torch.cat(out), sizes, dd)
 
 
 TRAIN_METRICS = ("train_acc_noisy", "train_acc_clean", "conf_clean", "conf_noisy", "fit_noisy")
 
 
-def train_metrics(args, head, net, ms, d, dd):
+def train_metrics(net, d, dd):
     """One pass over the training set -> {TRAIN_METRICS}: accuracy against the noisy and the
     clean labels, mean p of the given label on clean vs noisy samples, fit of the noisy ones."""
-    z = eval_logits(net, d.x, d.mean, d.std, args, head, ms, dd=dd)
+    z = eval_logits(net, d.x, d.mean, d.std, dd=dd)
     pred, p = z.argmax(1), z.softmax(1)
     is_noisy = d.y_noisy != d.y
     p_given = p.gather(1, d.y_noisy[:, None])[:, 0]
@@ -77,18 +72,17 @@ def evaluate(args, st, d, train_pass=True):
     """Test accuracy; with train_pass also train accuracy vs noisy/clean labels and confidence on
     clean vs noisy samples (else None). Identical on every rank: the logits are computed sharded
     and gathered whole."""
-    net, ms, dd, head = st.nets[0], st.masks[0], st.dist, st.head
-    test_acc = (eval_logits(net, d.x_test, d.mean, d.std, args, head, ms, dd=dd).argmax(1) == d.y_test).float().mean()
-    out = dict(test_acc=test_acc.item(),
-               **(train_metrics(args, head, net, ms, d, dd) if train_pass else dict.fromkeys(TRAIN_METRICS)))
+    net, dd = st.nets[0], st.dist
+    test_acc = (eval_logits(net, d.x_test, d.mean, d.std, dd=dd).argmax(1) == d.y_test).float().mean()
+    out = dict(test_acc=test_acc.item(), **(train_metrics(net, d, dd) if train_pass else dict.fromkeys(TRAIN_METRICS)))
     if d.clean_val is not None:  # Clothing1M's clean val keys / ILSVRC12 val for WebVision
         xc, yc, metric = d.clean_val
-        out[metric] = (eval_logits(net, xc, d.mean, d.std, args, head, ms, dd=dd).argmax(1) == yc).float().mean().item()
+        out[metric] = (eval_logits(net, xc, d.mean, d.std, dd=dd).argmax(1) == yc).float().mean().item()
     if d.val is not None:
-        zv = eval_logits(net, d.val[0], d.mean, d.std, args, head, ms, dd=dd)
+        zv = eval_logits(net, d.val[0], d.mean, d.std, dd=dd)
         out["val_acc_noisy"] = (zv.argmax(1) == d.val[1]).float().mean().item()
     if len(st.nets) > 1:
-        zb = eval_logits(st.nets[1], d.x_test, d.mean, d.std, args, head, st.masks[1], dd=dd)
+        zb = eval_logits(st.nets[1], d.x_test, d.mean, d.std, dd=dd)
         out["test_acc_b"] = (zb.argmax(1) == d.y_test).float().mean().item()
     return out
 
@@ -130,22 +124,20 @@ def grad_error_metrics(args, st, d, probe, loss_fn):
     """
     if probe is None:
         return dict.fromkeys(GRAD_FIELDS)
-    net, head = st.nets[0], st.head
-    mask = st.masks[0].mask if head.dcm else None
+    net = st.nets[0]
     net.eval()
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), layers.eval_mask(net, "masked"):
             v = net.backbone(data.to_float(d.x[probe], d.mean, d.std))
-            params = net.head_params()
-            logits = nets.head_forward(head, params, nets.head_features(head, params, v), mask).float()
+            logits = net.head(v).float()
             ge = dcm_ref.label_gradient_error(loss_fn, logits, v, list(net.backbone.last_layer.parameters()),
                                               d.y_noisy[probe], d.y[probe])
     finally:
         net.train()
-    bound = None
-    if not head.kan and args.loss == "ce":  # the bound is for CE's ∂L/∂z = p − e_label
-        w = params["w"].detach()
-        bound = dcm_ref.feature_grad_error_bound(w, torch.ones_like(w) if mask is None else mask)
+    bound, w = None, getattr(net.head, "weight", None)
+    if w is not None and args.loss == "ce":  # FC heads; the bound is for CE's ∂L/∂z = p − e_label
+        w = w.detach()
+        bound = dcm_ref.feature_grad_error_bound(w, getattr(net.head, "mask", torch.ones_like(w)))
     return dict(grad_cos_last=ge.cos_params, grad_cos_feat=float(ge.cos_feat.mean()),
                 grad_err_feat_norm=float(ge.err_feat.mean()), grad_err_feat_bound=bound)
 

@@ -488,99 +488,13 @@ def _polyval(powers, table):
     return (table.T @ powers.reshape(m, b * d)).view(table.shape[1], b, d)
 
 
-# ============================================================================
-# nn.Module shells: KANLinear (a plain KAN layer) and DKANLinear (the DKAN head
-# with DCM). Thin shells over the functions above; DKANLinear's mask schedule is
-# dcm_ref.DCMModule's (once per optimizer step, see dcm_ref.attach). This section
-# imports torch.nn and dcm_ref; the functions above stay copyable on their own.
-# ============================================================================
+# ----------------------------------------------------------------------------
+# The modules KANLinear and DKANLinear live in layers.py (DKAN shares the DCM step of DCMLinear)
+# and stay reachable as kan.KANLinear / kan.DKANLinear; this file imports no other repo module.
+# ----------------------------------------------------------------------------
 
-from torch import nn  # noqa: E402
-
-import dcm_ref  # noqa: E402
-
-
-def _kan_parameters(module, in_features, out_features, grid_size, order, grid_range, device, dtype):
-    """Register kan_init's tensors on `module`: Parameters base_weight, spline_weight; buffer grid."""
-    p = kan_init(in_features, out_features, grid_size, order, grid_range,
-                 dtype=dtype or torch.get_default_dtype(), device=device)
-    module.base_weight = nn.Parameter(p["base_weight"])
-    module.spline_weight = nn.Parameter(p["spline_weight"])
-    module.register_buffer("grid", p["grid"])
-    module.in_features, module.out_features = in_features, out_features
-
-
-def _params(module):
-    return {"grid": module.grid, "base_weight": module.base_weight, "spline_weight": module.spline_weight}
-
-
-def _shape_repr(module):
-    g = module.spline_weight.shape[2]
-    order = module.grid.shape[1] - g - 1
-    return (f"in_features={module.in_features}, out_features={module.out_features}, "
-            f"grid_size={g - order}, order={order}")
-
-
-class KANLinear(nn.Module):
-    """A KAN layer y_j = Σ_k φ_jk(x_k) (kan_forward), x: (*, in_features) -> (*, out_features).
-
-    No input normalisation: inputs outside grid_range only reach the silu part (use
-    DKANLinear, or normalise first, for a classifier head).
-    """
-
-    def __init__(self, in_features, out_features, grid_size=5, order=3, grid_range=(-1.0, 1.0),
-                 device=None, dtype=None):
-        super().__init__()
-        _kan_parameters(self, in_features, out_features, grid_size, order, grid_range, device, dtype)
-
-    def params(self):
-        """The params dict of the pure functions (the module's own tensors, not copies)."""
-        return _params(self)
-
-    def forward(self, x):
-        y = kan_forward(self.params(), x.reshape(-1, x.shape[-1]))
-        return y.reshape(*x.shape[:-1], -1)
-
-    def extra_repr(self):
-        return _shape_repr(self)
-
-
-class DKANLinear(dcm_ref.DCMModule):
-    """The DKAN head as a module: non-affine layer norm, KAN, DCM mask on the edge coefficients.
-
-    x: (*, in_features) -> (*, out_features). Scores S[j,k] = sqrt(c_jkᵀ Σ_k c_jk) from the
-    pooled feature moments (n, ΣΦ, ΣΦΦᵀ) (kan_scores_from_moments); the schedule and its
-    arguments (keep, scope, interval, warmup, stats, eval_mask) are dcm_ref.DCMLinear's, and
-    advance once per optimizer step (dcm_ref.attach or .step_mask()). The forward goes
-    through kan_features, whose uniform-grid check reads the grid on the host once per grid
-    (a sync on CUDA; under torch.compile a graph break at every forward), like train.py's DKAN head.
-    """
-    _MASKED = ("base_weight", "spline_weight")
-
-    def __init__(self, in_features, out_features, grid_size=5, order=3, grid_range=(-1.0, 1.0),
-                 keep=0.1, scope="row", interval=1, warmup=0, stats="batch", eval_mask="full",
-                 device=None, dtype=None):
-        super().__init__()
-        _kan_parameters(self, in_features, out_features, grid_size, order, grid_range, device, dtype)
-        f = 1 + grid_size + order
-        self._init_schedule((out_features, in_features), ((in_features, f), (in_features, f, f)),
-                            keep, scope, interval, warmup, stats, eval_mask, device)
-
-    def params(self):
-        """The params dict of the pure functions (the module's own tensors, not copies)."""
-        return _params(self)
-
-    def _features(self, x):
-        return dkan_features(self.params(), x)
-
-    def _moments(self, phi):
-        return kan_moments(phi)
-
-    def _scores(self, m):
-        return kan_scores_from_moments(m, self.params())
-
-    def _logits(self, phi, mask):
-        return kan_forward_features(self.params(), phi, mask)
-
-    def extra_repr(self):
-        return _shape_repr(self) + ", " + super().extra_repr()
+def __getattr__(name):   # PEP 562: imported on first use
+    if name in ("KANLinear", "DKANLinear"):
+        import layers
+        return getattr(layers, name)
+    raise AttributeError(f"module 'kan' has no attribute {name!r}")

@@ -12,14 +12,12 @@ load_pretrained reading torchvision-layout weights from a user file).
     v = net(torch.randn(4, 3, 32, 32))         # (4, 256)
     net.feature_dim, net.last_layer            # 256, the layer Fig. 3 probes
 """
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-import dcm_ref
-import kan
+import layers
 
 BACKBONES = ("mlp", "cnn8", "preact-resnet18", "resnet34", "resnet50")
 
@@ -242,102 +240,41 @@ def make_backbone(name, in_shape):
 
 
 # ----------------------------------------------------------------------------- Heads
-# A head is a params dict plus pure functions. The DCM heads split the forward
-# in two so that the edge scores can reuse what the forward computes:
-#   feats = head_features(v)         v for FC, Φ = [silu, B-spline bases] for KAN
-#   logits = head_forward(feats, M)   one matmul with the masked weights
-# Each function takes the head kind first: a Head, or its name.
+# The head is a module of layers.py (the same code as the drop-in): its training forward runs
+# the DCM step (Fig. 2, Eq. 2) on its own batch, its eval forward the full head.
 
 HEADS = ("fc", "dfc", "kan", "dkan")   # the --head names
+DCM_HEADS = ("dfc", "dkan")            # the heads DCM masks
 
 
-@dataclass(frozen=True)
-class Head:
-    """A head kind (train.py --head): fc, dfc (DCM on FC), kan, dkan (DCM on KAN).
-
-        head = Head.parse("dkan")    # head.kan, head.dcm: True, True; head.base: "kan"
-    """
-    name: str
-
-    def __post_init__(self):
-        if self.name not in HEADS:
-            raise ValueError(f"unknown head {self.name!r}; expected one of {', '.join(HEADS)}")
-
-    @classmethod
-    def parse(cls, name):
-        """The Head of a name (a Head is returned as it is); ValueError for an unknown name."""
-        return name if isinstance(name, cls) else cls(name)
-
-    @property
-    def kan(self):
-        """A KAN head (B-spline edge functions, kan.py), else a linear (FC) one."""
-        return self.name in ("kan", "dkan")
-
-    @property
-    def dcm(self):
-        """Masked by DCM (Fig. 2, Eq. 2): dfc, dkan."""
-        return self.name in ("dfc", "dkan")
-
-    @property
-    def base(self):
-        """The unmasked head this one is built on: "fc" or "kan"."""
-        return "kan" if self.kan else "fc"
-
-    def __str__(self):
-        return self.name
-
-
-def head_init(head, d, num_classes, grid, order):
-    """Initial head parameters (dict of tensors; the KAN grid is a buffer). head: a Head or its name."""
-    if not Head.parse(head).kan:
-        lin = nn.Linear(d, num_classes)  # PyTorch's default init
-        return {"w": lin.weight.detach().clone(), "b": lin.bias.detach().clone()}
-    return kan.kan_init(d, num_classes, grid_size=grid, order=order)
-
-
-def head_features(head, params, v):
-    """v: (B, d) -> v for FC heads, Φ: (B, d, 1+G') for KAN heads (after the non-affine layer norm)."""
-    return kan.dkan_features(params, v) if Head.parse(head).kan else v
-
-
-def head_moments(head, feats):
-    """Mergeable batch moments of the head input (all-reduced in multi-process runs)."""
-    return kan.kan_moments(feats) if Head.parse(head).kan else dcm_ref.moments(feats)
-
-
-def head_scores(head, params, m):
-    """Edge importance S (C, d) from moments: Eq. 2 in its exact fast form."""
-    with torch.no_grad():
-        if Head.parse(head).kan:
-            return kan.kan_scores_from_moments(m, params)
-        return dcm_ref.scores_from_moments(m, params["w"])
-
-
-def head_forward(head, params, feats, mask):
-    """Logits (B, C); mask (C, d) or None for the full head."""
-    if Head.parse(head).kan:
-        return kan.kan_forward_features(params, feats, mask)
-    return dcm_ref.masked_linear(feats, params["w"], params["b"], mask)
-
-
-def head_masked_weights(head):
-    """Names of the head tensors whose (C, d, ...) entries the mask gates."""
-    return ("base_weight", "spline_weight") if Head.parse(head).kan else ("w",)
+def make_head(name, d, num_classes, kan_grid=5, kan_order=3, **dcm):
+    """The classifier head (d -> num_classes) of --head `name`: fc nn.Linear, dfc layers.DCMLinear,
+    kan layers.KANLinear (layer norm first, as DKAN), dkan layers.DKANLinear. dcm: the DCM
+    heads' keyword arguments (keep, scope, interval, warmup, stats, eval_mask)."""
+    if name == "fc":
+        return nn.Linear(d, num_classes)   # PyTorch's default init, as DCMLinear's
+    if name == "dfc":
+        return layers.DCMLinear(d, num_classes, **dcm)
+    if name == "kan":
+        return layers.KANLinear(d, num_classes, kan_grid, kan_order, layer_norm=True)
+    if name == "dkan":
+        return layers.DKANLinear(d, num_classes, kan_grid, kan_order, **dcm)
+    raise ValueError(f"unknown head {name!r}; expected one of {', '.join(HEADS)}")
 
 
 class Net(nn.Module):
-    """Backbone (nn.Module) + head params. Only a container: the head math is the
-    pure head functions above, so this holds parameters for the optimizer, DDP and
-    checkpoints."""
+    """Backbone + head: x (B, ...) -> logits (B, C) in float32. compile_backbone() makes the
+    forward use a torch.compile'd backbone (not a submodule: the state dict is unchanged)."""
 
     def __init__(self, backbone, head):
         super().__init__()
-        self.backbone = backbone
-        self.head = nn.ParameterDict({k: nn.Parameter(t) for k, t in head.items() if k != "grid"})
-        self.register_buffer("grid", head.get("grid", torch.zeros(0)))
+        self.backbone, self.head = backbone, head
+        object.__setattr__(self, "compiled", None)
 
-    def head_params(self):
-        out = dict(self.head.items())
-        if self.grid.numel():
-            out["grid"] = self.grid
-        return out
+    def compile_backbone(self):
+        object.__setattr__(self, "compiled", torch.compile(self.backbone))
+        return self
+
+    def forward(self, x):
+        v = (self.compiled if self.compiled is not None else self.backbone)(x)
+        return self.head(v).float()

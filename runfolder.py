@@ -17,10 +17,8 @@ import numpy as np
 import torch
 
 import checkpoint
-import dcm_ref
 import diagnostics
 import distributed
-import nets
 import train_cli
 
 CKPT_IGNORED = {"epochs", "resume", "auto_resume", "extend", "out", "stop_after", "device", "compile", "overwrite",
@@ -30,13 +28,10 @@ CKPT_IGNORED = {"epochs", "resume", "auto_resume", "extend", "out", "stop_after"
 @dataclass
 class TrainState:
     """What train.py's steps change, the same on every rank: the method's networks (two for
-    co-teaching), their optimizers and DCM mask states, the step count, the ELR memory.
-    checkpoint_state saves it and restore_state loads it back."""
-    head: nets.Head                      # the networks' head kind (--head)
+    co-teaching; a DCM head keeps its mask schedule in its buffers), their optimizers, the step
+    count, the ELR memory. checkpoint_state saves it and restore_state loads it back."""
     nets: list                           # nets.Net per network
     opts: list                           # torch.optim optimizer per network
-    masks: list                          # dcm_ref.MaskState per network
-    compiled: list                       # torch.compile'd backbone per network (--compile), else None
     y_noisy: torch.Tensor                # (N,) the training labels the run drew (checked on resume)
     dist: distributed.Dist
     step: int = 0                        # optimizer steps taken
@@ -76,7 +71,7 @@ def checkpoint_state(st, epoch, log):
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return {"config": log.config, "epoch": epoch, "step": st.step, "history": log.history, "best": log.best,
             "nets": [n.state_dict() for n in st.nets], "opts": [o.state_dict() for o in st.opts],
-            "masks": [dict(m._asdict()) for m in st.masks], "elr_t": st.elr_t, "y_noisy": st.y_noisy,
+            "elr_t": st.elr_t, "y_noisy": st.y_noisy,
             "rng": rng, "extended": list(log.extended)}
 
 
@@ -87,7 +82,7 @@ def load_checkpoint(path, device):
     except checkpoint.CheckpointError as e:
         raise train_cli.UserError(f"{e}; resume from another run or start a new --out") from None
     if not verified:
-        train_cli.warn(f"{path} has no {checkpoint.SUM_SUFFIX} checksum (written before train.py kept one); loaded unverified")
+        train_cli.warn(f"{path} has no {checkpoint.SUM_SUFFIX} checksum (deleted, or never written: a run killed between the two files); loaded unverified")
     ok = isinstance(ck, dict) and isinstance(ck.get("config"), dict) and isinstance(ck["config"].get("epochs"), int) \
         and isinstance(ck.get("epoch"), int)
     if not ok:
@@ -97,15 +92,13 @@ def load_checkpoint(path, device):
 
 
 # What restore_state reads, and its type: a checkpoint of another version or program is refused in one line.
-PAYLOAD = {"step": int, "history": list, "best": dict, "nets": list, "opts": list, "masks": list,
+PAYLOAD = {"step": int, "history": list, "best": dict, "nets": list, "opts": list,
            "y_noisy": torch.Tensor, "rng": dict}
 
 
 def check_payload(ck):
     """UserError (one line) unless ck has what restore_state needs, in the right types."""
     bad = [k for k, t in PAYLOAD.items() if not isinstance(ck.get(k), t)]
-    bad += [f"masks[{i}]" for i, m in enumerate(ck.get("masks") or [])
-            if not isinstance(m, dict) or set(m) != set(dcm_ref.MaskState._fields)]
     if bad:
         raise train_cli.UserError(f"--resume: the checkpoint lacks or has another form of {', '.join(bad)} "
                                   f"(written by another version of train.py?); start a new --out")
@@ -228,21 +221,17 @@ def open_run(args, typed, defaults, device, dd):
     return out, lock, ck
 
 
-OLD_ALIAS = "backbone.last_layer."   # a second copy of the Fig. 3 layer in checkpoints written before 2026-12-03
-
-
 def restore_state(st, ck, y_noisy, device):
-    """Load a checkpoint into st, a TrainState (nets, opts, masks, step, ELR memory; and the CPU RNG),
+    """Load a checkpoint into st, a TrainState (nets with their DCM heads' schedules, opts, step, ELR memory; and the CPU RNG),
     the inverse of checkpoint_state. y_noisy: (N,) the labels this run drew; they must be the saved ones.
     A checkpoint whose networks do not fit this run's is refused (UserError) before anything is loaded."""
     check_payload(ck)
-    saved = [{k: v for k, v in sd.items() if not k.startswith(OLD_ALIAS)} for sd in ck["nets"]]
+    saved = ck["nets"]
     check_fits(st.nets, saved)
     for net, sd in zip(st.nets, saved):
         net.load_state_dict(sd)
     for opt, sd in zip(st.opts, ck["opts"]):
         opt.load_state_dict(sd)
-    st.masks = [dcm_ref.MaskState(**m) for m in ck["masks"]]
     st.step, st.elr_t = ck["step"], ck["elr_t"]
     if not torch.equal(ck["y_noisy"].to(device), y_noisy):
         raise train_cli.UserError("--resume: the noisy labels differ from the saved run's (data or noise flags changed)")

@@ -40,6 +40,7 @@ import checkpoint
 import data
 import dcm_ref
 import diagnostics
+import layers
 import distributed
 import losses
 import nets
@@ -206,16 +207,22 @@ def load_data(args, device, loss_overrides):
 
 
 def init_state(args, d, device, resumed, dist=distributed.Dist()):
-    """-> runfolder.TrainState: the --head parsed once, networks, optimizers, masks, ELR memory; from the
-    checkpoint `resumed` when resuming. The seed is the same on every rank, so every rank builds the same networks."""
+    """-> runfolder.TrainState: networks (their heads run the DCM step), optimizers (DCM heads attached:
+    the schedule advances at each step), ELR memory; from the checkpoint `resumed` when resuming.
+    The seed is the same on every rank, so every rank builds the same networks."""
     torch.manual_seed(args.seed)
-    head, n_nets = nets.Head.parse(args.head), 2 if args.method == "coteaching" else 1
+    n_nets = 2 if args.method == "coteaching" else 1
     pretrained = args.pretrained if resumed is None else None  # a resumed run's weights are in its checkpoint
-    networks = [build_net(args, head, d.in_shape, d.C, pretrained).to(device) for _ in range(n_nets)]
-    masks = [dcm_ref.mask_init((d.C, networks[0].backbone.feature_dim), device=device) for _ in networks]
-    state = runfolder.TrainState(head=head, nets=networks, opts=[make_optimizer(args, net) for net in networks],
-                                 masks=masks, compiled=[torch.compile(net.backbone) if args.compile else None for net in networks],
-                                 y_noisy=d.y_noisy, dist=dist)
+    networks = [build_net(args, d.in_shape, d.C, pretrained).to(device) for _ in range(n_nets)]
+    opts = [make_optimizer(args, net) for net in networks]
+    for net, opt in zip(networks, opts):
+        for m in layers.dcm_modules(net):
+            m.all_reduce = lambda mm: distributed.all_sum(mm, dist)   # global-batch moments; a lost peer is one line
+        if args.head in nets.DCM_HEADS:
+            layers.attach(net, opt, freeze=args.dcm_freeze)
+        if args.compile:
+            net.compile_backbone()
+    state = runfolder.TrainState(nets=networks, opts=opts, y_noisy=d.y_noisy, dist=dist)
     if args.method == "elr":
         state.elr_t = torch.zeros(d.n_ids, d.C, device=device)
         state.elr_hp = {k: v for k, v in losses.loss_config("elr", d.C, args.dataset, noise=args.noise).items() if k in ("beta", "lam")}
@@ -288,18 +295,19 @@ def train_epochs(args, dist, job, say, log):
         for net in state.nets:
             distributed.average_bn_stats(net, dist)  # before eval, the probe and the checkpoint: one set of BN stats
         measured = diagnostics.evaluate(args, state, d, diagnostics.train_eval_due(args, epoch))
-        first_mask = state.masks[0]
+        head = state.nets[0].head
+        dcm = isinstance(head, layers.DCMModule)
         row = dict(epoch=epoch, lr=lr_at(args, state.step - 1, total), train_loss=train_loss, **measured,
-                   kept=dcm_ref.kept_fraction(first_mask.mask) if state.head.dcm else 1.0,
+                   kept=dcm_ref.kept_fraction(head.mask) if dcm else 1.0,
                    mask_change=float(np.mean([float(c) for c in changes])) if changes else 0.0,
-                   mask_updates=first_mask.updates, **diagnostics.grad_error_metrics(args, state, d, job.probe, job.loss_fn),
+                   mask_updates=head.updates if dcm else 0, **diagnostics.grad_error_metrics(args, state, d, job.probe, job.loss_fn),
                    seconds=time.time() - t0, samples_per_s=n_seen / max(t_train, 1e-9))
         row["eta_s"] = (args.epochs - epoch) * row["seconds"]
         log.add(row)
         snapshot = runfolder.checkpoint_state(state, epoch, log)
         if lead:
             if args.save_masks:
-                diagnostics.save_mask(out, epoch, first_mask.mask)
+                diagnostics.save_mask(out, epoch, head.mask)
             checkpoint.save_checkpoint(ck_path, snapshot)  # first: metrics.jsonl never shows an epoch the checkpoint lacks
             checkpoint.write_jsonl(os.path.join(out, "metrics.jsonl"), log.history)
         say(diagnostics.epoch_line(args, row, job.probe), flush=True)
@@ -359,15 +367,8 @@ def train_step(args, state, xb, yb, ids, loss_fn, delta, epoch):
     memory. Returns (loss, mask changes)."""
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if (args.amp and xb.is_cuda) else torch.autocast("cpu", enabled=False)
     dist = state.dist
-    outs, changes = [], []
-    for k, net in enumerate(state.nets):
-        with ctx:
-            logits, new_state = net_forward(net, xb, state.masks[k], args, state.head, state.compiled[k],
-                                            reduce=lambda m: distributed.all_sum(m, dist))  # global-batch moments
-        if new_state.updates != state.masks[k].updates:
-            changes.append(new_state.change)
-        state.masks[k] = new_state
-        outs.append(logits)
+    with ctx:   # each DCM head scores this batch, masks itself and returns the logits (layers.DCMModule)
+        outs = [net(xb) for net in state.nets]
     if args.method == "coteaching":  # each rank selects small-loss samples within its shard, as per-GPU co-teaching
         loss_a, loss_b = loss_fn(outs[0], yb), loss_fn(outs[1], yb)
         tau = args.forget_rate if args.forget_rate is not None else args.noise_rate
@@ -380,47 +381,27 @@ def train_step(args, state, xb, yb, ids, loss_fn, delta, epoch):
         per_net = [elr_losses.mean()]
     else:
         per_net = [loss_fn(outs[0], yb).mean()]
-    for net, opt, loss, mstate in zip(state.nets, state.opts, per_net, state.masks):
+    heads = [net.head for net in state.nets if isinstance(net.head, layers.DCMModule)]
+    before = [h.updates for h in heads]
+    for net, opt, loss in zip(state.nets, state.opts, per_net):
         if delta:
             loss = loss + delta * losses.l1_penalty(net.parameters())
-        mask = mstate.mask if state.head.dcm else None
-        optimizer_step(args, state.head, net, opt, loss, mask, dist)
+        optimizer_step(args, net, opt, loss, dist)
+    changes = [h.dcm_change.clone() for h, n in zip(heads, before) if h.updates != n]
     return per_net[0].item(), changes
 
 
 # ----------------------------------------------------------------------------- Helpers
 
-def net_forward(net, x, mstate, args, head, compiled=None, reduce=lambda m: m):
-    """One forward with the DCM schedule (head: a nets.Head). x: (B, ...) -> logits (B, C), new mask state."""
-    v = (compiled if compiled is not None else net.backbone)(x)  # no truth test: a compiled module has no len()
-    params = net.head_params()
-    feats = nets.head_features(head, params, v)
-    mask = None
-    if head.dcm:
-        m = reduce(nets.head_moments(head, feats))
-        mstate = dcm_ref.mask_schedule_step(
-            mstate, m, lambda mm: nets.head_scores(head, params, mm), args.keep, scope=args.dcm_scope,
-            interval=args.dcm_interval, warmup=args.dcm_warmup, stats=args.dcm_stats)
-        mask = mstate.mask
-    return nets.head_forward(head, params, feats, mask).float(), mstate
-
-
-def optimizer_step(args, head, net, opt, loss, mask, dist=distributed.Dist()):
-    """Backward, average gradients over ranks, clip, step; with --dcm-freeze the masked head
-    entries are restored exactly. Clipping after the average clips the global gradient."""
+def optimizer_step(args, net, opt, loss, dist=distributed.Dist()):
+    """Backward, average gradients over ranks, clip, step (the DCM heads' attach hooks then restore
+    --dcm-freeze's masked entries and end the DCM step). Clipping after the average clips the global gradient."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
     distributed.average_grads(net.parameters(), dist)
     if args.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)
-    frozen = {}
-    if args.dcm_freeze and mask is not None:
-        frozen = {k: net.head[k].detach().clone() for k in nets.head_masked_weights(head)}
     opt.step()
-    with torch.no_grad():
-        for k, before in frozen.items():
-            m = mask.reshape(mask.shape + (1,) * (before.dim() - 2))
-            net.head[k].copy_(dcm_ref.freeze_masked(net.head[k], before, m.expand_as(before)))
 
 
 def lr_at(args, step, total):
@@ -439,14 +420,17 @@ def make_optimizer(args, net):
     return torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=wd)
 
 
-def build_net(args, head, in_shape, num_classes, pretrained=None):
+def build_net(args, in_shape, num_classes, pretrained=None):
     backbone = nets.make_backbone(args.backbone, in_shape)
     if pretrained is not None:
         try:
             nets.load_pretrained(backbone, pretrained)
         except ValueError as e:
             raise UserError(str(e)) from None
-    return nets.Net(backbone, nets.head_init(head, backbone.feature_dim, num_classes, args.kan_grid, args.kan_order))
+    dcm = dict(keep=args.keep, scope=args.dcm_scope, interval=args.dcm_interval, warmup=args.dcm_warmup,
+               stats=args.dcm_stats, eval_mask=args.dcm_eval)
+    return nets.Net(backbone, nets.make_head(args.head, backbone.feature_dim, num_classes, args.kan_grid,
+                                             args.kan_order, **(dcm if args.head in nets.DCM_HEADS else {})))
 
 
 def main(argv=None):

@@ -49,11 +49,10 @@ THREADS_MAX = 1024   # torch.set_num_threads(100000) crashes the process (segfau
 
 def check_args(args):
     """Validate flag values; raises UserError with one line."""
-    head = nets.Head.parse(args.head) if args.head in HEADS else None  # None: reported by the --head check
     checks = [
         (args.dataset in data.ALL_DATASETS, f"--dataset {args.dataset!r} is unknown; expected one of {', '.join(data.ALL_DATASETS)}"),
         (args.backbone in nets.BACKBONES, f"--backbone {args.backbone!r} is unknown; expected one of {', '.join(nets.BACKBONES)}"),
-        (head is not None, f"--head {args.head!r} is unknown; expected one of {', '.join(HEADS)}"),
+        (args.head in HEADS, f"--head {args.head!r} is unknown; expected one of {', '.join(HEADS)}"),
         (args.method in METHODS, f"--method {args.method!r} is unknown; expected one of {', '.join(METHODS)}"),
         (args.loss in losses.LOSSES, f"--loss {args.loss!r} is unknown; expected one of {', '.join(sorted(losses.LOSSES))}"),
         (0.0 <= args.noise_rate < 1.0, f"--noise-rate must be in [0, 1), got {args.noise_rate}"),
@@ -69,7 +68,7 @@ def check_args(args):
         (args.weight_decay is None or args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}"),
         (args.grad_clip >= 0, f"--grad-clip must be >= 0, got {args.grad_clip}"),
         (args.train_eval_every >= 0, f"--train-eval-every must be >= 0 (0 = never), got {args.train_eval_every}"),
-        (not args.save_masks or head is None or head.dcm, f"--save-masks needs a DCM head (--head dfc or dkan), got --head {args.head}"),
+        (not args.save_masks or args.head not in HEADS or args.head in nets.DCM_HEADS, f"--save-masks needs a DCM head (--head dfc or dkan), got --head {args.head}"),
         (args.samples_per_epoch >= 0, f"--samples-per-epoch must be >= 0, got {args.samples_per_epoch}"),
         (not args.subset_once or args.samples_per_epoch > 0, "--subset-once needs --samples-per-epoch N (the subset to keep)"),
         (args.image_size is None or args.image_size >= 8, f"--image-size must be >= 8, got {args.image_size}"),
@@ -99,31 +98,31 @@ def check_args(args):
         raise UserError(f"{', '.join(image_flags)} apply to {' and '.join(data.IMAGE_DATASETS)} only, not to --dataset {args.dataset}")
 
 
-# Flags that do nothing in some configurations: (flag dest, applies?(args, head), why not).
+# Flags that do nothing in some configurations: (flag dest, applies?(args), why not).
 DCM_ONLY = "only DCM heads (dfc, dkan) are masked"
 NO_EFFECT = (
-    ("keep", lambda args, head: head.dcm, DCM_ONLY),
-    ("dcm_scope", lambda args, head: head.dcm, DCM_ONLY),
-    ("dcm_interval", lambda args, head: head.dcm, DCM_ONLY),
-    ("dcm_warmup", lambda args, head: head.dcm, DCM_ONLY),
-    ("dcm_stats", lambda args, head: head.dcm, DCM_ONLY),
-    ("dcm_eval", lambda args, head: head.dcm, DCM_ONLY),
-    ("dcm_freeze", lambda args, head: head.dcm, DCM_ONLY),
-    ("kan_grid", lambda args, head: head.kan, "only KAN heads (kan, dkan) have a grid"),
-    ("kan_order", lambda args, head: head.kan, "only KAN heads (kan, dkan) have a spline order"),
-    ("forget_rate", lambda args, head: args.method == "coteaching", "it is co-teaching's tau (--method coteaching)"),
-    ("noise_rate", lambda args, head: args.noise != "none", "--noise none corrupts no labels"),
-    ("noise_include_true", lambda args, head: args.noise == "symmetric", "it applies to --noise symmetric only"),
-    ("momentum", lambda args, head: args.optimizer == "sgd", "it is SGD's momentum (--optimizer sgd)"),
+    ("keep", lambda args: args.head in nets.DCM_HEADS, DCM_ONLY),
+    ("dcm_scope", lambda args: args.head in nets.DCM_HEADS, DCM_ONLY),
+    ("dcm_interval", lambda args: args.head in nets.DCM_HEADS, DCM_ONLY),
+    ("dcm_warmup", lambda args: args.head in nets.DCM_HEADS, DCM_ONLY),
+    ("dcm_stats", lambda args: args.head in nets.DCM_HEADS, DCM_ONLY),
+    ("dcm_eval", lambda args: args.head in nets.DCM_HEADS, DCM_ONLY),
+    ("dcm_freeze", lambda args: args.head in nets.DCM_HEADS, DCM_ONLY),
+    ("kan_grid", lambda args: args.head in ("kan", "dkan"), "only KAN heads (kan, dkan) have a grid"),
+    ("kan_order", lambda args: args.head in ("kan", "dkan"), "only KAN heads (kan, dkan) have a spline order"),
+    ("forget_rate", lambda args: args.method == "coteaching", "it is co-teaching's tau (--method coteaching)"),
+    ("noise_rate", lambda args: args.noise != "none", "--noise none corrupts no labels"),
+    ("noise_include_true", lambda args: args.noise == "symmetric", "it applies to --noise symmetric only"),
+    ("momentum", lambda args: args.optimizer == "sgd", "it is SGD's momentum (--optimizer sgd)"),
 )
 
 
 def flag_warnings(args, typed):
     """One line per typed flag that has no effect in this configuration (args passed check_args).
     typed: set of dests."""
-    head, out = nets.Head.parse(args.head), []
+    out = []
     for key, applies, why in NO_EFFECT:
-        if key in typed and not applies(args, head):
+        if key in typed and not applies(args):
             out.append(f"--{key.replace('_', '-')} has no effect here: {why}")
     return out + preset_warnings(args)
 
