@@ -21,7 +21,7 @@ import sys
 import numpy as np
 
 MATPLOTLIB_MISSING = "plot.py needs matplotlib: pip install matplotlib"
-DCM_HEADS = ("dfc", "dkan")   # nets.Head(name).dcm; plot.py reads run folders without importing torch
+DCM_HEADS = ("dfc", "dkan")   # nets.DCM_HEADS; plot.py reads run folders without importing torch
 
 
 class PlotError(Exception):

@@ -1,8 +1,8 @@
-"""The nn.Module shells (dcm_ref.DCMLinear, convert, attach; kan.KANLinear, kan.DKANLinear):
-outputs equal the pure functions', masked edges get no gradient, the schedule advances once
-per optimizer step (gradient accumulation included) and equals the pure schedule one step
-late, state survives state_dict/.to(), masks agree across 2 DDP ranks, torch.compile runs,
-and the README example runs verbatim."""
+"""The modules of layers.py (DCMLinear, KANLinear, DKANLinear, convert, attach; also reached as
+dcm_ref.* and kan.*): outputs equal the pure functions', a training forward is masked by the
+scores of its own batch, the schedule equals the pure one and advances once per optimizer step
+(gradient accumulation included), masked edges get no gradient, state survives state_dict/.to(),
+masks agree across 2 DDP ranks, torch.compile runs with no graph break, the README example runs."""
 import copy
 import os
 import re
@@ -20,6 +20,7 @@ from torch import nn
 
 import dcm_ref as D
 import kan
+import layers
 import nets
 from conftest import record_value_reads
 
@@ -44,7 +45,7 @@ def _random_mask(shape, g):
 @given(B=st.integers(1, 6), d=st.integers(1, 7), C=st.integers(1, 5), seed=st.integers(0, 99), bias=st.booleans())
 def test_dcmlinear_output_equals_pure_functions(B, d, C, seed, bias):
     g = torch.Generator().manual_seed(seed)
-    m = D.DCMLinear(d, C, bias=bias)
+    m = D.DCMLinear(d, C, bias=bias, warmup=5)        # warm-up: a training forward applies the stored mask
     m.mask.copy_(_random_mask((C, d), g))
     v = torch.randn(B, d, generator=g)
     assert torch.equal(m(v), D.masked_linear(v, m.weight, m.bias, m.mask))
@@ -57,7 +58,7 @@ def test_dcmlinear_output_equals_pure_functions(B, d, C, seed, bias):
 @given(B=st.integers(2, 5), d=st.integers(1, 5), C=st.integers(1, 4), seed=st.integers(0, 99))
 def test_dkanlinear_output_equals_pure_functions(B, d, C, seed):
     g = torch.Generator().manual_seed(seed)
-    m = kan.DKANLinear(d, C, grid_size=3, order=2)
+    m = kan.DKANLinear(d, C, grid_size=3, order=2, warmup=5)
     m.mask.copy_(_random_mask((C, d), g))
     v = torch.randn(B, d, generator=g)
     assert torch.equal(m(v), kan.dkan_forward(m.params(), v, m.mask))
@@ -65,6 +66,33 @@ def test_dkanlinear_output_equals_pure_functions(B, d, C, seed):
     assert torch.equal(m(v), kan.dkan_forward(m.params(), v, None))
     k = kan.KANLinear(d, C)
     assert torch.equal(k(v), kan.kan_forward(k.params(), v))
+    k.layer_norm = True                                                 # train.py's --head kan
+    assert torch.equal(k(v), kan.dkan_forward(k.params(), v, None))
+
+
+@settings(max_examples=30)
+@given(B=st.integers(2, 9), d=st.integers(2, 12), C=st.integers(1, 6), keep=st.floats(0.05, 1.0),
+       scope=st.sampled_from(D.SCOPES), seed=st.integers(0, 999))
+def test_a_training_forward_is_masked_by_the_scores_of_its_own_batch(B, d, C, keep, scope, seed):
+    """Fig. 2 / Eq. 2 timing: the mask a training forward applies is topk_mask of the edge
+    scores of THAT forward's batch (the exact fast form of Eq. 2 and the pure top-k)."""
+    g = torch.Generator().manual_seed(seed)
+    m = D.DCMLinear(d, C, keep=keep, scope=scope)
+    for _ in range(3):
+        v = torch.randn(B, d, generator=g) * torch.rand(d, generator=g)
+        expected = D.topk_mask(D.scores_from_moments(D.moments(v), m.weight), keep, scope)
+        assert torch.equal(m(v), D.masked_linear(v, m.weight, m.bias, expected))
+        assert torch.equal(m.mask, expected)
+        m.end_step()
+
+
+def test_a_dkan_training_forward_is_masked_by_the_dkan_scores_of_its_own_batch():
+    torch.manual_seed(2)
+    m = kan.DKANLinear(6, 4, keep=0.5)
+    v = torch.randn(32, 6)
+    expected = D.topk_mask(kan.dkan_edge_scores(m.params(), v), 0.5)
+    assert torch.equal(m(v), kan.dkan_forward(m.params(), v, expected))
+    assert torch.equal(m.mask, expected)
 
 
 def test_leading_dimensions_are_kept_like_nn_linear():
@@ -78,11 +106,9 @@ def test_leading_dimensions_are_kept_like_nn_linear():
 def test_masked_edges_get_exactly_zero_gradient(make):
     torch.manual_seed(0)
     m = make()
-    m(torch.randn(16, 6))
-    m.step_mask()                                         # a real mask from the batch's scores
-    assert 0 < int(m.mask.sum()) < m.mask.numel()
     v = torch.randn(16, 6, requires_grad=True)
-    m(v).square().sum().backward()
+    m(v).square().sum().backward()                        # masked by this batch's scores
+    assert 0 < int(m.mask.sum()) < m.mask.numel()
     dead = m.mask == 0
     for p in [q for q in m.parameters() if q.dim() >= 2]:
         g = p.grad if p.dim() == 2 else p.grad.abs().sum(-1)
@@ -93,8 +119,6 @@ def test_masked_edges_get_exactly_zero_gradient(make):
 def test_no_gradient_reaches_features_through_masked_edges():
     torch.manual_seed(1)
     m = D.DCMLinear(5, 3, keep=0.4)
-    m(torch.randn(8, 5))
-    m.step_mask()
     v = torch.randn(8, 5, requires_grad=True)
     gz = torch.randn(8, 3)
     m(v).backward(gz)
@@ -106,80 +130,68 @@ def test_no_gradient_reaches_features_through_masked_edges():
 @settings(max_examples=25)
 @given(interval=st.integers(1, 3), warmup=st.integers(0, 3), stats=st.sampled_from(D.STATS),
        scope=st.sampled_from(D.SCOPES), seed=st.integers(0, 99))
-def test_mask_sequence_is_the_pure_schedule_one_step_late(interval, warmup, stats, scope, seed):
-    """The mask used at step s+1 is mask_schedule_step's mask of step s (fed step s's batch)."""
+def test_mask_sequence_is_the_pure_schedule_on_each_steps_own_batch(interval, warmup, stats, scope, seed):
+    """Step s's forward applies mask_schedule_step's mask of step s, fed step s's own batch."""
     g = torch.Generator().manual_seed(seed)
     m = D.DCMLinear(6, 4, keep=0.3, interval=interval, warmup=warmup, stats=stats, scope=scope)
     state = D.mask_init((4, 6))
     for s in range(7):
         v = torch.randn(5, 6, generator=g) * torch.rand(6, generator=g)
-        assert torch.equal(m(v), D.masked_linear(v, m.weight, m.bias, m.mask))
-        m.step_mask()
         state = D.mask_schedule_step(state, D.moments(v), lambda mm: D.scores_from_moments(mm, m.weight),
                                      0.3, scope=scope, interval=interval, warmup=warmup, stats=stats)
+        assert torch.equal(m(v), D.masked_linear(v, m.weight, m.bias, state.mask))
+        m.end_step()
         assert torch.equal(m.mask, state.mask)
-        assert (int(m.dcm_step), int(m.dcm_updates)) == (state.step, state.updates)
-        assert float(m.dcm_change) == state.change
-
-
-def test_dkan_mask_is_the_pure_dkan_mask():
-    torch.manual_seed(2)
-    m = kan.DKANLinear(6, 4, keep=0.5)
-    v = torch.randn(32, 6)
-    m(v)
-    m.step_mask()
-    expected = D.topk_mask(kan.dkan_edge_scores(m.params(), v), 0.5)
-    assert torch.equal(m.mask, expected)
+        assert (int(m.dcm_step), int(m.dcm_updates), m.step, m.updates) == (state.step, state.updates) * 2
+        assert float(m.dcm_change) == float(state.change)
 
 
 @pytest.mark.parametrize("make", [lambda: D.DCMLinear(6, 3, keep=0.34), lambda: kan.DKANLinear(6, 3, keep=0.34)])
-def test_two_micro_batches_are_one_optimizer_step(make):
-    """Gradient accumulation: 2 micro-batches, one opt.step() -> one schedule step, scored on both."""
+def test_two_micro_batches_are_one_optimizer_step_each_masked_by_its_own_scores(make):
+    """Gradient accumulation: 2 micro-batches, one opt.step() -> one schedule step; each
+    micro-batch's forward is masked by its own batch's scores (the same as two models that
+    see one micro-batch each with the shared weights)."""
     torch.manual_seed(3)
     acc = make()
-    whole = copy.deepcopy(acc)
-    opt_a = torch.optim.SGD(acc.parameters(), lr=0.1)
-    opt_w = torch.optim.SGD(whole.parameters(), lr=0.1)
-    D.attach(acc, opt_a)
-    D.attach(whole, opt_w)
-    for _ in range(3):
+    opt = torch.optim.SGD(acc.parameters(), lr=0.1)
+    D.attach(acc, opt)
+    for step in range(3):
         x = torch.randn(16, 6)
-        opt_a.zero_grad()
+        opt.zero_grad()
         for half in x.split(8):
-            (acc(half).square().sum() / 16).backward()
-        opt_a.step()
-        opt_w.zero_grad()
-        (whole(x).square().sum() / 16).backward()
-        opt_w.step()
-        assert torch.allclose(acc.base_weight if hasattr(acc, "base_weight") else acc.weight,
-                              whole.base_weight if hasattr(whole, "base_weight") else whole.weight, atol=1e-6)
-        assert torch.equal(acc.mask, whole.mask)
-    assert int(acc.dcm_step) == 3 and int(acc.dcm_updates) == 3
+            ref = copy.deepcopy(acc)
+            expected = ref(half)
+            out = acc(half)
+            assert torch.equal(out, expected) and torch.equal(acc.mask, ref.mask)
+            (out.square().sum() / 16).backward()
+        opt.step()
+    assert (acc.step, acc.updates, int(acc.dcm_step)) == (3, 3, 3)
 
 
 def test_extra_train_forward_and_eval_forward_do_not_advance_the_schedule():
-    """A second train-mode forward in a step adds its statistics but no step; eval adds nothing."""
+    """Forwards (train or eval) never advance the step count; an eval forward never changes the mask."""
     torch.manual_seed(4)
-    m = D.DCMLinear(6, 3, keep=0.34)
+    m = D.DCMLinear(6, 3, keep=0.34, interval=2)
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
     D.attach(m, opt)
-    probe, x = torch.randn(8, 6), torch.randn(8, 6)
-    m(probe)                                   # an extra train-mode forward in this step
+    m(torch.randn(8, 6))                                   # an extra train-mode forward in step 0
     m.eval()
-    m(torch.randn(8, 6) * 100)                 # eval: neither steps nor pools
+    mask = m.mask.clone()
+    m(torch.randn(8, 6) * 100)                             # eval: neither steps nor scores
     m.train()
-    assert int(m.dcm_step) == 0 and torch.equal(m.mask, torch.ones(3, 6))
-    _train_step(m, opt, x)
-    assert int(m.dcm_step) == 1 and int(m.dcm_updates) == 1
-    pooled = D.merge_moments(D.moments(probe), D.moments(x))
-    assert torch.equal(m.mask, D.topk_mask(D.scores_from_moments(pooled, m.weight), 0.34))
+    assert m.step == 0 and torch.equal(m.mask, mask)
+    _train_step(m, opt, torch.randn(8, 6))
+    assert m.step == 1 and m.updates == 1
+    mask = m.mask.clone()
+    _train_step(m, opt, torch.randn(8, 6) * torch.rand(6))  # step 1 holds (interval 2)
+    assert m.step == 2 and m.updates == 1 and torch.equal(m.mask, mask)
 
 
 def test_forgetting_attach_warns_once():
     m = D.DCMLinear(4, 2)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        for _ in range(D.FORGOT_AFTER * 2):
+        for _ in range(layers.FORGOT_AFTER * 2):
             m(torch.randn(4, 4))
     hits = [x for x in w if "attach" in str(x.message)]
     assert len(hits) == 1
@@ -191,9 +203,9 @@ def test_attached_module_does_not_warn():
     D.attach(m, opt)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for _ in range(D.FORGOT_AFTER + 5):
+        for _ in range(layers.FORGOT_AFTER + 5):
             _train_step(m, opt, torch.randn(4, 4))
-    assert int(m.dcm_step) == D.FORGOT_AFTER + 5
+    assert int(m.dcm_step) == layers.FORGOT_AFTER + 5
 
 
 def test_attach_twice_raises_and_remove_allows_again():
@@ -224,15 +236,15 @@ def test_attach_with_freeze_leaves_the_masked_entries_exactly_unchanged(make, fr
     masked_moved, kept_moved = [], []
     for step in range(5):
         before = [getattr(head, k).detach().clone() for k in head._MASKED]
-        mask = head.mask.clone()                      # the mask this step's forward uses
         _train_step(model, opt, torch.randn(16, 6))
+        mask = head.mask.clone()                      # the mask this step's forward used
         for k, old in zip(head._MASKED, before):
             m = mask.reshape(mask.shape + (1,) * (old.dim() - 2)).expand_as(old) != 0
             moved = getattr(head, k).detach() != old
             masked_moved.append(bool(moved[~m].any()))
             kept_moved.append(bool(moved[m].any()))
     assert all(kept_moved)
-    assert not any(masked_moved) if freeze else any(masked_moved[2:])   # step 0 uses the full head
+    assert not any(masked_moved) if freeze else any(masked_moved)
 
 
 def test_attach_with_freeze_removes_both_hooks():
@@ -242,7 +254,7 @@ def test_attach_with_freeze_removes_both_hooks():
     assert len(att.handles) == 2
     att.remove()
     _train_step(m, opt, torch.randn(4, 4))
-    assert int(m[1].dcm_step) == 0 and m[1]._before_step is None
+    assert m[1].step == 0 and m[1]._before_step is None
     with pytest.raises(ValueError, match="freeze"):
         D.attach(m, opt, freeze="yes")
 
@@ -281,7 +293,7 @@ def test_state_dict_round_trip_gives_the_same_outputs_and_schedule(make):
     x = torch.randn(8, 6)
     assert torch.equal(a(x), b(x))
     for m in (a, b):
-        m.step_mask()
+        m.end_step()
     assert torch.equal(a.mask, b.mask) and int(a.dcm_step) == int(b.dcm_step) == 5
     assert int(a.dcm_updates) == 3
     a.eval(), b.eval()
@@ -298,27 +310,25 @@ def test_a_stepped_module_loading_a_state_continues_from_the_loaded_schedule(mak
     for m in (a, b):
         m.train()
         m(x)
-        m.step_mask()
+        m.end_step()
     assert int(a.dcm_step) == int(b.dcm_step) == 5 and int(a.dcm_updates) == int(b.dcm_updates) == 3
     assert torch.equal(a.mask, b.mask) and torch.equal(a.pooled_n, b.pooled_n)
 
 
 @pytest.mark.parametrize("make", [lambda: D.DCMLinear(16, 5, keep=0.3), lambda: D.DCMLinear(16, 5, keep=0.3, stats="interval", interval=2),
                                   lambda: kan.DKANLinear(16, 5, keep=0.3)])
-def test_step_mask_reads_no_tensor_value_in_a_single_process(make, monkeypatch):
+def test_a_dcm_step_reads_no_tensor_value_in_a_single_process(make, monkeypatch):
     """On CUDA every read of a tensor's value (int(), float(), bool(), .item()) is a host sync:
-    a single-process schedule step makes none (its counters have a host copy)."""
+    a single-process training forward + end_step makes none (the counters live on the host)."""
     torch.manual_seed(0)
     m = make()
-    m(torch.randn(32, 16))
-    m.step_mask()                     # the first step reads the counters once
     reads = record_value_reads(monkeypatch)
     for _ in range(5):
         m(torch.randn(32, 16))
-        m.step_mask()
-    m.step_mask()                     # a step with no forward: only the step count advances
+        m.end_step()
+    m.end_step()                      # a step with no forward: only the step count advances
     monkeypatch.undo()
-    assert reads == [] and int(m.dcm_step) == 7
+    assert reads == [] and int(m.dcm_step) == 6
 
 
 def test_mask_state_is_a_copy_of_the_schedule_state():
@@ -326,7 +336,7 @@ def test_mask_state_is_a_copy_of_the_schedule_state():
     pool, as copies (changing them leaves the module as it was)."""
     m = _trained(lambda: D.DCMLinear(6, 3, keep=0.34, stats="interval", interval=2), steps=4)
     st = m.mask_state()
-    assert (st.step, st.updates, st.change) == (4, 2, float(m.dcm_change)) and isinstance(st.change, float)
+    assert (st.step, st.updates, float(st.change)) == (4, 2, float(m.dcm_change)) and st.change is not m.dcm_change
     assert torch.equal(st.mask, m.mask) and st.mask is not m.mask
     assert st.pooled is not None and torch.equal(st.pooled[0], m.pooled_n) and float(st.pooled[0]) == 8
     st.mask.zero_(), st.pooled[1].zero_()
@@ -337,21 +347,20 @@ def test_to_dtype_keeps_statistics_float64_and_mask_exact():
     m = _trained(lambda: D.DCMLinear(6, 3, keep=0.34, stats="interval", interval=2))
     before = {k: v.clone() for k, v in m.state_dict().items()}
     m.to(torch.bfloat16)
-    for k in D.DCMModule._F64:
+    for k in layers.DCMModule._F64:
         assert getattr(m, k).dtype == torch.float64 and torch.equal(getattr(m, k), before[k])
     assert m.weight.dtype == torch.bfloat16 and torch.equal(m.mask.float(), before["mask"])
 
 
-def test_autocast_statistics_are_float64_moments_of_the_features():
-    m = D.DCMLinear(6, 3)
+def test_autocast_scores_come_from_float64_moments_of_the_features():
+    """Under bf16 autocast the logits are bf16, but the mask is the one of the float64 moments."""
+    torch.manual_seed(8)
+    m = D.DCMLinear(6, 3, keep=0.5)
     v = torch.randn(8, 6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = m(v)
     assert out.dtype == torch.bfloat16
-    n, s1, s2 = m._step_moments
-    assert s1.dtype == s2.dtype == torch.float64
-    ref = D.moments(v)
-    assert torch.equal(s1, ref[1]) and torch.equal(s2, ref[2])
+    assert torch.equal(m.mask, D.topk_mask(D.scores_from_moments(D.moments(v), m.weight), 0.5))
 
 
 # ----------------------------------------------------------------------------- convert

@@ -1,12 +1,14 @@
 """nets.py: the backbones build for every input shape and give (B, d) features; ResNet-50 has
-torchvision's names and size so --pretrained loads torchvision weights; the heads' split
-forward (features -> masked matmul) equals the plain head, and the scores are Eq. 2's."""
+torchvision's names and size so --pretrained loads torchvision weights; make_head builds the
+four heads (layers.py modules), keep = 1 is the plain head, and the scores are Eq. 2's."""
 import pytest
 import torch
+from torch import nn
 from hypothesis import given, settings, strategies as st
 
 import dcm_ref
 import kan
+import layers
 import nets
 
 
@@ -99,25 +101,47 @@ def test_pretrained_mismatch_names_missing_and_unexpected_keys(tmp_path):
     assert "\n" not in str(e.value)
 
 
-# ---------------------------------------------------------------- heads
+# ---------------------------------------------------------------- heads (layers.py modules)
+
+# name -> (the module class, masked by DCM), written out: the four heads of docs/design.md §2-3.
+HEAD_KINDS = {"fc": (nn.Linear, False), "dfc": (layers.DCMLinear, True),
+              "kan": (layers.KANLinear, False), "dkan": (layers.DKANLinear, True)}
+
+
+@pytest.mark.parametrize("name", sorted(HEAD_KINDS))
+def test_make_head_builds_each_kind(name):
+    cls, dcm = HEAD_KINDS[name]
+    head = nets.make_head(name, 6, 4, 5, 3, **({"keep": 0.5} if dcm else {}))
+    assert type(head) is cls and isinstance(head, layers.DCMModule) == dcm == (name in nets.DCM_HEADS)
+    assert head(torch.randn(3, 6)).shape == (3, 4) and head.out_features == 4
+
+
+def test_head_names_are_the_four_kinds():
+    assert set(nets.HEADS) == set(HEAD_KINDS) and set(nets.DCM_HEADS) <= set(nets.HEADS)
+
+
+@pytest.mark.parametrize("bad", ["DFC", "dfc ", "", "kan2", "fcd"])
+def test_unknown_head_is_a_value_error_naming_it_and_the_choices(bad):
+    with pytest.raises(ValueError, match=f"unknown head {bad!r}; expected one of fc, dfc, kan, dkan"):
+        nets.make_head(bad, 4, 3)
+
 
 @settings(max_examples=20)
-@given(kind=st.sampled_from(["fc", "dfc", "kan", "dkan"]), B=st.integers(2, 6), d=st.integers(2, 9),
+@given(kind=st.sampled_from(["dfc", "dkan"]), B=st.integers(2, 6), d=st.integers(2, 9),
        C=st.integers(2, 5), seed=st.integers(0, 2 ** 16))
-def test_full_mask_head_equals_the_unmasked_head(kind, B, d, C, seed):
-    """head_forward(features, ones) == head_forward(features, None): keep = 1 is the plain head."""
+def test_a_dcm_head_with_keep_1_is_its_plain_head(kind, B, d, C, seed):
+    """keep = 1 masks nothing: the training forward equals the unmasked head of the same weights."""
     torch.manual_seed(seed)
-    params = nets.head_init(kind, d, C, 5, 3)
+    head = nets.make_head(kind, d, C, 5, 3, keep=1.0)
+    torch.manual_seed(seed)
+    plain = nets.make_head({"dfc": "fc", "dkan": "kan"}[kind], d, C, 5, 3)
     v = torch.randn(B, d)
-    feats = nets.head_features(kind, params, v)
-    z_full = nets.head_forward(kind, params, feats, None)
-    z_ones = nets.head_forward(kind, params, feats, torch.ones(C, d))
-    assert z_full.shape == (B, C) and torch.allclose(z_full, z_ones, atol=1e-6)
+    assert torch.allclose(head(v), plain(v), atol=1e-6) and int(head.mask.sum()) == C * d
 
 
 LITERAL_SCORES = {   # kind -> (literal score of the head's input v, rtol, atol)
-    "dfc": (lambda params, v: dcm_ref.edge_scores_literal(v, params["w"]), 1e-5, 1e-6),        # Eq. 2
-    "dkan": (lambda params, v: kan.kan_edge_scores_literal(params, kan.layer_norm(v)), 1e-4, 1e-5),
+    "dfc": (lambda head, v: dcm_ref.edge_scores_literal(v, head.weight), 1e-5, 1e-6),        # Eq. 2
+    "dkan": (lambda head, v: kan.kan_edge_scores_literal(head.params(), kan.layer_norm(v)), 1e-4, 1e-5),
 }   # DKAN: S[j,k] = std_b φ_jk(x_bk) of the layer-normed input (the literal DKAN score)
 
 
@@ -126,70 +150,32 @@ LITERAL_SCORES = {   # kind -> (literal score of the head's input v, rtol, atol)
 @given(B=st.integers(2, 6), d=st.integers(2, 9), C=st.integers(2, 5), seed=st.integers(0, 2 ** 16))
 def test_head_scores_from_moments_are_the_literal_scores(kind, B, d, C, seed):
     torch.manual_seed(seed)
-    params = nets.head_init(kind, d, C, 5, 3)
+    head = nets.make_head(kind, d, C, 5, 3)
     v = torch.randn(B, d)
-    S = nets.head_scores(kind, params, nets.head_moments(kind, nets.head_features(kind, params, v)))
+    with torch.no_grad():
+        S = head._scores(head._moments(head._features(v)))
     literal, rtol, atol = LITERAL_SCORES[kind]
-    assert S.shape == (C, d) and torch.allclose(S, literal(params, v).to(S.dtype), rtol=rtol, atol=atol)
+    assert S.shape == (C, d) and torch.allclose(S, literal(head, v).to(S.dtype), rtol=rtol, atol=atol)
 
 
 def test_masked_head_weights_get_no_gradient():
     torch.manual_seed(0)
     for kind in ("dfc", "dkan"):
-        params = {k: t.requires_grad_(k != "grid") for k, t in nets.head_init(kind, 4, 3, 5, 3).items()}
-        mask = torch.zeros(3, 4)
-        mask[0, 1] = 1
-        z = nets.head_forward(kind, params, nets.head_features(kind, params, torch.randn(5, 4)), mask)
-        z.sum().backward()
-        for name in nets.head_masked_weights(kind):
-            g = params[name].grad
-            masked = (mask == 0).view(3, 4, *([1] * (g.dim() - 2))).expand_as(g)
+        head = nets.make_head(kind, 4, 3, 5, 3, warmup=1)   # warm-up: the forward applies the stored mask
+        head.mask.zero_()
+        head.mask[0, 1] = 1
+        head(torch.randn(5, 4)).sum().backward()
+        for name in head._MASKED:
+            g = getattr(head, name).grad
+            masked = (head.mask == 0).view(3, 4, *([1] * (g.dim() - 2))).expand_as(g)
             assert bool((g[masked] == 0).all()) and bool((g[~masked] != 0).any()), (kind, name)
 
 
-# ---------------------------------------------------------------- Head: the --head kind
-
-# name -> (kan, dcm, base), written out rather than derived: the four heads of docs/design.md §2-3.
-HEAD_KINDS = {"fc": (False, False, "fc"), "dfc": (False, True, "fc"),
-              "kan": (True, False, "kan"), "dkan": (True, True, "kan")}
-
-
-@pytest.mark.parametrize("name", sorted(HEAD_KINDS))
-def test_head_parse_gives_each_kinds_properties(name):
-    head = nets.Head.parse(name)
-    assert (head.kan, head.dcm, head.base) == HEAD_KINDS[name]
-    assert head.name == name and str(head) == name
-    assert nets.Head.parse(head) is head and head == nets.Head(name)
-
-
-def test_head_names_are_the_four_kinds():
-    assert set(nets.HEADS) == set(HEAD_KINDS)
-
-
-@pytest.mark.parametrize("bad", ["DFC", "dfc ", "", "kan2", "fcd"])
-def test_unknown_head_is_a_value_error_naming_it_and_the_choices(bad):
-    with pytest.raises(ValueError, match=f"unknown head {bad!r}; expected one of fc, dfc, kan, dkan"):
-        nets.Head.parse(bad)
-
-
-def test_head_is_frozen():
-    head = nets.Head.parse("dfc")
-    with pytest.raises(AttributeError):
-        head.name = "fc"
-
-
-@pytest.mark.parametrize("name", sorted(HEAD_KINDS))
-def test_head_functions_take_a_head_or_its_name_alike(name):
-    """The KAN heads have spline weights and the FC ones a plain matrix; a Head and its name
-    give the same parameters, features and logits."""
-    head = nets.Head.parse(name)
-    torch.manual_seed(0)
-    by_name = nets.head_init(name, 4, 3, 5, 3)
-    torch.manual_seed(0)
-    by_head = nets.head_init(head, 4, 3, 5, 3)
-    assert set(by_name) == set(by_head) and ("spline_weight" in by_head) == head.kan
-    assert set(nets.head_masked_weights(head)) <= set(by_head)
-    v = torch.randn(5, 4)
-    z = nets.head_forward(head, by_head, nets.head_features(head, by_head, v), None)
-    torch.testing.assert_close(z, nets.head_forward(name, by_name, nets.head_features(name, by_name, v), None),
-                               rtol=0, atol=0)
+def test_net_forward_is_the_head_of_the_backbone_in_float32():
+    torch.manual_seed(1)
+    net = nets.Net(nets.make_backbone("mlp", (1, 8, 8)), nets.make_head("fc", 256, 10))
+    x = torch.randn(4, 1, 8, 8)
+    z = net(x)
+    assert z.dtype == torch.float32 and torch.equal(z, net.head(net.backbone(x)))
+    assert "compiled" not in dict(net.named_children()) and set(net.state_dict()) == \
+        {f"backbone.{k}" for k in net.backbone.state_dict()} | {"head.weight", "head.bias"}
