@@ -581,6 +581,50 @@ def test_interval_schedule_scores_equal_batch_scores_on_concatenated_batches(see
     torch.testing.assert_close(got[-1], want, rtol=1e-6, atol=1e-9)
 
 
+@given(st.integers(0, 60), st.integers(1, 7), st.integers(0, 9))
+def test_schedule_phase_is_warmup_then_update_every_interval(step, interval, warmup):
+    """The host half of a DCM step, against its definition: warm-up before `warmup`, then an
+    update at warmup + k·interval and a hold in between."""
+    phase = D.schedule_phase(step, interval, warmup)
+    if step < warmup:
+        assert phase == "warmup"
+    else:
+        assert phase == ("update" if (step - warmup) % interval == 0 else "hold")
+    assert D.mask_due(step, interval, warmup) == (phase == "update")
+
+
+@given(st.sampled_from(D.PHASES), st.sampled_from(D.STATS), st.integers(0, 999), st.booleans())
+@settings(max_examples=40)
+def test_mask_step_does_what_its_phase_says(phase, stats, seed, pooled_before):
+    """The tensor half: warm-up gives ones and empties the pool; hold keeps the mask (and pools
+    with stats="interval"); update selects top-k of the source's scores and empties the pool."""
+    g = torch.Generator().manual_seed(seed)
+    w, mask = torch.randn(3, 6, generator=g), (torch.rand(3, 6, generator=g) < 0.5).float()
+    m = D.moments(torch.randn(4, 6, generator=g))
+    pool = D.moments(torch.randn(5, 6, generator=g)) if pooled_before else None
+    new, pooled, change = D.mask_step(phase, mask, m, pool, lambda mm: D.scores_from_moments(mm, w), 0.5, "row", stats)
+    merged = D.merge_moments(pool, m) if stats == "interval" else None
+    if phase == "warmup":
+        assert torch.equal(new, torch.ones_like(mask)) and pooled is None and change is None
+    elif phase == "hold":
+        assert new is mask and change is None
+        assert pooled is None if stats == "batch" else all(torch.equal(a, b) for a, b in zip(pooled, merged))
+    else:
+        source = merged if stats == "interval" else m
+        assert torch.equal(new, D.topk_mask(D.scores_from_moments(source, w), 0.5)) and pooled is None
+        assert float(change) == D.mask_change_literal(mask, new)
+
+
+def test_mask_step_treats_a_pool_of_zeros_as_empty():
+    """layers.DCMModule keeps the pool as zero buffers: the same mask as an empty (None) pool."""
+    g = torch.Generator().manual_seed(3)
+    w, m = torch.randn(4, 5, generator=g), D.moments(torch.randn(6, 5, generator=g))
+    zeros = tuple(torch.zeros_like(t) for t in m)
+    a = D.mask_step("update", torch.ones(4, 5), m, None, lambda mm: D.scores_from_moments(mm, w), 0.4, stats="interval")
+    b = D.mask_step("update", torch.ones(4, 5), m, zeros, lambda mm: D.scores_from_moments(mm, w), 0.4, stats="interval")
+    assert torch.equal(a[0], b[0]) and float(a[2]) == float(b[2])
+
+
 # ----------------------------------------------------------------------------- --dcm-freeze
 
 def sgd_run(freeze, steps=5, seed=0):
