@@ -12,11 +12,12 @@ default (--threads). Run from the repository root:
 Rows (ratio = A / B; the (B, d, C) are batch, features, classes):
   DFC / FC head fwd+bwd        the DCM head of Fig. 2 with a fresh mask every step (moments ->
                                Eq. 2 fast form -> top-k mask -> masked linear) vs F.linear
-  DFC / FC train step (mlp)    nets.py "mlp" backbone (width d) + head + CE + SGD step, DFC via
-                               dcm_ref.mask_schedule_step as train.py runs it; and 10 such
-                               steps with --dcm-interval 10 (mask cost amortised)
-  DCMLinear / nn.Linear        the same step with the drop-in module: dcm_ref.convert + attach
-    train step (mlp)           (mask updated in the optimizer's step hook) vs the nn.Linear head
+  DFC / FC train step (mlp)    train.py's step: nets.Net("mlp" backbone of width d, make_head
+                               "dfc" | "fc") + CE + SGD step, the DFC head attached (its
+                               forward runs the DCM step); and 10 such steps with
+                               --dcm-interval 10 (mask cost amortised)
+  DCMLinear / nn.Linear        the same step with the drop-in made by dcm_ref.convert + attach
+    train step (mlp)           on an nn.Sequential (the same DCM step as train.py's) vs nn.Linear
   score literal / fast         Eq. 2 as written (B×C×d) vs the exact |W|·std_b v: time, peak memory
   KAN closed / Cox–de Boor     kan.kan_forward(basis="closed") vs basis="cox", fwd+bwd
   KAN closed / nn.Linear       the same closed-form KAN vs a linear head of the same (d, C)
@@ -45,6 +46,7 @@ from torch import nn
 
 import dcm_ref
 import kan
+import layers
 import nets
 
 # ----------------------------------------------------------------------------- settings
@@ -165,9 +167,9 @@ def dfc_head_fns(B, d, C, keep, device, gen):
 
 
 def train_step_fns(B, d, C, keep, device, gen, interval=1):
-    """`interval` full SGD steps: nets.py "mlp" backbone of width d on (1, 28, 28) inputs,
-    head, CE, step. DFC calls dcm_ref.mask_schedule_step every step, as train.py does,
-    so the mask is recomputed once per call (--dcm-interval `interval`): the time per
+    """`interval` full SGD steps of train.py's network: nets.Net (nets.py "mlp" backbone of width
+    d on (1, 28, 28) inputs, make_head "dfc" or "fc"), CE, step; the DFC head attached as train.py
+    attaches it, so the mask is recomputed once per call (--dcm-interval `interval`): the time per
     call is the amortised cost. Each side has its own copy of the model and optimizer.
     -> {"DFC": fn, "FC": fn}.
     """
@@ -181,22 +183,20 @@ def train_step_fns(B, d, C, keep, device, gen, interval=1):
 
 
 def _make_steps(backbone, head, x, y, keep, device, interval, dcm):
-    """One closure = `interval` optimizer steps on private copies of backbone and head."""
-    net = nn.ModuleDict({"backbone": copy.deepcopy(backbone), "head": copy.deepcopy(head)}).to(device)
+    """One closure = `interval` optimizer steps on a private nets.Net of backbone and head."""
+    with torch.random.fork_rng(devices=[]):   # the DFC head's own init is overwritten below
+        top = nets.make_head("dfc", head.in_features, head.out_features, keep=keep,
+                             interval=interval) if dcm else copy.deepcopy(head)
+    if dcm:
+        top.load_state_dict(head.state_dict(), strict=False)   # the same weights as the FC side
+    net = nets.Net(copy.deepcopy(backbone), top).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    w, b = net["head"].weight, net["head"].bias
-    state = [dcm_ref.mask_init(w.shape, device=device)]   # the mask state threads through the steps
+    if dcm:
+        layers.attach(net, opt)
 
     def steps():
         for _ in range(interval):
-            v = net["backbone"](x)
-            mask = None
-            if dcm:
-                state[0] = dcm_ref.mask_schedule_step(
-                    state[0], dcm_ref.moments(v), lambda m: dcm_ref.scores_from_moments(m, w), keep,
-                    interval=interval)
-                mask = state[0].mask
-            loss = F.cross_entropy(dcm_ref.masked_linear(v, w, b, mask), y)
+            loss = F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -206,8 +206,8 @@ def _make_steps(backbone, head, x, y, keep, device, interval, dcm):
 
 def module_step_fns(B, d, C, keep, device, gen):
     """One SGD step (fwd + bwd + optimizer step) of nets.py "mlp" (width d) + a head module:
-    dcm_ref.DCMLinear made by dcm_ref.convert and stepped by dcm_ref.attach (its mask is
-    recomputed in the optimizer's step hook, every step) vs the plain nn.Linear.
+    dcm_ref.DCMLinear made by dcm_ref.convert and attached by dcm_ref.attach (its forward
+    recomputes the mask from the batch, every step) vs the plain nn.Linear.
     -> {"DCMLinear": fn, "nn.Linear": fn}, each with its own model and optimizer.
     """
     x = torch.randn(B, 1, 28, 28, generator=gen).to(device)
