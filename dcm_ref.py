@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import topk_cpu
+
 Tensor = torch.Tensor
 Moments = Tuple[Tensor, ...]   # mergeable sums, e.g. (n, Σv, Σv²); merged by elementwise sum
 SCOPES = ("row", "global")
@@ -142,17 +144,14 @@ def edge_scores(v: Tensor, w: Tensor) -> Tensor:
 
 
 def topk_mask(scores: Tensor, keep: float, scope: str = "row") -> Tensor:
-    """Fast path of topk_mask_literal: the same mask bit for bit (stable descending sort:
-    ties go to the lower flat index, NaN ranks first), proven by
+    """Fast path of topk_mask_literal: the same mask bit for bit, proven by
     tests/test_dcm_ref.py::test_topk_mask_equals_the_stable_sort_definition_on_random_scores
     (and ..._under_heavy_ties_and_nan, ..._near_ties_signs_and_long_rows).
 
-    scores: (C, d) -> M: (C, d), same dtype and device, values 0/1; scope "row": every
-    class keeps exactly max(1, round(keep·d)) inputs, "global": max(1, round(keep·C·d))
-    edges overall; keep = 1 is plain FC.
-    How (docs/design.md §9): on CPU numpy's partition on the score bits, kept only where it
-    provably equals the sort, else torch.topk plus an exact tie fill; on a GPU always the
-    tie fill, so there is no read-back to the host.
+    scores: (C, d) -> M: (C, d), same dtype and device, values 0/1.
+    How (docs/design.md §9): on CPU topk_cpu's partition on the score bits where it provably
+    is the sort's mask, else torch.topk plus the exact tie fill (_first_k_by_rank); on a GPU
+    always the tie fill, so there is no read-back to the host.
     """
     flat, k = _selection_rows(scores, keep, scope)
     if k >= flat.shape[1] or flat.shape[0] == 0:   # keep = 1, or an empty matrix
@@ -161,85 +160,10 @@ def topk_mask(scores: Tensor, keep: float, scope: str = "row") -> Tensor:
     if flat.device.type != "cpu":
         top = torch.topk(flat, k, dim=1, sorted=False).values          # (R, k), NaN counts as largest
         return _first_k_by_rank(flat, top, k, host_checks=False).to(scores.dtype).reshape(scores.shape)
-    mask = _mask_by_bits(flat.detach(), k, scores.dtype)
+    mask = topk_cpu.mask_by_bits(flat.detach(), k, scores.dtype)
     if mask is None:
         mask = _first_k_by_rank(flat, torch.topk(flat, k, dim=1, sorted=False).values, k).to(scores.dtype)
     return mask.reshape(scores.shape)
-
-
-# Sort keys of the dtypes _mask_by_bits handles: floats read as signed integers of their size
-# (with the bits of +inf), integers as themselves (None: no inf).
-_KEYS = {torch.float16: (torch.int16, 0x7C00), torch.bfloat16: (torch.int16, 0x7F80),
-         torch.float32: (torch.int32, 0x7F800000), torch.float64: (torch.int64, 0x7FF0000000000000),
-         **{t: (t, None) for t in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)}}
-_NUMPY_FLOAT = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
-# numpy sorts and partitions rows of up to 512 keys with SIMD networks (measured on the AMD EPYC
-# of bench/README.md: about 1 ns a key, 5 ns for longer rows): longer rows go in blocks of this size.
-_SELECT_BLOCK = 512
-
-
-def _mask_by_bits(flat: Tensor, k: int, dtype: torch.dtype) -> Optional[Tensor]:
-    """CPU fast selection: the stable-sort top-k mask of each row, or None where the
-    shortcut cannot prove it (then _first_k_by_rank decides).
-
-    flat: (R, n) on CPU, 0 < k < n -> (R, n) 0/1 in `dtype`, or None.
-    Keys: a float read as a signed integer of its size sorts as its value when its
-    sign bit is clear (+0 < … < +inf < +NaN bit patterns); an integer is its own key.
-    t = each row's k-th largest key (_kth_largest_key); the mask keeps keys ≥ t.
-    It is the stable-sort mask when
-      (1) exactly k keys per row are ≥ t (no tie at t: each kept entry ranks
-          strictly ahead of every dropped one), and for floats
-      (2) no key is negative (no sign bit: -0.0, negative numbers and NaN with
-          the sign bit would sort wrongly), and
-      (3) t ≤ the bits of +inf (a NaN threshold could keep one NaN and drop another,
-          which tie; with t ≤ +inf every NaN is kept and ranks first, as in the sort).
-    """
-    if flat.dtype not in _KEYS:
-        return None
-    key_dtype, inf_bits = _KEYS[flat.dtype]
-    keys = flat.contiguous().view(key_dtype).numpy()
-    t = _kth_largest_key(keys, k)                                          # (R, 1)
-    if inf_bits is not None and (t.max() > inf_bits or keys.min() < 0):
-        return None
-    kept = np.greater_equal(keys, t)
-    if not (kept.view(np.uint8).sum(axis=1, dtype=np.int32) == k).all():   # a tie at t
-        return None
-    if dtype in _NUMPY_FLOAT:                           # numpy's bool -> float cast is the faster one
-        return torch.from_numpy(kept.astype(_NUMPY_FLOAT[dtype]))
-    return torch.from_numpy(kept).to(dtype)
-
-
-def _kth_largest_key(keys: np.ndarray, k: int) -> np.ndarray:
-    """keys: (R, n) integers, 0 < k < n -> (R, 1): the k-th largest key of each row
-    (numpy's partition; rows longer than _SELECT_BLOCK first shrink to _key_candidates)."""
-    if keys.shape[1] > _SELECT_BLOCK:
-        keys = _key_candidates(keys, k, _SELECT_BLOCK)
-    n = keys.shape[1]
-    return np.partition(keys, n - k, axis=1)[:, n - k:n - k + 1]
-
-
-def _key_candidates(keys: np.ndarray, k: int, block: int) -> np.ndarray:
-    """A sub-multiset of each row holding its k largest keys, from sorted blocks.
-
-    keys: (R, n) integers, 0 < k < n -> (R, nb·m) with nb = ⌈n / block⌉, m ≤ block.
-    The row (padded with the smallest key) is nb blocks, each sorted (fast: SIMD).
-    With kb = ⌈k / nb⌉, L = min over blocks of the block's kb-th largest: every
-    block has kb keys ≥ L, so the row has ≥ k, and its k-th largest is ≥ L. The
-    last m keys of each block, m grown until they hold every key ≥ L, therefore
-    hold the row's k largest keys (with their multiplicities).
-    """
-    R, n = keys.shape
-    nb = -(-n // block)
-    if nb * block != n:
-        pad = np.full((R, nb * block - n), np.iinfo(keys.dtype).min, keys.dtype)
-        keys = np.concatenate([keys, pad], axis=1)
-    s = np.sort(keys.reshape(R, nb, block), axis=2)                        # (R, nb, block) ascending
-    kb = -(-k // nb)
-    low = s[:, :, block - kb].min(axis=1, keepdims=True)                   # (R, 1): L
-    m = min(block, 2 * kb + 16)
-    while m < block and not (s[:, :, block - m - 1] < low).all():         # a key ≥ L left out
-        m = min(block, 2 * m)
-    return s[:, :, block - m:].reshape(R, nb * m)
 
 
 def _kth_largest(top: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dcm_ref as D
+import topk_cpu
 
 DTYPES = st.sampled_from([torch.float32, torch.float64])
 SCALES = st.sampled_from([1.0, 1e3, 1e4])
@@ -187,7 +188,7 @@ def test_topk_mask_equals_the_stable_sort_definition_on_random_scores(seed, C, d
     assert got.dtype == want.dtype and torch.equal(got, want)
 
 
-SELECT_BLOCKS = st.sampled_from([2, 3, 8, 512])   # dcm_ref._SELECT_BLOCK: small ones exercise the blocked selection
+SELECT_BLOCKS = st.sampled_from([2, 3, 8, 512])   # topk_cpu.SELECT_BLOCK: small ones exercise the blocked selection
 
 
 def with_bits_changed(x, delta):
@@ -224,7 +225,7 @@ def near_tied_scores(draw):
 @given(near_tied_scores(), KEEPS, st.sampled_from(["row", "global"]), SELECT_BLOCKS)
 def test_topk_mask_equals_the_stable_sort_definition_near_ties_signs_and_long_rows(S, keep, scope, block):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(D, "_SELECT_BLOCK", block)
+        mp.setattr(topk_cpu, "SELECT_BLOCK", block)
         got = D.topk_mask(S, keep, scope)
     want = D.topk_mask_literal(S, keep, scope)
     assert got.dtype == want.dtype and torch.equal(got, want)
@@ -241,8 +242,8 @@ def test_bit_selection_proves_the_mask_of_distinct_nonnegative_scores(seed, C, d
     if k == d or S.unique().numel() != S.numel():
         return
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(D, "_SELECT_BLOCK", block)
-        got = D._mask_by_bits(S, k, dtype)
+        mp.setattr(topk_cpu, "SELECT_BLOCK", block)
+        got = topk_cpu.mask_by_bits(S, k, dtype)
     assert got is not None and torch.equal(got, D.topk_mask_literal(S, keep))
 
 
@@ -268,8 +269,8 @@ def test_kth_largest_key_is_the_kth_of_the_sorted_row(seed, R, n, block, layout)
         keys[:, :min(block, n)] += 5000
     k = int(torch.randint(1, n, (), generator=g)) if layout != "one block holds the top" else min(block, n - 1)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(D, "_SELECT_BLOCK", block)
-        got = D._kth_largest_key(keys.numpy(), k)
+        mp.setattr(topk_cpu, "SELECT_BLOCK", block)
+        got = topk_cpu.kth_largest_key(keys.numpy(), k)
     want = keys.sort(dim=1, descending=True).values[:, k - 1:k]
     assert torch.equal(torch.from_numpy(got), want)
 
