@@ -149,15 +149,15 @@ def topk_mask(scores: Tensor, keep: float, scope: str = "row") -> Tensor:
     (and ..._under_heavy_ties_and_nan, ..._near_ties_signs_and_long_rows).
 
     scores: (C, d) -> M: (C, d), same dtype and device, values 0/1.
-    How (docs/design.md §9): on CPU topk_cpu's partition on the score bits where it provably
-    is the sort's mask, else torch.topk plus the exact tie fill (_first_k_by_rank); on a GPU
-    always the tie fill, so there is no read-back to the host.
+    How (docs/design.md §9): eager on CPU, topk_cpu's partition on the score bits where it
+    provably is the sort's mask, else torch.topk plus the exact tie fill (_first_k_by_rank);
+    on a GPU and inside torch.compile always the tie fill: no host read, no numpy.
     """
     flat, k = _selection_rows(scores, keep, scope)
     if k >= flat.shape[1] or flat.shape[0] == 0:   # keep = 1, or an empty matrix
         return torch.ones_like(scores)
     flat = flat.to(torch.uint8) if flat.dtype == torch.bool else flat   # topk has no bool kernel
-    if flat.device.type != "cpu":
+    if flat.device.type != "cpu" or torch.compiler.is_compiling():
         top = torch.topk(flat, k, dim=1, sorted=False).values          # (R, k), NaN counts as largest
         return _first_k_by_rank(flat, top, k, host_checks=False).to(scores.dtype).reshape(scores.shape)
     mask = topk_cpu.mask_by_bits(flat.detach(), k, scores.dtype)
@@ -385,14 +385,16 @@ def mask_change(m_old: Tensor, m_new: Tensor) -> float:
 
 def mask_change_tensor(m_old: Tensor, m_new: Tensor) -> Tensor:
     """mask_change as a 0-dim float64 tensor on the masks' device, with no read-back to
-    the host off the CPU (what the schedule stores). For 0/1 masks |A ∩ B| = Σ a·b (one dot
+    the host off the CPU nor numpy inside torch.compile (what the schedule stores). For 0/1 masks |A ∩ B| = Σ a·b (one dot
     product) and |A ∪ B| = Σa + Σb − |A ∩ B|: no bool temporaries; counts exact (_exact_count_view).
     """
     _check_mask(m_new, m_old, "m_new", "m_old")
     a, b = _exact_count_view(m_old), _exact_count_view(m_new)
     if a.dtype != b.dtype:                         # torch.dot wants one dtype
         a, b = a.to(torch.float64), b.to(torch.float64)
-    return _change_on_host(a, b) if a.device.type == "cpu" else _change_on_device(a, b)
+    if a.device.type != "cpu" or torch.compiler.is_compiling():   # no host read, no numpy
+        return _change_on_device(a, b)
+    return _change_on_host(a, b)
 
 
 def _change_on_host(a: Tensor, b: Tensor) -> Tensor:

@@ -687,6 +687,75 @@ def test_numpy_scalars_are_accepted_as_keep(keep):
     assert type(D.kept_count(keep, 8)) is int
 
 
+# ----------------------------------------------------------------------------- torch.compile
+# A training forward may score and select inside torch.compile(fullgraph=True): topk_mask and
+# mask_change_tensor then take their torch-only paths (the GPU ones), never numpy.
+
+def scoring_forward(v, w, b, m_old, keep=0.75):
+    """moments -> scores -> mask -> masked head -> mask change: z (B, C), M (C, d), change ()."""
+    M = D.topk_mask(D.scores_from_moments(D.moments(v), w), keep)
+    return D.masked_linear(v, w, b, M), M, D.mask_change_tensor(m_old, M)
+
+
+def tied_head_case(seed, B=16, C=5, d=12):
+    """v: (B, d) with every other feature constant (score 0: a tie the fill must break by index)."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(B, d, generator=g)
+    v[:, ::2] = 1.5
+    return v, torch.randn(C, d, generator=g), torch.randn(C, generator=g), (torch.rand(C, d, generator=g) < 0.5).float()
+
+
+def run_and_backward(fn, v, w, b, m_old):
+    v, w, b = (t.clone().requires_grad_() for t in (v, w, b))
+    z, M, change = fn(v, w, b, m_old)
+    (z * torch.linspace(-1, 1, z.numel()).reshape(z.shape)).sum().backward()
+    return z.detach(), M, change, v.grad, w.grad, b.grad
+
+
+def test_compiled_scoring_forward_and_backward_equal_eager_without_graph_breaks():
+    torch._dynamo.reset()
+    compiled = torch.compile(scoring_forward, fullgraph=True)     # fullgraph: a graph break raises
+    for seed in range(3):
+        case = tied_head_case(seed)
+        z, M, change, *grads = run_and_backward(compiled, *case)
+        z0, M0, change0, *grads0 = run_and_backward(scoring_forward, *case)
+        assert torch.equal(M, M0) and int(M.sum()) == 5 * 9        # 6 scores > 0, then 3 of the 6 tied at 0
+        torch.testing.assert_close(change, change0, rtol=1e-12, atol=0)
+        torch.testing.assert_close(z, z0)
+        for g, g0 in zip(grads, grads0):
+            torch.testing.assert_close(g, g0)
+
+
+@pytest.mark.parametrize("scope", ["row", "global"])
+def test_compiled_topk_mask_equals_the_stable_sort_definition_under_ties_and_nan(scope):
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda S: D.topk_mask(S, 0.3, scope), fullgraph=True)
+    palette = torch.tensor(SPECIALS)
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        S = torch.where(torch.rand(6, 40, generator=g) < 0.5, torch.rand(6, 40, generator=g).round(decimals=1),
+                        palette[torch.randint(0, len(SPECIALS), (6, 40), generator=g)])
+        assert torch.equal(compiled(S), D.topk_mask_literal(S, 0.3, scope)), seed
+
+
+def test_compiled_paths_never_call_the_cpu_fast_paths_and_eager_does(monkeypatch):
+    """Inside torch.compile no numpy (topk_cpu, _change_on_host) is traced; eager CPU keeps them."""
+    calls = []
+
+    def refuse(*args):
+        calls.append(args)
+        raise RuntimeError("a CPU fast path was called")
+
+    monkeypatch.setattr(topk_cpu, "mask_by_bits", refuse)
+    monkeypatch.setattr(D, "_change_on_host", refuse)
+    torch._dynamo.reset()
+    case = tied_head_case(0)
+    torch.compile(scoring_forward, fullgraph=True)(*case)
+    assert calls == []
+    with pytest.raises(RuntimeError, match="fast path"):
+        scoring_forward(*case)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 V, W = torch.randn(4, 3), torch.randn(2, 3)
