@@ -4,8 +4,8 @@ arXiv 2508.09697): edge activations (Fig. 2), edge importance (Eq. 2), top-k
 mask selection and the masked linear head as written first; then their tuned
 fast paths (each proven equal to its definition by a named test); then the mask
 schedule as a pure state transition, moment helpers for multi-process runs,
-`--dcm-freeze`, and the diagnostics of Fig. 3 and Fig. 5. Conventions and their
-sources: docs/design.md §2.
+`--dcm-freeze`, and the mask change of Fig. 5 (Fig. 3's gradient error: diagnostics.py).
+Conventions and their sources: docs/design.md §2.
 
 Usage, the method in three lines (one training step):
 
@@ -31,6 +31,8 @@ from typing import Callable, NamedTuple, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+import topk_cpu
 
 Tensor = torch.Tensor
 Moments = Tuple[Tensor, ...]   # mergeable sums, e.g. (n, Σv, Σv²); merged by elementwise sum
@@ -142,104 +144,26 @@ def edge_scores(v: Tensor, w: Tensor) -> Tensor:
 
 
 def topk_mask(scores: Tensor, keep: float, scope: str = "row") -> Tensor:
-    """Fast path of topk_mask_literal: the same mask bit for bit (stable descending sort:
-    ties go to the lower flat index, NaN ranks first), proven by
+    """Fast path of topk_mask_literal: the same mask bit for bit, proven by
     tests/test_dcm_ref.py::test_topk_mask_equals_the_stable_sort_definition_on_random_scores
     (and ..._under_heavy_ties_and_nan, ..._near_ties_signs_and_long_rows).
 
-    scores: (C, d) -> M: (C, d), same dtype and device, values 0/1; scope "row": every
-    class keeps exactly max(1, round(keep·d)) inputs, "global": max(1, round(keep·C·d))
-    edges overall; keep = 1 is plain FC.
-    How (docs/design.md §9): on CPU numpy's partition on the score bits, kept only where it
-    provably equals the sort, else torch.topk plus an exact tie fill; on a GPU always the
-    tie fill, so there is no read-back to the host.
+    scores: (C, d) -> M: (C, d), same dtype and device, values 0/1.
+    How (docs/design.md §9): eager on CPU, topk_cpu's partition on the score bits where it
+    provably is the sort's mask, else torch.topk plus the exact tie fill (_first_k_by_rank);
+    on a GPU and inside torch.compile always the tie fill: no host read, no numpy.
     """
     flat, k = _selection_rows(scores, keep, scope)
     if k >= flat.shape[1] or flat.shape[0] == 0:   # keep = 1, or an empty matrix
         return torch.ones_like(scores)
     flat = flat.to(torch.uint8) if flat.dtype == torch.bool else flat   # topk has no bool kernel
-    if flat.device.type != "cpu":
+    if flat.device.type != "cpu" or torch.compiler.is_compiling():
         top = torch.topk(flat, k, dim=1, sorted=False).values          # (R, k), NaN counts as largest
         return _first_k_by_rank(flat, top, k, host_checks=False).to(scores.dtype).reshape(scores.shape)
-    mask = _mask_by_bits(flat.detach(), k, scores.dtype)
+    mask = topk_cpu.mask_by_bits(flat.detach(), k, scores.dtype)
     if mask is None:
         mask = _first_k_by_rank(flat, torch.topk(flat, k, dim=1, sorted=False).values, k).to(scores.dtype)
     return mask.reshape(scores.shape)
-
-
-# Sort keys of the dtypes _mask_by_bits handles: floats read as signed integers of their size
-# (with the bits of +inf), integers as themselves (None: no inf).
-_KEYS = {torch.float16: (torch.int16, 0x7C00), torch.bfloat16: (torch.int16, 0x7F80),
-         torch.float32: (torch.int32, 0x7F800000), torch.float64: (torch.int64, 0x7FF0000000000000),
-         **{t: (t, None) for t in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)}}
-_NUMPY_FLOAT = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
-# numpy sorts and partitions rows of up to 512 keys with SIMD networks (measured on the AMD EPYC
-# of bench/README.md: about 1 ns a key, 5 ns for longer rows): longer rows go in blocks of this size.
-_SELECT_BLOCK = 512
-
-
-def _mask_by_bits(flat: Tensor, k: int, dtype: torch.dtype) -> Optional[Tensor]:
-    """CPU fast selection: the stable-sort top-k mask of each row, or None where the
-    shortcut cannot prove it (then _first_k_by_rank decides).
-
-    flat: (R, n) on CPU, 0 < k < n -> (R, n) 0/1 in `dtype`, or None.
-    Keys: a float read as a signed integer of its size sorts as its value when its
-    sign bit is clear (+0 < … < +inf < +NaN bit patterns); an integer is its own key.
-    t = each row's k-th largest key (_kth_largest_key); the mask keeps keys ≥ t.
-    It is the stable-sort mask when
-      (1) exactly k keys per row are ≥ t (no tie at t: each kept entry ranks
-          strictly ahead of every dropped one), and for floats
-      (2) no key is negative (no sign bit: -0.0, negative numbers and NaN with
-          the sign bit would sort wrongly), and
-      (3) t ≤ the bits of +inf (a NaN threshold could keep one NaN and drop another,
-          which tie; with t ≤ +inf every NaN is kept and ranks first, as in the sort).
-    """
-    if flat.dtype not in _KEYS:
-        return None
-    key_dtype, inf_bits = _KEYS[flat.dtype]
-    keys = flat.contiguous().view(key_dtype).numpy()
-    t = _kth_largest_key(keys, k)                                          # (R, 1)
-    if inf_bits is not None and (t.max() > inf_bits or keys.min() < 0):
-        return None
-    kept = np.greater_equal(keys, t)
-    if not (kept.view(np.uint8).sum(axis=1, dtype=np.int32) == k).all():   # a tie at t
-        return None
-    if dtype in _NUMPY_FLOAT:                           # numpy's bool -> float cast is the faster one
-        return torch.from_numpy(kept.astype(_NUMPY_FLOAT[dtype]))
-    return torch.from_numpy(kept).to(dtype)
-
-
-def _kth_largest_key(keys: np.ndarray, k: int) -> np.ndarray:
-    """keys: (R, n) integers, 0 < k < n -> (R, 1): the k-th largest key of each row
-    (numpy's partition; rows longer than _SELECT_BLOCK first shrink to _key_candidates)."""
-    if keys.shape[1] > _SELECT_BLOCK:
-        keys = _key_candidates(keys, k, _SELECT_BLOCK)
-    n = keys.shape[1]
-    return np.partition(keys, n - k, axis=1)[:, n - k:n - k + 1]
-
-
-def _key_candidates(keys: np.ndarray, k: int, block: int) -> np.ndarray:
-    """A sub-multiset of each row holding its k largest keys, from sorted blocks.
-
-    keys: (R, n) integers, 0 < k < n -> (R, nb·m) with nb = ⌈n / block⌉, m ≤ block.
-    The row (padded with the smallest key) is nb blocks, each sorted (fast: SIMD).
-    With kb = ⌈k / nb⌉, L = min over blocks of the block's kb-th largest: every
-    block has kb keys ≥ L, so the row has ≥ k, and its k-th largest is ≥ L. The
-    last m keys of each block, m grown until they hold every key ≥ L, therefore
-    hold the row's k largest keys (with their multiplicities).
-    """
-    R, n = keys.shape
-    nb = -(-n // block)
-    if nb * block != n:
-        pad = np.full((R, nb * block - n), np.iinfo(keys.dtype).min, keys.dtype)
-        keys = np.concatenate([keys, pad], axis=1)
-    s = np.sort(keys.reshape(R, nb, block), axis=2)                        # (R, nb, block) ascending
-    kb = -(-k // nb)
-    low = s[:, :, block - kb].min(axis=1, keepdims=True)                   # (R, 1): L
-    m = min(block, 2 * kb + 16)
-    while m < block and not (s[:, :, block - m - 1] < low).all():         # a key ≥ L left out
-        m = min(block, 2 * m)
-    return s[:, :, block - m:].reshape(R, nb * m)
 
 
 def _kth_largest(top: Tensor) -> Tensor:
@@ -490,14 +414,16 @@ def mask_change(m_old: Tensor, m_new: Tensor) -> float:
 
 def mask_change_tensor(m_old: Tensor, m_new: Tensor) -> Tensor:
     """mask_change as a 0-dim float64 tensor on the masks' device, with no read-back to
-    the host off the CPU (what the schedule stores). For 0/1 masks |A ∩ B| = Σ a·b (one dot
+    the host off the CPU nor numpy inside torch.compile (what the schedule stores). For 0/1 masks |A ∩ B| = Σ a·b (one dot
     product) and |A ∪ B| = Σa + Σb − |A ∩ B|: no bool temporaries; counts exact (_exact_count_view).
     """
     _check_mask(m_new, m_old, "m_new", "m_old")
     a, b = _exact_count_view(m_old), _exact_count_view(m_new)
     if a.dtype != b.dtype:                         # torch.dot wants one dtype
         a, b = a.to(torch.float64), b.to(torch.float64)
-    return _change_on_host(a, b) if a.device.type == "cpu" else _change_on_device(a, b)
+    if a.device.type != "cpu" or torch.compiler.is_compiling():   # no host read, no numpy
+        return _change_on_device(a, b)
+    return _change_on_host(a, b)
 
 
 def _change_on_host(a: Tensor, b: Tensor) -> Tensor:
@@ -533,126 +459,6 @@ def kept_fraction(mask: Tensor) -> float:
     if not isinstance(mask, torch.Tensor) or mask.numel() == 0:
         raise ValueError("mask: expected a non-empty tensor")
     return float((mask != 0).to(torch.float64).mean())
-
-
-# ============================================================================= Diagnostics (Fig. 3)
-# Gradient error caused by noisy labels: on samples whose label was corrupted,
-# compare the gradient of the training loss under the noisy label ỹ with the one
-# under the clean label y. DCM's claim is that masking the head shrinks the error
-# that reaches the backbone (Fig. 3 of the paper): in closed form for an FC head with CE
-# (feature_grad_error and its bound), and by autograd for any head and loss. Copy the
-# section with the module's imports, _check_2d and _check_mask.
-
-from typing import Sequence  # noqa: E402
-
-
-def feature_grad_error(w: Tensor, mask: Tensor, y: Tensor, y_noisy: Tensor) -> Tensor:
-    """Per-sample error of the CE gradient w.r.t. the features, noisy minus clean label.
-
-    For z = v (W⊙M)ᵀ + b, ∂CE/∂z = p − e_label, so ∂CE/∂v|ỹ − ∂CE/∂v|y
-    = (W⊙M)ᵀ(e_y − e_ỹ) = (W⊙M)[y] − (W⊙M)[ỹ]: independent of v and p.
-    w, mask: (C, d), y, y_noisy: (B,) class indices -> (B, d).
-    """
-    _check_2d("w", w, "(C, d)")
-    _check_mask(mask, w)
-    for name, labels in (("y", y), ("y_noisy", y_noisy)):
-        if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
-            got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
-            raise ValueError(f"{name}: expected (B,) integer class indices, got {got}")
-    wm = w * mask
-    return wm[y] - wm[y_noisy]
-
-
-def feature_grad_error_bound(w: Tensor, mask: Tensor) -> float:
-    """Bound on ‖feature_grad_error‖₂ for any sample: 2·sqrt(k)·max|W⊙M|, k = most kept edges in a row.
-
-    Why 2·sqrt(k) and not sqrt(2k): the error is a − c with a = (W⊙M)[y],
-    c = (W⊙M)[ỹ], each with ≤ k non-zeros bounded by m = max|W⊙M|, so
-    ‖a − c‖ ≤ ‖a‖ + ‖c‖ ≤ 2·sqrt(k)·m, attained when both rows keep the same
-    k edges with opposite signs. sqrt(2k)·m holds only if no kept entry of a
-    meets one of opposite sign in c (e.g. disjoint supports); with d = k = 1,
-    w = [[1], [−1]] the error is 2 > sqrt(2). The bound shrinks with nested
-    masks (k and m cannot grow); the error itself need not (cancelling edges).
-    w, mask: (C, d) -> float.
-    """
-    _check_2d("w", w, "(C, d)")
-    _check_mask(mask, w)
-    k = int((mask != 0).sum(dim=1).max())
-    m = float((w * mask).abs().max())
-    return 2.0 * math.sqrt(k) * m
-
-
-class GradError(NamedTuple):
-    """Result of label_gradient_error on a probe batch of B samples.
-
-    cos_params: cosine between ∂ΣL(z, ỹ)/∂θ and ∂ΣL(z, y)/∂θ over all probed θ (float);
-    cos_feat: (B,) per-sample cosine between ∂L_b/∂v_b under ỹ and under y (float64);
-    err_feat: (B,) per-sample ‖∂L_b/∂v_b|ỹ − ∂L_b/∂v_b|y‖₂ (float64).
-    """
-    cos_params: float
-    cos_feat: Tensor
-    err_feat: Tensor
-
-
-def gradient_cosine(g_a: Sequence[Optional[Tensor]], g_b: Sequence[Optional[Tensor]]) -> float:
-    """Cosine between two gradients, each a sequence of tensors (one per parameter).
-
-    The tensors are flattened and concatenated, so this is the cosine in the joint
-    parameter space. A None entry (unused parameter) counts as zeros. Float64;
-    0.0 if either gradient is exactly zero (no direction to compare).
-    g_a, g_b: sequences of matching shapes -> float in [-1, 1].
-    """
-    if len(g_a) != len(g_b) or len(g_a) == 0:
-        raise ValueError(f"g_b: expected a non-empty sequence as long as g_a ({len(g_a)}), got length {len(g_b)}")
-    dot, na, nb = 0.0, 0.0, 0.0
-    for a, b in zip(g_a, g_b):
-        if a is not None and b is not None and a.shape != b.shape:
-            raise ValueError(f"g_b: expected shapes matching g_a, got {tuple(b.shape)} vs {tuple(a.shape)}")
-        a = None if a is None else a.detach().double()
-        b = None if b is None else b.detach().double()
-        if a is not None and b is not None:
-            dot += float((a * b).sum())
-        na += 0.0 if a is None else float(a.square().sum())
-        nb += 0.0 if b is None else float(b.square().sum())
-    if na == 0.0 or nb == 0.0:
-        return 0.0
-    return max(-1.0, min(1.0, dot / (math.sqrt(na) * math.sqrt(nb))))  # clip rounding past ±1
-
-
-def label_gradient_error(loss_fn: Callable[[Tensor, Tensor], Tensor], logits: Tensor, v: Tensor,
-                         params: Sequence[Tensor], y_noisy: Tensor, y_clean: Tensor) -> GradError:
-    """Gradient error of Fig. 3 on one probe batch: noisy-label vs clean-label gradient.
-
-    logits: (B, C), computed from the features v: (B, d) inside the autograd graph;
-    params: the parameters to probe (e.g. the backbone's last layer, upstream of v);
-    loss_fn(logits, target) -> (B,) per-sample loss; y_noisy, y_clean: (B,) labels.
-    Uses torch.autograd.grad with retain_graph (the caller's graph survives) and
-    touches no .grad, so an optimizer never sees these gradients.
-
-    Per-sample feature gradients are read from ∂ΣL/∂v: exact when sample b's logits
-    depend on v only through v_b (any row-wise head; a DCM mask is a constant). Put
-    BatchNorm in eval mode so the parameter gradient does not mix samples. For CE on
-    an FC head, err_feat[b] = ‖feature_grad_error(w, mask, y, ỹ)[b]‖ ≤ feature_grad_error_bound(w, mask).
-    """
-    _check_2d("logits", logits, "(B, C)")
-    _check_2d("v", v, "(B, d)")
-    B = logits.shape[0]
-    for name, y in (("y_noisy", y_noisy), ("y_clean", y_clean)):
-        if not isinstance(y, torch.Tensor) or tuple(y.shape) != (B,):
-            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-            raise ValueError(f"{name}: expected class indices of shape ({B},), got {got}")
-    params = list(params)
-    if not params:
-        raise ValueError("params: expected at least one tensor to probe, got none")
-    l_noisy, l_clean = loss_fn(logits, y_noisy), loss_fn(logits, y_clean)
-    if tuple(l_noisy.shape) != (B,):
-        raise ValueError(f"loss_fn: expected a per-sample loss of shape ({B},), got {tuple(l_noisy.shape)}")
-    wrt = params + [v]
-    g_n = torch.autograd.grad(l_noisy.sum(), wrt, retain_graph=True, allow_unused=True)
-    g_c = torch.autograd.grad(l_clean.sum(), wrt, retain_graph=True, allow_unused=True)
-    gv_n, gv_c = ((torch.zeros_like(v) if g is None else g).double() for g in (g_n[-1], g_c[-1]))
-    cos_feat = F.cosine_similarity(gv_n, gv_c, dim=1, eps=1e-300)  # zero gradient -> 0, as gradient_cosine
-    return GradError(gradient_cosine(g_n[:-1], g_c[:-1]), cos_feat, (gv_n - gv_c).norm(dim=1))
 
 
 # ----------------------------------------------------------------------------- argument checks

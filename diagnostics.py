@@ -8,17 +8,158 @@ Zhang et al., arXiv 2508.09697; the conventions are in docs/design.md §8.
     m.update(grad_error_metrics(args, st, d, probe, loss_fn))
 """
 import datetime
+import math
 import os
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import checkpoint
 import data
-import dcm_ref
 import distributed
 import layers
 import train_cli
+
+
+# ============================================================================= gradient error (Fig. 3): the functions
+# Gradient error caused by noisy labels: on samples whose label was corrupted,
+# compare the gradient of the training loss under the noisy label ỹ with the one
+# under the clean label y. DCM's claim is that masking the head shrinks the error
+# that reaches the backbone (Fig. 3 of the paper): in closed form for an FC head with CE
+# (feature_grad_error and its bound), and by autograd for any head and loss. The section
+# needs only math, typing, torch and torch.nn.functional; copy it with its two checks.
+
+Tensor = torch.Tensor
+
+
+def feature_grad_error(w: Tensor, mask: Tensor, y: Tensor, y_noisy: Tensor) -> Tensor:
+    """Per-sample error of the CE gradient w.r.t. the features, noisy minus clean label.
+
+    For z = v (W⊙M)ᵀ + b, ∂CE/∂z = p − e_label, so ∂CE/∂v|ỹ − ∂CE/∂v|y
+    = (W⊙M)ᵀ(e_y − e_ỹ) = (W⊙M)[y] − (W⊙M)[ỹ]: independent of v and p.
+    w, mask: (C, d), y, y_noisy: (B,) class indices -> (B, d).
+    """
+    _check_2d("w", w, "(C, d)")
+    _check_mask(mask, w)
+    for name, labels in (("y", y), ("y_noisy", y_noisy)):
+        if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
+            got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise ValueError(f"{name}: expected (B,) integer class indices, got {got}")
+    wm = w * mask
+    return wm[y] - wm[y_noisy]
+
+
+def feature_grad_error_bound(w: Tensor, mask: Tensor) -> float:
+    """Bound on ‖feature_grad_error‖₂ for any sample: 2·sqrt(k)·max|W⊙M|, k = most kept edges in a row.
+
+    Why 2·sqrt(k) and not sqrt(2k): the error is a − c with a = (W⊙M)[y],
+    c = (W⊙M)[ỹ], each with ≤ k non-zeros bounded by m = max|W⊙M|, so
+    ‖a − c‖ ≤ ‖a‖ + ‖c‖ ≤ 2·sqrt(k)·m, attained when both rows keep the same
+    k edges with opposite signs. sqrt(2k)·m holds only if no kept entry of a
+    meets one of opposite sign in c (e.g. disjoint supports); with d = k = 1,
+    w = [[1], [−1]] the error is 2 > sqrt(2). The bound shrinks with nested
+    masks (k and m cannot grow); the error itself need not (cancelling edges).
+    w, mask: (C, d) -> float.
+    """
+    _check_2d("w", w, "(C, d)")
+    _check_mask(mask, w)
+    k = int((mask != 0).sum(dim=1).max())
+    m = float((w * mask).abs().max())
+    return 2.0 * math.sqrt(k) * m
+
+
+class GradError(NamedTuple):
+    """Result of label_gradient_error on a probe batch of B samples.
+
+    cos_params: cosine between ∂ΣL(z, ỹ)/∂θ and ∂ΣL(z, y)/∂θ over all probed θ (float);
+    cos_feat: (B,) per-sample cosine between ∂L_b/∂v_b under ỹ and under y (float64);
+    err_feat: (B,) per-sample ‖∂L_b/∂v_b|ỹ − ∂L_b/∂v_b|y‖₂ (float64).
+    """
+    cos_params: float
+    cos_feat: Tensor
+    err_feat: Tensor
+
+
+def gradient_cosine(g_a: Sequence[Optional[Tensor]], g_b: Sequence[Optional[Tensor]]) -> float:
+    """Cosine between two gradients, each a sequence of tensors (one per parameter).
+
+    The tensors are flattened and concatenated, so this is the cosine in the joint
+    parameter space. A None entry (unused parameter) counts as zeros. Float64;
+    0.0 if either gradient is exactly zero (no direction to compare).
+    g_a, g_b: sequences of matching shapes -> float in [-1, 1].
+    """
+    if len(g_a) != len(g_b) or len(g_a) == 0:
+        raise ValueError(f"g_b: expected a non-empty sequence as long as g_a ({len(g_a)}), got length {len(g_b)}")
+    dot, na, nb = 0.0, 0.0, 0.0
+    for a, b in zip(g_a, g_b):
+        if a is not None and b is not None and a.shape != b.shape:
+            raise ValueError(f"g_b: expected shapes matching g_a, got {tuple(b.shape)} vs {tuple(a.shape)}")
+        a = None if a is None else a.detach().double()
+        b = None if b is None else b.detach().double()
+        if a is not None and b is not None:
+            dot += float((a * b).sum())
+        na += 0.0 if a is None else float(a.square().sum())
+        nb += 0.0 if b is None else float(b.square().sum())
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return max(-1.0, min(1.0, dot / (math.sqrt(na) * math.sqrt(nb))))  # clip rounding past ±1
+
+
+def label_gradient_error(loss_fn: Callable[[Tensor, Tensor], Tensor], logits: Tensor, v: Tensor,
+                         params: Sequence[Tensor], y_noisy: Tensor, y_clean: Tensor) -> GradError:
+    """Gradient error of Fig. 3 on one probe batch: noisy-label vs clean-label gradient.
+
+    logits: (B, C), computed from the features v: (B, d) inside the autograd graph;
+    params: the parameters to probe (e.g. the backbone's last layer, upstream of v);
+    loss_fn(logits, target) -> (B,) per-sample loss; y_noisy, y_clean: (B,) labels.
+    Uses torch.autograd.grad with retain_graph (the caller's graph survives) and
+    touches no .grad, so an optimizer never sees these gradients.
+
+    Per-sample feature gradients are read from ∂ΣL/∂v: exact when sample b's logits
+    depend on v only through v_b (any row-wise head; a DCM mask is a constant). Put
+    BatchNorm in eval mode so the parameter gradient does not mix samples. For CE on
+    an FC head, err_feat[b] = ‖feature_grad_error(w, mask, y, ỹ)[b]‖ ≤ feature_grad_error_bound(w, mask).
+    """
+    _check_2d("logits", logits, "(B, C)")
+    _check_2d("v", v, "(B, d)")
+    B = logits.shape[0]
+    for name, y in (("y_noisy", y_noisy), ("y_clean", y_clean)):
+        if not isinstance(y, torch.Tensor) or tuple(y.shape) != (B,):
+            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise ValueError(f"{name}: expected class indices of shape ({B},), got {got}")
+    params = list(params)
+    if not params:
+        raise ValueError("params: expected at least one tensor to probe, got none")
+    l_noisy, l_clean = loss_fn(logits, y_noisy), loss_fn(logits, y_clean)
+    if tuple(l_noisy.shape) != (B,):
+        raise ValueError(f"loss_fn: expected a per-sample loss of shape ({B},), got {tuple(l_noisy.shape)}")
+    wrt = params + [v]
+    g_n = torch.autograd.grad(l_noisy.sum(), wrt, retain_graph=True, allow_unused=True)
+    g_c = torch.autograd.grad(l_clean.sum(), wrt, retain_graph=True, allow_unused=True)
+    gv_n, gv_c = ((torch.zeros_like(v) if g is None else g).double() for g in (g_n[-1], g_c[-1]))
+    cos_feat = F.cosine_similarity(gv_n, gv_c, dim=1, eps=1e-300)  # zero gradient -> 0, as gradient_cosine
+    return GradError(gradient_cosine(g_n[:-1], g_c[:-1]), cos_feat, (gv_n - gv_c).norm(dim=1))
+
+
+# argument checks of this section (the same one-line ValueErrors as dcm_ref's)
+
+def _check_2d(name: str, t: Tensor, expected: str) -> None:
+    if not isinstance(t, torch.Tensor) or t.dim() != 2:
+        got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{name}: expected a 2-D tensor {expected}, got {got}")
+
+
+def _check_mask(mask: Tensor, w: Tensor, name: str = "mask", like: str = "w") -> None:
+    if not isinstance(w, torch.Tensor):
+        raise ValueError(f"{like}: expected a tensor, got {type(w).__name__}")
+    if not isinstance(mask, torch.Tensor) or mask.shape != w.shape:
+        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"{name}: expected shape {tuple(w.shape)} (same as {like}), got {got}")
+
+
+# ============================================================================= what a run measures (train.py)
 
 PROBE_SIZE = 256  # Fig. 3 probe set: at most this many corrupted training samples
 
@@ -120,7 +261,7 @@ def grad_error_metrics(args, st, d, probe, loss_fn):
     the masked gradient is the one that trains the network. The loss is the run's
     per-sample --loss; label-independent terms (ANL's L1, ELR's regulariser) and
     co-teaching's selection are left out: they are equal for both labels or not a
-    gradient. grad_err_feat_bound (FC heads with CE) is dcm_ref.feature_grad_error_bound.
+    gradient. grad_err_feat_bound (FC heads with CE) is feature_grad_error_bound.
     """
     if probe is None:
         return dict.fromkeys(GRAD_FIELDS)
@@ -130,14 +271,14 @@ def grad_error_metrics(args, st, d, probe, loss_fn):
         with torch.enable_grad(), layers.eval_mask(net, "masked"):
             v = net.backbone(data.to_float(d.x[probe], d.mean, d.std))
             logits = net.head(v).float()
-            ge = dcm_ref.label_gradient_error(loss_fn, logits, v, list(net.backbone.last_layer.parameters()),
-                                              d.y_noisy[probe], d.y[probe])
+            ge = label_gradient_error(loss_fn, logits, v, list(net.backbone.last_layer.parameters()),
+                                     d.y_noisy[probe], d.y[probe])
     finally:
         net.train()
     bound, w = None, getattr(net.head, "weight", None)
     if w is not None and args.loss == "ce":  # FC heads; the bound is for CE's ∂L/∂z = p − e_label
         w = w.detach()
-        bound = dcm_ref.feature_grad_error_bound(w, getattr(net.head, "mask", torch.ones_like(w)))
+        bound = feature_grad_error_bound(w, getattr(net.head, "mask", torch.ones_like(w)))
     return dict(grad_cos_last=ge.cos_params, grad_cos_feat=float(ge.cos_feat.mean()),
                 grad_err_feat_norm=float(ge.err_feat.mean()), grad_err_feat_bound=bound)
 

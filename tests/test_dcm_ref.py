@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dcm_ref as D
+import topk_cpu
 
 DTYPES = st.sampled_from([torch.float32, torch.float64])
 SCALES = st.sampled_from([1.0, 1e3, 1e4])
@@ -187,7 +188,7 @@ def test_topk_mask_equals_the_stable_sort_definition_on_random_scores(seed, C, d
     assert got.dtype == want.dtype and torch.equal(got, want)
 
 
-SELECT_BLOCKS = st.sampled_from([2, 3, 8, 512])   # dcm_ref._SELECT_BLOCK: small ones exercise the blocked selection
+SELECT_BLOCKS = st.sampled_from([2, 3, 8, 512])   # topk_cpu.SELECT_BLOCK: small ones exercise the blocked selection
 
 
 def with_bits_changed(x, delta):
@@ -224,7 +225,7 @@ def near_tied_scores(draw):
 @given(near_tied_scores(), KEEPS, st.sampled_from(["row", "global"]), SELECT_BLOCKS)
 def test_topk_mask_equals_the_stable_sort_definition_near_ties_signs_and_long_rows(S, keep, scope, block):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(D, "_SELECT_BLOCK", block)
+        mp.setattr(topk_cpu, "SELECT_BLOCK", block)
         got = D.topk_mask(S, keep, scope)
     want = D.topk_mask_literal(S, keep, scope)
     assert got.dtype == want.dtype and torch.equal(got, want)
@@ -241,8 +242,8 @@ def test_bit_selection_proves_the_mask_of_distinct_nonnegative_scores(seed, C, d
     if k == d or S.unique().numel() != S.numel():
         return
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(D, "_SELECT_BLOCK", block)
-        got = D._mask_by_bits(S, k, dtype)
+        mp.setattr(topk_cpu, "SELECT_BLOCK", block)
+        got = topk_cpu.mask_by_bits(S, k, dtype)
     assert got is not None and torch.equal(got, D.topk_mask_literal(S, keep))
 
 
@@ -268,8 +269,8 @@ def test_kth_largest_key_is_the_kth_of_the_sorted_row(seed, R, n, block, layout)
         keys[:, :min(block, n)] += 5000
     k = int(torch.randint(1, n, (), generator=g)) if layout != "one block holds the top" else min(block, n - 1)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(D, "_SELECT_BLOCK", block)
-        got = D._kth_largest_key(keys.numpy(), k)
+        mp.setattr(topk_cpu, "SELECT_BLOCK", block)
+        got = topk_cpu.kth_largest_key(keys.numpy(), k)
     want = keys.sort(dim=1, descending=True).values[:, k - 1:k]
     assert torch.equal(torch.from_numpy(got), want)
 
@@ -327,74 +328,6 @@ def test_feature_gradient_is_upstream_times_masked_weights(seed, B, C, d, keep):
     up = torch.randn(z.shape, generator=g, dtype=z.dtype)
     (z * up).sum().backward()
     torch.testing.assert_close(v.grad, up @ (w.detach() * M), rtol=1e-12, atol=1e-12)
-
-
-@given(st.integers(0, 10**6), st.integers(1, 16), st.integers(2, 8), st.integers(1, 12), KEEPS)
-def test_ce_feature_gradient_noisy_minus_clean_is_masked_weight_difference(seed, B, C, d, keep):
-    """∂CE/∂z = p − e_label, so grad_v(ỹ) − grad_v(y) = (W⊙M)ᵀ(e_y − e_ỹ) per sample."""
-    v, w, b, M, g = masked_case(seed, B, C, d, keep)
-    y = torch.randint(C, (B,), generator=g)
-    y_noisy = torch.randint(C, (B,), generator=g)
-
-    def grad_v(labels):
-        z = D.masked_linear(v, w, b, M)
-        return torch.autograd.grad(F.cross_entropy(z, labels, reduction="sum"), v)[0]
-
-    expected = D.feature_grad_error(w.detach(), M, y, y_noisy)
-    torch.testing.assert_close(grad_v(y_noisy) - grad_v(y), expected, rtol=1e-9, atol=1e-12)
-    by_hand = (F.one_hot(y, C) - F.one_hot(y_noisy, C)).double() @ (w.detach() * M)
-    assert torch.equal(expected, by_hand)
-
-
-@given(st.integers(0, 10**6), st.integers(1, 16), st.integers(2, 8), st.integers(1, 12), KEEPS,
-       st.sampled_from(["row", "global"]), SCALES)
-def test_feature_grad_error_is_within_the_bound(seed, B, C, d, keep, scope, scale):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(C, d, generator=g, dtype=torch.float64) * scale
-    M = D.topk_mask(torch.rand(C, d, generator=g, dtype=torch.float64), keep, scope)
-    y, y_noisy = torch.randint(C, (B,), generator=g), torch.randint(C, (B,), generator=g)
-    norms = D.feature_grad_error(w, M, y, y_noisy).norm(dim=1)
-    assert float(norms.max()) <= D.feature_grad_error_bound(w, M) * (1 + 1e-12)
-
-
-def test_feature_grad_error_bound_is_attained_and_sqrt_2k_is_not_a_bound():
-    """Both rows keep the same k = 2 edges with opposite signs: ‖error‖ = 2·sqrt(k)·max|W|,
-    which exceeds the sqrt(2k)·max|W| one might guess from counting 2k non-zeros."""
-    w = torch.tensor([[3.0, -3.0, 1.0], [-3.0, 3.0, 1.0]], dtype=torch.float64)
-    M = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]], dtype=torch.float64)
-    err = D.feature_grad_error(w, M, torch.tensor([0]), torch.tensor([1])).norm()
-    assert D.feature_grad_error_bound(w, M) == pytest.approx(2 * math.sqrt(2) * 3.0)
-    assert float(err) == pytest.approx(D.feature_grad_error_bound(w, M))
-    assert float(err) > math.sqrt(2 * 2) * 3.0
-
-
-@given(st.integers(0, 10**6), st.integers(2, 8), st.integers(1, 16),
-       st.lists(KEEPS, min_size=2, max_size=5))
-def test_nested_masks_shrink_the_bound(seed, C, d, keeps):
-    """Masks from the same scores with decreasing keep are nested (each a subset of the
-    previous), so the bound 2·sqrt(k)·max|W⊙M| and the triangle bound
-    ‖(W⊙M)[y]‖ + ‖(W⊙M)[ỹ]‖ never grow. The error norm itself may grow (see the
-    next test), so it is deliberately not claimed to be monotone."""
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(C, d, generator=g, dtype=torch.float64)
-    S = D.edge_scores(torch.randn(32, d, generator=g, dtype=torch.float64), w)
-    masks = [D.topk_mask(S, keep) for keep in sorted(keeps, reverse=True)]
-    bounds = [D.feature_grad_error_bound(w, M) for M in masks]
-    row_norms = [(w * M).norm(dim=1) for M in masks]          # triangle bound = sum of two of these
-    for i in range(1, len(masks)):
-        assert bool((masks[i] <= masks[i - 1]).all())
-        assert bounds[i] <= bounds[i - 1]
-        assert bool((row_norms[i] <= row_norms[i - 1]).all())
-
-
-def test_masking_a_cancelling_edge_can_grow_the_error():
-    w = torch.tensor([[1.0, 0.5], [1.0, 0.1]], dtype=torch.float64)
-    both = torch.ones(2, 2, dtype=torch.float64)
-    nested = torch.tensor([[1.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
-    y, y_noisy = torch.tensor([0]), torch.tensor([1])
-    before = D.feature_grad_error(w, both, y, y_noisy).norm()
-    after = D.feature_grad_error(w, nested, y, y_noisy).norm()
-    assert after > before
 
 
 # ----------------------------------------------------------------------------- moments
@@ -730,6 +663,75 @@ def test_numpy_scalars_are_accepted_as_keep(keep):
     assert type(D.kept_count(keep, 8)) is int
 
 
+# ----------------------------------------------------------------------------- torch.compile
+# A training forward may score and select inside torch.compile(fullgraph=True): topk_mask and
+# mask_change_tensor then take their torch-only paths (the GPU ones), never numpy.
+
+def scoring_forward(v, w, b, m_old, keep=0.75):
+    """moments -> scores -> mask -> masked head -> mask change: z (B, C), M (C, d), change ()."""
+    M = D.topk_mask(D.scores_from_moments(D.moments(v), w), keep)
+    return D.masked_linear(v, w, b, M), M, D.mask_change_tensor(m_old, M)
+
+
+def tied_head_case(seed, B=16, C=5, d=12):
+    """v: (B, d) with every other feature constant (score 0: a tie the fill must break by index)."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(B, d, generator=g)
+    v[:, ::2] = 1.5
+    return v, torch.randn(C, d, generator=g), torch.randn(C, generator=g), (torch.rand(C, d, generator=g) < 0.5).float()
+
+
+def run_and_backward(fn, v, w, b, m_old):
+    v, w, b = (t.clone().requires_grad_() for t in (v, w, b))
+    z, M, change = fn(v, w, b, m_old)
+    (z * torch.linspace(-1, 1, z.numel()).reshape(z.shape)).sum().backward()
+    return z.detach(), M, change, v.grad, w.grad, b.grad
+
+
+def test_compiled_scoring_forward_and_backward_equal_eager_without_graph_breaks():
+    torch._dynamo.reset()
+    compiled = torch.compile(scoring_forward, fullgraph=True)     # fullgraph: a graph break raises
+    for seed in range(3):
+        case = tied_head_case(seed)
+        z, M, change, *grads = run_and_backward(compiled, *case)
+        z0, M0, change0, *grads0 = run_and_backward(scoring_forward, *case)
+        assert torch.equal(M, M0) and int(M.sum()) == 5 * 9        # 6 scores > 0, then 3 of the 6 tied at 0
+        torch.testing.assert_close(change, change0, rtol=1e-12, atol=0)
+        torch.testing.assert_close(z, z0)
+        for g, g0 in zip(grads, grads0):
+            torch.testing.assert_close(g, g0)
+
+
+@pytest.mark.parametrize("scope", ["row", "global"])
+def test_compiled_topk_mask_equals_the_stable_sort_definition_under_ties_and_nan(scope):
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda S: D.topk_mask(S, 0.3, scope), fullgraph=True)
+    palette = torch.tensor(SPECIALS)
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        S = torch.where(torch.rand(6, 40, generator=g) < 0.5, torch.rand(6, 40, generator=g).round(decimals=1),
+                        palette[torch.randint(0, len(SPECIALS), (6, 40), generator=g)])
+        assert torch.equal(compiled(S), D.topk_mask_literal(S, 0.3, scope)), seed
+
+
+def test_compiled_paths_never_call_the_cpu_fast_paths_and_eager_does(monkeypatch):
+    """Inside torch.compile no numpy (topk_cpu, _change_on_host) is traced; eager CPU keeps them."""
+    calls = []
+
+    def refuse(*args):
+        calls.append(args)
+        raise RuntimeError("a CPU fast path was called")
+
+    monkeypatch.setattr(topk_cpu, "mask_by_bits", refuse)
+    monkeypatch.setattr(D, "_change_on_host", refuse)
+    torch._dynamo.reset()
+    case = tied_head_case(0)
+    torch.compile(scoring_forward, fullgraph=True)(*case)
+    assert calls == []
+    with pytest.raises(RuntimeError, match="fast path"):
+        scoring_forward(*case)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 V, W = torch.randn(4, 3), torch.randn(2, 3)
@@ -770,8 +772,6 @@ BAD_CALLS = {   # what is wrong: (the argument the message must name first, the 
     "mask_init shape": ("shape", lambda: D.mask_init((5,))),
     "mask_init a number": ("shape", lambda: D.mask_init(5)),
     "empty kept_fraction": ("mask", lambda: D.kept_fraction(torch.ones(0, 3))),
-    "float labels": ("y", lambda: D.feature_grad_error(W, torch.ones(2, 3), torch.tensor([0.0, 1.0]), torch.tensor([1, 0]))),
-    "2-D noisy labels": ("y_noisy", lambda: D.feature_grad_error(W, torch.ones(2, 3), torch.tensor([0, 1]), torch.tensor([[1, 0]]))),
 }
 
 

@@ -1,5 +1,5 @@
 """Properties of the diagnostics the paper shows: the gradient error of Fig. 3
-(dcm_ref.label_gradient_error, train.py --track-grad-error) and the mask snapshots of
+(diagnostics.label_gradient_error, train.py --track-grad-error) and the mask snapshots of
 Fig. 5 (--save-masks). The runs dfc_run / fc_run are conftest.py's; plot.py: test_plot.py."""
 import json
 import math
@@ -20,6 +20,8 @@ import train
 
 from conftest import QUICK
 
+KEEPS = st.floats(min_value=0.01, max_value=1.0)
+SCALES = st.sampled_from([1.0, 1e3, 1e4])
 GRAD_FIELDS = ("grad_cos_last", "grad_cos_feat", "grad_err_feat_norm", "grad_err_feat_bound")
 
 
@@ -31,13 +33,13 @@ def read_jsonl(path):
 # ----------------------------------------------------------------------------- the pure functions
 
 def test_gradient_cosine_of_known_vectors():
-    assert math.isclose(D.gradient_cosine([torch.tensor([1.0, 0.0])], [torch.tensor([1.0, 1.0])]), 1 / math.sqrt(2))
+    assert math.isclose(diagnostics.gradient_cosine([torch.tensor([1.0, 0.0])], [torch.tensor([1.0, 1.0])]), 1 / math.sqrt(2))
     # pieces are concatenated: ([1], [0]) vs ([1], [1]) is the same pair of vectors
-    assert math.isclose(D.gradient_cosine([torch.ones(1), torch.zeros(1)], [torch.ones(1), torch.ones(1)]),
+    assert math.isclose(diagnostics.gradient_cosine([torch.ones(1), torch.zeros(1)], [torch.ones(1), torch.ones(1)]),
                         1 / math.sqrt(2))
-    assert math.isclose(D.gradient_cosine([torch.ones(1), None], [torch.ones(1), torch.ones(1)]), 1 / math.sqrt(2))
-    assert D.gradient_cosine([torch.tensor([2.0, -3.0])], [torch.tensor([-4.0, 6.0])]) == -1.0
-    assert D.gradient_cosine([torch.zeros(3)], [torch.ones(3)]) == 0.0
+    assert math.isclose(diagnostics.gradient_cosine([torch.ones(1), None], [torch.ones(1), torch.ones(1)]), 1 / math.sqrt(2))
+    assert diagnostics.gradient_cosine([torch.tensor([2.0, -3.0])], [torch.tensor([-4.0, 6.0])]) == -1.0
+    assert diagnostics.gradient_cosine([torch.zeros(3)], [torch.ones(3)]) == 0.0
 
 
 @settings(max_examples=30)
@@ -52,7 +54,7 @@ def test_label_gradient_error_matches_hand_computed_gradients_of_a_linear_model(
     y = torch.randint(0, C, (B,), generator=g)
     y_noisy = (y + torch.randint(1, C, (B,), generator=g)) % C          # every label corrupted
     v = x @ A.T
-    ge = D.label_gradient_error(lambda z, t: F.cross_entropy(z, t, reduction="none"), v @ W.T, v, [A], y_noisy, y)
+    ge = diagnostics.label_gradient_error(lambda z, t: F.cross_entropy(z, t, reduction="none"), v @ W.T, v, [A], y_noisy, y)
 
     xn, Wn = x.numpy(), W.numpy()
     z = xn @ A.detach().numpy().T @ Wn.T
@@ -78,21 +80,110 @@ def test_feature_gradient_error_obeys_the_dcm_bound_for_small_keep(seed, B, C, d
     y = torch.randint(0, C, (B,), generator=g)
     y_noisy = (y + torch.randint(1, C, (B,), generator=g)) % C
     logits = D.masked_linear(v, w, b, mask)
-    ge = D.label_gradient_error(lambda z, t: F.cross_entropy(z, t, reduction="none"), logits, v, [w.requires_grad_()],
+    ge = diagnostics.label_gradient_error(lambda z, t: F.cross_entropy(z, t, reduction="none"), logits, v, [w.requires_grad_()],
                                 y_noisy, y)
-    bound = D.feature_grad_error_bound(w.detach(), mask)
+    bound = diagnostics.feature_grad_error_bound(w.detach(), mask)
     assert bool((ge.err_feat <= bound * (1 + 1e-12)).all())
     # and it is exactly the closed form of the core: (W⊙M)[ỹ] − (W⊙M)[y]
-    assert torch.allclose(ge.err_feat, D.feature_grad_error(w.detach(), mask, y, y_noisy).norm(dim=1), atol=1e-12)
+    assert torch.allclose(ge.err_feat, diagnostics.feature_grad_error(w.detach(), mask, y, y_noisy).norm(dim=1), atol=1e-12)
 
 
 def test_label_gradient_error_rejects_labels_of_the_wrong_shape():
     v = torch.randn(3, 2, requires_grad=True)
     ce = lambda z, t: F.cross_entropy(z, t, reduction="none")
     with pytest.raises(ValueError, match="y_noisy"):
-        D.label_gradient_error(ce, v @ torch.ones(2, 2), v, [v], torch.zeros(2, dtype=torch.long), torch.zeros(3, dtype=torch.long))
+        diagnostics.label_gradient_error(ce, v @ torch.ones(2, 2), v, [v], torch.zeros(2, dtype=torch.long), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="params"):
-        D.label_gradient_error(ce, v @ torch.ones(2, 2), v, [], torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long))
+        diagnostics.label_gradient_error(ce, v @ torch.ones(2, 2), v, [], torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long))
+
+
+@given(st.integers(0, 10**6), st.integers(1, 16), st.integers(2, 8), st.integers(1, 12), KEEPS)
+def test_ce_feature_gradient_noisy_minus_clean_is_masked_weight_difference(seed, B, C, d, keep):
+    """∂CE/∂z = p − e_label, so grad_v(ỹ) − grad_v(y) = (W⊙M)ᵀ(e_y − e_ỹ) per sample."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(B, d, generator=g, dtype=torch.float64, requires_grad=True)
+    w, b = torch.randn(C, d, generator=g, dtype=torch.float64), torch.randn(C, generator=g, dtype=torch.float64)
+    M = D.topk_mask(torch.rand(C, d, generator=g, dtype=torch.float64), keep)
+    y = torch.randint(C, (B,), generator=g)
+    y_noisy = torch.randint(C, (B,), generator=g)
+
+    def grad_v(labels):
+        z = D.masked_linear(v, w, b, M)
+        return torch.autograd.grad(F.cross_entropy(z, labels, reduction="sum"), v)[0]
+
+    expected = diagnostics.feature_grad_error(w.detach(), M, y, y_noisy)
+    torch.testing.assert_close(grad_v(y_noisy) - grad_v(y), expected, rtol=1e-9, atol=1e-12)
+    by_hand = (F.one_hot(y, C) - F.one_hot(y_noisy, C)).double() @ (w.detach() * M)
+    assert torch.equal(expected, by_hand)
+
+
+@given(st.integers(0, 10**6), st.integers(1, 16), st.integers(2, 8), st.integers(1, 12), KEEPS,
+       st.sampled_from(["row", "global"]), SCALES)
+def test_feature_grad_error_is_within_the_bound(seed, B, C, d, keep, scope, scale):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(C, d, generator=g, dtype=torch.float64) * scale
+    M = D.topk_mask(torch.rand(C, d, generator=g, dtype=torch.float64), keep, scope)
+    y, y_noisy = torch.randint(C, (B,), generator=g), torch.randint(C, (B,), generator=g)
+    norms = diagnostics.feature_grad_error(w, M, y, y_noisy).norm(dim=1)
+    assert float(norms.max()) <= diagnostics.feature_grad_error_bound(w, M) * (1 + 1e-12)
+
+
+def test_feature_grad_error_bound_is_attained_and_sqrt_2k_is_not_a_bound():
+    """Both rows keep the same k = 2 edges with opposite signs: ‖error‖ = 2·sqrt(k)·max|W|,
+    which exceeds the sqrt(2k)·max|W| one might guess from counting 2k non-zeros."""
+    w = torch.tensor([[3.0, -3.0, 1.0], [-3.0, 3.0, 1.0]], dtype=torch.float64)
+    M = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]], dtype=torch.float64)
+    err = diagnostics.feature_grad_error(w, M, torch.tensor([0]), torch.tensor([1])).norm()
+    assert diagnostics.feature_grad_error_bound(w, M) == pytest.approx(2 * math.sqrt(2) * 3.0)
+    assert float(err) == pytest.approx(diagnostics.feature_grad_error_bound(w, M))
+    assert float(err) > math.sqrt(2 * 2) * 3.0
+
+
+@given(st.integers(0, 10**6), st.integers(2, 8), st.integers(1, 16),
+       st.lists(KEEPS, min_size=2, max_size=5))
+def test_nested_masks_shrink_the_bound(seed, C, d, keeps):
+    """Masks from the same scores with decreasing keep are nested (each a subset of the
+    previous), so the bound 2·sqrt(k)·max|W⊙M| and the triangle bound
+    ‖(W⊙M)[y]‖ + ‖(W⊙M)[ỹ]‖ never grow. The error norm itself may grow (see the
+    next test), so it is deliberately not claimed to be monotone."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(C, d, generator=g, dtype=torch.float64)
+    S = D.edge_scores(torch.randn(32, d, generator=g, dtype=torch.float64), w)
+    masks = [D.topk_mask(S, keep) for keep in sorted(keeps, reverse=True)]
+    bounds = [diagnostics.feature_grad_error_bound(w, M) for M in masks]
+    row_norms = [(w * M).norm(dim=1) for M in masks]          # triangle bound = sum of two of these
+    for i in range(1, len(masks)):
+        assert bool((masks[i] <= masks[i - 1]).all())
+        assert bounds[i] <= bounds[i - 1]
+        assert bool((row_norms[i] <= row_norms[i - 1]).all())
+
+
+def test_masking_a_cancelling_edge_can_grow_the_error():
+    w = torch.tensor([[1.0, 0.5], [1.0, 0.1]], dtype=torch.float64)
+    both = torch.ones(2, 2, dtype=torch.float64)
+    nested = torch.tensor([[1.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
+    y, y_noisy = torch.tensor([0]), torch.tensor([1])
+    before = diagnostics.feature_grad_error(w, both, y, y_noisy).norm()
+    after = diagnostics.feature_grad_error(w, nested, y, y_noisy).norm()
+    assert after > before
+
+W = torch.randn(2, 3)
+BAD_CALLS = {   # what is wrong: (the argument the message must name first, the call)
+    "float labels": ("y", lambda: diagnostics.feature_grad_error(W, torch.ones(2, 3), torch.tensor([0.0, 1.0]), torch.tensor([1, 0]))),
+    "2-D noisy labels": ("y_noisy", lambda: diagnostics.feature_grad_error(W, torch.ones(2, 3), torch.tensor([0, 1]), torch.tensor([[1, 0]]))),
+    "mask shape": ("mask", lambda: diagnostics.feature_grad_error(W, torch.ones(3, 2), torch.tensor([0]), torch.tensor([1]))),
+    "w not 2-D": ("w", lambda: diagnostics.feature_grad_error_bound(torch.ones(6), torch.ones(6))),
+    "logits not 2-D": ("logits", lambda: diagnostics.label_gradient_error(None, torch.ones(3), torch.ones(3, 2), [W], None, None)),
+    "gradients of different lengths": ("g_b", lambda: diagnostics.gradient_cosine([W], [W, W])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CALLS))
+def test_bad_input_raises_a_one_line_value_error_naming_the_argument(name):
+    argument, call = BAD_CALLS[name]
+    with pytest.raises(ValueError) as info:
+        call()
+    assert "\n" not in str(info.value) and str(info.value).startswith(argument + ":"), str(info.value)
 
 
 # ----------------------------------------------------------------------------- train.py
@@ -139,7 +230,7 @@ def test_logged_feature_error_is_the_masked_head_error_on_the_probe_set(dfc_run)
     assert torch.equal(probe, diagnostics.grad_probe(a, d))
     ck = torch.load(os.path.join(dfc_run, "checkpoint.pt"), weights_only=False)
     w, mask = ck["nets"][0]["head.w"], ck["masks"][0]["mask"]
-    expected = D.feature_grad_error(w, mask, d.y[probe], d.y_noisy[probe]).norm(dim=1).mean()
+    expected = diagnostics.feature_grad_error(w, mask, d.y[probe], d.y_noisy[probe]).norm(dim=1).mean()
     last = read_jsonl(os.path.join(dfc_run, "metrics.jsonl"))[-1]
     assert math.isclose(last["grad_err_feat_norm"], float(expected), rel_tol=1e-5)
 
