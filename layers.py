@@ -84,8 +84,10 @@ class DCMModule(nn.Module):
         self.register_buffer("mask", torch.ones(shape, device=device))
         self.register_buffer("dcm_step", torch.zeros((), dtype=torch.long, device=device))
         self.register_buffer("dcm_updates", torch.zeros((), dtype=torch.long, device=device))
-        self.register_buffer("dcm_change", torch.zeros((), **f64))
-        for name, s in zip(("pooled_n", "pooled_s1", "pooled_s2"), ((),) + tuple(stat_shapes)):
+        # The two float64 scalars are (1,), not 0-dim: torch 2.13's inductor drops in-place writes to
+        # 0-dim float64 buffers on CPU (tests/test_modules.py, the compiled stats="interval" case).
+        self.register_buffer("dcm_change", torch.zeros(1, **f64))
+        for name, s in zip(("pooled_n", "pooled_s1", "pooled_s2"), ((1,),) + tuple(stat_shapes)):
             self.register_buffer(name, torch.zeros(s, **f64))
         self._forwards, self._warned, self._attached = 0, False, False
         self._before_step: Optional[list] = None   # attach(freeze=True): masked parameters before the step
@@ -124,16 +126,19 @@ class DCMModule(nn.Module):
         if self._phase == "warmup" or (self._phase == "hold" and self.stats == "batch"):
             return self.mask
         m = self.all_reduce(self._moments(feats))
-        pool = (self.pooled_n, self.pooled_s1, self.pooled_s2) if self.stats == "interval" else None
-        mask, pool, change = dcm_ref.mask_step(self._phase, self.mask, m, pool, self._scores,
+        mask, pool, change = dcm_ref.mask_step(self._phase, self.mask, m, self._pool(), self._scores,
                                                self.keep, self.scope, self.stats)
         if self.stats == "interval":
             for buf, t in zip((self.pooled_n, self.pooled_s1, self.pooled_s2), pool or (None,) * 3):
-                buf.zero_() if t is None else buf.copy_(t)
+                buf.zero_() if t is None else buf.copy_(t.view(buf.shape))
         if change is not None:   # a new mask: this forward uses the new tensor, the buffer records it
             self.mask.copy_(mask)
-            self.dcm_change.copy_(change)
+            self.dcm_change.copy_(change.view(1))
         return mask
+
+    def _pool(self) -> Optional[dcm_ref.Moments]:
+        """The stats="interval" pool as dcm_ref's moments (n 0-dim; zeros = empty), else None."""
+        return (self.pooled_n.view(()), self.pooled_s1, self.pooled_s2) if self.stats == "interval" else None
 
     @torch.no_grad()
     def end_step(self) -> None:
@@ -154,9 +159,9 @@ class DCMModule(nn.Module):
 
     def mask_state(self) -> dcm_ref.MaskState:
         """The schedule state as dcm_ref's pure functions take it (copies; reads the pool size: a host sync)."""
-        pooled = (self.pooled_n, self.pooled_s1, self.pooled_s2)
-        pooled = tuple(t.clone() for t in pooled) if float(self.pooled_n) != 0 else None
-        return dcm_ref.MaskState(self.mask.clone(), self._step, pooled, self._updates, self.dcm_change.clone())
+        pool = (self.pooled_n.view(()), self.pooled_s1, self.pooled_s2)
+        pooled = tuple(t.clone() for t in pool) if float(self.pooled_n) != 0 else None
+        return dcm_ref.MaskState(self.mask.clone(), self._step, pooled, self._updates, self.dcm_change.view(()).clone())
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
