@@ -1,13 +1,18 @@
 """bench/pack.py: the packed accuracy runs. A finished run folder round-trips through a pack
-line; a damaged line is one error naming the file and line; a run is appended exactly once,
-atomically."""
+line; a damaged line is one error naming the file and line (and one line on the command
+line, no traceback); a finished run is appended exactly once, atomically; and the committed
+packs regenerate the committed tables of bench/README.md and results/accuracy.csv."""
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
 
 import pytest
 
 from bench import accuracy as acc
+from bench import cli
 from bench import pack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,6 +112,16 @@ def test_a_key_packed_twice_is_an_error_in_one_pack_and_across_packs(tmp_path):
         pack.read_packs(str(tmp_path))
 
 
+def test_a_damaged_pack_is_one_line_on_the_command_line_not_a_traceback(tmp_path):
+    (tmp_path / "accuracy-runs.jsonl").write_text(good_line(tmp_path) + "\n{\"key\": \n")
+    for extra in (["--table-only"], ["--dry-run"]):
+        proc = subprocess.run([sys.executable, "-m", "bench", "accuracy", *extra, "--runs-dir", str(tmp_path / "runs")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert re.fullmatch(rf"bench: {re.escape(str(tmp_path))}/accuracy-runs.jsonl:2: not JSON .*", last), last
+
+
 def test_a_run_is_appended_once_and_a_failed_write_leaves_the_pack_as_it_was(tmp_path, monkeypatch):
     runs = str(tmp_path / "runs")
     first = pack.record_from_folder(write_folder(runs, RUN), RUN.key, RUN.argv)
@@ -124,3 +139,86 @@ def test_a_run_is_appended_once_and_a_failed_write_leaves_the_pack_as_it_was(tmp
     monkeypatch.undo()
     assert lines_of(path) == before and sorted(os.listdir(tmp_path)) == [".pack.lock", "accuracy-runs.jsonl", "runs"]
     assert pack.append(path, second) and list(pack.read_pack(path)) == [RUN.key, OTHER.key]
+
+
+FINISHING_TRAIN = """import json, os, sys
+out = sys.argv[sys.argv.index("--out") + 1]
+json.dump({"seed": 0}, open(os.path.join(out, "config.json"), "w"))
+open(os.path.join(out, "metrics.jsonl"), "w").write('{"epoch": 1, "test_acc": 0.5}\\n')
+json.dump({"test_acc_last": 0.5, "test_acc_best": 0.5}, open(os.path.join(out, "final.json"), "w"))
+"""
+
+
+def test_the_runner_packs_each_finished_run_exactly_once(tmp_path, monkeypatch):
+    """A launched run is appended when train.py finishes; a run folder that finished while the
+    benchmark was stopped is packed without a launch; a second call launches and packs nothing."""
+    (tmp_path / "train.py").write_text(FINISHING_TRAIN)
+    acc._train_parser()   # the real train.py's parser, for the stale check, before ROOT points at the stand-in
+    monkeypatch.setattr(acc, "ROOT", str(tmp_path))
+    runs_dir, path = str(tmp_path / "runs"), str(tmp_path / "accuracy-runs.jsonl")
+    write_folder(runs_dir, OTHER)   # finished before: to be packed, not rerun
+    launched, lines = [], []
+    real = acc.launch
+    monkeypatch.setattr(acc, "launch", lambda run, *a: launched.append(run.key) or real(run, *a))
+    assert acc.execute([RUN, OTHER], runs_dir, 1, 1, lines.append) == {RUN.key: 0}
+    assert launched == [RUN.key] and any("had finished; packed" in line for line in lines)
+    assert [json.loads(line)["key"] for line in lines_of(path)] == [OTHER.key, RUN.key]
+    assert acc.execute([RUN, OTHER], runs_dir, 1, 1, lines.append) == {}
+    assert launched == [RUN.key] and len(lines_of(path)) == 2 and "2 already done, 0 to run" in lines[-1]
+
+
+def test_a_finished_folder_that_cannot_be_packed_is_a_failed_run_not_a_launch(tmp_path, monkeypatch):
+    runs_dir = str(tmp_path / "runs")
+    folder = write_folder(runs_dir, RUN)
+    with open(os.path.join(folder, "metrics.jsonl"), "a") as f:
+        f.write("{cut\n")
+    monkeypatch.setattr(acc, "launch", lambda *a, **k: pytest.fail("launched a finished run"))
+    codes = acc.execute([RUN], runs_dir, 1, 1, lambda s: None)
+    assert re.fullmatch(r"finished but not packed: .*metrics.jsonl:3: not JSON .*", codes[RUN.key])
+    assert not os.path.exists(tmp_path / "accuracy-runs.jsonl")
+
+
+def test_table_only_reads_the_packs_and_names_finished_folders_not_packed(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(acc, "SEEDS", (0, 1))
+    monkeypatch.setattr(acc, "MAIN", {"noises": (("symmetric", 0.6),), "losses": ("ce",), "heads": ("fc", "dfc")})
+    monkeypatch.setattr(acc, "ABLATIONS", {})
+    runs_dir = str(tmp_path / "runs")
+    pack.append(str(tmp_path / "accuracy-runs.jsonl"),
+                pack.record_from_folder(write_folder(str(tmp_path / "done"), RUN, last=0.8), RUN.key, RUN.argv))
+    write_folder(runs_dir, OTHER)
+    cli.main(["accuracy", "--grid", "main", "--table-only", "--runs-dir", runs_dir])
+    out, err = capsys.readouterr()
+    assert "| sym 0.6 | ce | fc → dfc | 0/1 | — | 80.00 |" in out
+    assert f"1 finished run(s) in {runs_dir} are not packed yet" in err and OTHER.key in err
+
+
+def section_of(text, title):
+    """The lines of markdown section `title` up to the next '## ' heading."""
+    lines = text.splitlines()
+    start = lines.index(title)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return lines[start:end]
+
+
+def test_the_committed_packs_regenerate_the_committed_tables(tmp_path, capsys):
+    """bench/README.md's two accuracy sections and results/accuracy.csv, byte for byte (but the
+    date the tables were written), from results/*.jsonl by the documented --table-only commands."""
+    md, table = tmp_path / "README.md", tmp_path / "accuracy.csv"
+    shutil.copy(os.path.join(ROOT, "bench", "README.md"), md)
+    cwd = os.getcwd()
+    os.chdir(ROOT)   # the commands as documented: relative paths, from the repository root
+    try:
+        cli.main(["accuracy", "--table-only", "--out-md", str(md), "--out-csv", str(table)])
+        cli.main(["accuracy", "--grid", "round2", "--table-only", "--out-md", str(md)])
+    finally:
+        os.chdir(cwd)
+    assert "stale" not in capsys.readouterr().err
+    with open(os.path.join(ROOT, "bench", "README.md")) as f:
+        committed = f.read()
+    date = re.compile(r"^- Date: \d{4}-\d\d-\d\d \(tables written\)")
+    masked = lambda text: [date.sub("- Date: X (tables written)", line) for line in text.splitlines()]
+    assert masked(md.read_text()) == masked(committed)
+    assert section_of(md.read_text(), "## Accuracy, round two: training length, sparse masks, KAN heads") == \
+        section_of(committed, "## Accuracy, round two: training length, sparse masks, KAN heads")
+    with open(os.path.join(ROOT, "results", "accuracy.csv"), "rb") as f:
+        assert table.read_bytes() == f.read()
