@@ -8,13 +8,15 @@ one train.py process per run, several seeds, resumable, interruptible. The table
     python -m bench accuracy --dry-run                       # the runs and their estimated CPU time
     python -m bench accuracy --grid all --jobs 2             # run (or continue) everything
     python -m bench accuracy --table-only --out-md bench/README.md --out-csv results/accuracy.csv
+
+train.py writes each run into its folder under --runs-dir (scratch, git-ignored); a finished
+run is then appended to its grid's pack (bench/pack.py: results/accuracy-runs.jsonl,
+results/round2-runs.jsonl), which is what counts as done and what the tables read.
 """
 import concurrent.futures
 import contextlib
-import hashlib
 import io
 import itertools
-import json
 import os
 import shlex
 import signal
@@ -24,9 +26,12 @@ import threading
 import time
 from typing import NamedTuple
 
+from bench import pack
+
 # ============================================================================= the grid
 # Each run is `python train.py <flags> --out <runs-dir>/<key>` in its own process, so a
-# crash costs one run, not the grid. A run's flags are COMMON, then its grid entry, then
+# crash costs one run, not the grid; once finished it is appended to its grid's pack
+# (bench/pack.py), and the pack is what counts as done. A run's flags are COMMON, then its grid entry, then
 # its seed; <key> is a readable name plus a hash of that full argv, so a configuration
 # that two grids share (dfc, keep 0.1, ce, sym 0.6) is one run, used by both tables.
 
@@ -132,7 +137,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repos
 
 
 STALE_HOW = ("it finished under other train.py defaults than its flags now give; "
-             "move its folder away to rerun it")
+             "delete its line from the pack and move its folder under --runs-dir away to rerun it")
 
 
 class Run(NamedTuple):
@@ -158,7 +163,7 @@ def train_argv(cfg):
 def run_key(cfg, argv):
     """Readable folder name, e.g. dfc-ce-sym0.6-s0-1a2b3c4d; the hash covers every flag."""
     method = "" if cfg.get("method", "standard") == "standard" else f"-{cfg['method']}"
-    digest = hashlib.sha1(" ".join(argv).encode()).hexdigest()[:8]
+    digest = pack.argv_digest(argv)
     return (f"{cfg['head']}-{cfg['loss']}{method}-{NOISE_LABEL.get(cfg['noise'], cfg['noise'])}"
             f"{cfg['noise_rate']:g}-s{cfg['seed']}-{digest}")
 
@@ -203,11 +208,19 @@ def estimate_s(cfg):
 
 # ----------------------------------------------------------------------------- running
 
-def run_state(run_dir, argv=None):
-    """'done' (final.json), 'stale' (final.json, but with argv given, its config.json differs from
-    what train.py now makes of argv: stale_flags), 'resume' (a checkpoint, no final.json) or 'new'."""
+def run_state(run, runs_dir, packed):
+    """'done' (in the pack: packed = {key: record}), 'stale' (in the pack, but its config differs
+    from what train.py now makes of its argv: stale_flags), else its folder's state."""
+    record = packed.get(run.key)
+    if record is not None:
+        return "stale" if stale_flags(record["config"], run.argv) else "done"
+    return folder_state(os.path.join(runs_dir, run.key))
+
+
+def folder_state(run_dir):
+    """'unpacked' (final.json: finished, not yet in the pack), 'resume' (a checkpoint) or 'new'."""
     if os.path.exists(os.path.join(run_dir, "final.json")):
-        return "stale" if argv is not None and stale_flags(run_dir, argv) else "done"
+        return "unpacked"
     return "resume" if os.path.exists(os.path.join(run_dir, "checkpoint.pt")) else "new"
 
 
@@ -226,17 +239,12 @@ def _train_parser():
 _PARSER = None
 
 
-def stale_flags(run_dir, argv):
-    """The result-affecting flags where a finished run's config.json differs from train.py's
-    parser resolved on the run's argv today (current defaults): the run key hashes only the
-    argv, so a changed train.py default would otherwise mix configurations in one table.
-    Only flags present in both are compared (an older config.json lacks newer flags).
-    -> list of 'flag: ran with X, now Y' ([] when it matches or has no config.json)."""
-    try:
-        with open(os.path.join(run_dir, "config.json")) as f:
-            saved = json.load(f)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+def stale_flags(saved, argv):
+    """The result-affecting flags where a finished run's config (saved: its config.json as a
+    dict) differs from train.py's parser resolved on the run's argv today (current defaults):
+    the run key hashes only the argv, so a changed train.py default would otherwise mix
+    configurations in one table. Only flags present in both are compared (an older config.json
+    lacks newer flags). -> list of 'flag: ran with X, now Y' ([] when it matches)."""
     parser, ignored = _train_parser()
     err = io.StringIO()
     try:
@@ -289,7 +297,7 @@ def launch(run, runs_dir, threads, live=None):
     torch's intra-op threads."""
     live = live or Live()
     out = os.path.join(runs_dir, run.key)
-    resume = ["--resume"] if run_state(out) == "resume" else []
+    resume = ["--resume"] if folder_state(out) == "resume" else []
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), *run.argv, "--out", out, *resume]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     os.makedirs(out, exist_ok=True)
@@ -312,24 +320,21 @@ def fmt_duration(seconds):
     return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
 
 
-def execute(runs, runs_dir, jobs, threads, log=print):
-    """Run every unfinished run, `jobs` at a time; -> {key: return code, or the one-line reason
-    a run could not start} of the launched ones.
+def execute(runs, runs_dir, jobs, threads, log=print, pack_path=None):
+    """Run every run that no pack holds, `jobs` at a time, and append each finished one to the
+    pack at pack_path (default: accuracy-runs.jsonl above runs_dir); -> {key: return code, or
+    the one-line reason a run could not start or be packed} of the runs it tried.
 
-    Progress after each run, with an ETA from the estimated cost of what is left,
+    Runs that finished but are not packed yet (final.json in their folder) are packed first,
+    not rerun. Progress after each run, with an ETA from the estimated cost of what is left,
     scaled by how the finished runs compared to their estimates.
     """
-    state = {r.key: run_state(os.path.join(runs_dir, r.key), r.argv) for r in runs}
-    todo = [r for r in runs if state[r.key] not in ("done", "stale")]
-    stale = [r for r in runs if state[r.key] == "stale"]
-    for r in stale:
-        log(f"accuracy: stale run {r.key} (not rerun, not counted): {STALE_HOW}; "
-            + "; ".join(stale_flags(os.path.join(runs_dir, r.key), r.argv)))
-    log(f"accuracy: {len(runs)} runs, {len(runs) - len(todo) - len(stale)} already done, "
-        + (f"{len(stale)} stale, " if stale else "") + f"{len(todo)} to run ({jobs} job(s) x {threads} thread(s))")
+    pack_path = pack_path or pack_file(default_pack_dir(runs_dir), "all")
+    todo, codes, counts = triage(runs, runs_dir, pack_path, log)
+    log(f"accuracy: {counts} ({jobs} job(s) x {threads} thread(s)); finished runs go to {pack_path}")
     left = sum(estimate_s(r.cfg) for r in todo)
     spent = est_done = 0.0
-    codes, t0, live = {}, time.time(), Live()
+    t0, live = time.time(), Live()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
     # Both stop signals explicitly: a job started in the background by a shell inherits SIGINT ignored.
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
@@ -339,11 +344,13 @@ def execute(runs, runs_dir, jobs, threads, log=print):
         for k, fut in enumerate(concurrent.futures.as_completed(futures), 1):
             run = futures[fut]
             rc, secs = fut.result()
-            codes[run.key] = rc
+            packing = pack_run(run, runs_dir, pack_path) if rc == 0 else None
+            codes[run.key] = packing or rc
             est = estimate_s(run.cfg)
             spent, est_done, left = spent + secs, est_done + est, left - est
             eta = left * (spent / est_done) / jobs
-            status = ("ok" if rc == 0 else f"FAILED to start: {rc}" if isinstance(rc, str) else
+            status = ("ok, packed" if rc == 0 and not packing else f"FAILED: {packing}" if packing else
+                      f"FAILED to start: {rc}" if isinstance(rc, str) else
                       f"FAILED rc={rc}, see {os.path.join(runs_dir, run.key, 'stdout.log')}")
             log(f"[{k}/{len(todo)}] {run.key}  {secs:.0f}s  {status}  "
                 f"elapsed {fmt_duration(time.time() - t0)}  eta {fmt_duration(eta)}")
@@ -361,6 +368,62 @@ def execute(runs, runs_dir, jobs, threads, log=print):
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
             signal.signal(signal.SIGINT, old_int)
+    return codes
+
+
+def triage(runs, runs_dir, pack_path, log):
+    """Pack the finished folders no pack holds (pack_finished; logs the stale runs), then ->
+    (runs to launch, {key: reason} of finished folders that could not be packed, the counts in words)."""
+    folder = os.path.dirname(pack_path) or "."
+    codes = pack_finished(runs, runs_dir, pack_path, pack.read_packs(folder), log)
+    packed = pack.read_packs(folder)
+    state = {r.key: run_state(r, runs_dir, packed) for r in runs}
+    failed = {k: rc for k, rc in codes.items() if rc != 0}
+    todo = [r for r in runs if state[r.key] not in ("done", "stale") and r.key not in failed]
+    stale = [r for r in runs if state[r.key] == "stale"]
+    for r in stale:
+        log(f"accuracy: stale run {r.key} (not rerun, not counted): {STALE_HOW}; "
+            + "; ".join(stale_flags(packed[r.key]["config"], r.argv)))
+    counts = (f"{len(runs)} runs, {len(runs) - len(todo) - len(stale) - len(failed)} already done, "
+              + (f"{len(stale)} stale, " if stale else "") + (f"{len(failed)} not packable, " if failed else "")
+              + f"{len(todo)} to run")
+    return todo, failed, counts
+
+
+def default_pack_dir(runs_dir):
+    """Where the packs live unless --pack-dir says: the folder above --runs-dir (results/ for
+    the default results/runs), so a scratch --runs-dir elsewhere never touches results/."""
+    return os.path.dirname(os.path.normpath(runs_dir)) or "."
+
+
+def pack_file(pack_dir, grid):
+    """The pack a grid's finished runs are appended to: round2-runs.jsonl for the round-two
+    grids, accuracy-runs.jsonl for main, ablations and all."""
+    return os.path.join(pack_dir, pack.PACKS["round2" if grid in ROUND2_GRIDS else "accuracy"])
+
+
+def pack_run(run, runs_dir, pack_path):
+    """Append a run that train.py finished (final.json in its folder) to the pack, unless some
+    pack holds it already -> None, or the one-line reason it could not be packed."""
+    run_dir = os.path.join(runs_dir, run.key)
+    if folder_state(run_dir) != "unpacked":
+        return "train.py exited 0 but wrote no final.json"
+    try:
+        pack.append(pack_path, pack.record_from_folder(run_dir, run.key, run.argv))
+    except (pack.PackError, OSError) as e:
+        return f"finished but not packed: {e}"
+    return None
+
+
+def pack_finished(runs, runs_dir, pack_path, packed, log):
+    """Pack the runs whose folder has a final.json that no pack holds (they finished while the
+    benchmark was stopped, or before it packed runs) -> {key: 0 if packed, else the reason}."""
+    codes = {}
+    for r in runs:
+        if r.key not in packed and folder_state(os.path.join(runs_dir, r.key)) == "unpacked":
+            reason = pack_run(r, runs_dir, pack_path)
+            codes[r.key] = reason or 0
+            log(f"accuracy: run {r.key} " + (f"FAILED: {reason}" if reason else f"had finished; packed into {pack_path}"))
     return codes
 
 

@@ -4,7 +4,8 @@
     python -m bench accuracy --dry-run                # the accuracy grid's runs (bench/accuracy.py)
     python -m bench accuracy --table-only --out-md bench/README.md --out-csv results/accuracy.csv
 
-The accuracy tables come from bench/report.py; bench/README.md holds the results.
+The accuracy tables come from bench/report.py, read from the packed runs (bench/pack.py);
+bench/README.md holds the results.
 """
 import argparse
 import os
@@ -12,67 +13,86 @@ import re
 import sys
 
 from bench import accuracy as acc
+from bench import pack
 from bench import report
 from bench import round2
 from bench.speed import BUDGET_S, ROUNDS, speed_main
 
 # ----------------------------------------------------------------------------- accuracy
 
-def dry_run(runs, runs_dir, jobs):
-    """Print each run's state and train.py flags, and the estimated time of what is left."""
+def dry_run(runs, runs_dir, jobs, packed):
+    """Print each run's state (done / stale from the packs, unpacked / resume / new from its
+    folder) and train.py flags, and the estimated time of what is left."""
     left = 0.0
     for r in runs:
-        state = acc.run_state(os.path.join(runs_dir, r.key), r.argv)
-        left += 0.0 if state in ("done", "stale") else acc.estimate_s(r.cfg)
+        state = acc.run_state(r, runs_dir, packed)
+        left += 0.0 if state in ("done", "stale", "unpacked") else acc.estimate_s(r.cfg)
         print(f"{state:6s}  {r.key}  {' '.join(r.argv)}")
         if state == "stale":
-            print(f"        {acc.STALE_HOW}: " + "; ".join(acc.stale_flags(os.path.join(runs_dir, r.key), r.argv)))
+            print(f"        {acc.STALE_HOW}: " + "; ".join(acc.stale_flags(packed[r.key]["config"], r.argv)))
     print(f"{len(runs)} runs; estimated time left ≈ {acc.fmt_duration(left)} of CPU at 1 thread each "
           f"(≈ {acc.fmt_duration(left / jobs)} with --jobs {jobs} on free cores)")
 
 
 def accuracy_main(args):
+    """`python -m bench accuracy`: list, run (and pack) or tabulate the grid's runs."""
     if args.grid is None and not (args.dry_run or args.table_only):
         raise SystemExit("bench accuracy: launching the grid takes hours of CPU; name it with "
                          "--grid main|ablations|all (or look first with --dry-run)")
     args.grid = args.grid or "all"
+    args.pack_dir = args.pack_dir or acc.default_pack_dir(args.runs_dir)
     common = dict(acc.COMMON, epochs=args.epochs, limit_train=args.limit_train)
     runs = acc.plan(acc.grid_settings(common, args.grid), acc.SEEDS)
-    keys = [r.key for r in runs]
     try:
         todo = [r for r in runs if not args.only or re.search(args.only, r.key + " " + " ".join(r.argv))]
     except re.error as e:
         raise SystemExit(f"bench: --only {args.only!r} is not a regular expression ({e})")
-    runs_dir = args.runs_dir
     check_outputs(args)
     print(f"accuracy grid {args.grid}: --epochs {args.epochs} --limit-train {args.limit_train} "
           f"(grid defaults {acc.COMMON['epochs']}, {acc.COMMON['limit_train']}), seeds {acc.SEEDS}, "
-          f"runs in {runs_dir}", file=sys.stderr)
+          f"runs in {args.runs_dir}, packed in {acc.pack_file(args.pack_dir, args.grid)}", file=sys.stderr)
     if args.grid in ("cnn", "round2"):
         print(f"the cnn8 table overrides them with its CPU budget {acc.CNN_BUDGET} (bench/accuracy.py)", file=sys.stderr)
     if args.dry_run:
-        return dry_run(todo, runs_dir, args.jobs)
+        return dry_run(todo, args.runs_dir, args.jobs, pack.read_packs(args.pack_dir))
     codes = {}
     if not args.table_only:
         report.record_launch(args)
-        codes = acc.execute(todo, runs_dir, args.jobs, args.threads_per_job,
-                            log=lambda s: print(s, file=sys.stderr, flush=True))
-    failed = [k for k, rc in codes.items() if rc != 0]
+        codes = acc.execute(todo, args.runs_dir, args.jobs, args.threads_per_job,
+                            log=lambda s: print(s, file=sys.stderr, flush=True),
+                            pack_path=acc.pack_file(args.pack_dir, args.grid))
+    packed = pack.read_packs(args.pack_dir)
+    warn_unpacked(runs, args.runs_dir, packed)
+    write_tables(args, common, runs, packed)
+    return _fail_if([k for k, rc in codes.items() if rc != 0])
+
+
+def write_tables(args, common, runs, packed):
+    """Print the grid's markdown section from the packed runs and write --out-md / --out-csv."""
     if args.grid in acc.ROUND2_GRIDS:   # the round-two tables are one section, whichever of its grids ran
-        section = round2.section(common, runs_dir, ROUND2_TITLE)
+        section = round2.section(common, packed, ROUND2_TITLE)
         print(section, end="")
         if args.out_md:
             report.write_section(args.out_md, section, ROUND2_TITLE)
-        return _fail_if(failed)
-    argv = {r.key: r.argv for r in runs}
-    results = {k: report.load_result(os.path.join(runs_dir, k), argv[k]) for k in keys}
-    section = report.accuracy_section(args, common, acc.MAIN, acc.ABLATIONS, results, keys)
+        return
+    keys = [r.key for r in runs]
+    results = {r.key: report.load_result(packed.get(r.key), r.argv) for r in runs}
+    section = report.accuracy_section(args, common, acc.MAIN, acc.ABLATIONS, results, keys, packed)
     print(section, end="")
     if args.out_md:
         report.write_section(args.out_md, section)
     if args.out_csv:
         report.write_csv(args.out_csv, report.csv_rows(common, acc.MAIN, acc.ABLATIONS, acc.SEEDS, results, args.grid))
-    return _fail_if(failed)
+
+
+def warn_unpacked(runs, runs_dir, packed):
+    """One line when run folders hold finished runs that no pack has (the tables leave them out
+    until a run of the grid command packs them)."""
+    left = [r.key for r in runs if r.key not in packed and acc.folder_state(os.path.join(runs_dir, r.key)) == "unpacked"]
+    if left:
+        print(f"bench: {len(left)} finished run(s) in {runs_dir} are not packed yet and not in the tables "
+              f"(the grid command without --table-only packs them first): {', '.join(left[:5])}"
+              + (", ..." if len(left) > 5 else ""), file=sys.stderr)
 
 
 def check_outputs(args):
@@ -82,8 +102,12 @@ def check_outputs(args):
                          "writes its round-two section with --out-md only")
     for flag, path in (("--out-md", args.out_md), ("--out-csv", args.out_csv)):
         check_out_path(flag, path)
-    if os.path.exists(args.runs_dir) and not os.path.isdir(args.runs_dir):
-        raise SystemExit(f"bench accuracy: --runs-dir {args.runs_dir} is a file, not a folder")
+    for flag, folder in (("--runs-dir", args.runs_dir), ("--pack-dir", args.pack_dir)):
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise SystemExit(f"bench accuracy: {flag} {folder} is a file, not a folder")
+    for name in pack.PACKS.values():
+        if os.path.isdir(os.path.join(args.pack_dir, name)):
+            raise SystemExit(f"bench accuracy: --pack-dir {args.pack_dir}: {name} is a folder, not a file")
 
 
 def check_out_path(flag, path):
@@ -117,7 +141,10 @@ def add_accuracy_parser(sub):
     a.add_argument("--grid", choices=("main", "ablations", "all", *acc.ROUND2_GRIDS),
                    help="which tables' runs; required to launch runs (hours of CPU), default all with --dry-run/--table-only")
     a.add_argument("--runs-dir", default=os.path.join("results", "runs"),
-                   help="one folder per run, named by its key (default results/runs)")
+                   help="scratch: train.py's folder per run, named by its key, while it runs (default results/runs, git-ignored)")
+    a.add_argument("--pack-dir", metavar="DIR",
+                   help="the packed finished runs (accuracy-runs.jsonl, round2-runs.jsonl: bench/pack.py) and "
+                        "launches.jsonl; the tables read only these (default: the folder above --runs-dir, results/)")
     a.add_argument("--jobs", type=positive_int, default=1, help="runs in parallel, each its own process (default 1)")
     a.add_argument("--threads-per-job", type=positive_int, default=1, help="OMP/MKL threads of each run (default 1)")
     a.add_argument("--epochs", type=positive_int, default=acc.COMMON["epochs"],
@@ -158,10 +185,14 @@ def build_parser():
 
 
 def main(argv=None):
+    """Parse argv and run the command; a damaged pack or launch record is one line, not a traceback."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    args.run(args)
+    try:
+        args.run(args)
+    except pack.PackError as e:
+        raise SystemExit(f"bench: {e}") from None
 
 
 if __name__ == "__main__":

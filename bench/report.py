@@ -1,4 +1,5 @@
-"""Tables of the accuracy benchmark from finished runs: each run's final.json ->
+"""Tables of the accuracy benchmark from finished runs (their pack records, bench/pack.py):
+each run's final.json ->
 mean ± std over seeds per setting, the main table (base head vs its DCM version, with the
 spread verdict and a paired t-test over seeds), the ablation tables, the keep/interval
 recommendation from noisy-label validation accuracy, the CSV, and bench/README.md's
@@ -19,37 +20,30 @@ import sys
 import torch
 
 from bench import accuracy as acc
+from bench import pack
 
 # ----------------------------------------------------------------------------- results
 
-def load_result(run_dir, argv=None, warn=None):
-    """A finished run -> dict(last, best, best_epoch, val, at_val, device) with accuracies in
-    percent (val: noisy-label validation accuracy at the last epoch; at_val: test accuracy at
-    the validation-selected epoch, final.json's test_acc_at_val_best; both None without
-    --val-frac); None when the run has no final.json, or, with its train.py argv given, when it
-    is stale (acc.stale_flags: it ran under other defaults; one line to warn, default stderr)."""
-    if argv is not None and os.path.exists(os.path.join(run_dir, "final.json")):
-        stale = acc.stale_flags(run_dir, argv)
+def load_result(record, argv=None, warn=None):
+    """A packed run (bench/pack.py record, or None) -> dict(last, best, best_epoch, val, at_val,
+    device) with accuracies in percent (val: noisy-label validation accuracy at the last epoch;
+    at_val: test accuracy at the validation-selected epoch, final.json's test_acc_at_val_best;
+    both None without --val-frac); None when there is no record, or, with its train.py argv
+    given, when it is stale (acc.stale_flags: it ran under other defaults; one line to warn,
+    default stderr)."""
+    if record is None:
+        return None
+    if argv is not None:
+        stale = acc.stale_flags(record["config"], argv)
         if stale:
-            (warn or _warn)(f"bench: stale run {os.path.basename(run_dir)} left out of the tables: "
+            (warn or _warn)(f"bench: stale run {record['key']} left out of the tables: "
                             f"{acc.STALE_HOW}; " + "; ".join(stale))
             return None
-    try:
-        with open(os.path.join(run_dir, "final.json")) as f:
-            final = json.load(f)
-    except (FileNotFoundError, NotADirectoryError):   # not finished, or not even a folder
-        return None
-    val = device = None
-    try:
-        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-        val = rows[-1].get("val_acc_noisy") if rows else None
-        with open(os.path.join(run_dir, "config.json")) as f:
-            device = json.load(f).get("device_used")
-    except FileNotFoundError:
-        pass
+    final, rows = record["final"], record["metrics"]
+    val = rows[-1].get("val_acc_noisy") if rows else None
     return dict(last=100 * final["test_acc_last"], best=100 * final["test_acc_best"],
-                best_epoch=final.get("best_epoch"), val=None if val is None else 100 * val, device=device,
+                best_epoch=final.get("best_epoch"), val=None if val is None else 100 * val,
+                device=record["config"].get("device_used"),
                 at_val=100 * final["test_acc_at_val_best"] if "test_acc_at_val_best" in final else None)
 
 
@@ -234,18 +228,11 @@ def cpu_name():
         return platform.processor() or "unknown CPU"
 
 
-def finished_dates(runs_dir, keys):
-    """(first, last) dates the runs of keys finished, or None: final.json's `finished` (UTC),
-    else the file's modification time (runs from before the field; a checkout resets it)."""
-    days = []
-    for k in keys:
-        path = os.path.join(runs_dir, k, "final.json")
-        if not os.path.exists(path):
-            continue
-        with open(path) as f:
-            finished = json.load(f).get("finished")
-        days.append(finished[:10] if isinstance(finished, str) else
-                    datetime.date.fromtimestamp(os.path.getmtime(path)).isoformat())
+def finished_dates(packed, keys):
+    """(first, last) dates the packed runs of keys finished, or None: final.json's `finished`
+    (UTC), else the day the run was packed (runs from before the field)."""
+    days = [packed[k]["final"].get("finished") or packed[k]["packed"] for k in keys if k in packed]
+    days = [d[:10] for d in days if isinstance(d, str)]
     return (min(days), max(days)) if days else None
 
 
@@ -254,26 +241,41 @@ def reproduce_command(args):
     cmd = ["python", "-m", "bench", "accuracy", "--grid", args.grid, "--epochs", str(args.epochs),
            "--limit-train", str(args.limit_train), "--runs-dir", args.runs_dir,
            "--jobs", str(args.jobs), "--threads-per-job", str(args.threads_per_job)]
+    if os.path.normpath(args.pack_dir) != acc.default_pack_dir(args.runs_dir):
+        cmd += ["--pack-dir", args.pack_dir]
     return shlex.join(cmd + (["--only", args.only] if args.only else []))
 
 
 def record_launch(args):
-    """Append this launch (command, parallelism, machine, time) to <runs-dir>/launches.jsonl: the
+    """Append this launch (command, parallelism, machine, time) to <pack-dir>/launches.jsonl: the
     section is usually written later by a --table-only call, which must report the runs' machine."""
-    os.makedirs(args.runs_dir, exist_ok=True)
+    os.makedirs(args.pack_dir, exist_ok=True)
     entry = dict(command=reproduce_command(args), jobs=args.jobs, threads=args.threads_per_job, cpu=cpu_name(),
                  cores=os.cpu_count(), torch=torch.__version__, python=platform.python_version(),
                  started=datetime.datetime.now().isoformat(timespec="seconds"))
-    with open(os.path.join(args.runs_dir, "launches.jsonl"), "a") as f:
+    with open(os.path.join(args.pack_dir, "launches.jsonl"), "a") as f:
         f.write(json.dumps(entry) + "\n")
 
 
-def read_launches(runs_dir):
+def read_launches(pack_dir):
+    """<pack-dir>/launches.jsonl -> its entries ([] without the file); a damaged line is a
+    one-line PackError naming the file and line."""
+    path = os.path.join(pack_dir, "launches.jsonl")
     try:
-        with open(os.path.join(runs_dir, "launches.jsonl")) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        with open(path) as f:
+            lines = f.read().splitlines()
     except FileNotFoundError:
         return []
+    out = []
+    for n, line in enumerate(lines, 1):
+        try:
+            entry = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError as e:
+            raise pack.PackError(f"{path}:{n}: not JSON ({e.msg} at column {e.colno})") from None
+        if entry is not None and not (isinstance(entry, dict) and isinstance(entry.get("command"), str)):
+            raise pack.PackError(f"{path}:{n}: a launch is an object with a 'command' string")
+        out += [] if entry is None else [entry]
+    return out
 
 
 def launch_grid(command):
@@ -285,7 +287,7 @@ def launch_grid(command):
 def machine_and_commands(args):
     """-> (machine line, commands line) from the recorded launches of the main/ablation grids
     (round-two launches share the runs folder but not these tables), else from this call."""
-    launches = [l for l in read_launches(args.runs_dir) if launch_grid(l["command"]) not in acc.ROUND2_GRIDS]
+    launches = [l for l in read_launches(args.pack_dir) if launch_grid(l["command"]) not in acc.ROUND2_GRIDS]
     last = launches[-1] if launches else dict(
         command=reproduce_command(args), jobs=args.jobs, threads=args.threads_per_job, cpu=cpu_name(),
         cores=os.cpu_count(), torch=torch.__version__, python=platform.python_version())
@@ -295,11 +297,11 @@ def machine_and_commands(args):
     return machine, ", then ".join(f"`{c}`" for c in commands)
 
 
-def setup_lines(args, common, results, keys):
+def setup_lines(args, common, results, keys, packed):
     """The bullet list above the tables: date, machine, commands, flags, protocol."""
     done = [k for k in keys if results.get(k)]
     started = [k for k in keys if not results.get(k) and os.path.isdir(os.path.join(args.runs_dir, k))]
-    dates = finished_dates(args.runs_dir, done)
+    dates = finished_dates(packed, done)
     devices = sorted({results[k]["device"] or "?" for k in done}) or ["—"]
     machine, commands = machine_and_commands(args)
     return [
@@ -330,9 +332,10 @@ def setup_lines(args, common, results, keys):
     ]
 
 
-def accuracy_section(args, common, grid, ablations, results, keys):
-    """The markdown of bench/README.md's '## Accuracy' section (starts with that heading)."""
-    parts = ["## Accuracy", "", *setup_lines(args, common, results, keys)]
+def accuracy_section(args, common, grid, ablations, results, keys, packed):
+    """The markdown of bench/README.md's '## Accuracy' section (starts with that heading);
+    packed: the pack records ({key: record}) the results came from."""
+    parts = ["## Accuracy", "", *setup_lines(args, common, results, keys, packed)]
     if args.grid in ("main", "all"):
         rows = main_rows(common, grid, acc.SEEDS, results)
         parts += ["", f"### Main table: base head vs its DCM version ({common['dataset']}, "

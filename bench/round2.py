@@ -8,27 +8,22 @@ test-best epoch, as papers report it: it peeks at the test set) and `val-sel` (t
 accuracy at the epoch of the highest noisy-label validation accuracy: the honest early
 stop a practitioner can do).
 """
-import json
-import os
-import statistics
-
 from bench import accuracy as acc
 from bench import report
 
 FIELDS = ("last", "best", "valsel", "val")
 
 
-def load_run(run_dir, argv=None):
-    """A finished run -> dict(last, best, valsel, val, val_epoch) in percent, or None.
+def load_run(record, argv=None):
+    """A packed run (bench/pack.py record, or None) -> dict(last, best, valsel, val, val_epoch)
+    in percent, or None (no record, or stale: report.load_result).
 
     valsel: test accuracy at the first epoch of maximal val_acc_noisy (the noisy-label
     validation accuracy); val: that maximal validation accuracy."""
-    base = report.load_result(run_dir, argv)
+    base = report.load_result(record, argv)
     if base is None:
         return None
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    scored = [r for r in rows if r.get("val_acc_noisy") is not None]
+    scored = [r for r in record["metrics"] if r.get("val_acc_noisy") is not None]
     if not scored:
         return dict(base, valsel=None, val=None, val_epoch=None)
     pick = max(scored, key=lambda r: (r["val_acc_noisy"], -r["epoch"]))
@@ -158,12 +153,13 @@ def cnn_budget_text(common):
             + ". On a GPU, drop these limits and rerun `python -m bench accuracy --grid cnn`.")
 
 
-def section(common, runs_dir, title):
+def section(common, packed, title):
+    """The round-two markdown section (starts with title) from the packed runs ({key: record})."""
     runs = acc.plan(list(acc.round2_settings(common, acc.ROUND2)), acc.SEEDS)
     runs += [acc.make_run(dict(common, noise="symmetric", noise_rate=0.6, loss="ce", epochs=15, head=h, seed=s))
              for h in ("kan", "dkan") for s in acc.SEEDS]
     argv = {r.key: r.argv for r in runs}
-    results = {k: load_run(os.path.join(runs_dir, k), a) for k, a in argv.items()}
+    results = {k: load_run(packed.get(k), a) for k, a in argv.items()}
     done = sum(r is not None for r in results.values())
     return "\n".join([
         title, "",

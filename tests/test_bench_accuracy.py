@@ -1,6 +1,7 @@
 """bench/accuracy.py, bench/report.py (`python -m bench accuracy`): the grid harness on a tiny injected grid (digits, 200 samples, 1 epoch,
-2 seeds, fc vs dfc) runs real train.py subprocesses, skips finished runs, survives a crashing
-run (a stand-in train.py), and aggregates hand-made final.json files into the expected mean ± std tables."""
+2 seeds, fc vs dfc) runs real train.py subprocesses, packs each finished run (bench/pack.py),
+skips packed runs, survives a crashing run (a stand-in train.py), and aggregates hand-made
+pack records into the expected mean ± std tables."""
 import csv
 import json
 import os
@@ -13,6 +14,7 @@ import pytest
 
 from bench import accuracy as acc
 from bench import cli
+from bench import pack
 from bench import report
 
 TINY_COMMON = dict(acc.COMMON, dataset="digits", limit_train=200, epochs=1)
@@ -49,17 +51,23 @@ def ran(tmp_path_factory):
     return runs
 
 
-def test_harness_runs_every_tiny_config_to_a_final_json(ran):
+def test_harness_runs_every_tiny_config_to_a_final_json_and_packs_it_once(ran):
+    packed = pack.read_pack(str(ran.parent / "accuracy-runs.jsonl"))
+    assert sorted(packed) == sorted(keys_of("fc") + keys_of("dfc"))
     for key in keys_of("fc") + keys_of("dfc"):
         final = json.loads((ran / key / "final.json").read_text())
         assert 0.0 <= final["test_acc_last"] <= 1.0
         assert (ran / key / "stdout.log").read_text().startswith("$ ")
+        assert packed[key]["final"] == final and len(packed[key]["metrics"]) == 1
+        assert packed[key]["config"] == json.loads((ran / key / "config.json").read_text())
 
 
 FAKE_TRAIN = """import json, os, sys
 out = sys.argv[sys.argv.index("--out") + 1]
 if sys.argv[sys.argv.index("--seed") + 1] == "0":
     sys.exit("crash")
+json.dump({}, open(os.path.join(out, "config.json"), "w"))
+open(os.path.join(out, "metrics.jsonl"), "w").write('{"epoch": 1, "test_acc": 0.5}\\n')
 json.dump({"test_acc_last": 0.5, "test_acc_best": 0.5}, open(os.path.join(out, "final.json"), "w"))
 """
 
@@ -73,6 +81,7 @@ def test_crashing_run_is_reported_and_the_next_run_still_runs(tiny, tmp_path, mo
     assert codes == {runs[0].key: 1, runs[1].key: 0}
     assert (tmp_path / "runs" / runs[1].key / "final.json").exists()
     assert "crash" in (tmp_path / "runs" / runs[0].key / "stdout.log").read_text()
+    assert list(pack.read_pack(str(tmp_path / "accuracy-runs.jsonl"))) == [runs[1].key]   # the crash is not packed
 
 
 def test_run_that_cannot_start_is_one_failed_run_and_the_grid_goes_on(tiny, tmp_path, monkeypatch, capsys):
@@ -91,10 +100,10 @@ def test_run_that_cannot_start_is_one_failed_run_and_the_grid_goes_on(tiny, tmp_
     (bad,) = [line for line in lines if runs[1].key in line]
     assert "FAILED to start: FileExistsError" in bad and "\n" not in bad
     assert (tmp_path / "runs" / runs[2].key / "final.json").exists()
-    (tmp_path / "cli").mkdir()
-    (tmp_path / "cli" / keys_of("fc")[1]).write_text("not a folder")   # the command line: one line at the end
+    (tmp_path / "cli" / "runs").mkdir(parents=True)   # its own pack folder: tmp_path's pack holds fc seed 1
+    (tmp_path / "cli" / "runs" / keys_of("fc")[1]).write_text("not a folder")   # the command line: one line at the end
     with pytest.raises(SystemExit, match="run\\(s\\) failed: .*" + keys_of("fc")[1]):
-        cli.main(["accuracy", "--grid", "main", "--runs-dir", str(tmp_path / "cli")])
+        cli.main(["accuracy", "--grid", "main", "--runs-dir", str(tmp_path / "cli" / "runs")])
     assert f"{keys_of('fc')[1]}  0s  FAILED to start: FileExistsError" in capsys.readouterr().err
 
 
@@ -169,7 +178,8 @@ def test_outputs_are_checked_before_any_run(tiny, tmp_path, monkeypatch):
             (["--out-md", str(tmp_path / "missing" / "B.md")], "--out-md .*: no folder .*missing$"),
             (["--out-csv", str(tmp_path / "missing" / "a.csv")], "--out-csv .*: no folder .*missing$"),
             (["--out-csv", str(tmp_path)], "is a folder, not a file"),
-            (["--runs-dir", str(tmp_path / "afile")], "--runs-dir .*afile is a file, not a folder")):
+            (["--runs-dir", str(tmp_path / "afile")], "--runs-dir .*afile is a file, not a folder"),
+            (["--pack-dir", str(tmp_path / "afile")], "--pack-dir .*afile is a file, not a folder")):
         with pytest.raises(SystemExit, match=message):
             cli.main(base + extra)
     with pytest.raises(SystemExit, match="--out-csv is for the main and ablation tables"):
@@ -184,6 +194,10 @@ def test_second_call_launches_no_subprocess_for_finished_runs(ran, tiny, monkeyp
         raise AssertionError("a finished run was launched again")
     monkeypatch.setattr(acc, "launch", no_launch)
     cli.main(["accuracy", "--grid", "main", "--runs-dir", str(ran), "--jobs", "2"])
+    assert "4 already done, 0 to run" in capsys.readouterr().err
+    # the pack is what counts: without the scratch folders the runs are still done
+    cli.main(["accuracy", "--grid", "main", "--runs-dir", str(ran.parent / "empty-scratch"),
+              "--pack-dir", str(ran.parent), "--jobs", "2"])
     assert "4 already done, 0 to run" in capsys.readouterr().err
 
 
@@ -227,39 +241,43 @@ def test_run_with_a_checkpoint_but_no_final_json_is_resumed(tiny, tmp_path, monk
     assert kw["env"]["OMP_NUM_THREADS"] == "3" and kw["env"]["MKL_NUM_THREADS"] == "3"
 
 
-def write_fake_run(runs, key, last, best, val):
-    """A finished run's files as train.py writes them (fractions in [0, 1])."""
-    (runs / key).mkdir(parents=True)
-    (runs / key / "final.json").write_text(json.dumps({"test_acc_last": last, "test_acc_best": best, "best_epoch": 1}))
-    (runs / key / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_acc_noisy": val}) + "\n")
-    (runs / key / "config.json").write_text(json.dumps({"device_used": "cpu"}))
+def fake_record(key, last, best, val, config=None, argv=None, **final):
+    """A packed run as the benchmark packs train.py's files (fractions in [0, 1]); argv: the
+    run's flags (any list whose digest ends the key; [] for the tiny keys' own argv)."""
+    argv = argv if argv is not None else next(r.argv for r in acc.plan(acc.grid_settings(acc.COMMON, "all"), (0, 1))
+                                              if r.key == key)
+    return dict(key=key, argv=list(argv), packed="2026-12-01T00:00:00Z",
+                final={"test_acc_last": last, "test_acc_best": best, "best_epoch": 1, **final},
+                config=config or {"device_used": "cpu"}, noise_report=None, metrics=[{"epoch": 1, "val_acc_noisy": val}])
 
 
 @pytest.fixture
 def fake(tiny, tmp_path):
     """fc: last 80, 84  best 85, 87  val 40, 42 | dfc: last 90, 86  best 86.8, 88.8  val 50, 44 (%)."""
-    runs = tmp_path / "runs"
-    for key, last, best, val in zip(keys_of("fc") + keys_of("dfc"), (.80, .84, .90, .86),
-                                    (.85, .87, .868, .888), (.40, .42, .50, .44)):
-        write_fake_run(runs, key, last, best, val)
+    records = [fake_record(key, last, best, val) for key, last, best, val in zip(
+        keys_of("fc") + keys_of("dfc"), (.80, .84, .90, .86), (.85, .87, .868, .888), (.40, .42, .50, .44))]
+    pack.write_pack(str(tmp_path / "accuracy-runs.jsonl"), records)
     md, table = tmp_path / "B.md", tmp_path / "acc.csv"
-    cli.main(["accuracy", "--grid", "main", "--table-only", "--runs-dir", str(runs),
+    cli.main(["accuracy", "--grid", "main", "--table-only", "--runs-dir", str(tmp_path / "runs"),
                 "--out-md", str(md), "--out-csv", str(table)])
     return md.read_text(), list(csv.DictReader(table.open()))
 
 
 def test_run_finished_under_another_train_default_is_stale_left_out_and_not_rerun(fake, tiny, tmp_path, monkeypatch, capsys):
-    """The run key hashes only the argv: a run whose config.json differs from what train.py now
+    """The run key hashes only the argv: a packed run whose config differs from what train.py now
     makes of its argv (a default changed since) must not enter the tables, nor count as done."""
-    runs = tmp_path / "runs"
+    runs, path = tmp_path / "runs", str(tmp_path / "accuracy-runs.jsonl")
     bad = keys_of("dfc")[1]
     now = vars(acc._train_parser()[0].parse_args(list(acc.make_run(dict(
         TINY_COMMON, noise="symmetric", noise_rate=0.6, loss="ce", head="dfc", seed=1)).argv)))
     same = {k: now[k] for k in ("momentum", "keep", "optimizer")}
     ignored = {"out": "elsewhere", "device": "cuda", "threads": 7}   # no effect on the results
-    for key in keys_of("fc") + keys_of("dfc"):
-        (runs / key / "config.json").write_text(json.dumps(dict(same, **ignored, device_used="cpu")))
-    (runs / bad / "config.json").write_text(json.dumps(dict(same, grad_clip=now["grad_clip"] + 1, device_used="cpu")))
+    records = list(pack.read_pack(path).values())
+    for r in records:
+        r["config"] = dict(same, **ignored, device_used="cpu")
+        if r["key"] == bad:
+            r["config"]["grad_clip"] = now["grad_clip"] + 1
+    pack.write_pack(path, records)
     capsys.readouterr()
     cli.main(["accuracy", "--grid", "main", "--table-only", "--runs-dir", str(runs)])
     out, err = capsys.readouterr()
@@ -276,13 +294,13 @@ def test_run_finished_under_another_train_default_is_stale_left_out_and_not_reru
 
 
 def test_committed_runs_match_what_train_py_now_makes_of_their_flags():
-    """Every finished run of results/runs still counts (no train.py default moved under them)."""
+    """Every packed run of results/ still counts (no train.py default moved under them)."""
     runs = acc.plan(acc.grid_settings(acc.COMMON, "all") + acc.grid_settings(acc.COMMON, "round2"), acc.SEEDS)
-    folder = os.path.join(acc.ROOT, "results", "runs")
-    done = [r for r in runs if os.path.exists(os.path.join(folder, r.key, "final.json"))]
-    assert len(done) > 600
-    assert {r.key: acc.stale_flags(os.path.join(folder, r.key), r.argv) for r in done
-            if acc.stale_flags(os.path.join(folder, r.key), r.argv)} == {}
+    packed = pack.read_packs(os.path.join(acc.ROOT, "results"))
+    done = [r for r in runs if r.key in packed]
+    assert len(done) == len(packed) > 600   # and the packs hold nothing the grids do not name
+    assert {r.key: acc.stale_flags(packed[r.key]["config"], r.argv) for r in done
+            if acc.stale_flags(packed[r.key]["config"], r.argv)} == {}
 
 
 def md_rows(text):
@@ -337,22 +355,18 @@ def test_recommendation_uses_validation_not_test(tiny, tmp_path, monkeypatch):
     # keep 0.3 has the higher test accuracy, keep 0.05 the higher validation accuracy
     abl = {"keep p": (("ce",), {"keep 0.05": {"keep": 0.05}, "keep 0.3": {"keep": 0.3}})}
     monkeypatch.setattr(acc, "ABLATIONS", abl)
-    runs = tmp_path / "runs"
-    for keep, test, val in ((0.05, .70, .45), (0.3, .90, .35)):
-        for key in keys_of("dfc", keep=keep):
-            write_fake_run(runs, key, test, test, val)
-    results = {k: report.load_result(str(runs / k)) for k in os.listdir(runs)}
+    records = [fake_record(key, test, test, val, argv=[]) for keep, test, val in ((0.05, .70, .45), (0.3, .90, .35))
+               for key in keys_of("dfc", keep=keep)]
+    results = {r["key"]: report.load_result(r) for r in records}
     (line,) = report.recommend(TINY_COMMON, abl, (0, 1), results)
     assert "**keep 0.05**" in line
 
 
-def test_load_result_reads_the_validation_selected_test_accuracy(tmp_path):
-    write_fake_run(tmp_path, "old", .8, .9, .4)
-    assert report.load_result(str(tmp_path / "old"))["at_val"] is None
-    write_fake_run(tmp_path, "new", .8, .9, .4)
-    (tmp_path / "new" / "final.json").write_text(json.dumps({"test_acc_last": .8, "test_acc_best": .9,
-                                                             "val_best_epoch": 3, "test_acc_at_val_best": .85}))
-    assert report.load_result(str(tmp_path / "new"))["at_val"] == pytest.approx(85.0)
+def test_load_result_reads_the_validation_selected_test_accuracy():
+    assert report.load_result(fake_record("old", .8, .9, .4, argv=[]))["at_val"] is None
+    new = fake_record("new", .8, .9, .4, argv=[], val_best_epoch=3, test_acc_at_val_best=.85)
+    assert report.load_result(new)["at_val"] == pytest.approx(85.0)
+    assert report.load_result(new)["val"] == pytest.approx(40.0) and report.load_result(None) is None
 
 
 def test_write_section_replaces_only_the_accuracy_section(tmp_path):
@@ -369,12 +383,19 @@ def test_write_section_appends_when_the_file_has_none(tmp_path):
     assert path.read_text() == "# B\n\n## Speed\nfast\n\n## Accuracy\nnew\n"
 
 
-def test_runs_dir_defaults_to_results_runs_which_holds_the_committed_grid():
-    """The documented layout: `python -m bench accuracy --table-only` reads results/runs/ by default."""
-    assert cli.build_parser().parse_args(["accuracy"]).runs_dir == os.path.join("results", "runs")
-    runs = os.path.join(acc.ROOT, "results", "runs")
+def test_runs_dir_defaults_to_results_runs_and_the_packs_to_results_which_hold_the_committed_grid():
+    """The documented layout: train.py's folders in results/runs (scratch, git-ignored), the
+    finished runs packed in results/*.jsonl, which `--table-only` reads by default."""
+    args = cli.build_parser().parse_args(["accuracy"])
+    assert args.runs_dir == os.path.join("results", "runs") and args.pack_dir is None
+    assert acc.default_pack_dir(args.runs_dir) == "results"
+    assert acc.default_pack_dir("/tmp/x/runs/") == "/tmp/x" and acc.default_pack_dir("runs") == "."
+    assert acc.pack_file("results", "all") == os.path.join("results", "accuracy-runs.jsonl")
+    assert acc.pack_file("results", "cnn") == os.path.join("results", "round2-runs.jsonl")
     assert os.path.isfile(os.path.join(acc.ROOT, "train.py"))
-    assert any(os.path.isfile(os.path.join(runs, k, "final.json")) for k in os.listdir(runs))
+    with open(os.path.join(acc.ROOT, ".gitignore")) as f:
+        assert {"/results/runs/", "/results/.pack.lock"} <= set(f.read().splitlines())
+    assert all(os.path.isfile(os.path.join(acc.ROOT, "results", name)) for name in pack.PACKS.values())
 
 
 def test_main_tables_report_the_machine_of_their_own_launches_not_a_later_round_two_grid(tmp_path):
@@ -384,19 +405,28 @@ def test_main_tables_report_the_machine_of_their_own_launches_not_a_later_round_
     lines = [dict(entry, command="python -m bench accuracy --grid all --jobs 2", cpu="CPU-A"),
              dict(entry, command="python -m bench accuracy --grid cnn --jobs 2", cpu="CPU-B")]
     (tmp_path / "launches.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
-    args = SimpleNamespace(runs_dir=str(tmp_path), grid="all", epochs=15, limit_train=20000, jobs=1,
+    args = SimpleNamespace(runs_dir=str(tmp_path / "runs"), pack_dir=str(tmp_path), grid="all", epochs=15, limit_train=20000, jobs=1,
                            threads_per_job=1, only=None)
     machine, commands = report.machine_and_commands(args)
     assert machine.startswith("CPU CPU-A,") and "--grid all" in commands and "--grid cnn" not in commands
 
 
-def test_finished_dates_come_from_final_json_not_from_file_times(tmp_path):
-    """A fresh clone gives every file the checkout time: the report must read the runs' own dates."""
-    for key, finished in (("a", "2026-11-27T11:38:52Z"), ("b", "2026-11-29T08:00:00Z"), ("old", None)):
-        (tmp_path / key).mkdir()
-        path = tmp_path / key / "final.json"
-        path.write_text(json.dumps({"test_acc_last": 0.5} | ({"finished": finished} if finished else {})))
-        os.utime(path, (time.mktime((2030, 1, 2, 12, 0, 0, 0, 0, -1)),) * 2)   # a checkout in 2030
-    assert report.finished_dates(str(tmp_path), ["a", "b"]) == ("2026-11-27", "2026-11-29")
-    assert report.finished_dates(str(tmp_path), ["a", "old"]) == ("2026-11-27", "2030-01-02")   # no field: file time
-    assert report.finished_dates(str(tmp_path), ["missing"]) is None
+def test_finished_dates_come_from_final_json_else_from_the_day_it_was_packed():
+    """A fresh clone gives every file the checkout time: the report reads the runs' own dates."""
+    packed = {key: fake_record(key, .5, .5, .5, argv=[], **({"finished": finished} if finished else {}))
+              for key, finished in (("a", "2026-11-27T11:38:52Z"), ("b", "2026-11-29T08:00:00Z"), ("old", None))}
+    assert report.finished_dates(packed, ["a", "b"]) == ("2026-11-27", "2026-11-29")
+    assert report.finished_dates(packed, ["a", "old"]) == ("2026-11-27", "2026-12-01")   # no field: packed
+    assert report.finished_dates(packed, ["missing"]) is None
+
+
+def test_launch_record_round_trips_and_a_damaged_line_is_one_error(tmp_path):
+    args = cli.build_parser().parse_args(["accuracy", "--grid", "main", "--runs-dir", str(tmp_path / "runs")])
+    args.pack_dir = acc.default_pack_dir(args.runs_dir)
+    report.record_launch(args)
+    (entry,) = report.read_launches(str(tmp_path))
+    assert entry["command"] == report.reproduce_command(args) and "--pack-dir" not in entry["command"]
+    with open(tmp_path / "launches.jsonl", "a") as f:
+        f.write("{not json\n")
+    with pytest.raises(pack.PackError, match=r"launches.jsonl:2: not JSON"):
+        report.read_launches(str(tmp_path))
