@@ -518,3 +518,49 @@ def test_readme_example_is_short_and_runs_verbatim():
     head = scope["model"].fc
     assert isinstance(head, D.DCMLinear) and int(head.dcm_step) > 0
     assert int(head.mask.sum()) == head.out_features * round(head.keep * head.in_features)
+
+
+# ----------------------------------------------------------------------------- train.py runs this same step
+
+@pytest.mark.parametrize("flags", [["--head", "dfc"], ["--head", "dfc", "--dcm-stats", "interval", "--dcm-interval", "2",
+                                                       "--dcm-warmup", "1", "--dcm-freeze"],
+                                   ["--head", "dkan", "--keep", "0.3"]])
+def test_train_step_and_the_drop_in_pick_the_same_masks_on_the_same_batches(flags):
+    """train.py's step (train.train_step on the network train.py builds) and a user's model made
+    drop-in style (a plain nn.Linear head turned into DCM by convert / the DKAN module, attached
+    with the same freeze), fed the same batches with the same weights and optimizer, hold the
+    same mask and the same weights after every step. Fails if the two ever take different paths."""
+    import runfolder
+    import train
+    import distributed
+    import losses
+    args = train.build_parser().parse_args(flags)
+    torch.manual_seed(0)
+    net = train.build_net(args, (1, 8, 8), 10)
+    opt = train.make_optimizer(args, net)
+    layers.attach(net, opt, freeze=args.dcm_freeze)
+    state = runfolder.TrainState(nets=[net], opts=[opt], y_noisy=torch.zeros(0), dist=distributed.Dist())
+    user = nn.Sequential(copy.deepcopy(net.backbone), nn.Linear(256, 10))
+    dcm = dict(keep=args.keep, interval=args.dcm_interval, warmup=args.dcm_warmup, stats=args.dcm_stats)
+    if args.head == "dfc":
+        user[1].load_state_dict({"weight": net.head.weight.detach(), "bias": net.head.bias.detach()})
+        D.convert(user, "1", **dcm)
+    else:
+        user[1] = kan.DKANLinear(256, 10, **dcm)
+        user[1].load_state_dict(net.head.state_dict())
+    user_opt = torch.optim.SGD(user.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=1e-4)
+    D.attach(user, user_opt, freeze=args.dcm_freeze)
+    loss_fn = losses.make_loss("ce", 10, "digits")
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        x, y = torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g)
+        train.train_step(args, state, x, y, torch.arange(32), loss_fn, 0.0, 1)
+        loss = loss_fn(user(x).float(), y).mean()
+        user_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(user.parameters(), args.grad_clip)
+        user_opt.step()
+        assert torch.equal(net.head.mask, user[1].mask) and net.head.updates == user[1].updates
+        for p, q in zip(net.parameters(), user.parameters()):
+            assert torch.equal(p, q)
+    assert 0 < int(net.head.mask.sum()) < net.head.mask.numel()
