@@ -107,7 +107,7 @@ def new_run(argv):
     import train
     args = train.build_parser().parse_args(QUICK + list(argv))
     cpu = torch.device("cpu")
-    d = data.prepare_training_data(data.DataConfig.from_flags(args), cpu)
+    d = data.prepare_training_data(data.DataConfig.from_config(vars(args)), cpu)
     return args, d, train.init_state(args, d, cpu, None)
 
 

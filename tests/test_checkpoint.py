@@ -477,7 +477,7 @@ def test_train_state_round_trips_through_the_checkpoint_payload():
     import runfolder
     a = train.build_parser().parse_args(["--limit-train", "200", "--batch-size", "64", "--method", "elr", "--keep", "0.3"])
     cpu = torch.device("cpu")
-    d = data.prepare_training_data(data.DataConfig.from_flags(a), cpu)
+    d = data.prepare_training_data(data.DataConfig.from_config(vars(a)), cpu)
     st = train.init_state(a, d, cpu, None)
     xb = data.to_float(d.x[:64], d.mean, d.std)
     for _ in range(2):

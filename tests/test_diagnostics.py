@@ -133,10 +133,10 @@ def test_logged_feature_error_is_the_masked_head_error_on_the_probe_set(dfc_run)
     """Recompute from the checkpoint: the probe is a fixed set of corrupted samples and the
     gradient goes through the CURRENT training mask (CE: error = (W⊙M)[ỹ] − (W⊙M)[y])."""
     a = train.build_parser().parse_args(QUICK)
-    d = data.prepare_training_data(data.DataConfig.from_flags(a), torch.device("cpu"))
-    probe = diagnostics.grad_probe(a, d)
+    d = data.prepare_training_data(data.DataConfig.from_config(vars(a)), torch.device("cpu"))
+    probe = diagnostics.grad_probe(d, a.seed, a.track_grad_error, a.dataset)
     assert 0 < len(probe) <= diagnostics.PROBE_SIZE and bool((d.y_noisy[probe] != d.y[probe]).all())
-    assert torch.equal(probe, diagnostics.grad_probe(a, d))
+    assert torch.equal(probe, diagnostics.grad_probe(d, a.seed, a.track_grad_error, a.dataset))
     ck = torch.load(os.path.join(dfc_run, "checkpoint.pt"), weights_only=False)
     w, mask = ck["nets"][0]["head.w"], ck["masks"][0]["mask"]
     expected = D.feature_grad_error(w, mask, d.y[probe], d.y_noisy[probe]).norm(dim=1).mean()
@@ -198,3 +198,29 @@ def test_eval_logits_use_the_mask_for_dcm_heads_with_dcm_eval_masked_only(head, 
         expect = nets.head_forward(kind, params, feats, mask if (EVAL_MASKED[head] and dcm_eval == "masked") else None)
     assert z.shape == (6, 4)
     torch.testing.assert_close(z, expect.float(), rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- the metrics row's parts and lines
+
+def test_train_eval_due_every_n_epochs_and_at_the_last():
+    assert [e for e in range(1, 8) if diagnostics.train_eval_due(e, 7, 3)] == [3, 6, 7]
+    assert [e for e in range(1, 8) if diagnostics.train_eval_due(e, 7, 1)] == list(range(1, 8))
+    assert not any(diagnostics.train_eval_due(e, 7, 0) for e in range(1, 8))
+
+
+def test_mask_metrics_of_an_unmasked_and_a_masked_head():
+    import layers
+    fc = torch.nn.Linear(4, 3)
+    assert diagnostics.mask_metrics(fc, []) == dict(kept=1.0, mask_change=0.0, mask_updates=0)
+    head = layers.DCMLinear(10, 3, keep=0.3)
+    m = diagnostics.mask_metrics(head, [torch.tensor(0.25), torch.tensor(0.75)])
+    assert m["mask_change"] == 0.5 and m["mask_updates"] == head.updates
+    assert m["kept"] == D.kept_fraction(head.mask)
+
+
+def test_epoch_line_shows_gcos_only_when_measured():
+    row = dict(epoch=3, lr=0.01, train_loss=0.5, train_acc_noisy=0.9, train_acc_clean=None, test_acc=0.8,
+               kept=0.1, mask_change=0.0, grad_cos_last=None, seconds=1.0, eta_s=2.0)
+    assert diagnostics.epoch_line(row, 5).startswith("epoch   3/5  ") and "gcos" not in diagnostics.epoch_line(row, 5)
+    assert "gcos -0.50" in diagnostics.epoch_line(dict(row, grad_cos_last=-0.5), 5)
+    assert "val(noisy)  70.0%" in diagnostics.epoch_line(dict(row, val_acc_noisy=0.7), 5)

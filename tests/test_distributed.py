@@ -457,13 +457,15 @@ def dump_train(dump, argv):
     before the epoch's row is logged and rank 0 writes the epoch's checkpoint."""
     rank, epoch, inner = distributed.dist_from_env(os.environ).rank, [0], diagnostics.grad_error_metrics
 
-    def hooked(a, st, d, probe, loss_fn):
-        metrics = inner(a, st, d, probe, loss_fn)
+    out = argv[argv.index("--out") + 1]
+
+    def hooked(st, d, probe, loss_fn, loss_name):
+        metrics = inner(st, d, probe, loss_fn, loss_name)
         epoch[0] += 1
         os.makedirs(dump, exist_ok=True)
-        torch.save(runfolder.checkpoint_state(st, epoch[0], runfolder.RunLog(vars(a))), os.path.join(dump, f"rank{rank}_epoch{epoch[0]:03d}.pt"))
+        torch.save(runfolder.checkpoint_state(st, epoch[0], runfolder.RunLog({})), os.path.join(dump, f"rank{rank}_epoch{epoch[0]:03d}.pt"))
         if rank == 0:
-            shutil.copy(os.path.join(a.out, "checkpoint.pt"), os.path.join(dump, f"checkpoint_epoch{epoch[0] - 1:03d}.pt"))
+            shutil.copy(os.path.join(out, "checkpoint.pt"), os.path.join(dump, f"checkpoint_epoch{epoch[0] - 1:03d}.pt"))
         return metrics
     diagnostics.grad_error_metrics = hooked
     rc = train.main(argv)
