@@ -121,8 +121,8 @@ def stop_state(sig, dist=None):
     import distributed
     import runfolder
     import train_cli
-    return runfolder.TrainState(head=None, nets=[], opts=[], masks=[], compiled=[], y_noisy=torch.zeros(1),
-                                dist=dist or distributed.Dist(), stop=train_cli.StopFlag(sig))
+    return runfolder.TrainState(nets=[], opts=[], y_noisy=torch.zeros(1), dist=dist or distributed.Dist(),
+                                stop=train_cli.StopFlag(sig))
 
 
 @pytest.fixture(scope="session")

@@ -316,7 +316,7 @@ def test_a_stale_lock_is_taken_over_with_one_warning(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- Checkpoints
 
-WHAT_RESTORES = ("nets", "opts", "masks", "step", "elr_t", "rng")   # checkpoint entries restore_state loads
+WHAT_RESTORES = ("nets", "opts", "step", "elr_t", "rng")   # checkpoint entries restore_state loads
 
 
 def assert_same(x, y, where="checkpoint"):
@@ -354,7 +354,7 @@ def test_restore_state_then_checkpoint_state_gives_back_the_checkpoint_exactly(t
     assert ck["step"] > 0 and ck["opts"][0]["state"]
     _, d, st = new_run(flags)
     fresh = runfolder.checkpoint_state(st, 0, runfolder.RunLog({}))
-    for key in ("nets", "opts", "masks", "step"):   # so the comparisons below can fail
+    for key in ("nets", "opts", "step"):   # so the comparisons below can fail
         with pytest.raises(AssertionError):
             assert_same(fresh[key], ck[key])
     torch.manual_seed(123)                          # the RNG moves on; restore_state sets it back
@@ -367,18 +367,6 @@ def test_restore_state_then_checkpoint_state_gives_back_the_checkpoint_exactly(t
     again = runfolder.checkpoint_state(st2, 1, runfolder.RunLog({}))
     for key in WHAT_RESTORES:
         assert_same(again[key], back[key], key)
-
-
-def test_a_checkpoint_with_the_old_last_layer_alias_still_resumes(tmp_path):
-    """Checkpoints written before the backbones stopped registering .last_layer hold a second
-    copy of that layer under backbone.last_layer.*; restore_state drops it and loads the rest."""
-    ck = trained(tmp_path, [])
-    for sd in ck["nets"]:
-        sd.update({f"backbone.last_layer.{k}": v.clone() for k, v in sd.items() if k.startswith("backbone.fc2.")})
-    assert any(k.startswith(runfolder.OLD_ALIAS) for k in ck["nets"][0])
-    _, d, st = new_run([])
-    runfolder.restore_state(st, ck, noisy_labels(d), CPU)
-    assert torch.equal(st.nets[0].backbone.fc2.weight, ck["nets"][0]["backbone.fc2.weight"])
 
 
 @pytest.mark.parametrize("saved, flags, needle", [
@@ -406,15 +394,15 @@ def test_a_foreign_checkpoint_is_one_line(tmp_path, payload):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("damage", ["no best", "history a dict", "extra mask field", "no y_noisy"])
+@pytest.mark.parametrize("damage", ["no best", "history a dict", "no extended", "no y_noisy"])
 def test_a_checkpoint_of_another_version_is_refused_in_one_line_before_loading(tmp_path, damage):
     ck = trained(tmp_path, [])
     if damage == "no best":
         del ck["best"]
     elif damage == "history a dict":
         ck["history"] = {}
-    elif damage == "extra mask field":
-        ck["masks"][0]["new_field"] = 1
+    elif damage == "no extended":
+        del ck["extended"]
     else:
         del ck["y_noisy"]
     _, d, st = new_run([])
