@@ -135,8 +135,8 @@ def _disk_note(path):
 
 
 def verify_checkpoint(path):
-    """Compare `path` with its sidecar. -> True (verified) or False (no sidecar: a
-    checkpoint from before sidecars existed). Raises CheckpointError on a mismatch."""
+    """Compare `path` with its sidecar. -> True (verified) or False (no sidecar: deleted, or a
+    run killed between the two files). Raises CheckpointError on a mismatch."""
     sums = read_sums(path)
     if sums is None:
         return False

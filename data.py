@@ -280,9 +280,9 @@ class DataConfig(NamedTuple):
     imagenet_val_dir: Optional[str]
 
     @classmethod
-    def from_flags(cls, flags):
-        """The DataConfig of an object with these attributes (train.py's argparse namespace)."""
-        return cls(**{k: getattr(flags, k) for k in cls._fields})
+    def from_config(cls, config):
+        """The DataConfig of a run's flags, a dict that holds these keys (config.json's, vars(args))."""
+        return cls(**{k: config[k] for k in cls._fields})
 
 
 def noisy_labels(cfg, ds, x, y):

@@ -3,9 +3,10 @@ Fig. 4 (fit of the noisy labels vs the clean ones), the gradient probe of Fig. 3
 between noisy- and clean-label gradients), the masks of Fig. 5, and the run's summary.
 Zhang et al., arXiv 2508.09697; the conventions are in docs/design.md §8.
 
-    probe = grad_probe(args, d)                          # d: a data.TrainData; fixed corrupted samples, or None
-    m = evaluate(args, st, d, train_pass=True)           # st: a runfolder.TrainState; test_acc, train_acc_noisy, ...
-    m.update(grad_error_metrics(args, st, d, probe, loss_fn))
+    probe = grad_probe(d, seed, track=None, dataset=name)  # d: a data.TrainData; fixed corrupted samples, or None
+    m = evaluate(st, d, train_pass=True)                    # st: a runfolder.TrainState; test_acc, train_acc_noisy, ...
+    m.update(mask_metrics(st.nets[0].head, changes))        # kept, mask_change, mask_updates
+    m.update(grad_error_metrics(st, d, probe, loss_fn, loss_name))
 """
 import datetime
 import math
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 
 import checkpoint
 import data
+import dcm_ref
 import distributed
 import layers
 import train_cli
@@ -41,8 +43,8 @@ def feature_grad_error(w: Tensor, mask: Tensor, y: Tensor, y_noisy: Tensor) -> T
     = (W⊙M)ᵀ(e_y − e_ỹ) = (W⊙M)[y] − (W⊙M)[ỹ]: independent of v and p.
     w, mask: (C, d), y, y_noisy: (B,) class indices -> (B, d).
     """
-    _check_2d("w", w, "(C, d)")
-    _check_mask(mask, w)
+    dcm_ref._check_2d("w", w, "(C, d)")
+    dcm_ref._check_mask(mask, w)
     for name, labels in (("y", y), ("y_noisy", y_noisy)):
         if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
             got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
@@ -63,8 +65,8 @@ def feature_grad_error_bound(w: Tensor, mask: Tensor) -> float:
     masks (k and m cannot grow); the error itself need not (cancelling edges).
     w, mask: (C, d) -> float.
     """
-    _check_2d("w", w, "(C, d)")
-    _check_mask(mask, w)
+    dcm_ref._check_2d("w", w, "(C, d)")
+    dcm_ref._check_mask(mask, w)
     k = int((mask != 0).sum(dim=1).max())
     m = float((w * mask).abs().max())
     return 2.0 * math.sqrt(k) * m
@@ -122,8 +124,8 @@ def label_gradient_error(loss_fn: Callable[[Tensor, Tensor], Tensor], logits: Te
     BatchNorm in eval mode so the parameter gradient does not mix samples. For CE on
     an FC head, err_feat[b] = ‖feature_grad_error(w, mask, y, ỹ)[b]‖ ≤ feature_grad_error_bound(w, mask).
     """
-    _check_2d("logits", logits, "(B, C)")
-    _check_2d("v", v, "(B, d)")
+    dcm_ref._check_2d("logits", logits, "(B, C)")
+    dcm_ref._check_2d("v", v, "(B, d)")
     B = logits.shape[0]
     for name, y in (("y_noisy", y_noisy), ("y_clean", y_clean)):
         if not isinstance(y, torch.Tensor) or tuple(y.shape) != (B,):
@@ -141,22 +143,6 @@ def label_gradient_error(loss_fn: Callable[[Tensor, Tensor], Tensor], logits: Te
     gv_n, gv_c = ((torch.zeros_like(v) if g is None else g).double() for g in (g_n[-1], g_c[-1]))
     cos_feat = F.cosine_similarity(gv_n, gv_c, dim=1, eps=1e-300)  # zero gradient -> 0, as gradient_cosine
     return GradError(gradient_cosine(g_n[:-1], g_c[:-1]), cos_feat, (gv_n - gv_c).norm(dim=1))
-
-
-# argument checks of this section (the same one-line ValueErrors as dcm_ref's)
-
-def _check_2d(name: str, t: Tensor, expected: str) -> None:
-    if not isinstance(t, torch.Tensor) or t.dim() != 2:
-        got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-        raise ValueError(f"{name}: expected a 2-D tensor {expected}, got {got}")
-
-
-def _check_mask(mask: Tensor, w: Tensor, name: str = "mask", like: str = "w") -> None:
-    if not isinstance(w, torch.Tensor):
-        raise ValueError(f"{like}: expected a tensor, got {type(w).__name__}")
-    if not isinstance(mask, torch.Tensor) or mask.shape != w.shape:
-        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise ValueError(f"{name}: expected shape {tuple(w.shape)} (same as {like}), got {got}")
 
 
 # ============================================================================= what a run measures (train.py)
@@ -204,12 +190,13 @@ def train_metrics(net, d, dd):
     return out
 
 
-def train_eval_due(args, epoch):
-    """Whether this epoch evaluates the whole training set (--train-eval-every; always the last epoch)."""
-    return args.train_eval_every > 0 and (epoch % args.train_eval_every == 0 or epoch == args.epochs)
+def train_eval_due(epoch, epochs, every):
+    """Whether `epoch` of `epochs` evaluates the whole training set: every `every` epochs
+    (--train-eval-every; 0 = never) and at the last."""
+    return every > 0 and (epoch % every == 0 or epoch == epochs)
 
 
-def evaluate(args, st, d, train_pass=True):
+def evaluate(st, d, train_pass=True):
     """Test accuracy; with train_pass also train accuracy vs noisy/clean labels and confidence on
     clean vs noisy samples (else None). Identical on every rank: the logits are computed sharded
     and gathered whole."""
@@ -233,28 +220,30 @@ def evaluate(args, st, d, train_pass=True):
 GRAD_FIELDS = ("grad_cos_last", "grad_cos_feat", "grad_err_feat_norm", "grad_err_feat_bound")
 
 
-def grad_probe(args, d):
+def grad_probe(d, seed, track=None, dataset=""):
     """Indices (<= PROBE_SIZE,) of the fixed Fig. 3 probe set: corrupted training samples, or None when off.
+    track: --track-grad-error (None: on when some labels are corrupted); dataset: its name, for the message.
 
     Drawn once from the run seed with a private generator, so the global RNG (and
     therefore the training trajectory) is untouched, and a resumed run gets the same set.
     """
     if not d.clean_known:
-        if args.track_grad_error:
-            raise train_cli.UserError(f"--track-grad-error needs the clean training labels; --dataset {args.dataset} has only its noisy ones")
+        if track:
+            raise train_cli.UserError(f"--track-grad-error needs the clean training labels; --dataset {dataset} has only its noisy ones")
         return None
     corrupted = (d.y_noisy != d.y).nonzero()[:, 0]
-    if args.track_grad_error is False or (args.track_grad_error is None and len(corrupted) == 0):
+    if track is False or (track is None and len(corrupted) == 0):
         return None
     if len(corrupted) == 0:
         raise train_cli.UserError("--track-grad-error needs training labels that differ from the clean ones (e.g. --noise-rate > 0); got none")
-    g = torch.Generator().manual_seed(args.seed * 100003 + 7919)
+    g = torch.Generator().manual_seed(seed * 100003 + 7919)
     pick = torch.randperm(len(corrupted), generator=g)[:PROBE_SIZE].to(corrupted.device)
     return corrupted[pick].sort().values
 
 
-def grad_error_metrics(args, st, d, probe, loss_fn):
+def grad_error_metrics(st, d, probe, loss_fn, loss_name):
     """Fig. 3 for the first network on the probe set; GRAD_FIELDS -> float (None when off).
+    loss_fn: the per-sample loss, logits (B, C), labels (B,) -> (B,); loss_name: its --loss.
 
     The model is in eval mode (BN uses and keeps its running stats, so the probe
     leaves no trace), with no augmentation, but WITH the current training mask:
@@ -276,7 +265,7 @@ def grad_error_metrics(args, st, d, probe, loss_fn):
     finally:
         net.train()
     bound, w = None, getattr(net.head, "weight", None)
-    if w is not None and args.loss == "ce":  # FC heads; the bound is for CE's ∂L/∂z = p − e_label
+    if w is not None and loss_name == "ce":  # FC heads; the bound is for CE's ∂L/∂z = p − e_label
         w = w.detach()
         bound = feature_grad_error_bound(w, getattr(net.head, "mask", torch.ones_like(w)))
     return dict(grad_cos_last=ge.cos_params, grad_cos_feat=float(ge.cos_feat.mean()),
@@ -307,12 +296,22 @@ def update_best(best, m):
     return best
 
 
-def final_metrics(args, history, best, d):
+def mask_metrics(head, changes):
+    """The metrics row's DCM fields of the first network's head: kept (fraction of its edges), mask_change
+    (mean fraction of edges that changed at the epoch's mask updates), mask_updates (so far); an
+    unmasked head keeps 1.0 and changes nothing. changes: 0-dim tensors, one per mask update."""
+    dcm = isinstance(head, layers.DCMModule)
+    return dict(kept=dcm_ref.kept_fraction(head.mask) if dcm else 1.0,
+                mask_change=float(np.mean([float(c) for c in changes])) if changes else 0.0,
+                mask_updates=head.updates if dcm else 0)
+
+
+def final_metrics(history, best, d, epochs):
     """final.json: last and best (test-selected) accuracy, and with --val-frac the epoch
     selected on the noisy validation split and its test accuracy (README: the honest number);
     `finished`: when the run ended, UTC (the benchmark report's dates; file times change on checkout)."""
     final = dict(test_acc_last=history[-1]["test_acc"], test_acc_best=best["acc"], best_epoch=best["epoch"],
-                 epochs=args.epochs, wall_s=float(sum(h["seconds"] for h in history)),
+                 epochs=epochs, wall_s=float(sum(h["seconds"] for h in history)),
                  train_samples_per_s=float(np.mean([h["samples_per_s"] for h in history])), noise_rate=d.report["rate"],
                  finished=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     if "val_epoch" in best:
@@ -320,22 +319,24 @@ def final_metrics(args, history, best, d):
     return final
 
 
-def start_line(args, d, device, dd, out):
-    """The run's first line: data sizes, noise rate, model, loss, method, device, ranks, folder."""
-    N, B = len(d.y), min(args.batch_size, len(d.y))
+def start_line(config, d, device, dd, out):
+    """The run's first line: data sizes, noise rate, model, loss, method, device, ranks, folder.
+    config: the run's flags as config.json records them."""
+    N, B = len(d.y), min(config["batch_size"], len(d.y))
     per_rank = f" x {dd.world} ranks (batch {B // dd.world} per rank)" if dd.world > 1 else ""
     rate = "unknown" if d.report["rate"] is None else f"{d.report['rate']:.3f}"
-    return (f"dcm-ref: {args.dataset} ({N} train, {len(d.y_test)} test, noise {rate}) "
-            f"{args.backbone}+{args.head} loss={args.loss} method={args.method} on {device}{per_rank} -> {out}")
+    c = config
+    return (f"dcm-ref: {c['dataset']} ({N} train, {len(d.y_test)} test, noise {rate}) "
+            f"{c['backbone']}+{c['head']} loss={c['loss']} method={c['method']} on {device}{per_rank} -> {out}")
 
 
-def epoch_line(args, m, probe):
-    """One epoch's line: the metrics.jsonl row m in short (probe: whether gcos is measured)."""
-    return (f"epoch {m['epoch']:3d}/{args.epochs}  lr {m['lr']:.4f}  loss {m['train_loss']:.4f}  "
+def epoch_line(m, epochs):
+    """One epoch's line: the metrics.jsonl row m in short, of `epochs` (gcos when the Fig. 3 probe measured it)."""
+    return (f"epoch {m['epoch']:3d}/{epochs}  lr {m['lr']:.4f}  loss {m['train_loss']:.4f}  "
             f"train(noisy) {fmt_pct(m['train_acc_noisy'])}  train(clean) {fmt_pct(m['train_acc_clean'])}  "
             + (f"val(noisy) {fmt_pct(m['val_acc_noisy'])}  " if "val_acc_noisy" in m else "") +
             f"test {fmt_pct(m['test_acc'])}  kept {m['kept']:.3f}  change {m['mask_change']:.3f}  "
-            + (f"gcos {m['grad_cos_last']:+.2f}  " if probe is not None else "") +
+            + (f"gcos {m['grad_cos_last']:+.2f}  " if m.get("grad_cos_last") is not None else "") +
             f"{m['seconds']:.1f}s  eta {m['eta_s']:.0f}s")
 
 

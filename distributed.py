@@ -14,7 +14,7 @@ trains on its equal shard of the GLOBAL batch; what is exchanged, and why:
     stop signal      max_over_ranks            -> every rank stops after the same step, reporting the same signal
 
 A collective that fails because another rank has gone (it stopped on an error of its own and
-reported it) raises PeerLost, which train.main reports in one line instead of a traceback.
+reported it) raises PeerLost, which train_cli.ExitCode reports in one line instead of a traceback.
 
 Explicit all-reduces, not DDP: the heads run outside the module's forward, co-teaching
 has two losses and the Fig. 3 probe takes extra gradients.

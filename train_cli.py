@@ -1,8 +1,11 @@
-"""The command-line side of train.py: flag checks, warnings, the device, rank-0 output and
-stop signals. Nothing here is part of the DCM method (Zhang et al., arXiv 2508.09697);
-it is what makes a mistake one clear line and an interrupted run resumable (README).
+"""The command-line side of train.py: its flags, flag checks, warnings, the device, rank-0
+output, stop signals and exit codes. Nothing here is part of the DCM method (Zhang et al.,
+arXiv 2508.09697); it is what makes a mistake one clear line and an interrupted run resumable (README).
 
-    args = train.build_parser().parse_args(argv)
+    args, argv, dist = parse(argv)                   # presets expanded, torchrun joined (or an exit code)
+    with ExitCode(dist) as result:                   # an error -> one line on stderr and result.code
+        result.code = train.train(args, argv, dist)
+    with agreed(dist): ...                           # a UserError on any rank stops every rank
     check_args(args)                                 # UserError: one line, exit 2
     for msg in flag_warnings(args, typed): warn(msg) # typed flags that do nothing here
     restore = catch_stop_signals(flag)               # SIGINT/SIGTERM: stop after this step
@@ -12,12 +15,15 @@ import os
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
+import checkpoint
 import data
+import diagnostics
 import distributed
 import losses
 import nets
@@ -40,6 +46,134 @@ class PeerFailed(Exception):
 
 class NonFiniteLoss(Exception):
     """The training loss became NaN or inf: reported in one line, exit 3; the last checkpoint is kept."""
+
+
+# ----------------------------------------------------------------------------- Flags
+
+DESCRIPTION = "Train a classifier on noisy labels, with or without Dynamic Connection Masking."  # --help's first line
+
+
+def build_parser():
+    """train.py's flags (python train.py --help), in groups: data, noise, model, DCM, loss, optimisation, run, diagnostics, presets."""
+    p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=HelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="digits", help=f"one of {', '.join(data.ALL_DATASETS)}")
+    g.add_argument("--data-dir", default=None, help="dataset folder (default: the dataset's usual place, see README)")
+    g.add_argument("--noisy-labels-file", default=None, help="CIFAR-N label file (CIFAR-10_human.pt / CIFAR-100_human.pt)")
+    g.add_argument("--noisy-labels", default=None, help="CIFAR-N label set: aggre|worst|rand1|rand2|rand3 (10) or noisy100 (100)")
+    g.add_argument("--limit-train", type=int, default=0, help="use a seeded class-stratified subset of N training samples (0 = all)")
+    g.add_argument("--limit-test", type=int, default=0, help="test on a class-stratified subset of N test samples, the same for every seed (0 = all)")
+    g.add_argument("--val-frac", type=float, default=0.0, help="hold out this fraction of the NOISY training set as validation (for choosing hyper-parameters without the test set)")
+    g.add_argument("--augment", default="auto", choices=("auto", "none", "crop-flip", "rrc-flip"),
+                   help="auto = crop-flip for CIFAR, rrc-flip (random resized crop + flip) for webvision-mini/clothing1m, none otherwise")
+    g = p.add_argument_group("real-world noisy datasets: webvision-mini, clothing1m (docs/realworld.md)")
+    g.add_argument("--image-size", type=int, default=None, help="training/test resolution S (S x S); default 224")
+    g.add_argument("--samples-per-epoch", type=int, default=0,
+                   help="train each epoch on a new seeded class-balanced subset of N noisy images, decoded at the "
+                        "start of the epoch (0 = all, decoded once)")
+    g.add_argument("--subset-once", action="store_true",
+                   help="with --samples-per-epoch: keep epoch 1's subset for the whole run (decodes N images once; not the usual protocol)")
+    g.add_argument("--decode-workers", type=int, default=8, help="threads decoding the JPEGs at load time")
+    g.add_argument("--train-list", default=None, help="webvision-mini: two-column 'path label' training list (paths relative to --data-dir)")
+    g.add_argument("--test-list", default=None, help="webvision-mini: two-column 'path label' test list (paths relative to --data-dir)")
+    g.add_argument("--imagenet-val-dir", default=None, help="webvision-mini: ILSVRC12 val in one folder per synset; "
+                   "its first 50 classes are a second clean test set (metric imagenet_acc)")
+    g = p.add_argument_group("label noise (docs/design.md §5)")
+    g.add_argument("--noise", default="symmetric", choices=NOISES, help="label-noise model (none: the dataset's own labels)")
+    g.add_argument("--noise-rate", type=float, default=0.4, help="fraction of labels flipped, in [0, 1)")
+    g.add_argument("--noise-include-true", action="store_true", help="symmetric noise may keep the true class (ELR/DivideMix convention)")
+    g.add_argument("--noise-sampling", default="exact", choices=("exact", "bernoulli"), help="exact = each class i flips exactly round((1-T[i,i])*n_i) labels (half to even), spread over the targets by largest remainder")
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", default="mlp", help=f"one of {', '.join(nets.BACKBONES)}")
+    g.add_argument("--head", default="dfc", help="fc | dfc (DCM on FC) | kan | dkan (DCM on KAN)")
+    g.add_argument("--pretrained", default=None, help="backbone weights: a state dict file in torchvision's key layout (fc.* ignored), e.g. ImageNet ResNet-50")
+    g.add_argument("--kan-grid", type=int, default=5, help="KAN head: B-spline grid intervals")
+    g.add_argument("--kan-order", type=int, default=3, help="KAN head: B-spline order")
+    g = p.add_argument_group("DCM (Fig. 2, Eq. 2; docs/design.md §2)")
+    g.add_argument("--keep", type=float, default=0.1, help="fraction of head edges kept, in (0, 1]; 1 = no masking")
+    g.add_argument("--dcm-scope", default="row", choices=("row", "global"), help="row: each class keeps max(1, round(keep*d)) inputs; global: max(1, round(keep*C*d)) edges overall")
+    g.add_argument("--dcm-interval", type=int, default=1, help="recompute the mask every t optimizer steps")
+    g.add_argument("--dcm-warmup", type=int, default=0, help="optimizer steps with the full head before masking starts")
+    g.add_argument("--dcm-stats", default="batch", choices=("batch", "interval"), help="score edges on the current batch (Eq. 2) or on moments pooled since the last update")
+    g.add_argument("--dcm-eval", default="full", choices=("full", "masked"), help="evaluate with the full head (paper default) or with the last mask")
+    g.add_argument("--dcm-freeze", action="store_true", help="masked head weights stay exactly unchanged by a step (no weight decay/momentum drift)")
+    g = p.add_argument_group("loss and method (docs/design.md §4)")
+    g.add_argument("--loss", default="ce", help=f"one of {', '.join(sorted(losses.LOSSES))}")
+    g.add_argument("--loss-arg", action="append", default=[], metavar="KEY=VALUE", help="override a loss hyper-parameter, e.g. --loss-arg q=0.5 (repeatable)")
+    g.add_argument("--method", default="standard", help="standard | coteaching (two networks) | elr (early-learning regularisation)")
+    g.add_argument("--forget-rate", type=float, default=None, help="co-teaching tau (default: the noise rate)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"), help="optimizer")
+    g.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--weight-decay", type=float, default=None, help="default 1e-4, and 0 for anl_* losses (their L1 term replaces it)")
+    g.add_argument("--batch-size", type=int, default=128, help="global batch size (split over torchrun ranks)")
+    g.add_argument("--epochs", type=int, default=30, help="training epochs (the LR schedule's length)")
+    g.add_argument("--schedule", default="cosine", choices=("cosine", "step", "none"), help="step = x0.1 at 50%% and 75%% of training")
+    g.add_argument("--grad-clip", type=float, default=5.0, help="max gradient norm (0 = off)")
+    g.add_argument("--seed", type=int, default=0, help="seeds the model, the noise, the batches and the augmentation")
+    g.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda | cuda:N")
+    g.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="bf16 autocast on CUDA")
+    g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default); 1 avoids slow-downs when other jobs share the cores")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<head>-<loss>-<noise><rate>-s<seed>, then "
+                   "a token per other flag that differs from its default, e.g. -keep0.3, and -2, -3... rather than "
+                   "replacing a run); one run at a time holds it (DIR/.lock)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out to its --epochs (verified checkpoint)")
+    g.add_argument("--extend", action="store_true", help="with --resume: train to a larger --epochs than the run was "
+                   "started with (the LR schedule is stretched from the current epoch on; recorded in config.json)")
+    g.add_argument("--auto-resume", action="store_true", help="resume when --out holds a checkpoint of this same "
+                   "configuration, start fresh when it holds none (for preemptible jobs that rerun the same command)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing run in --out (its files are moved "
+                   "to DIR/replaced/ and deleted only when the new run finishes)")
+    g.add_argument("--stop-after", type=int, default=0, help="stop (resumably) after this epoch, as if interrupted")
+    g = p.add_argument_group("diagnostics (Fig. 3-5, docs/design.md §8; plot them with plot.py)")
+    g.add_argument("--track-grad-error", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"Fig. 3: each epoch, cosine between the noisy- and clean-label gradients on a fixed probe set of "
+                        f"<= {diagnostics.PROBE_SIZE} corrupted training samples; default: on when some training labels differ from the clean ones "
+                        f"(off for webvision-mini/clothing1m: their clean training labels are unknown)")
+    g.add_argument("--train-eval-every", type=int, default=1, metavar="N",
+                   help="the pass over the whole training set (train accuracy vs noisy/clean labels, confidence) every N epochs "
+                        "and at the last; 0 = never (its metrics are null). Saves a forward pass over the training set, e.g. for ResNet-50 at 224x224")
+    g.add_argument("--save-masks", action="store_true", help="Fig. 5: write DIR/masks/epoch_XXX.npz (the first network's C x d bool mask) after every epoch")
+    g = p.add_argument_group("presets (presets.py)")
+    g.add_argument("--preset", default=None, metavar="NAME", help="fill in the flags of a paper protocol; flags typed explicitly override it; recorded in config.json")
+    g.add_argument("--list-presets", action="store_true", help="print every preset with its flags and source, and exit")
+    return p
+
+
+def defaults():
+    """{flag dest: default} of every flag (names a run without --out: runfolder.default_out)."""
+    return vars(build_parser().parse_args([]))
+
+
+def parse(argv):
+    """train.py's command line -> (args, argv with the preset's flags, distributed.Dist), or an exit
+    code: 0 after --list-presets, 2 after a one-line error. Sets --threads and joins the torchrun
+    group (world size > 1): ExitCode leaves it."""
+    try:  # a preset's flags go first, so the flags typed after them win
+        argv, preset = presets.expand(argv)
+    except presets.PresetError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
+    args = build_parser().parse_args(argv)
+    if args.list_presets:
+        print(presets.describe())
+        return 0
+    if args.preset != preset:
+        print(f"train.py: error: write --preset in full (got an abbreviation for {args.preset!r})", file=sys.stderr)
+        return 2
+    if 0 < args.threads <= THREADS_MAX:   # out of range: check_args says so in one line
+        torch.set_num_threads(args.threads)
+    try:
+        dist = distributed.dist_from_env(os.environ)
+    except ValueError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
+    if dist.world > 1:
+        distributed.init_distributed(dist)
+    return args, argv, dist
 
 
 # ----------------------------------------------------------------------------- Flag checks
@@ -222,6 +356,66 @@ def check_data_sizes(args, d, dd):
     if dd.world > 1 and (B % dd.world or B // dd.world < 2):
         raise UserError(f"--batch-size {B} is the global batch and must split into {dd.world} equal "
                         f"per-rank shards of >= 2 samples; use a multiple of {dd.world} >= {2 * dd.world}")
+
+
+# ----------------------------------------------------------------------------- Errors and exit codes
+
+@contextmanager
+def agreed(dd):
+    """Around a run's setup, on every rank: when any rank raised UserError or PeerFailed, all stop and
+    only the lowest failing rank reports (the others raise PeerFailed: a quiet exit 2). The agreement
+    (one all-reduce, also when none failed) is the barrier that keeps rank 0 from writing into --out
+    before every rank has read it."""
+    err = None
+    try:
+        yield
+    except (UserError, PeerFailed) as e:   # PeerFailed: rank 0 could not claim the run folder
+        err = e
+    first = distributed.first_failure(err is not None, dd)
+    if first == dd.rank:
+        raise err
+    if first >= 0:
+        raise PeerFailed()
+
+
+class ExitCode:
+    """Around train.train in main: an error becomes one line on stderr and an exit code in .code
+    (exit_code), and the torchrun group is left at the end. Other exceptions pass (a traceback)."""
+
+    def __init__(self, dd):
+        self.dd, self.code = dd, None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb):
+        try:
+            if e is not None:
+                self.code = exit_code(e, self.dd)
+            return e is not None and self.code is not None
+        finally:
+            if self.dd.world > 1:
+                distributed.close()
+
+
+def exit_code(e, dd):
+    """The exit code of an exception that ended a run, after its one line on stderr; None when it is
+    not one of the run's errors. 2: a flag, data, file or peer; 3: a non-finite loss; 130: Ctrl-C."""
+    who = f" (rank {dd.rank})" if dd.rank > 0 else ""
+    if isinstance(e, PeerFailed):
+        return 2  # the failing rank has printed why
+    if isinstance(e, (distributed.PeerLost, UserError, data.DataError, checkpoint.CheckpointError, NonFiniteLoss)):
+        # PeerLost: a collective failed: another rank stopped (and printed why). DataError: an image
+        # unreadable at a redraw. NonFiniteLoss: one rank's; the others stop at their next collective (PeerLost)
+        print(f"train.py: error{who}: {e}", file=sys.stderr)
+        return 3 if isinstance(e, NonFiniteLoss) else 2
+    if isinstance(e, OSError):  # writing the run's files: a full disk, a folder removed under the run
+        print(f"train.py: error{who}: cannot write {e.filename or 'a run file'}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    if isinstance(e, KeyboardInterrupt):  # a second Ctrl-C, or one before training started
+        print(f"train.py: interrupted{who}; the last finished epoch's checkpoint (if any) is kept", file=sys.stderr)
+        return 130
+    return None
 
 
 # ----------------------------------------------------------------------------- Output and stop signals

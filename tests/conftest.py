@@ -107,7 +107,7 @@ def new_run(argv):
     import train
     args = train.build_parser().parse_args(QUICK + list(argv))
     cpu = torch.device("cpu")
-    d = data.prepare_training_data(data.DataConfig.from_flags(args), cpu)
+    d = data.prepare_training_data(data.DataConfig.from_config(vars(args)), cpu)
     return args, d, train.init_state(args, d, cpu, None)
 
 
@@ -121,8 +121,8 @@ def stop_state(sig, dist=None):
     import distributed
     import runfolder
     import train_cli
-    return runfolder.TrainState(head=None, nets=[], opts=[], masks=[], compiled=[], y_noisy=torch.zeros(1),
-                                dist=dist or distributed.Dist(), stop=train_cli.StopFlag(sig))
+    return runfolder.TrainState(nets=[], opts=[], y_noisy=torch.zeros(1), dist=dist or distributed.Dist(),
+                                stop=train_cli.StopFlag(sig))
 
 
 @pytest.fixture(scope="session")

@@ -171,7 +171,7 @@ def test_train_checkpoint_state_loads_with_weights_only(tmp_path):
     assert train.main(["--out", out, "--limit-train", "200", "--epochs", "1", "--batch-size", "64",
                        "--dcm-stats", "interval", "--dcm-interval", "5", "--method", "elr"]) == 0
     ck, verified = checkpoint.load_checkpoint(os.path.join(out, "checkpoint.pt"))
-    assert verified and ck["epoch"] == 1 and ck["masks"][0]["pooled"] is not None
+    assert verified and ck["epoch"] == 1 and ck["nets"][0]["head.pooled_n"] is not None
 
 
 def test_set_aside_then_restore_gives_back_exactly_the_old_run(tmp_path):
@@ -467,17 +467,17 @@ def test_claim_skips_locked_and_finished_folders(tmp_path):
     checkpoint.unlock_run(lock)
 
 
-CKPT_KEYS = {"config", "epoch", "step", "history", "best", "nets", "opts", "masks", "elr_t", "y_noisy", "rng", "extended"}
+CKPT_KEYS = {"config", "epoch", "step", "history", "best", "nets", "opts", "elr_t", "y_noisy", "rng", "extended"}
 
 
 def test_train_state_round_trips_through_the_checkpoint_payload():
-    """runfolder.checkpoint_state writes the payload keys old checkpoints have, and restore_state
-    puts them back into a fresh TrainState: networks, optimizers, masks, step, ELR memory."""
+    """runfolder.checkpoint_state writes the payload keys, and restore_state puts them back into a
+    fresh TrainState: networks (their heads' masks and schedules), optimizers, step, ELR memory."""
     import data
     import runfolder
     a = train.build_parser().parse_args(["--limit-train", "200", "--batch-size", "64", "--method", "elr", "--keep", "0.3"])
     cpu = torch.device("cpu")
-    d = data.prepare_training_data(data.DataConfig.from_flags(a), cpu)
+    d = data.prepare_training_data(data.DataConfig.from_config(vars(a)), cpu)
     st = train.init_state(a, d, cpu, None)
     xb = data.to_float(d.x[:64], d.mean, d.std)
     for _ in range(2):
@@ -488,8 +488,9 @@ def test_train_state_round_trips_through_the_checkpoint_payload():
     fresh = train.init_state(a, d, cpu, None)
     assert fresh.step == 0 and not torch.equal(fresh.elr_t, st.elr_t)
     runfolder.restore_state(fresh, ck, d.y_noisy, cpu)
-    assert fresh.step == 2 and torch.equal(fresh.elr_t, st.elr_t) and fresh.head == st.head == train.nets.Head.parse("dfc")
-    assert all(torch.equal(m.mask, n.mask) and m.updates == n.updates for m, n in zip(fresh.masks, st.masks))
+    assert fresh.step == 2 and torch.equal(fresh.elr_t, st.elr_t)
+    h, g = fresh.nets[0].head, st.nets[0].head
+    assert torch.equal(h.mask, g.mask) and h.updates == g.updates == 2 and 0 < float(g.mask.mean()) < 0.5
     for k, t in st.nets[0].state_dict().items():
         assert torch.equal(fresh.nets[0].state_dict()[k], t), k
     assert fresh.opts[0].state_dict()["state"].keys() == st.opts[0].state_dict()["state"].keys()

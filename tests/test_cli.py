@@ -289,7 +289,7 @@ def test_empty_data_dir_names_the_expected_files(tmp_path, capsys):
 def test_each_error_kind_has_its_exit_code_and_at_most_one_line(capsys, monkeypatch, error, code, line):
     def fail(*args, **kwargs):
         raise error
-    monkeypatch.setattr(train, "run", fail)
+    monkeypatch.setattr(train, "train", fail)
     rc, out, err = run_in(capsys)
     assert rc == code and out == ""
     assert (one_line(err) if line else err) == (line or "")

@@ -534,7 +534,7 @@ def test_limit_test_is_one_stratified_subset_shared_by_every_seed():
     import train
     def test_set(*flags):
         a = train.build_parser().parse_args(["--limit-train", "300", *flags])
-        d = data.prepare_training_data(data.DataConfig.from_flags(a), torch.device("cpu"))
+        d = data.prepare_training_data(data.DataConfig.from_config(vars(a)), torch.device("cpu"))
         return d.x_test, d.y_test
     x_all, y_all = test_set()
     x0, y0 = test_set("--limit-test", "100", "--seed", "0")
@@ -556,7 +556,7 @@ def _cfg(**flags):
     a = train.build_parser().parse_args([])
     for k, v in flags.items():
         setattr(a, k, v)
-    return data.DataConfig.from_flags(a)
+    return data.DataConfig.from_config(vars(a))
 
 
 @pytest.mark.parametrize("val_frac", [0.0, 0.2])
@@ -593,3 +593,10 @@ def test_redraw_subset_replaces_the_training_rows_in_place(monkeypatch):
     assert d is same and calls == [(d.pool, 4)] and d.subset_epoch == 4
     assert torch.equal(d.x, x) and torch.equal(d.y, y) and torch.equal(d.y_noisy, y) and torch.equal(d.ids, ids)
     assert len(d.x_test) == 500                                          # the test set stays
+
+
+def test_data_config_from_config_takes_its_fields_from_a_runs_flags():
+    import train_cli
+    flags = dict(train_cli.defaults(), noise_rate=0.2, extra_flag="ignored")
+    cfg = data.DataConfig.from_config(flags)
+    assert cfg.noise_rate == 0.2 and cfg.dataset == "digits" and set(cfg._asdict()) == set(data.DataConfig._fields)

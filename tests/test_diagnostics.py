@@ -195,7 +195,7 @@ def test_train_pass_scores_predictions_against_the_noisy_and_the_clean_labels(mo
     z = 10.0 * F.one_hot(pred, 3).float()
     monkeypatch.setattr(diagnostics, "eval_logits", lambda *args, **kwargs: z)
     d = types.SimpleNamespace(x=None, mean=None, std=None, y=y, y_noisy=y_noisy, clean_known=True)
-    m = diagnostics.train_metrics(None, None, None, None, d, None)
+    m = diagnostics.train_metrics(None, d, None)
     assert (m["train_acc_noisy"], m["train_acc_clean"], m["fit_noisy"]) == (1.0, 0.5, 1.0)
     p_right = math.exp(10) / (math.exp(10) + 2)  # softmax of the predicted class
     assert m["conf_clean"] == pytest.approx(p_right) and m["conf_noisy"] == pytest.approx(p_right)
@@ -224,12 +224,12 @@ def test_logged_feature_error_is_the_masked_head_error_on_the_probe_set(dfc_run)
     """Recompute from the checkpoint: the probe is a fixed set of corrupted samples and the
     gradient goes through the CURRENT training mask (CE: error = (W⊙M)[ỹ] − (W⊙M)[y])."""
     a = train.build_parser().parse_args(QUICK)
-    d = data.prepare_training_data(data.DataConfig.from_flags(a), torch.device("cpu"))
-    probe = diagnostics.grad_probe(a, d)
+    d = data.prepare_training_data(data.DataConfig.from_config(vars(a)), torch.device("cpu"))
+    probe = diagnostics.grad_probe(d, a.seed, a.track_grad_error, a.dataset)
     assert 0 < len(probe) <= diagnostics.PROBE_SIZE and bool((d.y_noisy[probe] != d.y[probe]).all())
-    assert torch.equal(probe, diagnostics.grad_probe(a, d))
+    assert torch.equal(probe, diagnostics.grad_probe(d, a.seed, a.track_grad_error, a.dataset))
     ck = torch.load(os.path.join(dfc_run, "checkpoint.pt"), weights_only=False)
-    w, mask = ck["nets"][0]["head.w"], ck["masks"][0]["mask"]
+    w, mask = ck["nets"][0]["head.weight"], ck["nets"][0]["head.mask"]
     expected = diagnostics.feature_grad_error(w, mask, d.y[probe], d.y_noisy[probe]).norm(dim=1).mean()
     last = read_jsonl(os.path.join(dfc_run, "metrics.jsonl"))[-1]
     assert math.isclose(last["grad_err_feat_norm"], float(expected), rel_tol=1e-5)
@@ -272,20 +272,51 @@ EVAL_MASKED = {"fc": False, "dfc": True, "kan": False, "dkan": True}
 @pytest.mark.parametrize("head", sorted(EVAL_MASKED))
 def test_eval_logits_use_the_mask_for_dcm_heads_with_dcm_eval_masked_only(head, dcm_eval):
     """eval_logits (N, C): the full head, except a DCM head under --dcm-eval masked, which
-    is evaluated with the mask state's mask (C, d)."""
-    import nets
+    is evaluated with its last mask (C, d)."""
     args = train.build_parser().parse_args(["--head", head, "--dcm-eval", dcm_eval])
-    kind = nets.Head.parse(head)
     torch.manual_seed(0)
-    net = train.build_net(args, kind, (1, 8, 8), 4)
+    net = train.build_net(args, (1, 8, 8), 4)
     x = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
     mask = (torch.rand(4, net.backbone.feature_dim) < 0.3).float()
-    ms = D.mask_init((4, net.backbone.feature_dim))._replace(mask=mask)
-    z = diagnostics.eval_logits(net, x, (0.5,), (0.25,), args, kind, ms)
+    if EVAL_MASKED[head]:
+        net.head.mask.copy_(mask)
+    z = diagnostics.eval_logits(net, x, (0.5,), (0.25,))
+    assert net.training   # back in train mode
     net.eval()
     with torch.no_grad():
-        params = net.head_params()
-        feats = nets.head_features(kind, params, net.backbone(data.to_float(x, (0.5,), (0.25,))))
-        expect = nets.head_forward(kind, params, feats, mask if (EVAL_MASKED[head] and dcm_eval == "masked") else None)
+        feats = net.backbone(data.to_float(x, (0.5,), (0.25,)))
+        m = mask if (EVAL_MASKED[head] and dcm_eval == "masked") else None
+        if head in ("fc", "dfc"):
+            expect = D.masked_linear(feats, net.head.weight, net.head.bias, m)
+        else:
+            import kan
+            p = net.head.params()
+            expect = kan.kan_forward_features(p, kan.dkan_features(p, feats) if getattr(net.head, "layer_norm", True) else kan.kan_features(p, feats), m)
     assert z.shape == (6, 4)
     torch.testing.assert_close(z, expect.float(), rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- the metrics row's parts and lines
+
+def test_train_eval_due_every_n_epochs_and_at_the_last():
+    assert [e for e in range(1, 8) if diagnostics.train_eval_due(e, 7, 3)] == [3, 6, 7]
+    assert [e for e in range(1, 8) if diagnostics.train_eval_due(e, 7, 1)] == list(range(1, 8))
+    assert not any(diagnostics.train_eval_due(e, 7, 0) for e in range(1, 8))
+
+
+def test_mask_metrics_of_an_unmasked_and_a_masked_head():
+    import layers
+    fc = torch.nn.Linear(4, 3)
+    assert diagnostics.mask_metrics(fc, []) == dict(kept=1.0, mask_change=0.0, mask_updates=0)
+    head = layers.DCMLinear(10, 3, keep=0.3)
+    m = diagnostics.mask_metrics(head, [torch.tensor(0.25), torch.tensor(0.75)])
+    assert m["mask_change"] == 0.5 and m["mask_updates"] == head.updates
+    assert m["kept"] == D.kept_fraction(head.mask)
+
+
+def test_epoch_line_shows_gcos_only_when_measured():
+    row = dict(epoch=3, lr=0.01, train_loss=0.5, train_acc_noisy=0.9, train_acc_clean=None, test_acc=0.8,
+               kept=0.1, mask_change=0.0, grad_cos_last=None, seconds=1.0, eta_s=2.0)
+    assert diagnostics.epoch_line(row, 5).startswith("epoch   3/5  ") and "gcos" not in diagnostics.epoch_line(row, 5)
+    assert "gcos -0.50" in diagnostics.epoch_line(dict(row, grad_cos_last=-0.5), 5)
+    assert "val(noisy)  70.0%" in diagnostics.epoch_line(dict(row, val_acc_noisy=0.7), 5)

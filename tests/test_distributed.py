@@ -34,6 +34,7 @@ import dcm_ref as D
 import diagnostics
 import distributed
 import kan
+import layers
 import nets
 import runfolder
 import train
@@ -190,8 +191,8 @@ def test_every_rank_holds_bit_identical_parameters_masks_and_memory(which, elr_r
         t0, t1 = tensors(s0), tensors(s1)
         assert t0.keys() == t1.keys()
         assert [k for k in t0 if not torch.equal(t0[k], t1[k])] == []
-        for m in s0["masks"]:  # not vacuous: real masks, recomputed during the run
-            assert m["updates"] > 0 and 0 < float(m["mask"].mean()) < 0.2
+        for sd in s0["nets"]:  # not vacuous: real masks, recomputed during the run
+            assert int(sd["head.dcm_updates"]) > 0 and 0 < float(sd["head.mask"].mean()) < 0.2
         assert len(s0["nets"]) == (2 if which == "coteaching" else 1)
 
 
@@ -280,8 +281,8 @@ def test_resume_under_two_ranks_ends_exactly_where_the_uninterrupted_run_ends(el
         return [{k: v for k, v in r.items() if k not in TIMING} for r in read_jsonl(os.path.join(out, "metrics.jsonl"))]
     assert comparable(elr_runs["full"]) == comparable(elr_runs["part"])
     a, b = (load(os.path.join(elr_runs[n], "checkpoint.pt")) for n in ("full", "part"))
-    ta, tb = tensors({k: a[k] for k in ("nets", "opts", "masks", "elr_t")}), \
-        tensors({k: b[k] for k in ("nets", "opts", "masks", "elr_t")})
+    ta, tb = tensors({k: a[k] for k in ("nets", "opts", "elr_t")}), \
+        tensors({k: b[k] for k in ("nets", "opts", "elr_t")})
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
@@ -365,7 +366,7 @@ def _moment_checks(dd, g):
     s_one = D.edge_scores(v, w)
     res["dfc_scores"], res["dfc_mask"] = (s_ddp, s_one), (D.topk_mask(s_ddp, 0.3), D.topk_mask(s_one, 0.3))
     params = kan.kan_init(16, 5, generator=g)
-    phi = nets.head_features("dkan", params, v)
+    phi = kan.dkan_features(params, v)   # the DKAN head's features (layers.DKANLinear._features)
     s_ddp = kan.kan_scores_from_moments(distributed.all_sum(kan.kan_moments(phi.tensor_split(dd.world)[dd.rank]), dd), params)
     s_one = kan.kan_scores_from_moments(kan.kan_moments(phi), params)
     res["dkan_scores"], res["dkan_mask"] = (s_ddp, s_one), (D.topk_mask(s_ddp, 0.3), D.topk_mask(s_one, 0.3))
@@ -390,23 +391,28 @@ def _step_checks(dd, g):
     params, masks = [], []
     for ctx in (dd, distributed.Dist()):
         torch.manual_seed(1)
-        net = nets.Net(nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh()), nets.head_init("dfc", 16, 5, 5, 3))
+        net = nets.Net(nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh()), layers.DCMLinear(16, 5, keep=a.keep))
+        net.head.all_reduce = lambda m, ctx=ctx: distributed.all_sum(m, ctx)   # as train.init_state sets it
         opt = torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-4)
-        ms, kept = D.mask_init((5, 16)), []
+        layers.attach(net, opt)
+        kept = []
         for x, y in zip(xs, ys):
             xb, yb = x.tensor_split(ctx.world)[ctx.rank], y.tensor_split(ctx.world)[ctx.rank]
-            logits, ms = train.net_forward(net, xb, ms, a, nets.Head.parse("dfc"), reduce=lambda m: distributed.all_sum(m, ctx))
-            loss = F.cross_entropy(logits, yb)
+            loss = F.cross_entropy(net(xb), yb)
             if ctx.world == 1 and "grad_norm" not in res:
                 gr = torch.autograd.grad(loss, list(net.parameters()), retain_graph=True)
                 res["grad_norm"] = float(torch.cat([t.reshape(-1) for t in gr]).norm())
-            train.optimizer_step(a, nets.Head.parse("dfc"), net, opt, loss, ms.mask, ctx)
-            kept.append(ms.mask)
+            opt.zero_grad(set_to_none=True)   # train.train_step's backward, all-reduce, clip, step
+            loss.backward()
+            distributed.average_grads(net.parameters(), ctx)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), a.grad_clip)
+            opt.step()
+            kept.append(net.head.mask.clone())
         params.append({k: t.detach().clone() for k, t in net.state_dict().items()})
         masks.append(kept)
     res["step_params"], res["step_masks"] = tuple(params), tuple(masks)
     x8 = torch.randint(0, 256, (37, 1, 8, 8), dtype=torch.uint8, generator=g)
-    res["eval"] = tuple(diagnostics.eval_logits(net, x8, (0.5,), (0.25,), a, nets.Head.parse("dfc"), ms, batch=8, dd=c) for c in (dd, distributed.Dist()))
+    res["eval"] = tuple(diagnostics.eval_logits(net, x8, (0.5,), (0.25,), batch=8, dd=c) for c in (dd, distributed.Dist()))
     return res
 
 
@@ -457,13 +463,15 @@ def dump_train(dump, argv):
     before the epoch's row is logged and rank 0 writes the epoch's checkpoint."""
     rank, epoch, inner = distributed.dist_from_env(os.environ).rank, [0], diagnostics.grad_error_metrics
 
-    def hooked(a, st, d, probe, loss_fn):
-        metrics = inner(a, st, d, probe, loss_fn)
+    out = argv[argv.index("--out") + 1]
+
+    def hooked(st, d, probe, loss_fn, loss_name):
+        metrics = inner(st, d, probe, loss_fn, loss_name)
         epoch[0] += 1
         os.makedirs(dump, exist_ok=True)
-        torch.save(runfolder.checkpoint_state(st, epoch[0], runfolder.RunLog(vars(a))), os.path.join(dump, f"rank{rank}_epoch{epoch[0]:03d}.pt"))
+        torch.save(runfolder.checkpoint_state(st, epoch[0], runfolder.RunLog({})), os.path.join(dump, f"rank{rank}_epoch{epoch[0]:03d}.pt"))
         if rank == 0:
-            shutil.copy(os.path.join(a.out, "checkpoint.pt"), os.path.join(dump, f"checkpoint_epoch{epoch[0] - 1:03d}.pt"))
+            shutil.copy(os.path.join(out, "checkpoint.pt"), os.path.join(dump, f"checkpoint_epoch{epoch[0] - 1:03d}.pt"))
         return metrics
     diagnostics.grad_error_metrics = hooked
     rc = train.main(argv)

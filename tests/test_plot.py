@@ -58,7 +58,7 @@ def test_plot_without_matplotlib_says_how_to_install(dfc_run, monkeypatch, capsy
 def test_plot_knows_the_dcm_heads_that_nets_defines():
     """plot.py reads runs without importing torch, so it names the DCM heads itself: the same as nets.Head."""
     import nets
-    assert plot.DCM_HEADS == tuple(h for h in nets.HEADS if nets.Head.parse(h).dcm)
+    assert plot.DCM_HEADS == tuple(h for h in nets.HEADS if h in nets.DCM_HEADS)
 
 
 # ----------------------------------------------------------------------------- --table columns
@@ -75,8 +75,7 @@ def test_table_leaves_out_exactly_the_config_records_and_the_flags_without_effec
     args = train.build_parser().parse_args([])
     flags = dict(vars(args))
     meta = runfolder.run_meta(flags, str(tmp_path), distributed.Dist(), torch.device("cpu"), {"q": 0.7}, 100)
-    args.extend, args.epochs = True, 40
-    record = runfolder.resume_record(str(tmp_path), meta, {"epoch": 3, "config": {"epochs": 30}}, args)
+    record = runfolder.resume_record(str(tmp_path), dict(meta, extend=True, epochs=40), {"epoch": 3, "config": {"epochs": 30}})
     assert plot.CONFIG_RECORDS == (set(meta) | set(record)) - set(flags)
     assert plot.NO_RESULT_FLAGS == (checkpoint.NAME_IGNORED | runfolder.CKPT_IGNORED) - {"epochs"}
     assert plot.NO_RESULT_FLAGS < set(flags) and "epochs" not in plot.NOT_CONFIG

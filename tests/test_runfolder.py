@@ -3,6 +3,7 @@ extend or overwrite, what its checkpoint holds (checkpoint_state / restore_state
 its config.json records. First through train.main as a user meets it, then the functions
 themselves on hand-made run folders (tmp_path): the policy as a table, the checkpoint round
 trip, and the records. Functions are called positionally."""
+import argparse
 import json
 import os
 import subprocess
@@ -117,11 +118,13 @@ def parse(argv):
 
 
 def open_with(argv, rank=0):
-    """runfolder.open_run as train.py calls it -> (args, (out, lock, checkpoint)). rank > 0: a rank of a
-    2-rank job, whose broadcast from rank 0 the caller replaces (rank0_sends)."""
+    """runfolder.open_run as runfolder.Session.open calls it -> (the run's flags as args: a resumed run's
+    saved ones, (out, lock, checkpoint)). rank > 0: a rank of a 2-rank job, whose broadcast from rank 0
+    the caller replaces (rank0_sends)."""
     a, typed = parse(argv)
     dd = distributed.Dist(rank, 2, rank) if rank else distributed.Dist()
-    return a, runfolder.open_run(a, typed, vars(train.build_parser().parse_args([])), CPU, dd)
+    out, lock, ck, config = runfolder.open_run(vars(a), typed, train_cli.defaults(), CPU, dd)
+    return argparse.Namespace(**config), (out, lock, ck)
 
 
 def rank0_sends(monkeypatch, value):
@@ -252,7 +255,7 @@ def test_other_ranks_take_the_folder_rank0_claimed(tmp_path, monkeypatch):
     ranks take that folder, not the default name they would compute (which holds a run)."""
     monkeypatch.chdir(tmp_path)
     a, _ = parse(QUICK)
-    base = runfolder.default_out(a, vars(train.build_parser().parse_args([])))
+    base = runfolder.default_out(vars(a), train_cli.defaults())
     fake_run(base, 2, 2)
     _, (claimed, lock, _) = open_with(QUICK)       # rank 0
     checkpoint.unlock_run(lock)
@@ -297,9 +300,9 @@ def test_a_new_run_without_out_takes_the_first_free_default_folder(tmp_path, mon
 
 def test_default_out_names_a_run_by_its_non_default_flags():
     defaults = vars(train.build_parser().parse_args([]))
-    assert runfolder.default_out(train.build_parser().parse_args([]), defaults) == "runs/digits-dfc-ce-symmetric0.4-s0"
+    assert runfolder.default_out(defaults, defaults) == "runs/digits-dfc-ce-symmetric0.4-s0"
     a = train.build_parser().parse_args(["--keep", "0.3", "--out", "ignored", "--resume"])
-    assert runfolder.default_out(a, defaults) == "runs/digits-dfc-ce-symmetric0.4-s0-keep0.3"
+    assert runfolder.default_out(vars(a), defaults) == "runs/digits-dfc-ce-symmetric0.4-s0-keep0.3"
 
 
 def test_a_stale_lock_is_taken_over_with_one_warning(tmp_path, capsys):
@@ -313,7 +316,7 @@ def test_a_stale_lock_is_taken_over_with_one_warning(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- Checkpoints
 
-WHAT_RESTORES = ("nets", "opts", "masks", "step", "elr_t", "rng")   # checkpoint entries restore_state loads
+WHAT_RESTORES = ("nets", "opts", "step", "elr_t", "rng")   # checkpoint entries restore_state loads
 
 
 def assert_same(x, y, where="checkpoint"):
@@ -351,7 +354,7 @@ def test_restore_state_then_checkpoint_state_gives_back_the_checkpoint_exactly(t
     assert ck["step"] > 0 and ck["opts"][0]["state"]
     _, d, st = new_run(flags)
     fresh = runfolder.checkpoint_state(st, 0, runfolder.RunLog({}))
-    for key in ("nets", "opts", "masks", "step"):   # so the comparisons below can fail
+    for key in ("nets", "opts", "step"):   # so the comparisons below can fail
         with pytest.raises(AssertionError):
             assert_same(fresh[key], ck[key])
     torch.manual_seed(123)                          # the RNG moves on; restore_state sets it back
@@ -364,18 +367,6 @@ def test_restore_state_then_checkpoint_state_gives_back_the_checkpoint_exactly(t
     again = runfolder.checkpoint_state(st2, 1, runfolder.RunLog({}))
     for key in WHAT_RESTORES:
         assert_same(again[key], back[key], key)
-
-
-def test_a_checkpoint_with_the_old_last_layer_alias_still_resumes(tmp_path):
-    """Checkpoints written before the backbones stopped registering .last_layer hold a second
-    copy of that layer under backbone.last_layer.*; restore_state drops it and loads the rest."""
-    ck = trained(tmp_path, [])
-    for sd in ck["nets"]:
-        sd.update({f"backbone.last_layer.{k}": v.clone() for k, v in sd.items() if k.startswith("backbone.fc2.")})
-    assert any(k.startswith(runfolder.OLD_ALIAS) for k in ck["nets"][0])
-    _, d, st = new_run([])
-    runfolder.restore_state(st, ck, noisy_labels(d), CPU)
-    assert torch.equal(st.nets[0].backbone.fc2.weight, ck["nets"][0]["backbone.fc2.weight"])
 
 
 @pytest.mark.parametrize("saved, flags, needle", [
@@ -403,15 +394,15 @@ def test_a_foreign_checkpoint_is_one_line(tmp_path, payload):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("damage", ["no best", "history a dict", "extra mask field", "no y_noisy"])
+@pytest.mark.parametrize("damage", ["no best", "history a dict", "no extended", "no y_noisy"])
 def test_a_checkpoint_of_another_version_is_refused_in_one_line_before_loading(tmp_path, damage):
     ck = trained(tmp_path, [])
     if damage == "no best":
         del ck["best"]
     elif damage == "history a dict":
         ck["history"] = {}
-    elif damage == "extra mask field":
-        ck["masks"][0]["new_field"] = 1
+    elif damage == "no extended":
+        del ck["extended"]
     else:
         del ck["y_noisy"]
     _, d, st = new_run([])
@@ -458,35 +449,36 @@ def test_resume_record_appends_to_the_original_config_and_never_rewrites_it(tmp_
     checkpoint.write_json(os.path.join(out, "config.json"), original)
     meta = {"epochs": 3, "lr": 0.05, "device_used": "cpu", "world_size": 1}
     a, _ = parse(["--resume", "--epochs", "3"])
-    cfg = runfolder.resume_record(out, meta, {"epoch": 1, "config": {"epochs": 3}}, a)
+    cfg = runfolder.resume_record(out, dict(meta, extend=a.extend, epochs=a.epochs), {"epoch": 1, "config": {"epochs": 3}})
     assert cfg == dict(original, resumed=[{"at_epoch": 1, "device_used": "cpu", "world_size": 1}])
     checkpoint.write_json(os.path.join(out, "config.json"), cfg)
     a, _ = parse(["--resume", "--extend", "--epochs", "8"])
-    cfg = runfolder.resume_record(out, meta, {"epoch": 3, "config": {"epochs": 3}}, a)
+    meta = dict(meta, extend=a.extend, epochs=a.epochs)
+    cfg = runfolder.resume_record(out, meta, {"epoch": 3, "config": {"epochs": 3}})
     assert [r["at_epoch"] for r in cfg["resumed"]] == [1, 3] and cfg["device_used"] == "cuda:0"
     assert cfg["extended"] == [{"at_epoch": 3, "epochs_before": 3, "epochs_after": 8}] and cfg["epochs"] == 8
     os.remove(os.path.join(out, "config.json"))   # lost: the record starts from this run's meta
-    assert runfolder.resume_record(out, meta, {"epoch": 3, "config": {"epochs": 3}}, a)["device_used"] == "cpu"
+    assert runfolder.resume_record(out, meta, {"epoch": 3, "config": {"epochs": 3}})["device_used"] == "cpu"
 
 
 def test_extended_history_adds_one_entry_per_extend():
     a, _ = parse(["--resume", "--extend", "--epochs", "9"])
     ck = {"epoch": 5, "config": {"epochs": 5}, "extended": [{"at_epoch": 3, "epochs_before": 3, "epochs_after": 5}]}
-    assert runfolder.extended_history(a, ck) == ck["extended"] + [{"at_epoch": 5, "epochs_before": 5, "epochs_after": 9}]
-    assert runfolder.extended_history(parse(["--resume"])[0], ck) == ck["extended"]
-    assert runfolder.extended_history(parse([])[0], None) == []
+    assert runfolder.extended_history(vars(a), ck) == ck["extended"] + [{"at_epoch": 5, "epochs_before": 5, "epochs_after": 9}]
+    assert runfolder.extended_history(vars(parse(["--resume"])[0]), ck) == ck["extended"]
+    assert runfolder.extended_history(vars(parse([])[0]), None) == []
 
 
 def test_run_log_starts_empty_or_from_the_checkpoint_and_records_each_epoch():
     """RunLog.start: a new run's log is empty with no best epoch; a resumed run's continues the
     checkpoint's rows, best epochs and --extend entries (plus this --extend). add() keeps the best."""
     a, _ = parse([])
-    new = runfolder.RunLog.start(a, None)
+    new = runfolder.RunLog.start(vars(a), None)
     assert (new.config, new.history, new.best, new.extended) == (vars(a), [], {"acc": -1.0, "epoch": 0}, [])
     rows_so_far = [{"epoch": 1, "test_acc": 0.5}]
     ck = {"epoch": 1, "config": {"epochs": 1}, "history": rows_so_far, "best": {"acc": 0.5, "epoch": 1}, "extended": []}
     a, _ = parse(["--resume", "--extend", "--epochs", "3"])
-    log = runfolder.RunLog.start(a, ck)
+    log = runfolder.RunLog.start(vars(a), ck)
     assert log.history == rows_so_far and log.best == {"acc": 0.5, "epoch": 1} and log.config["epochs"] == 3
     assert log.extended == [{"at_epoch": 1, "epochs_before": 1, "epochs_after": 3}]
     log.add({"epoch": 2, "test_acc": 0.4, "val_acc_noisy": 0.3})
@@ -501,9 +493,54 @@ def test_initial_files_of_a_new_run_and_of_an_overwrite(tmp_path):
     fake_run(out, 3)
     (tmp_path / "run" / "final.json").write_text("{}")
     meta = runfolder.run_meta(vars(a), out, distributed.Dist(), CPU, {}, 300)
-    runfolder.initial_files(a, out, None, meta, d, st, runfolder.RunLog.start(a, None))
+    runfolder.initial_files(out, None, meta, d, st, runfolder.RunLog.start(vars(a), None))
     assert json.load(open(os.path.join(out, "config.json")))["n_train"] == 300
     assert rows(out) == [] and os.path.exists(os.path.join(out, "noise_report.json"))
     assert runfolder.load_checkpoint(os.path.join(out, "checkpoint.pt"), CPU)["epoch"] == 0
     aside = os.path.join(out, checkpoint.REPLACED)   # the old run waits there until the new one finishes
     assert sorted(os.listdir(aside)) == ["checkpoint.pt", "checkpoint.pt.sha256", "final.json"]
+
+
+# ----------------------------------------------------------------------------- Session: train.train's harness
+
+def test_resume_returns_the_saved_flags_and_leaves_the_given_ones_alone(tmp_path):
+    out = str(tmp_path / "run")
+    fake_run(out, 1, 3, "--keep", "0.3")
+    a, typed = parse(["--out", out, "--resume"])
+    given = dict(vars(a))
+    got, lock, ck, config = runfolder.open_run(given, typed, train_cli.defaults(), CPU, distributed.Dist())
+    checkpoint.unlock_run(lock)
+    assert given == vars(a) and (config["keep"], config["epochs"], ck["epoch"]) == (0.3, 3, 1)
+
+
+def test_session_restores_the_signal_handlers_and_releases_the_folder_on_an_error(tmp_path):
+    import signal
+    out = str(tmp_path / "run")
+    a, typed = parse(QUICK + ["--out", out])
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(RuntimeError, match="in the loop"):
+        with runfolder.Session() as run:
+            assert signal.getsignal(signal.SIGTERM) is not before
+            assert run.open(vars(a), typed, train_cli.defaults(), CPU)["out"] == out and run.first_epoch == 1
+            assert os.path.exists(os.path.join(out, checkpoint.LOCK_NAME))
+            raise RuntimeError("in the loop")
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert not os.path.exists(out)   # made for the run, nothing written: removed with the lock
+
+
+def test_session_writes_the_runs_files_and_stops_after_stop_after(tmp_path):
+    """begin: config.json, noise_report.json, metrics.jsonl, the epoch-0 checkpoint; end_epoch: the row
+    with its timing, the checkpoint and metrics.jsonl, and 0 at --stop-after; finish: final.json."""
+    out = str(tmp_path / "run")
+    a, d, st = new_run(["--out", out, "--stop-after", "1"])
+    row = dict(epoch=1, lr=0.05, train_loss=1.0, test_acc=0.5, train_acc_noisy=None, train_acc_clean=None,
+               kept=1.0, mask_change=0.0, grad_cos_last=None)
+    with runfolder.Session() as run:
+        run.open(vars(a), set(), train_cli.defaults(), CPU)
+        assert run.begin(st, d, {}, CPU) and st.stop is run.stop
+        assert runfolder.load_checkpoint(os.path.join(out, "checkpoint.pt"), CPU)["epoch"] == 0
+        assert run.end_epoch(dict(row), 0.0, 100.0) == 0          # --stop-after 1 of 2 epochs
+        assert rows(out)[0]["eta_s"] == rows(out)[0]["seconds"] and rows(out)[0]["samples_per_s"] == 100.0
+        assert runfolder.load_checkpoint(os.path.join(out, "checkpoint.pt"), CPU)["epoch"] == 1
+        assert run.end_epoch(dict(row, epoch=2), 0.0, 100.0) is None and run.finish(d) == 0
+    assert json.load(open(os.path.join(out, "final.json")))["epochs"] == 2

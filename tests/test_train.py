@@ -78,32 +78,35 @@ def test_methods_train_and_write_files(tmp_path, method):
 @pytest.mark.parametrize("head", ["dfc", "dkan"])
 def test_a_training_step_trains_through_the_mask(monkeypatch, head):
     """In train.train_step, the logits are the masked head's (dcm_ref.masked_linear /
-    kan's masked forward with the state's mask) and masked head entries get exactly
+    kan's masked forward with the head's mask) and masked head entries get exactly
     zero gradient, while kept ones learn: a step that forgets the mask fails here."""
     a = train.build_parser().parse_args(QUICK + ["--head", head, "--keep", "0.2", "--grad-clip", "0"])
     cpu = torch.device("cpu")
-    d = data.prepare_training_data(a, cpu)
+    d = data.prepare_training_data(data.DataConfig.from_config(vars(a)), cpu)
     st = train.init_state(a, d, cpu, None)
-    seen, real = [], nets.head_forward
+    h = st.nets[0].head
+    seen, real = [], h._logits
 
-    def spy(kind, params, feats, mask):
-        z = real(kind, params, feats, mask)
-        seen.append(({k: v.detach().clone() for k, v in params.items()}, feats.detach(), z.detach()))
+    def spy(feats, mask):
+        z = real(feats, mask)
+        params = {k: v.detach().clone() for k, v in h.named_parameters()}   # before the step changes them
+        seen.append((params, feats.detach(), mask, z.detach()))
         return z
-    monkeypatch.setattr(nets, "head_forward", spy)
+    monkeypatch.setattr(h, "_logits", spy)
     idx = torch.arange(64)
     xb = data.to_float(d.x[idx], d.mean, d.std)
     train.train_step(a, st, xb, d.y_noisy[idx], d.ids[idx], losses.make_loss("ce", d.C, a.dataset), 0.0, 1)
-    mask = st.masks[0].mask
+    mask = h.mask
     assert 0 < dcm_ref.kept_fraction(mask) < 0.5
-    (params, feats, z), = seen
+    (params, feats, used, z), = seen
+    assert torch.equal(used, mask)
     if head == "dfc":
-        expect = dcm_ref.masked_linear(feats, params["w"], params["b"], mask)
+        expect = dcm_ref.masked_linear(feats, params["weight"], params["bias"], mask)
     else:
-        expect = kan.kan_forward_features(params, feats, mask)
+        expect = kan.kan_forward_features(dict(h.params(), **params), feats, mask)
     torch.testing.assert_close(z, expect, rtol=0, atol=0)
-    for k in nets.head_masked_weights(head):
-        g = st.nets[0].head[k].grad
+    for k in h._MASKED:
+        g = getattr(h, k).grad
         off = (mask == 0).reshape(mask.shape + (1,) * (g.dim() - 2)).expand_as(g)
         assert bool((g[off] == 0).all()) and bool((g[~off] != 0).any())
 

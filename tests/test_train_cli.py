@@ -358,3 +358,65 @@ def test_help_states_every_default_and_never_none():
         assert action.help, f"{action.option_strings} has no help text"
         if action.default is not None:
             assert "%(default)s" in shown or "default" in action.help, action.option_strings
+
+
+# ----------------------------------------------------------------------------- parse, agreed, ExitCode: train.main's harness
+
+def test_parse_returns_the_flags_or_an_exit_code(capsys):
+    """parse: (args, argv, Dist) for a run; 0 after --list-presets; 2 and one line for a preset error."""
+    args, argv, dd = train_cli.parse(["--keep", "0.3"])
+    assert (args.keep, argv, dd) == (0.3, ["--keep", "0.3"], ONE)
+    assert train_cli.parse(["--list-presets"]) == 0 and capsys.readouterr().out
+    assert train_cli.parse(["--preset", "no-such-preset"]) == 2
+    assert one_line(capsys.readouterr().err).startswith("train.py: error:")
+
+
+def test_defaults_are_the_parsers():
+    d = train_cli.defaults()
+    assert d == vars(train.build_parser().parse_args([])) and d["keep"] == 0.1 and d["out"] is None
+
+
+@pytest.mark.parametrize("error, code, needle", [
+    (train_cli.UserError("--keep is bad"), 2, "train.py: error: --keep is bad"),
+    (train_cli.NonFiniteLoss("nan"), 3, "train.py: error: nan"),
+    (distributed.PeerLost("another rank stopped"), 2, "another rank stopped"),
+    (OSError(28, "No space left on device", "runs/x/config.json"), 2, "cannot write runs/x/config.json"),
+    (KeyboardInterrupt(), 130, "train.py: interrupted"),
+    (train_cli.PeerFailed(), 2, ""),
+])
+def test_exit_code_is_one_line_and_the_code(capsys, error, code, needle):
+    with train_cli.ExitCode(ONE) as result:
+        raise error
+    err = capsys.readouterr().err
+    assert result.code == code and needle in err and err.count("\n") == (1 if needle else 0)
+
+
+def test_exit_code_lets_other_errors_through_and_keeps_a_result():
+    with pytest.raises(ZeroDivisionError):
+        with train_cli.ExitCode(ONE):
+            1 / 0
+    with train_cli.ExitCode(ONE) as result:
+        result.code = 0
+    assert result.code == 0 and train_cli.exit_code(ValueError("x"), ONE) is None
+
+
+def test_agreed_on_one_process_raises_its_own_error_and_passes_otherwise():
+    with pytest.raises(train_cli.UserError, match="mine"):
+        with train_cli.agreed(ONE):
+            raise train_cli.UserError("mine")
+    with train_cli.agreed(ONE):
+        pass
+    with pytest.raises(RuntimeError):   # not a user error: no agreement, a traceback
+        with train_cli.agreed(ONE):
+            raise RuntimeError("bug")
+
+
+def test_agreed_makes_a_rank_whose_peer_failed_raise_peer_failed(monkeypatch):
+    """Rank 1 of 2 that succeeded while rank 0 failed: PeerFailed (quiet exit 2); the failing rank raises its own."""
+    monkeypatch.setattr(distributed, "first_failure", lambda failed, dd: 0)
+    with pytest.raises(train_cli.PeerFailed):
+        with train_cli.agreed(distributed.Dist(1, 2, 1)):
+            pass
+    with pytest.raises(train_cli.UserError, match="rank 0's"):
+        with train_cli.agreed(distributed.Dist(0, 2, 0)):
+            raise train_cli.UserError("rank 0's")
