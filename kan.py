@@ -18,6 +18,7 @@ forward's closed form brings its own block); the usage takes its top-k from dcm_
     mask = dcm_ref.topk_mask(dkan_edge_scores(params, v), keep=0.1)    # v: (B, 256)
     logits = dkan_forward(params, v, mask)                             # (B, 10); at test time mask=None
 """
+import contextlib
 import math
 from fractions import Fraction
 
@@ -314,12 +315,24 @@ def _uniform_features(x, grid, order, with_silu):
 
     Half-precision x (float16, bfloat16) is computed in float32 and the result cast back:
     the expanded piece polynomials lose ~3x more than Cox–de Boor when evaluated in 8 bits.
+    Under autocast the closed form (forward and backward) runs with autocast off, in x's
+    dtype: a float32 x gives the eager float32 bases bit for bit.
     """
     _check_basis_args(x, grid, order)
     if x.dtype in (torch.float16, torch.bfloat16):
         return _uniform_features(x.float(), grid, order, with_silu).to(x.dtype)
     t0, h = _uniform_spacing(grid, order, x.dtype)
-    return _UniformBSpline.apply(x.contiguous(), grid.detach(), t0, h, order, with_silu)
+    with _autocast_off(x):
+        return _UniformBSpline.apply(x.contiguous(), grid.detach(), t0, h, order, with_silu)
+
+
+def _autocast_off(t):
+    """Autocast off on t's device where it is on (else a no-op context), so the closed form
+    (docs/design.md §3, fast path) runs in t's dtype: under bf16 autocast its piece matmul
+    would run in bf16 (a dtype clash in the scatter, and bases good to 8 bits only)."""
+    kind = t.device.type
+    on = torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
+    return torch.autocast(kind, enabled=False) if on else contextlib.nullcontext()
 
 
 _SPACING = {}   # _spacing_key(grid) -> a view of a grid already found uniform
@@ -431,6 +444,12 @@ class _UniformBSpline(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        with _autocast_off(grad_out):
+            return _UniformBSpline._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
+        """grad_out: (B, d, width) -> (grad_x (B, d), None, …), autocast already off."""
         x, grid, t0, powers, index, kept, h = ctx.saved_tensors
         p = ctx.order
         grad_x = torch.zeros_like(x)

@@ -434,3 +434,51 @@ def test_closed_form_in_half_precision_is_the_rounded_exact_value(dtype):
     got = kan.bspline_basis_uniform(x, grid, 3)
     assert got.dtype == dtype
     assert (got.double() - exact).abs().max() <= torch.finfo(dtype).eps / 2 + 1e-6
+
+
+# ----------------------------------------------------------------------------
+# Mixed precision (bf16 autocast) and torch.compile
+# ----------------------------------------------------------------------------
+
+def _trainable(params):
+    return {k: t.detach().clone().requires_grad_(k != "grid") for k, t in params.items()}
+
+
+@settings(max_examples=20)
+@given(st.integers(1, 40), st.integers(1, 12), st.integers(1, 6), st.integers(0, 2**31 - 1))
+def test_dkan_under_bf16_autocast_computes_the_float32_features(b, d_in, d_out, seed):
+    """Under CPU bf16 autocast the bases are computed in float32: Φ, its gradient (backward
+    inside the autocast region too), the float64 moments and the scores equal eager float32
+    bit for bit; only the logits' matmul runs in bf16 (autocast's choice)."""
+    p = _trainable(_params(d_in, d_out, seed=seed, dtype=torch.float32))
+    v = _randn((b, d_in), seed + 1, dtype=torch.float32, scale=3.0).requires_grad_(True)
+    g = _randn((b, d_in, p["spline_weight"].shape[2] + 1), seed + 2, dtype=torch.float32)
+    runs = []
+    for on in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=on):
+            phi = kan.dkan_features(p, v)
+            m = kan.kan_moments(phi)
+            runs.append((phi, *m, kan.kan_scores_from_moments(m, p), torch.autograd.grad(phi, v, g, retain_graph=True)[0]))
+            y = kan.kan_forward_features(p, phi)
+        assert y.dtype == (torch.bfloat16 if on else torch.float32)
+        y.float().square().sum().backward()
+        assert all(t.grad.isfinite().all() for t in (p["base_weight"], p["spline_weight"], v))
+    for eager, amp in zip(*runs):
+        assert amp.dtype == eager.dtype and torch.equal(amp, eager)
+
+
+@settings(max_examples=20)
+@given(st.integers(1, 40), st.integers(1, 12), st.integers(0, 2**31 - 1))
+def test_dkan_under_bf16_autocast_with_bf16_input_gives_the_rounded_float32_features(b, d_in, seed):
+    """A bf16 backbone output v under CPU autocast: layer_norm gives bf16 x, and Φ is the
+    float32 computation on x, rounded to bf16 once at the end (no bf16 arithmetic inside)."""
+    p = _trainable(_params(d_in, 3, seed=seed, dtype=torch.float32))
+    v = _randn((b, d_in), seed + 1, dtype=torch.float32, scale=3.0).bfloat16().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x = kan.layer_norm(v)
+        phi = kan.kan_features(p, x)
+        y = kan.kan_forward_features(p, phi)
+    assert x.dtype == phi.dtype == torch.bfloat16
+    assert torch.equal(phi, kan.kan_features(p, x.detach().float()).bfloat16())
+    y.float().square().sum().backward()
+    assert v.grad.dtype == torch.bfloat16 and v.grad.isfinite().all()
