@@ -335,19 +335,33 @@ def _autocast_off(t):
     return torch.autocast(kind, enabled=False) if on else contextlib.nullcontext()
 
 
-_SPACING = {}   # _spacing_key(grid) -> a view of a grid already found uniform
+_SPACING = {}   # _spacing_key(grid) -> a view of a grid already found uniform (eager only)
 
 
 def _uniform_spacing(grid, order, dtype):
     """(t0, h): first knot and spacing per row, each (d_in,), from the live grid; ValueError
-    if a row is not uniform.
+    (in eager) if a row is not uniform.
 
     The check reads the device (a host sync on CUDA), so its verdict is remembered per grid
     storage and version: a fixed grid is checked once, not at every forward; an in-place
     change (grid.copy_, grid[...] = ...) bumps the version and is checked again. A change
     through grid.data is not versioned by torch, so it is not re-checked (t0 and h still
     follow it). The entry keeps a view of the grid, so its address cannot be reused while cached.
+
+    Under torch.compile the check is skipped (a host read is a graph break): the compiled
+    graph assumes a uniform grid, as kan_init makes and nothing here changes. It still reads
+    t0 and h from the live grid, so a grid moved to other uniform knots is followed; a grid
+    made non-uniform gives wrong bases there, silently. One eager forward checks a changed grid.
     """
+    if not torch.compiler.is_compiling():
+        _check_uniform_once(grid)
+    g = grid.detach()
+    h = (g[:, -1].to(torch.float64) - g[:, 0].to(torch.float64)) / (grid.shape[1] - 1)
+    return g[:, 0].to(dtype), h.to(dtype)
+
+
+def _check_uniform_once(grid):
+    """_check_uniform(grid), unless this grid (_spacing_key) was already found uniform. Eager only."""
     key = _spacing_key(grid)
     if key is None or key not in _SPACING:
         _check_uniform(grid)
@@ -355,16 +369,11 @@ def _uniform_spacing(grid, order, dtype):
             if len(_SPACING) >= 64:
                 _SPACING.clear()
             _SPACING[key] = grid.detach()
-    g = grid.detach()
-    h = (g[:, -1].to(torch.float64) - g[:, 0].to(torch.float64)) / (grid.shape[1] - 1)
-    return g[:, 0].to(dtype), h.to(dtype)
 
 
 def _spacing_key(grid):
     """(address, version, shape, strides, dtype, device) of grid, or None where that is not
-    available (under torch.compile, or for inference tensors, which carry no version)."""
-    if torch.compiler.is_compiling():
-        return None
+    available (inference tensors carry no version). Eager only."""
     try:
         return grid.data_ptr(), grid._version, tuple(grid.shape), grid.stride(), grid.dtype, grid.device
     except RuntimeError:
@@ -486,11 +495,29 @@ def _piece_table(order, like, derivative=False):
 
     -> (order+1, order+1) with [m, r] = coefficient of u^m in P_r, or with
     derivative=True (order, order+1) with [m, r] = coefficient of u^m in P_r'.
+    Built from Python constants (_piece_rows), so torch.compile folds it into the graph.
     """
-    table = torch.tensor(_uniform_piece_table(order), dtype=torch.float64)
-    if derivative:   # d/du Σ_m A[m] u^m = Σ_m m·A[m] u^(m-1): shift up one power
-        table = table[1:] * torch.arange(1, order + 1, dtype=torch.float64).unsqueeze(1)
-    return table.to(dtype=like.dtype, device=like.device)
+    table = torch.tensor(_piece_rows(order, derivative), dtype=torch.float64, device=like.device)
+    return table.to(like.dtype)
+
+
+_PIECE_ROWS = {}   # (order, derivative) -> _piece_rows' answer
+
+
+@torch.compiler.assume_constant_result   # torch.compile calls it while tracing: a constant in the graph
+def _piece_rows(order, derivative):
+    """_uniform_piece_table(order) as float64 Python floats (each Fraction correctly rounded),
+    or with derivative=True the rows m·A[m], m = 1..order (d/du Σ_m A[m] u^m = Σ_m m·A[m] u^(m-1)).
+
+    -> tuple of (order+1) or (order) rows of order+1 floats; computed once per (order, derivative).
+    """
+    key = (order, derivative)
+    if key not in _PIECE_ROWS:
+        table = [[float(a) for a in row] for row in _uniform_piece_table(order)]
+        if derivative:   # m·float(A[m]): the same float64 product as a float64 tensor times m
+            table = [[m * a for a in table[m]] for m in range(1, order + 1)]
+        _PIECE_ROWS[key] = tuple(tuple(row) for row in table)
+    return _PIECE_ROWS[key]
 
 
 def _powers(u, order):
