@@ -233,7 +233,7 @@ def kan_moments(phi):
     if phi.dim() != 3:
         raise ValueError(f"phi: got shape {tuple(phi.shape)}, expected (B, d_in, F)")
     p = phi.detach().to(torch.float64).transpose(0, 1)                   # (d_in, B, F)
-    n = torch.tensor(float(phi.shape[0]), dtype=torch.float64, device=phi.device)
+    n = torch.full((), float(phi.shape[0]), dtype=torch.float64, device=phi.device)   # a fill, no host copy
     return n, p.sum(dim=1), p.transpose(1, 2) @ p
 
 
@@ -495,12 +495,24 @@ def _piece_table(order, like, derivative=False):
 
     -> (order+1, order+1) with [m, r] = coefficient of u^m in P_r, or with
     derivative=True (order, order+1) with [m, r] = coefficient of u^m in P_r'.
-    Built from Python constants (_piece_rows), so torch.compile folds it into the graph.
+    In eager, made once per (order, derivative, dtype, device) and kept (no host-to-device
+    copy per forward: a host sync on CUDA); under torch.compile, Python constants (_piece_rows)
+    folded into the graph. Read only.
     """
-    table = torch.tensor(_piece_rows(order, derivative), dtype=torch.float64, device=like.device)
-    return table.to(like.dtype)
+    if torch.compiler.is_compiling():
+        return _piece_tensor(order, derivative, like.dtype, like.device)
+    key = (order, derivative, like.dtype, like.device)
+    if key not in _PIECE_TABLES:
+        _PIECE_TABLES[key] = _piece_tensor(order, derivative, like.dtype, like.device)
+    return _PIECE_TABLES[key]
 
 
+def _piece_tensor(order, derivative, dtype, device):
+    """_piece_rows(order, derivative) as a tensor: float64 (exact rows) rounded to dtype once."""
+    return torch.tensor(_piece_rows(order, derivative), dtype=torch.float64, device=device).to(dtype)
+
+
+_PIECE_TABLES = {}   # (order, derivative, dtype, device) -> _piece_tensor's answer (eager only)
 _PIECE_ROWS = {}   # (order, derivative) -> _piece_rows' answer
 
 

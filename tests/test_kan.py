@@ -522,3 +522,15 @@ def test_compiled_dkan_step_has_no_graph_break_and_equals_eager():
     grid[:, 4] += 0.05                                         # in place: no longer uniform
     with pytest.raises(ValueError, match="not uniformly spaced"):
         kan.dkan_features(dict(p0, grid=grid), v0)
+
+
+def test_piece_tables_are_made_once_per_dtype_and_device(monkeypatch):
+    """After a first forward + backward, later steps build no piece table: on CUDA a fresh
+    table would be a host-to-device copy, a host sync (docs/design.md §10), at every step."""
+    p = _trainable(_params(6, 3, dtype=torch.float32))
+    v = _randn((20, 6), 5, dtype=torch.float32)
+    kan.dkan_forward(p, v).sum().backward()
+    made = []
+    monkeypatch.setattr(kan, "_piece_tensor", lambda *a: made.append(a))
+    kan.dkan_forward(p, v).sum().backward()
+    assert made == []
