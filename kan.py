@@ -18,6 +18,7 @@ forward's closed form brings its own block); the usage takes its top-k from dcm_
     mask = dcm_ref.topk_mask(dkan_edge_scores(params, v), keep=0.1)    # v: (B, 256)
     logits = dkan_forward(params, v, mask)                             # (B, 10); at test time mask=None
 """
+import contextlib
 import math
 from fractions import Fraction
 
@@ -232,7 +233,7 @@ def kan_moments(phi):
     if phi.dim() != 3:
         raise ValueError(f"phi: got shape {tuple(phi.shape)}, expected (B, d_in, F)")
     p = phi.detach().to(torch.float64).transpose(0, 1)                   # (d_in, B, F)
-    n = torch.tensor(float(phi.shape[0]), dtype=torch.float64, device=phi.device)
+    n = torch.full((), float(phi.shape[0]), dtype=torch.float64, device=phi.device)   # a fill, no host copy
     return n, p.sum(dim=1), p.transpose(1, 2) @ p
 
 
@@ -314,27 +315,53 @@ def _uniform_features(x, grid, order, with_silu):
 
     Half-precision x (float16, bfloat16) is computed in float32 and the result cast back:
     the expanded piece polynomials lose ~3x more than Cox–de Boor when evaluated in 8 bits.
+    Under autocast the closed form (forward and backward) runs with autocast off, in x's
+    dtype: a float32 x gives the eager float32 bases bit for bit.
     """
     _check_basis_args(x, grid, order)
     if x.dtype in (torch.float16, torch.bfloat16):
         return _uniform_features(x.float(), grid, order, with_silu).to(x.dtype)
     t0, h = _uniform_spacing(grid, order, x.dtype)
-    return _UniformBSpline.apply(x.contiguous(), grid.detach(), t0, h, order, with_silu)
+    with _autocast_off(x):
+        return _UniformBSpline.apply(x.contiguous(), grid.detach(), t0, h, order, with_silu)
 
 
-_SPACING = {}   # _spacing_key(grid) -> a view of a grid already found uniform
+def _autocast_off(t):
+    """Autocast off on t's device where it is on (else a no-op context), so the closed form
+    (docs/design.md §3, fast path) runs in t's dtype: under bf16 autocast its piece matmul
+    would run in bf16 (a dtype clash in the scatter, and bases good to 8 bits only)."""
+    kind = t.device.type
+    on = torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
+    return torch.autocast(kind, enabled=False) if on else contextlib.nullcontext()
+
+
+_SPACING = {}   # _spacing_key(grid) -> a view of a grid already found uniform (eager only)
 
 
 def _uniform_spacing(grid, order, dtype):
     """(t0, h): first knot and spacing per row, each (d_in,), from the live grid; ValueError
-    if a row is not uniform.
+    (in eager) if a row is not uniform.
 
     The check reads the device (a host sync on CUDA), so its verdict is remembered per grid
     storage and version: a fixed grid is checked once, not at every forward; an in-place
     change (grid.copy_, grid[...] = ...) bumps the version and is checked again. A change
     through grid.data is not versioned by torch, so it is not re-checked (t0 and h still
     follow it). The entry keeps a view of the grid, so its address cannot be reused while cached.
+
+    Under torch.compile the check is skipped (a host read is a graph break): the compiled
+    graph assumes a uniform grid, as kan_init makes and nothing here changes. It still reads
+    t0 and h from the live grid, so a grid moved to other uniform knots is followed; a grid
+    made non-uniform gives wrong bases there, silently. One eager forward checks a changed grid.
     """
+    if not torch.compiler.is_compiling():
+        _check_uniform_once(grid)
+    g = grid.detach()
+    h = (g[:, -1].to(torch.float64) - g[:, 0].to(torch.float64)) / (grid.shape[1] - 1)
+    return g[:, 0].to(dtype), h.to(dtype)
+
+
+def _check_uniform_once(grid):
+    """_check_uniform(grid), unless this grid (_spacing_key) was already found uniform. Eager only."""
     key = _spacing_key(grid)
     if key is None or key not in _SPACING:
         _check_uniform(grid)
@@ -342,16 +369,11 @@ def _uniform_spacing(grid, order, dtype):
             if len(_SPACING) >= 64:
                 _SPACING.clear()
             _SPACING[key] = grid.detach()
-    g = grid.detach()
-    h = (g[:, -1].to(torch.float64) - g[:, 0].to(torch.float64)) / (grid.shape[1] - 1)
-    return g[:, 0].to(dtype), h.to(dtype)
 
 
 def _spacing_key(grid):
     """(address, version, shape, strides, dtype, device) of grid, or None where that is not
-    available (under torch.compile, or for inference tensors, which carry no version)."""
-    if torch.compiler.is_compiling():
-        return None
+    available (inference tensors carry no version). Eager only."""
     try:
         return grid.data_ptr(), grid._version, tuple(grid.shape), grid.stride(), grid.dtype, grid.device
     except RuntimeError:
@@ -431,6 +453,12 @@ class _UniformBSpline(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        with _autocast_off(grad_out):
+            return _UniformBSpline._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
+        """grad_out: (B, d, width) -> (grad_x (B, d), None, …), autocast already off."""
         x, grid, t0, powers, index, kept, h = ctx.saved_tensors
         p = ctx.order
         grad_x = torch.zeros_like(x)
@@ -467,11 +495,41 @@ def _piece_table(order, like, derivative=False):
 
     -> (order+1, order+1) with [m, r] = coefficient of u^m in P_r, or with
     derivative=True (order, order+1) with [m, r] = coefficient of u^m in P_r'.
+    In eager, made once per (order, derivative, dtype, device) and kept (no host-to-device
+    copy per forward: a host sync on CUDA); under torch.compile, Python constants (_piece_rows)
+    folded into the graph. Read only.
     """
-    table = torch.tensor(_uniform_piece_table(order), dtype=torch.float64)
-    if derivative:   # d/du Σ_m A[m] u^m = Σ_m m·A[m] u^(m-1): shift up one power
-        table = table[1:] * torch.arange(1, order + 1, dtype=torch.float64).unsqueeze(1)
-    return table.to(dtype=like.dtype, device=like.device)
+    if torch.compiler.is_compiling():
+        return _piece_tensor(order, derivative, like.dtype, like.device)
+    key = (order, derivative, like.dtype, like.device)
+    if key not in _PIECE_TABLES:
+        _PIECE_TABLES[key] = _piece_tensor(order, derivative, like.dtype, like.device)
+    return _PIECE_TABLES[key]
+
+
+def _piece_tensor(order, derivative, dtype, device):
+    """_piece_rows(order, derivative) as a tensor: float64 (exact rows) rounded to dtype once."""
+    return torch.tensor(_piece_rows(order, derivative), dtype=torch.float64, device=device).to(dtype)
+
+
+_PIECE_TABLES = {}   # (order, derivative, dtype, device) -> _piece_tensor's answer (eager only)
+_PIECE_ROWS = {}   # (order, derivative) -> _piece_rows' answer
+
+
+@torch.compiler.assume_constant_result   # torch.compile calls it while tracing: a constant in the graph
+def _piece_rows(order, derivative):
+    """_uniform_piece_table(order) as float64 Python floats (each Fraction correctly rounded),
+    or with derivative=True the rows m·A[m], m = 1..order (d/du Σ_m A[m] u^m = Σ_m m·A[m] u^(m-1)).
+
+    -> tuple of (order+1) or (order) rows of order+1 floats; computed once per (order, derivative).
+    """
+    key = (order, derivative)
+    if key not in _PIECE_ROWS:
+        table = [[float(a) for a in row] for row in _uniform_piece_table(order)]
+        if derivative:   # m·float(A[m]): the same float64 product as a float64 tensor times m
+            table = [[m * a for a in table[m]] for m in range(1, order + 1)]
+        _PIECE_ROWS[key] = tuple(tuple(row) for row in table)
+    return _PIECE_ROWS[key]
 
 
 def _powers(u, order):

@@ -115,6 +115,58 @@ def test_dkan_scores_fast_equal_literal_on_cuda():
                                kan.kan_edge_activations(params, x).std(0, correction=0), rtol=1e-9, atol=1e-12)
 
 
+def _dkan_step(params, v, mask):
+    """The functional DKAN step: v (B, d_in) -> logits (B, d_out), scores (d_out, d_in)."""
+    phi = kan.dkan_features(params, v)
+    return kan.kan_forward_features(params, phi, mask), kan.kan_scores_from_moments(kan.kan_moments(phi), params)
+
+
+def _dkan_params(d_in, d_out, seed):
+    p = kan.kan_init(d_in, d_out, generator=torch.Generator().manual_seed(seed))
+    p["spline_weight"] = p["spline_weight"] * 10
+    return {k: t.cuda().requires_grad_(k != "grid") for k, t in p.items()}
+
+
+def test_dkan_under_bf16_autocast_on_cuda_computes_the_float32_features():
+    """CUDA bf16 autocast: Φ, its gradient (backward inside the region), the float64 moments
+    and the scores equal eager float32 bit for bit; the logits come from a bf16 matmul."""
+    p = _dkan_params(96, 10, 0)
+    v = (torch.randn(64, 96, generator=torch.Generator().manual_seed(1)) * 3).cuda().requires_grad_(True)
+    g = torch.randn(64, 96, 9, generator=torch.Generator().manual_seed(2)).cuda()
+    runs = []
+    for on in (False, True):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on):
+            phi = kan.dkan_features(p, v)
+            m = kan.kan_moments(phi)
+            runs.append((phi, *m, kan.kan_scores_from_moments(m, p), torch.autograd.grad(phi, v, g, retain_graph=True)[0]))
+            y = kan.kan_forward_features(p, phi)
+        assert y.dtype == (torch.bfloat16 if on else torch.float32)
+        y.float().square().sum().backward()
+        assert v.grad.isfinite().all() and p["spline_weight"].grad.isfinite().all()
+    for eager, amp in zip(*runs):
+        assert amp.dtype == eager.dtype and torch.equal(amp, eager)
+
+
+def test_compiled_dkan_step_on_cuda_has_no_graph_break_and_equals_eager():
+    """torch.compile(fullgraph=True) of the DKAN step on CUDA (mask from dcm_ref.topk_mask
+    outside): forward and backward within 2e-5 · max|eager| per tensor (fused float32 sums)."""
+    torch._dynamo.reset()
+    p0 = _dkan_params(96, 10, 3)
+    v0 = (torch.randn(128, 96, generator=torch.Generator().manual_seed(4)) * 3).cuda()
+    mask = dcm_ref.topk_mask(_dkan_step(p0, v0, None)[1], 0.1)
+    compiled = torch.compile(_dkan_step, fullgraph=True)
+
+    def run(fn):
+        p = {k: t.detach().clone().requires_grad_(k != "grid") for k, t in p0.items()}
+        v = v0.clone().requires_grad_(True)
+        y, scores = fn(p, v, mask)
+        y.square().mean().backward()
+        return y, scores, p["base_weight"].grad, p["spline_weight"].grad, v.grad
+
+    for got, want in zip(run(compiled), run(_dkan_step)):
+        assert (got - want).abs().max() <= 2e-5 * want.abs().max()
+
+
 @pytest.mark.parametrize("extra", [[], ["--amp"], ["--compile"]], ids=["eager", "amp", "compile"])
 @pytest.mark.parametrize("head", ["dfc", "dkan"])
 def test_train_py_runs_on_cuda(tmp_path, head, extra):

@@ -434,3 +434,103 @@ def test_closed_form_in_half_precision_is_the_rounded_exact_value(dtype):
     got = kan.bspline_basis_uniform(x, grid, 3)
     assert got.dtype == dtype
     assert (got.double() - exact).abs().max() <= torch.finfo(dtype).eps / 2 + 1e-6
+
+
+# ----------------------------------------------------------------------------
+# Mixed precision (bf16 autocast) and torch.compile
+# ----------------------------------------------------------------------------
+
+def _dkan_step(params, v, mask):
+    """The functional DKAN step of training: Φ, moments, scores, masked logits.
+    v: (B, d_in), mask: (d_out, d_in) -> logits (B, d_out), scores (d_out, d_in)."""
+    phi = kan.dkan_features(params, v)
+    scores = kan.kan_scores_from_moments(kan.kan_moments(phi), params)
+    return kan.kan_forward_features(params, phi, mask), scores
+
+
+def _trainable(params):
+    return {k: t.detach().clone().requires_grad_(k != "grid") for k, t in params.items()}
+
+
+@settings(max_examples=20)
+@given(st.integers(1, 40), st.integers(1, 12), st.integers(1, 6), st.integers(0, 2**31 - 1))
+def test_dkan_under_bf16_autocast_computes_the_float32_features(b, d_in, d_out, seed):
+    """Under CPU bf16 autocast the bases are computed in float32: Φ, its gradient (backward
+    inside the autocast region too), the float64 moments and the scores equal eager float32
+    bit for bit; only the logits' matmul runs in bf16 (autocast's choice)."""
+    p = _trainable(_params(d_in, d_out, seed=seed, dtype=torch.float32))
+    v = _randn((b, d_in), seed + 1, dtype=torch.float32, scale=3.0).requires_grad_(True)
+    g = _randn((b, d_in, p["spline_weight"].shape[2] + 1), seed + 2, dtype=torch.float32)
+    runs = []
+    for on in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=on):
+            phi = kan.dkan_features(p, v)
+            m = kan.kan_moments(phi)
+            runs.append((phi, *m, kan.kan_scores_from_moments(m, p), torch.autograd.grad(phi, v, g, retain_graph=True)[0]))
+            y = kan.kan_forward_features(p, phi)
+        assert y.dtype == (torch.bfloat16 if on else torch.float32)
+        y.float().square().sum().backward()
+        assert all(t.grad.isfinite().all() for t in (p["base_weight"], p["spline_weight"], v))
+    for eager, amp in zip(*runs):
+        assert amp.dtype == eager.dtype and torch.equal(amp, eager)
+
+
+@settings(max_examples=20)
+@given(st.integers(1, 40), st.integers(1, 12), st.integers(0, 2**31 - 1))
+def test_dkan_under_bf16_autocast_with_bf16_input_gives_the_rounded_float32_features(b, d_in, seed):
+    """A bf16 backbone output v under CPU autocast: layer_norm gives bf16 x, and Φ is the
+    float32 computation on x, rounded to bf16 once at the end (no bf16 arithmetic inside)."""
+    p = _trainable(_params(d_in, 3, seed=seed, dtype=torch.float32))
+    v = _randn((b, d_in), seed + 1, dtype=torch.float32, scale=3.0).bfloat16().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x = kan.layer_norm(v)
+        phi = kan.kan_features(p, x)
+        y = kan.kan_forward_features(p, phi)
+    assert x.dtype == phi.dtype == torch.bfloat16
+    assert torch.equal(phi, kan.kan_features(p, x.detach().float()).bfloat16())
+    y.float().square().sum().backward()
+    assert v.grad.dtype == torch.bfloat16 and v.grad.isfinite().all()
+
+
+def test_compiled_dkan_step_has_no_graph_break_and_equals_eager():
+    """torch.compile(fullgraph=True) of the DKAN step (Φ, moments, scores, masked logits)
+    compiles (fullgraph raises at any graph break) and, forward and backward, equals eager up
+    to float32 reassociation in inductor's fused kernels: |compiled - eager| <= 2e-5 · max|eager|
+    per tensor (measured: <= 2e-6). The mask comes from dcm_ref.topk_mask outside the compiled
+    function. Another uniform grid of the same shape goes through the same compiled graph and
+    is followed (t0, h are read in the graph, not folded in); eager still refuses a grid made
+    non-uniform in place afterwards (the remembered check is redone at a new version)."""
+    import dcm_ref
+    torch._dynamo.reset()
+    p0 = _params(24, 10, seed=3, dtype=torch.float32)
+    v0 = _randn((64, 24), 4, dtype=torch.float32, scale=3.0)
+    mask = dcm_ref.topk_mask(_dkan_step(p0, v0, None)[1], 0.25)
+    compiled = torch.compile(_dkan_step, fullgraph=True)
+
+    def run(fn, params):
+        p, v = _trainable(params), v0.clone().requires_grad_(True)
+        y, scores = fn(p, v, mask)
+        y.square().mean().backward()
+        return y, scores, p["base_weight"].grad, p["spline_weight"].grad, v.grad
+
+    wider = dict(p0, grid=_grid(24, 5, 3, lo=-1.5, hi=2.0, dtype=torch.float32))
+    for params in (p0, wider):
+        for got, want in zip(run(compiled, params), run(_dkan_step, params)):
+            assert (got - want).abs().max() <= 2e-5 * want.abs().max()
+    grid = p0["grid"].clone()
+    kan.dkan_features(dict(p0, grid=grid), v0)                # checked and remembered
+    grid[:, 4] += 0.05                                         # in place: no longer uniform
+    with pytest.raises(ValueError, match="not uniformly spaced"):
+        kan.dkan_features(dict(p0, grid=grid), v0)
+
+
+def test_piece_tables_are_made_once_per_dtype_and_device(monkeypatch):
+    """After a first forward + backward, later steps build no piece table: on CUDA a fresh
+    table would be a host-to-device copy, a host sync (docs/design.md §10), at every step."""
+    p = _trainable(_params(6, 3, dtype=torch.float32))
+    v = _randn((20, 6), 5, dtype=torch.float32)
+    kan.dkan_forward(p, v).sum().backward()
+    made = []
+    monkeypatch.setattr(kan, "_piece_tensor", lambda *a: made.append(a))
+    kan.dkan_forward(p, v).sum().backward()
+    assert made == []
