@@ -163,8 +163,8 @@ class DCMModule(nn.Module):
         pooled = tuple(t.clone() for t in pool) if float(self.pooled_n) != 0 else None
         return dcm_ref.MaskState(self.mask.clone(), self._step, pooled, self._updates, self.dcm_change.view(()).clone())
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, *load_args, **load_kwargs):
+        super()._load_from_state_dict(*load_args, **load_kwargs)
         self._set_counts(int(self.dcm_step), int(self.dcm_updates))   # new buffer values: one read at load
 
     @torch.no_grad()
@@ -414,11 +414,11 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, freeze: bool = Fa
     if not isinstance(freeze, bool):
         raise ValueError(f"freeze: expected True or False, got {freeze!r}")
 
-    def before(opt, args, kwargs):
+    def before(opt, step_args, step_kwargs):
         for m in mods:
             m._save_masked_params()
 
-    def after(opt, args, kwargs):
+    def after(opt, step_args, step_kwargs):
         for m in mods:
             m._restore_masked()
             m.end_step()

@@ -151,3 +151,30 @@ def record_value_reads(monkeypatch):
         orig = getattr(torch.Tensor, name)
         monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _o=orig, _n=name: (reads.append(_n), _o(t, *a))[1])
     return reads
+
+
+def check_dkan_autocast_matches_float32(p, v, g, device_type):
+    """DKAN under bf16 autocast on `device_type` against autocast off: Φ, its gradient along g
+    (backward inside the region), the float64 moments and the scores equal bit for bit; the
+    logits come from a bf16 matmul; every gradient is finite. p: kan params (trainable),
+    v: (B, d) requiring grad, g: (B, d, F)."""
+    import kan
+    runs = []
+    for on in (False, True):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=on):
+            phi = kan.dkan_features(p, v)
+            m = kan.kan_moments(phi)
+            runs.append((phi, *m, kan.kan_scores_from_moments(m, p), torch.autograd.grad(phi, v, g, retain_graph=True)[0]))
+            y = kan.kan_forward_features(p, phi)
+        assert y.dtype == (torch.bfloat16 if on else torch.float32)
+        y.float().square().sum().backward()
+        assert all(t.grad.isfinite().all() for t in (p["base_weight"], p["spline_weight"], v))
+    for eager, amp in zip(*runs):
+        assert amp.dtype == eager.dtype and torch.equal(amp, eager)
+
+
+def check_one_line_value_error(argument, call):
+    """call() raises a one-line ValueError whose message starts with `argument:`."""
+    with pytest.raises(ValueError) as info:
+        call()
+    assert "\n" not in str(info.value) and str(info.value).startswith(argument + ":"), str(info.value)

@@ -13,6 +13,7 @@ import torch
 import dcm_ref
 import kan
 import train
+from conftest import check_dkan_autocast_matches_float32
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(),
@@ -133,18 +134,7 @@ def test_dkan_under_bf16_autocast_on_cuda_computes_the_float32_features():
     p = _dkan_params(96, 10, 0)
     v = (torch.randn(64, 96, generator=torch.Generator().manual_seed(1)) * 3).cuda().requires_grad_(True)
     g = torch.randn(64, 96, 9, generator=torch.Generator().manual_seed(2)).cuda()
-    runs = []
-    for on in (False, True):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on):
-            phi = kan.dkan_features(p, v)
-            m = kan.kan_moments(phi)
-            runs.append((phi, *m, kan.kan_scores_from_moments(m, p), torch.autograd.grad(phi, v, g, retain_graph=True)[0]))
-            y = kan.kan_forward_features(p, phi)
-        assert y.dtype == (torch.bfloat16 if on else torch.float32)
-        y.float().square().sum().backward()
-        assert v.grad.isfinite().all() and p["spline_weight"].grad.isfinite().all()
-    for eager, amp in zip(*runs):
-        assert amp.dtype == eager.dtype and torch.equal(amp, eager)
+    check_dkan_autocast_matches_float32(p, v, g, "cuda")
 
 
 def test_compiled_dkan_step_on_cuda_has_no_graph_break_and_equals_eager():

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import kan
-from conftest import record_value_reads
+from conftest import check_dkan_autocast_matches_float32, record_value_reads
 
 DTYPES = st.sampled_from([torch.float32, torch.float64])
 
@@ -461,18 +461,7 @@ def test_dkan_under_bf16_autocast_computes_the_float32_features(b, d_in, d_out, 
     p = _trainable(_params(d_in, d_out, seed=seed, dtype=torch.float32))
     v = _randn((b, d_in), seed + 1, dtype=torch.float32, scale=3.0).requires_grad_(True)
     g = _randn((b, d_in, p["spline_weight"].shape[2] + 1), seed + 2, dtype=torch.float32)
-    runs = []
-    for on in (False, True):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=on):
-            phi = kan.dkan_features(p, v)
-            m = kan.kan_moments(phi)
-            runs.append((phi, *m, kan.kan_scores_from_moments(m, p), torch.autograd.grad(phi, v, g, retain_graph=True)[0]))
-            y = kan.kan_forward_features(p, phi)
-        assert y.dtype == (torch.bfloat16 if on else torch.float32)
-        y.float().square().sum().backward()
-        assert all(t.grad.isfinite().all() for t in (p["base_weight"], p["spline_weight"], v))
-    for eager, amp in zip(*runs):
-        assert amp.dtype == eager.dtype and torch.equal(amp, eager)
+    check_dkan_autocast_matches_float32(p, v, g, "cpu")
 
 
 @settings(max_examples=20)
