@@ -564,3 +564,50 @@ def test_train_step_and_the_drop_in_pick_the_same_masks_on_the_same_batches(flag
         for p, q in zip(net.parameters(), user.parameters()):
             assert torch.equal(p, q)
     assert 0 < int(net.head.mask.sum()) < net.head.mask.numel()
+
+
+def test_a_hand_written_drop_in_loop_reproduces_a_train_py_run(tmp_path):
+    """End to end: `python train.py --save-masks` on the embedded digits, and a user's loop
+    written from the README (their own nn.Sequential, dcm_ref.convert + attach, plain SGD, the
+    same batches and LR schedule): the same mask after every epoch and the same test accuracy.
+    (docs/design.md §2: the drop-in runs the same DCM step as train.py.)"""
+    import json
+    import math
+    import subprocess
+    import sys
+    import numpy as np
+    import data
+    import train
+    flags = ["--epochs", "2", "--threads", "1", "--noise-rate", "0.6"]
+    out = tmp_path / "run"
+    subprocess.run([sys.executable, "train.py", *flags, "--save-masks", "--out", str(out)], cwd=ROOT, check=True,
+                   capture_output=True)
+    args = train.build_parser().parse_args(flags)
+    d, _, loss_fn = train.load_data(args, torch.device("cpu"), {})
+    torch.manual_seed(args.seed)
+    model = nn.Sequential(nets.make_backbone("mlp", d.in_shape), nn.Linear(256, d.C))
+    D.convert(model, "1", keep=args.keep)
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=1e-4)
+    D.attach(model, opt)
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    N, B, step = len(d.y), args.batch_size, 0
+    total = args.epochs * ((N - B) // B + 1)
+    for epoch in (1, 2):
+        perm = torch.randperm(N, generator=torch.Generator().manual_seed(args.seed * 100003 + epoch))
+        for i in range(0, N - B + 1, B):
+            idx = perm[i:i + B]
+            for group in opt.param_groups:
+                group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            loss = loss_fn(model(data.to_float(d.x[idx], d.mean, d.std)), d.y_noisy[idx]).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            opt.step()
+            step += 1
+        saved = np.load(out / "masks" / f"epoch_{epoch:03d}.npz")["mask"]
+        assert (saved == (model[1].mask.numpy() != 0)).all()
+        model.eval()
+        with torch.no_grad():
+            acc = (model(data.to_float(d.x_test, d.mean, d.std)).argmax(1) == d.y_test).float().mean().item()
+        model.train()
+        assert acc == rows[epoch - 1]["test_acc"] and model[1].updates == rows[epoch - 1]["mask_updates"]
