@@ -13,11 +13,14 @@ Usage, the method in three lines (one training step):
     M = topk_mask(S, keep=0.1)                 # each class keeps max(1, round(0.1·d)) inputs
     logits = masked_linear(v, w, b, M)         # z = v (W⊙M)ᵀ + b; at test time mask=None (full head)
 
-and as train.py runs it, with the schedule (interval, warm-up) as a pure state transition:
+and with the schedule (interval, warm-up) as a pure state transition, one call per optimizer step:
 
     state = mask_init(w.shape, device=w.device)                         # all ones
     state = mask_schedule_step(state, moments(v), lambda m: scores_from_moments(m, w), keep=0.1)
     logits = masked_linear(v, w, b, state.mask)
+
+train.py and the drop-in run this step as layers.DCMModule's training forward (its two halves:
+schedule_phase on the host, mask_step on tensors; tests/test_modules.py proves them equal).
 
 Conventions (the paper's Eq. 2 with j = class, k = input feature): features v: (B, d), head
 weights w: (C, d), bias b: (C,), mask M: (C, d) with values 0/1; scores use the unmasked w.

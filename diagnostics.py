@@ -258,7 +258,7 @@ def grad_error_metrics(st, d, probe, loss_fn, loss_name):
     net.eval()
     try:
         with torch.enable_grad(), layers.eval_mask(net, "masked"):
-            v = net.backbone(data.to_float(d.x[probe], d.mean, d.std))
+            v = net.backbone(data.to_float(d.x[probe], d.mean, d.std))   # Net.forward in two halves: the probe needs v
             logits = net.head(v).float()
             ge = label_gradient_error(loss_fn, logits, v, list(net.backbone.last_layer.parameters()),
                                      d.y_noisy[probe], d.y[probe])

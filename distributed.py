@@ -16,8 +16,8 @@ trains on its equal shard of the GLOBAL batch; what is exchanged, and why:
 A collective that fails because another rank has gone (it stopped on an error of its own and
 reported it) raises PeerLost, which train_cli.ExitCode reports in one line instead of a traceback.
 
-Explicit all-reduces, not DDP: the heads run outside the module's forward, co-teaching
-has two losses and the Fig. 3 probe takes extra gradients.
+Explicit all-reduces, not DDP: co-teaching has two networks and two losses per step, and
+the Fig. 3 probe takes extra gradients (DDP's hooks assume one forward per backward).
 """
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -25,6 +25,8 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 from torch import nn
+
+import layers
 
 
 class Dist(NamedTuple):
@@ -100,16 +102,14 @@ def close():
 def all_sum(ts, dd):
     """Elementwise sum over ranks of a tuple of same-dtype tensors, in one all-reduce.
 
-    Used as net_forward's `reduce` on DCM moments (n, Σv, Σv²) / (n, ΣΦ, ΣΦΦᵀ): moments
-    merge by sums, so the result is the moments of the global batch. Returns new tensors
-    (the same tuple at world size 1).
+    The DCM heads' all_reduce on their moments (n, Σv, Σv²) / (n, ΣΦ, ΣΦΦᵀ) (train.init_state):
+    moments merge by sums, so the result is the moments of the global batch. layers.all_sum_moments
+    with a lost peer reported as PeerLost. Returns new tensors (the same tuple at world size 1).
     """
     if dd.world == 1:
         return ts
-    flat = torch.cat([t.reshape(-1) for t in ts])
     with _collective():
-        dist.all_reduce(flat)
-    return tuple(c.view_as(t) for c, t in zip(flat.split([t.numel() for t in ts]), ts))
+        return layers.all_sum_moments(ts)
 
 
 def all_gather_rows(t, sizes, dd):

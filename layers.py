@@ -21,10 +21,13 @@ The DCM step (Fig. 2, Eq. 2; docs/design.md §2), DCMModule._train_mask, in ever
              picks the mask of the global batch) -> dcm_ref.mask_step: on "update",
              M = topk_mask(scores(moments or the pool since the last update), keep);
   logits = head(features, M): the mask a forward applies is scored on that forward's batch.
-end_step() (attach's optimizer-step hook) advances the step count once per optimizer step, so
-gradient accumulation and extra forwards never advance the schedule; with --dcm-freeze
-(attach(freeze=True)) it first restores the entries the step's mask dropped. Eval mode: the
-full head (eval_mask="full", the paper's default) or the last mask ("masked").
+One mask per optimizer step: the step's first training forward chooses it; later forwards of
+the step (gradient accumulation, a second view) apply it, as a hold step does (with
+stats="interval" their moments join the next pool). end_step() (attach's optimizer-step hook)
+advances the step count once per optimizer step; with --dcm-freeze (attach(freeze=True)) it
+first restores the entries the step's mask dropped. Eval mode: the full head (eval_mask="full",
+the paper's default) or the last mask ("masked"). Under torch.compile, attach() is required:
+the "no end of step" warning counts forwards in eager mode only.
 """
 import contextlib
 import warnings
@@ -100,7 +103,7 @@ class DCMModule(nn.Module):
 
     @property
     def updates(self) -> int:
-        """Mask recomputations so far (steps whose phase was "update")."""
+        """Mask recomputations so far (update steps that had a training forward)."""
         return self._updates
 
     def _set_counts(self, step: int, updates: int) -> None:
@@ -115,14 +118,18 @@ class DCMModule(nn.Module):
         if self.training:
             if not torch.compiler.is_compiling():   # a Python counter: kept out of compiled graphs
                 self._count_forward()
-            mask = self._train_mask(feats) if x2.shape[0] > 0 else self.mask
+            empty = x2.shape[0] == 0 and not _distributed()   # with ranks, every rank joins the all-reduce
+            mask = self.mask if empty else self._train_mask(feats)
         else:
             mask = self.mask if self.eval_mask == "masked" else None
-        return self._logits(feats, mask).reshape(*x.shape[:-1], -1)
+        return self._logits(feats, mask).reshape(*x.shape[:-1], self.out_features)
 
     @torch.no_grad()
     def _train_mask(self, feats: Tensor) -> Tensor:
-        """The DCM step of one training forward (Fig. 2, Eq. 2) -> the (C, d) mask it applies."""
+        """The DCM step of one training forward (Fig. 2, Eq. 2) -> the (C, d) mask it applies.
+
+        The first training forward of an update step selects the mask; later forwards of the same
+        optimizer step (gradient accumulation, a second view) apply it as a hold step would."""
         if self._phase == "warmup" or (self._phase == "hold" and self.stats == "batch"):
             return self.mask
         m = self.all_reduce(self._moments(feats))
@@ -131,9 +138,10 @@ class DCMModule(nn.Module):
         if self.stats == "interval":
             for buf, t in zip((self.pooled_n, self.pooled_s1, self.pooled_s2), pool or (None,) * 3):
                 buf.zero_() if t is None else buf.copy_(t.view(buf.shape))
-        if change is not None:   # a new mask: this forward uses the new tensor, the buffer records it
-            self.mask.copy_(mask)
+        if change is not None:
+            self.mask = mask.contiguous()   # rebound, not copied into: a mask a forward saved for backward stays as it was
             self.dcm_change.copy_(change.view(1))
+            self._phase = "hold"      # this step's mask is chosen
         return mask
 
     def _pool(self) -> Optional[dcm_ref.Moments]:
@@ -145,7 +153,8 @@ class DCMModule(nn.Module):
         """End this optimizer step (attach() calls it after every optimizer.step()): the step
         count advances, and the next training forward takes the next step's phase. No device read."""
         self._forwards = 0
-        self._set_counts(self._step + 1, self._updates + (self._phase == "update"))
+        updated = self._phase != dcm_ref.schedule_phase(self._step, self.interval, self.warmup)   # "update" -> "hold"
+        self._set_counts(self._step + 1, self._updates + updated)
         self.dcm_step.fill_(self._step)
         self.dcm_updates.fill_(self._updates)
 
@@ -275,7 +284,7 @@ class KANLinear(nn.Module):
     def forward(self, x):
         x2 = x.reshape(-1, x.shape[-1])
         y = kan.dkan_forward(self.params(), x2) if self.layer_norm else kan.kan_forward(self.params(), x2)
-        return y.reshape(*x.shape[:-1], -1)
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self):
         return _kan_repr(self) + f", layer_norm={self.layer_norm}"

@@ -1,10 +1,10 @@
 """Backbones and heads for dcm-ref: the networks that produce the features v,
-and the classifier heads (FC, DFC, KAN, DKAN) as pure functions over a params dict.
+and train.py's classifier heads (FC, DFC, KAN, DKAN) by name (make_head), with Net = both.
 
 DCM (Zhang et al., arXiv 2508.09697) only touches the classifier head, so the
 backbones here are ordinary ``nn.Module``s that map images to features
-``v: (B, d)``; the heads and everything DCM stay pure functions (dcm_ref.py,
-kan.py, train.py). Protocols follow docs/design.md §7 (APL/ANL CIFAR-10 8-layer CNN,
+``v: (B, d)``; the DCM heads are layers.py's modules (DCMLinear, DKANLinear), the
+same code as the drop-in, over dcm_ref.py's and kan.py's functions. Protocols follow docs/design.md §7 (APL/ANL CIFAR-10 8-layer CNN,
 CIFAR-style ResNets; the ImageNet ResNet-50 for Clothing1M/WebVision, with
 load_pretrained reading torchvision-layout weights from a user file).
 
@@ -58,14 +58,14 @@ class CNN8(nn.Module):
     def __init__(self, in_shape, width=256):
         super().__init__()
         c, h, w = in_shape
-        layers, c_prev = [], c
+        convs, c_prev = [], c
         for c_out, pool in ((64, False), (64, True), (128, False), (128, True), (196, False), (196, True)):
-            layers += _conv_bn(c_prev, c_out)
+            convs += _conv_bn(c_prev, c_out)
             if pool and min(h, w) >= 2:  # tiny inputs (8x8 digits) stop pooling at 1x1
-                layers.append(nn.MaxPool2d(2))
+                convs.append(nn.MaxPool2d(2))
                 h, w = h // 2, w // 2
             c_prev = c_out
-        self.features = nn.Sequential(*layers)
+        self.features = nn.Sequential(*convs)
         self.fc, self.bn = nn.Linear(196 * h * w, width), nn.BatchNorm1d(width)
         self.feature_dim = width
         _alias(self, "last_layer", self.fc)

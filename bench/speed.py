@@ -10,8 +10,9 @@ default (--threads). Run from the repository root:
     python -m bench speed --device cuda --out speed.md
 
 Rows (ratio = A / B; the (B, d, C) are batch, features, classes):
-  DFC / FC head fwd+bwd        the DCM head of Fig. 2 with a fresh mask every step (moments ->
-                               Eq. 2 fast form -> top-k mask -> masked linear) vs F.linear
+  DFC / FC head fwd+bwd        layers.DCMLinear (train.py's DFC head) with a fresh mask every step
+                               (moments -> Eq. 2 fast form -> top-k -> mask change -> masked
+                               linear, end_step) vs nn.Linear
   DFC / FC train step (mlp)    train.py's step: nets.Net("mlp" backbone of width d, make_head
                                "dfc" | "fc") + CE + SGD step, the DFC head attached (its
                                forward runs the DCM step); and 10 such steps with
@@ -146,24 +147,27 @@ def peak_memory(fn, device):
 # ----------------------------------------------------------------------------- the compared callables
 
 def dfc_head_fns(B, d, C, keep, device, gen):
-    """Head only: v (B, d) needs grad; w (C, d), b (C,) parameters. -> {"DFC": fn, "FC": fn}.
-
-    DFC is the train.py path with a mask update every step (--dcm-interval 1, the
-    most expensive setting): moments -> scores_from_moments -> topk_mask -> masked_linear.
+    """Head only: v (B, d) needs grad. -> {"DFC": fn, "FC": fn}: a layers.DCMLinear (train.py's
+    DFC head) in train mode with a mask update every step (--dcm-interval 1, the most expensive
+    setting: moments -> Eq. 2 scores -> top-k -> mask change -> masked linear, then end_step)
+    vs an nn.Linear of the same weights; forward and backward.
     """
     v = torch.randn(B, d, generator=gen).to(device).requires_grad_()
-    w = (torch.randn(C, d, generator=gen) / math.sqrt(d)).to(device).requires_grad_()
-    b = torch.zeros(C, device=device, requires_grad=True)
     gz = torch.randn(B, C, generator=gen).to(device)
+    with torch.random.fork_rng(devices=[]):   # the heads' own init draws no number of the caller's
+        dfc = layers.DCMLinear(d, C, keep=keep, device=device)
+        fc = nn.Linear(d, C, device=device)
+    fc.load_state_dict(dict(weight=dfc.weight.detach(), bias=dfc.bias.detach()))
 
-    def dfc():
-        mask = dcm_ref.topk_mask(dcm_ref.scores_from_moments(dcm_ref.moments(v), w.detach()), keep)
-        return torch.autograd.grad(dcm_ref.masked_linear(v, w, b, mask), (v, w, b), gz)
+    def dfc_step():
+        grads = torch.autograd.grad(dfc(v), (v, dfc.weight, dfc.bias), gz)
+        dfc.end_step()
+        return grads
 
-    def fc():
-        return torch.autograd.grad(F.linear(v, w, b), (v, w, b), gz)
+    def fc_step():
+        return torch.autograd.grad(fc(v), (v, fc.weight, fc.bias), gz)
 
-    return {"DFC": dfc, "FC": fc}
+    return {"DFC": dfc_step, "FC": fc_step}
 
 
 def train_step_fns(B, d, C, keep, device, gen, interval=1):

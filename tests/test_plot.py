@@ -56,7 +56,7 @@ def test_plot_without_matplotlib_says_how_to_install(dfc_run, monkeypatch, capsy
 
 
 def test_plot_knows_the_dcm_heads_that_nets_defines():
-    """plot.py reads runs without importing torch, so it names the DCM heads itself: the same as nets.Head."""
+    """plot.py reads runs without importing torch, so it names the DCM heads itself: the same as nets.DCM_HEADS."""
     import nets
     assert plot.DCM_HEADS == tuple(h for h in nets.HEADS if h in nets.DCM_HEADS)
 

@@ -195,7 +195,7 @@ POLICY = [   # folder, flags, outcome: "new", ("resume", epoch, epochs) or an er
     ("absent", ["--auto-resume"], "new"),
     ("empty", ["--auto-resume"], "new"),
     ("unfinished", ["--auto-resume"], ("resume", 1, 3)),
-    ("finished", ["--auto-resume"], ("resume", 3, 3)),                       # train_run: nothing to do
+    ("finished", ["--auto-resume"], ("resume", 3, 3)),                       # Session.begin: nothing to do
     ("unfinished", ["--auto-resume", "--keep", "0.3"], "--keep 0.1"),
     ("unfinished", ["--auto-resume", "--epochs", "5"], "--epochs 3"),
 ]
