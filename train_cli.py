@@ -155,21 +155,21 @@ def parse(argv):
     try:  # a preset's flags go first, so the flags typed after them win
         argv, preset = presets.expand(argv)
     except presets.PresetError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
+        emit(f"train.py: error: {e}", file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv)
     if args.list_presets:
         print(presets.describe())
         return 0
     if args.preset != preset:
-        print(f"train.py: error: write --preset in full (got an abbreviation for {args.preset!r})", file=sys.stderr)
+        emit(f"train.py: error: write --preset in full (got an abbreviation for {args.preset!r})", file=sys.stderr)
         return 2
     if 0 < args.threads <= THREADS_MAX:   # out of range: check_args says so in one line
         torch.set_num_threads(args.threads)
     try:
         dist = distributed.dist_from_env(os.environ)
     except ValueError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
+        emit(f"train.py: error: {e}", file=sys.stderr)
         return 2
     if dist.world > 1:
         distributed.init_distributed(dist)
@@ -407,38 +407,47 @@ def exit_code(e, dd):
     if isinstance(e, (distributed.PeerLost, UserError, data.DataError, checkpoint.CheckpointError, NonFiniteLoss)):
         # PeerLost: a collective failed: another rank stopped (and printed why). DataError: an image
         # unreadable at a redraw. NonFiniteLoss: one rank's; the others stop at their next collective (PeerLost)
-        print(f"train.py: error{who}: {e}", file=sys.stderr)
+        emit(f"train.py: error{who}: {e}", file=sys.stderr)
         return 3 if isinstance(e, NonFiniteLoss) else 2
     if isinstance(e, OSError):  # writing the run's files: a full disk, a folder removed under the run
-        print(f"train.py: error{who}: cannot write {e.filename or 'a run file'}: {e.strerror or e}", file=sys.stderr)
+        emit(f"train.py: error{who}: cannot write {e.filename or 'a run file'}: {e.strerror or e}", file=sys.stderr)
         return 2
     if isinstance(e, KeyboardInterrupt):  # a second Ctrl-C, or one before training started
-        print(f"train.py: interrupted{who}; the last finished epoch's checkpoint (if any) is kept", file=sys.stderr)
+        emit(f"train.py: interrupted{who}; the last finished epoch's checkpoint (if any) is kept", file=sys.stderr)
         return 130
     return None
 
 
 # ----------------------------------------------------------------------------- Output and stop signals
 
+def emit(*args, file=None, **kwargs):
+    """print(*args) to `file` (default stdout). A closed pipe (`train.py 2>&1 | head -5`) does not
+    stop the run: the stream is sent to /dev/null for the rest of it. -> False when it was closed."""
+    stream = sys.stdout if file is None else file
+    try:
+        print(*args, file=stream, **kwargs)
+        return True
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())  # later writes and the flush at exit go nowhere, without an error
+        os.close(devnull)
+        return False
+
+
 def warn(msg):
-    print(f"train.py: warning: {msg}", file=sys.stderr, flush=True)
+    emit(f"train.py: warning: {msg}", file=sys.stderr, flush=True)
 
 
 def make_say(lead):
     """print for rank 0, nothing for the others. When stdout is closed (`train.py | head -1`),
-    one warning on stderr, then the run continues silently: its files are the product."""
+    one warning on stderr (if it is open), then the run continues silently: its files are the product."""
     state = {"open": True}
 
     def say(*args, **kwargs):
         if not lead or (not state["open"] and kwargs.get("file") is None):
             return
-        try:
-            print(*args, **kwargs)
-        except BrokenPipeError:
+        if not emit(*args, **kwargs) and kwargs.get("file") is None:
             state["open"] = False
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not raise again
-            os.close(devnull)
             warn("stdout was closed (broken pipe); the run continues and writes its files")
     return say
 

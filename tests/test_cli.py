@@ -122,6 +122,17 @@ def test_closed_stdout_does_not_stop_the_run_or_its_files(tmp_path):
     assert len(rows(out)) == 4 and os.path.exists(os.path.join(out, "final.json"))
 
 
+def test_closed_stdout_and_stderr_do_not_stop_the_run_or_its_files(tmp_path):
+    """`train.py 2>&1 | head -1`: both streams are one closed pipe; the warning about the closed
+    stdout cannot be written either, and the run still goes on silently and finishes its files."""
+    out = str(tmp_path / "run")
+    p = popen(*QUICK, "--epochs", "4", "--out", out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    p.stdout.readline()
+    p.stdout.close()
+    assert p.wait(timeout=300) == 0
+    assert len(rows(out)) == 4 and os.path.exists(os.path.join(out, "final.json"))
+
+
 def test_val_selected_accuracy_is_reported(tmp_path, capsys):
     out = str(tmp_path / "run")
     rc, stdout, _ = run_in(capsys, *QUICK, "--epochs", "4", "--val-frac", "0.2", "--out", out)
