@@ -55,7 +55,7 @@ DESCRIPTION = "Train a classifier on noisy labels, with or without Dynamic Conne
 
 def build_parser():
     """train.py's flags (python train.py --help), in groups: data, noise, model, DCM, loss, optimisation, run, diagnostics, presets."""
-    p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=HelpFormatter)
+    p = OneLineErrors(description=DESCRIPTION, formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="digits", help=f"one of {', '.join(data.ALL_DATASETS)}")
     g.add_argument("--data-dir", default=None, help="dataset folder (default: the dataset's usual place, see README)")
@@ -450,6 +450,14 @@ def make_say(lead):
             state["open"] = False
             warn("stdout was closed (broken pipe); the run continues and writes its files")
     return say
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """argparse whose own errors (a bad value, an unknown or ambiguous flag) are one line, exit 2,
+    like train.py's other errors; the usage is in --help."""
+
+    def error(self, message):
+        self.exit(2, f"train.py: error: {message} (python train.py --help lists the flags)\n")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -420,3 +420,14 @@ def test_agreed_makes_a_rank_whose_peer_failed_raise_peer_failed(monkeypatch):
     with pytest.raises(train_cli.UserError, match="rank 0's"):
         with train_cli.agreed(distributed.Dist(0, 2, 0)):
             raise train_cli.UserError("rank 0's")
+
+
+@pytest.mark.parametrize("argv, says", [(["--keep", "abc"], "argument --keep: invalid float value: 'abc'"),
+                                        (["--dcm-stats", "pooled"], "argument --dcm-stats: invalid choice: 'pooled'"),
+                                        (["--kep", "0.2"], "unrecognized arguments: --kep 0.2"),
+                                        (["--dcm", "5"], "ambiguous option: --dcm could match")])
+def test_argparse_errors_are_one_line_with_exit_2(capsys, argv, says):
+    """argparse's own errors read like train.py's: one line, exit 2, no usage block."""
+    rc, out, err = run_in(capsys, *argv)
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith("train.py: error: " + says) and "usage" not in err
