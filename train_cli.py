@@ -328,6 +328,8 @@ def check_flags(args, typed, dd):
     for msg in flag_warnings(args, typed) if dd.rank == 0 else ():
         warn(msg)
     device = pick_device(args.device, dd)
+    if args.amp and device.type != "cuda" and dd.rank == 0:
+        warn(f"--amp has no effect on {device.type}: train.py's bf16 autocast is for CUDA")
     if device.type == "cuda" and dd.world > 1:
         torch.cuda.set_device(device)  # NCCL talks through the current device
     hp = parse_loss_args(args.loss_arg)
@@ -343,8 +345,9 @@ def check_data_sizes(args, d, dd):
     --batch-size (the global batch must split into equal per-rank shards of >= 2 samples)."""
     n, C = len(d.y), d.C
     n_all = n + (len(d.val[1]) if d.val is not None else 0)
-    if args.limit_train and args.limit_train < C:
-        raise UserError(f"--limit-train {args.limit_train} is below the {C} classes of {args.dataset}; use >= {C}")
+    for flag, n_limit in (("--limit-train", args.limit_train), ("--limit-test", args.limit_test)):
+        if n_limit and n_limit < C:   # a class-stratified subset needs a sample of every class
+            raise UserError(f"{flag} {n_limit} is below the {C} classes of {args.dataset}; use >= {C}")
     if args.limit_train and args.limit_train > n_all and d.pool is None:
         warn(f"--limit-train {args.limit_train} exceeds the {n_all} training samples of {args.dataset}; using all {n_all}")
     if n < 2:  # a batch needs 2 samples (batch statistics)

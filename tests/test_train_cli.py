@@ -208,6 +208,7 @@ def digits300():
 
 @pytest.mark.parametrize("argv, dd, needle", [
     (["--limit-train", "9"], ONE, "below the 10 classes"),
+    (["--limit-test", "3"], ONE, "--limit-test 3 is below the 10 classes"),
     (["--batch-size", "63"], distributed.Dist(0, 2, 0), "2 equal per-rank shards"),
     (["--batch-size", "4"], distributed.Dist(0, 4, 0), "4 equal per-rank shards"),     # shards of 1
     (["--batch-size", "999"], distributed.Dist(0, 7, 0), "--batch-size 300 is the global batch"),  # the batch is all 300
@@ -431,3 +432,12 @@ def test_argparse_errors_are_one_line_with_exit_2(capsys, argv, says):
     rc, out, err = run_in(capsys, *argv)
     assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert err.startswith("train.py: error: " + says) and "usage" not in err
+
+
+def test_amp_on_cpu_warns_that_it_does_nothing(capsys):
+    """train.py's --amp is CUDA bf16 autocast: on CPU it is said, not silently ignored."""
+    args, typed = parse(["--amp", "--device", "cpu"])
+    train_cli.check_flags(args, typed, ONE)
+    assert "--amp has no effect on cpu" in one_line(capsys.readouterr().err)
+    train_cli.check_flags(*parse(["--device", "cpu"]), ONE)
+    assert capsys.readouterr().err == ""
