@@ -176,12 +176,27 @@ def finished(folder):
 
 
 def holds_run(folder):
-    """Whether folder holds a run's results: a checkpoint, a final.json or an epoch in
+    """Whether folder holds a run: results of its own (own_results) or, in DIR/replaced/, the
+    run an --overwrite set aside (nothing but another --overwrite may delete that one)."""
+    return own_results(folder) or os.path.isdir(os.path.join(folder, REPLACED))
+
+
+def own_results(folder):
+    """Whether folder itself holds a run's results: a checkpoint, a final.json or an epoch in
     metrics.jsonl (a config.json alone is a run that stopped before its first checkpoint)."""
     def present(name):
         path = os.path.join(folder, name)
         return os.path.exists(path) and (name != "metrics.jsonl" or os.path.getsize(path) > 0)
     return any(present(name) for name in ("checkpoint.pt", "final.json", "metrics.jsonl"))
+
+
+def recover_aside(out):
+    """An --overwrite killed after setting the old run aside and before its own first checkpoint
+    leaves DIR/replaced/ and no results of its own: put the old run back. -> whether it did."""
+    if os.path.isdir(os.path.join(out, REPLACED)) and not own_results(out):
+        restore_aside(out)
+        return True
+    return False
 
 
 def set_aside(out):

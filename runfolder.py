@@ -129,6 +129,9 @@ def claim_out(config, defaults):
     msg = checkpoint.stale_message(lock)
     if msg:
         train_cli.warn(msg)
+    if not c["overwrite"] and checkpoint.recover_aside(out):
+        train_cli.warn(f"{out}/{checkpoint.REPLACED}/ held the run an interrupted --overwrite had set aside; "
+                       f"it is back in {out}")
     return out, lock
 
 

@@ -219,10 +219,12 @@ def test_an_overwrite_after_a_finished_one_drops_the_stale_replaced(tmp_path):
 
 @pytest.mark.parametrize("files, holds", [
     ((), False), (("config.json",), False), (("metrics.jsonl:",), False),
-    (("checkpoint.pt",), True), (("final.json",), True), (("metrics.jsonl:{}",), True)])
+    (("checkpoint.pt",), True), (("final.json",), True), (("metrics.jsonl:{}",), True),
+    ((checkpoint.REPLACED + "/final.json:{}",), True)])
 def test_a_folder_holds_a_run_when_it_has_results(tmp_path, files, holds):
     for f in files:
         name, _, text = f.partition(":")
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text(text)
     assert checkpoint.holds_run(str(tmp_path)) == holds
 

@@ -70,6 +70,30 @@ def test_failed_overwrite_restores_the_old_run_and_a_finished_one_replaces_it(tm
     assert rc == 0 and len(rows(out)) == 2 and not os.path.exists(os.path.join(out, checkpoint.REPLACED))
 
 
+@pytest.mark.parametrize("then", [[], ["--auto-resume"], ["--resume"]])
+def test_a_run_set_aside_by_a_killed_overwrite_is_never_lost(tmp_path, capsys, finished, then):
+    """--overwrite killed between moving the old run into DIR/replaced/ and its own first
+    checkpoint: DIR holds only replaced/. A later run without --overwrite puts the old run back
+    (a plain run is then refused as "already holds a run", a resume finds it finished); it never
+    trains over it and deletes replaced/ (that lost a finished run)."""
+    out = copy_run(finished, str(tmp_path / "run"))
+    before = listing(out)
+    checkpoint.set_aside(out)                            # the state the kill leaves
+    rc, _, err = run_in(capsys, *QUICK, "--out", out, *then)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 2 and "Traceback" not in err, err   # the warning, then why it stops
+    assert lines[0].endswith(f"it is back in {out}") and listing(out) == before
+
+
+def test_a_default_name_run_skips_a_folder_holding_only_a_set_aside_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = os.path.join("runs", "x")
+    os.makedirs(os.path.join(base, checkpoint.REPLACED))
+    out, lock = checkpoint.claim_run_dir(base, fresh=True)
+    checkpoint.unlock_run(lock)
+    assert out == base + "-2"
+
+
 # ----------------------------------------------------------------------------- Checkpoint integrity
 
 @pytest.mark.parametrize("damage", ["zero-4k", "random"])
