@@ -267,6 +267,8 @@ def make_folder(folder):
         os.makedirs(folder)
         return top
     except FileExistsError:
+        if os.path.isdir(folder):   # another run made it between the check and makedirs: not ours
+            return None
         raise LockError(f"--out {folder} exists and is not a folder") from None
     except NotADirectoryError:
         raise LockError(f"--out {folder}: a part of the path is a file, not a folder") from None

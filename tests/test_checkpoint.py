@@ -504,3 +504,43 @@ def test_a_failed_atomic_write_names_the_target_not_the_temp_file(tmp_path):
     with pytest.raises(OSError) as e:
         checkpoint.write_json(str(target), {"rate": 0.4})
     assert e.value.filename == str(target) and not list(tmp_path.glob("*.tmp*"))
+
+
+def _claim_at_barrier(base, barrier, results):
+    """One of several processes started together: claim a default-name folder, report it."""
+    barrier.wait()
+    try:
+        out, _lock = checkpoint.claim_run_dir(base, fresh=True)
+        results.put(out)
+        barrier.wait()          # hold the lock until every process has claimed
+    except Exception as e:      # noqa: BLE001 (reported to the test)
+        results.put(f"error: {e}")
+        barrier.abort()
+
+
+def test_simultaneous_default_name_runs_each_take_their_own_folder(tmp_path):
+    """Runs started at the same instant under one default name (fork + barrier, real processes)
+    each take base, base-2, ...: creating the folder races, and losing the race is "taken,
+    try the next name", never "exists and is not a folder"."""
+    import multiprocessing as mproc
+    ctx = mproc.get_context("fork")
+    n, base = 8, str(tmp_path / "runs" / "x")
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_claim_at_barrier, args=(base, barrier, results)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=60) for _ in range(n)]
+    for p in procs:
+        p.join(timeout=60)
+    assert not [g for g in got if g.startswith("error")], got
+    assert sorted(got) == sorted([base] + [f"{base}-{k}" for k in range(2, n + 1)])
+
+
+def test_make_folder_treats_a_folder_made_by_another_run_meanwhile_as_existing(tmp_path, monkeypatch):
+    folder = str(tmp_path / "a")
+
+    def racing_makedirs(path, *a, **k):   # another process wins the race between isdir and makedirs
+        os.mkdir(path)
+        raise FileExistsError(errno.EEXIST, "File exists", path)
+    monkeypatch.setattr(checkpoint.os, "makedirs", racing_makedirs)
+    assert checkpoint.make_folder(folder) is None and os.path.isdir(folder)
