@@ -29,10 +29,16 @@ Read top to bottom: flags (train_cli.build_parser) -> data (load_data) -> model 
 init_state) -> the loop (train -> train_epoch -> train_step -> net(x): the head's DCM step, layers.py).
 The harness (run folder, lock, checkpoints, stop signals, exit codes) is runfolder.Session and train_cli.
 """
+import os
+import signal
+import sys
+
+if __name__ == "__main__":   # Ctrl-C while torch imports (seconds): one line and 130, not a traceback
+    signal.signal(signal.SIGINT, lambda *_: (os.write(2, b"train.py: interrupted while starting; nothing was written\n"),
+                                             os._exit(130)))
 
 import argparse
 import math
-import sys
 import time
 
 import torch
@@ -47,6 +53,9 @@ import realworld
 import runfolder
 import train_cli
 from train_cli import NonFiniteLoss, UserError, build_parser  # noqa: F401  (build_parser: the flags, python train.py --help)
+
+if __name__ == "__main__":   # imported: Ctrl-C is a KeyboardInterrupt again (train_cli.ExitCode says it)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # ----------------------------------------------------------------------------- Data

@@ -178,6 +178,7 @@ def parse(argv):
 
 # ----------------------------------------------------------------------------- Flag checks
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)   # optimizer hyper-parameters meet float32 tensors
 THREADS_MAX = 1024   # torch.set_num_threads(100000) crashes the process (segfault) before any message
 
 
@@ -193,13 +194,14 @@ def check_args(args):
         (0.0 < args.keep <= 1.0, f"--keep must be in (0, 1], got {args.keep}"),
         (args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}"),
         (args.batch_size >= 2, f"--batch-size must be >= 2 (batch statistics), got {args.batch_size}"),
-        (args.lr > 0, f"--lr must be > 0, got {args.lr}"),
+        (0 < args.lr <= FLOAT32_MAX, f"--lr must be > 0 and a float32 number (<= {FLOAT32_MAX:.3g}), got {args.lr}"),
         (args.dcm_interval >= 1, f"--dcm-interval must be >= 1, got {args.dcm_interval}"),
         (args.dcm_warmup >= 0, f"--dcm-warmup must be >= 0, got {args.dcm_warmup}"),
         (args.limit_train >= 0, f"--limit-train must be >= 0, got {args.limit_train}"),
         (args.limit_test >= 0, f"--limit-test must be >= 0, got {args.limit_test}"),
         (0.0 <= args.val_frac < 1.0, f"--val-frac must be in [0, 1), got {args.val_frac}"),
-        (args.weight_decay is None or args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}"),
+        (args.weight_decay is None or 0 <= args.weight_decay <= FLOAT32_MAX,
+         f"--weight-decay must be >= 0 and a float32 number (<= {FLOAT32_MAX:.3g}), got {args.weight_decay}"),
         (args.grad_clip >= 0, f"--grad-clip must be >= 0, got {args.grad_clip}"),
         (args.train_eval_every >= 0, f"--train-eval-every must be >= 0 (0 = never), got {args.train_eval_every}"),
         (not args.save_masks or args.head not in HEADS or args.head in nets.DCM_HEADS, f"--save-masks needs a DCM head (--head dfc or dkan), got --head {args.head}"),
@@ -303,9 +305,15 @@ def pick_device(name, dd=None):
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name} asked for CUDA, but this torch ({torch.__version__}) sees no GPU; use --device cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device {name!r} is not a device; expected auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):   # mps, xla, meta, ...: torch knows them, train.py runs on CPU and CUDA
+        raise UserError(f"--device {name}: train.py runs on cpu or cuda; expected auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s); use cuda:0 .. "
+                        f"cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def explicit_flags(parser, argv):

@@ -32,6 +32,7 @@ BAD = [   # argv, the flag the one line must name
     (["--noise-rate", "1.0"], "--noise-rate"), (["--noise-rate", "-0.1"], "--noise-rate"),
     (["--keep", "0"], "--keep"), (["--keep", "1.01"], "--keep"), (["--epochs", "0"], "--epochs"),
     (["--batch-size", "1"], "--batch-size"), (["--lr", "0"], "--lr"), (["--dcm-interval", "0"], "--dcm-interval"),
+    (["--lr", "1e39"], "--lr"), (["--lr", "nan"], "--lr"), (["--weight-decay", "1e39"], "--weight-decay"),
     (["--dcm-warmup", "-1"], "--dcm-warmup"), (["--limit-train", "-1"], "--limit-train"),
     (["--limit-test", "-1"], "--limit-test"), (["--val-frac", "1"], "--val-frac"),
     (["--weight-decay=-1e-4"], "--weight-decay"), (["--grad-clip", "-1"], "--grad-clip"),
@@ -181,6 +182,9 @@ def test_pick_device(monkeypatch, n, name, dd, want):
 
 @pytest.mark.parametrize("n, name, dd, needle", [
     (0, "cuda", ONE, "sees no GPU"), (0, "cuda:0", ONE, "sees no GPU"), (2, "tpu", ONE, "not a device"),
+    *[(0, kind, ONE, "runs on cpu or cuda") for kind in ("mps", "xla", "ipu", "vulkan", "hip", "hpu", "privateuseone",
+                                                          "xpu", "mtia", "meta", "lazy")],
+    (2, "cuda:2", ONE, "has 2 GPU(s)"),
     (2, "cuda:1", distributed.Dist(1, 2, 1), "cuda:LOCAL_RANK"), (2, "auto", distributed.Dist(2, 4, 2), "LOCAL_RANK 2 has no GPU"),
 ])
 def test_pick_device_refuses_in_one_line(monkeypatch, n, name, dd, needle):
