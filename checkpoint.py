@@ -88,10 +88,11 @@ def sha256_file(path):
 # ----------------------------------------------------------------------------- Checkpoints
 
 def read_sums(path):
-    """The hex digests listed in the sidecar of checkpoint `path`; None when it has none."""
+    """The hex digests listed in the sidecar of checkpoint `path`; None when it has none (no
+    sidecar, or an empty one: a disk that filled up while writing it), as for a missing sidecar."""
     try:
         with open(path + SUM_SUFFIX) as f:
-            return [line.split()[0] for line in f if line.strip()]
+            return [line.split()[0] for line in f if line.strip()] or None
     except FileNotFoundError:
         return None
 

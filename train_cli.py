@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
@@ -391,12 +392,15 @@ def agreed(dd):
 
 class ExitCode:
     """Around train.train in main: an error becomes one line on stderr and an exit code in .code
-    (exit_code), and the torchrun group is left at the end. Other exceptions pass (a traceback)."""
+    (exit_code), a Python warning (e.g. noise.py's) one "train.py: warning:" line, and the torchrun
+    group is left at the end. Other exceptions pass (a traceback)."""
 
     def __init__(self, dd):
         self.dd, self.code = dd, None
 
     def __enter__(self):
+        self._shown = warnings.showwarning
+        warnings.showwarning = lambda message, *rest, **kw: warn(" ".join(str(message).split()))
         return self
 
     def __exit__(self, kind, e, tb):
@@ -405,6 +409,7 @@ class ExitCode:
                 self.code = exit_code(e, self.dd)
             return e is not None and self.code is not None
         finally:
+            warnings.showwarning = self._shown
             if self.dd.world > 1:
                 distributed.close()
 

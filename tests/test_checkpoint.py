@@ -87,10 +87,14 @@ def test_a_checkpoint_with_code_is_refused_even_with_a_matching_checksum(tmp_pat
     assert not os.path.exists(target)
 
 
-def test_missing_sidecar_loads_unverified(tmp_path):
+@pytest.mark.parametrize("sidecar", [None, "", "\n \n"])
+def test_missing_or_empty_sidecar_loads_unverified(tmp_path, sidecar):
+    """No sidecar, or an empty one (a full disk while writing it): the good payload loads, unverified."""
     path = str(tmp_path / "checkpoint.pt")
     checkpoint.save_checkpoint(path, state(2))
     os.remove(path + checkpoint.SUM_SUFFIX)
+    if sidecar is not None:
+        open(path + checkpoint.SUM_SUFFIX, "w").write(sidecar)
     loaded, verified = checkpoint.load_checkpoint(path)
     assert not verified
     assert_state_equal(loaded, state(2))

@@ -445,3 +445,12 @@ def test_amp_on_cpu_warns_that_it_does_nothing(capsys):
     assert "--amp has no effect on cpu" in one_line(capsys.readouterr().err)
     train_cli.check_flags(*parse(["--device", "cpu"]), ONE)
     assert capsys.readouterr().err == ""
+
+
+def test_a_python_warning_during_a_run_is_one_train_py_warning_line(tmp_path, capsys):
+    """noise.py warns (warnings.warn) about a majority-flipping rate: train.py shows it in its own
+    one-line format, not Python's two-line "file:line: UserWarning" block."""
+    rc, _, err = run_in(capsys, "--noise-rate", "0.99", "--epochs", "1", "--out", str(tmp_path / "run"))
+    lines = [line for line in err.splitlines() if "minority" in line]
+    assert rc == 0 and len(lines) == 1 and lines[0].startswith("train.py: warning: symmetric noise with rate=0.99")
+    assert "UserWarning" not in err
