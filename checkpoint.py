@@ -315,8 +315,12 @@ def lock_run(folder):
         os.close(fd)
     previous = os.pread(fd, 200, 0).decode(errors="replace").strip()
     stale = previous if previous and not _is_self(previous) else None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+    except OSError as e:   # a full disk: give the folder back as it was, name the file
+        unlock_run(Lock(folder, fd, made, stale))
+        raise LockError(f"cannot write {path}: {one_line(e)}") from None
     _remove_temp_files(folder)
     return Lock(folder, fd, made, stale)
 

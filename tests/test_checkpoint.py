@@ -548,3 +548,17 @@ def test_make_folder_treats_a_folder_made_by_another_run_meanwhile_as_existing(t
         raise FileExistsError(errno.EEXIST, "File exists", path)
     monkeypatch.setattr(checkpoint.os, "makedirs", racing_makedirs)
     assert checkpoint.make_folder(folder) is None and os.path.isdir(folder)
+
+
+def test_a_full_disk_when_writing_the_lock_names_it_and_leaves_nothing(tmp_path, monkeypatch):
+    """No space for the lock file's pid line: one LockError naming DIR/.lock, and the lock file
+    and the folders lock_run created are gone (they were left behind, with an unnamed error)."""
+    folder = tmp_path / "a" / "b" / "run"
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(checkpoint.os, "pwrite", full)
+    with pytest.raises(checkpoint.LockError) as e:
+        checkpoint.lock_run(str(folder))
+    assert str(e.value) == f"cannot write {folder / checkpoint.LOCK_NAME}: No space left on device"
+    assert list(tmp_path.iterdir()) == []
