@@ -287,6 +287,15 @@ def extended_history(config, ck):
 
 # ----------------------------------------------------------------------------- The run's harness
 
+def metrics_match(out, history):
+    """Whether out/metrics.jsonl parses and holds exactly the rows `history` (a checkpoint's)."""
+    try:
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            return [json.loads(line) for line in f if line.strip()] == history
+    except (OSError, ValueError):
+        return False
+
+
 class Session:
     """train.train's harness, a context manager on every rank: SIGINT/SIGTERM caught (stop after
     the current step, resumable), the run folder claimed and locked by rank 0 (open), the run's
@@ -334,6 +343,9 @@ class Session:
         c, out = self.config, self.out
         st.stop, self.state = self.stop, st
         if self.resumed is not None and self.resumed["epoch"] >= c["epochs"] and checkpoint.finished(out):  # --auto-resume
+            if self.lead and not metrics_match(out, self.resumed["history"]):   # damaged since: the checkpoint has them
+                checkpoint.write_jsonl(os.path.join(out, "metrics.jsonl"), self.resumed["history"])
+                train_cli.warn(f"{out}/metrics.jsonl did not match the run's checkpoint; rewritten from it")
             self.say(f"{out} already finished its {c['epochs']} epochs (--auto-resume): nothing to do")
             return False
         self.log = RunLog.start(c, self.resumed)

@@ -94,6 +94,20 @@ def test_auto_resume_starts_resumes_finishes_and_refuses_another_config(tmp_path
     assert rc == 2 and "--keep 0.1" in one_line(err) and listing(out) == before
 
 
+def test_auto_resume_of_a_finished_run_rewrites_a_damaged_metrics_file_from_its_checkpoint(tmp_path, capsys):
+    """A finished run whose metrics.jsonl was cut (a disk that filled, a bad copy): --auto-resume
+    says nothing is left to train, and puts the file back from the checkpoint with one warning."""
+    out = str(tmp_path / "run")
+    cmd = QUICK + ["--epochs", "2", "--out", out, "--auto-resume"]
+    assert run_in(capsys, *cmd)[0] == 0
+    path = os.path.join(out, "metrics.jsonl")
+    good = open(path).read()
+    open(path, "w").write(good[:len(good) // 2 + 7])            # ends inside a row
+    rc, stdout, err = run_in(capsys, *cmd)
+    assert rc == 0 and "nothing to do" in stdout and "rewritten" in one_line(err)
+    assert open(path).read() == good
+
+
 def test_existing_run_is_never_overwritten(tmp_path, capsys, finished):
     out = copy_run(finished, str(tmp_path / "run"))
     before = listing(out)
