@@ -364,6 +364,8 @@ def check_data_sizes(args, d, dd):
                         if args.val_frac > 0 else f"{args.dataset} has {n} training sample(s); at least 2 are needed")
     if args.batch_size > n:
         warn(f"--batch-size {args.batch_size} exceeds the {n} training samples; each epoch is one batch of {n}")
+    if len(torch.unique(d.y_noisy)) < 2:   # nothing to learn, and noise rates are meaningless
+        warn(f"every training label is class {int(d.y_noisy[0])}: the data (or --noisy-labels-file) holds one class")
     B = min(args.batch_size, n)
     if dd.world > 1 and (B % dd.world or B // dd.world < 2):
         raise UserError(f"--batch-size {B} is the global batch and must split into {dd.world} equal "

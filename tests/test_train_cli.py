@@ -454,3 +454,10 @@ def test_a_python_warning_during_a_run_is_one_train_py_warning_line(tmp_path, ca
     lines = [line for line in err.splitlines() if "minority" in line]
     assert rc == 0 and len(lines) == 1 and lines[0].startswith("train.py: warning: symmetric noise with rate=0.99")
     assert "UserWarning" not in err
+
+
+def test_training_labels_of_one_class_are_said_in_one_line(digits300, capsys):
+    import dataclasses
+    one_class = dataclasses.replace(digits300, y_noisy=torch.full_like(digits300.y_noisy, 3))
+    train_cli.check_data_sizes(parse([])[0], one_class, ONE)
+    assert "every training label is class 3" in one_line(capsys.readouterr().err)
