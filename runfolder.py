@@ -187,6 +187,13 @@ def resume_record(out, meta, ck):
             cfg = json.load(f)
     except (OSError, ValueError):
         cfg = dict(meta)
+    edited = sorted(k for k, v in ck["config"].items() if k in cfg and cfg[k] != v and k not in CKPT_IGNORED)
+    if edited:   # the checkpoint's flags are the run's: say so, and record them
+        was = ", ".join(f"--{k.replace('_', '-')} {cfg[k]} (the run's: {ck['config'][k]})" for k in edited[:3])
+        train_cli.warn(f"{out}/config.json differs from the run's checkpoint in {was}"
+                       f"{' and more' if len(edited) > 3 else ''}; edited by hand? The checkpoint's flags are used "
+                       f"and written back")
+        cfg.update({k: ck["config"][k] for k in edited})
     entry = dict(at_epoch=ck["epoch"], device_used=meta["device_used"], world_size=meta["world_size"])
     cfg["resumed"] = cfg.get("resumed", []) + [entry]
     if meta["extend"]:

@@ -108,6 +108,19 @@ def test_auto_resume_of_a_finished_run_rewrites_a_damaged_metrics_file_from_its_
     assert open(path).read() == good
 
 
+def test_a_hand_edited_config_json_is_said_on_resume_and_written_back(tmp_path, capsys):
+    """config.json is the record, the checkpoint the truth: a flag edited in config.json does not
+    change the resumed run; one warning says so and the record gets the run's value back."""
+    out = str(tmp_path / "run")
+    assert run_in(capsys, *QUICK, "--epochs", "2", "--stop-after", "1", "--out", out)[0] == 0
+    path = os.path.join(out, "config.json")
+    cfg = json.load(open(path))
+    json.dump(dict(cfg, lr=0.5), open(path, "w"))
+    rc, _, err = run_in(capsys, "--out", out, "--resume")
+    assert rc == 0 and "config.json differs from the run's checkpoint in --lr 0.5 (the run's: 0.05)" in one_line(err)
+    assert json.load(open(path))["lr"] == 0.05 and rows(out)[-1]["lr"] < 0.05
+
+
 def test_existing_run_is_never_overwritten(tmp_path, capsys, finished):
     out = copy_run(finished, str(tmp_path / "run"))
     before = listing(out)
