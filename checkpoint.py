@@ -166,8 +166,9 @@ def load_checkpoint(path, device="cpu"):
 # ----------------------------------------------------------------------------- Replacing a run (--overwrite)
 
 REPLACED = "replaced"   # --overwrite: DIR/replaced/ holds the old run until the new one finishes
+NONFINITE = "nonfinite.json"   # a run stopped on a non-finite loss: its --resume may change --lr / --grad-clip
 RUN_FILES = ("config.json", "noise_report.json", "metrics.jsonl", "final.json", "checkpoint.pt",
-             "checkpoint.pt" + SUM_SUFFIX, "masks")
+             "checkpoint.pt" + SUM_SUFFIX, "masks", NONFINITE)
 
 
 def finished(folder):

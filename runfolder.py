@@ -27,6 +27,7 @@ import diagnostics
 import distributed
 import train_cli
 
+RETUNE = {"lr", "grad_clip"}   # what --resume may change after a non-finite loss (resume_record records it)
 CKPT_IGNORED = {"epochs", "resume", "auto_resume", "extend", "out", "stop_after", "device", "compile", "overwrite",
                 "threads", "decode_workers", "train_eval_every"}
 
@@ -149,6 +150,8 @@ def resolve_resume(config, typed, out, device):
     ck = load_checkpoint(path, device)
     saved = ck["config"]
     keys = (set(saved) & set(config)) - CKPT_IGNORED
+    retune = RETUNE & typed if os.path.exists(os.path.join(out, checkpoint.NONFINITE)) and not auto else set()
+    keys -= retune   # after a non-finite loss: the typed --lr / --grad-clip replace the saved ones
     compare = keys if auto else keys & typed
     clash = sorted(k for k in compare if saved.get(k) != config[k])
     if auto and saved["epochs"] != config["epochs"]:
@@ -195,6 +198,11 @@ def resume_record(out, meta, ck):
                        f"and written back")
         cfg.update({k: ck["config"][k] for k in edited})
     entry = dict(at_epoch=ck["epoch"], device_used=meta["device_used"], world_size=meta["world_size"])
+    retuned = {k: (ck["config"][k], meta[k]) for k in sorted(RETUNE) if k in meta and meta[k] != ck["config"].get(k, meta[k])}
+    if retuned:   # resumed after a non-finite loss with another --lr / --grad-clip
+        cfg["retuned"] = cfg.get("retuned", []) + [dict(at_epoch=ck["epoch"], **{k: {"before": b, "after": a}
+                                                                                   for k, (b, a) in retuned.items()})]
+        cfg.update({k: a for k, (b, a) in retuned.items()})
     cfg["resumed"] = cfg.get("resumed", []) + [entry]
     if meta["extend"]:
         cfg["extended"] = cfg.get("extended", []) + [dict(at_epoch=ck["epoch"], epochs_before=ck["config"]["epochs"],
@@ -214,6 +222,8 @@ def initial_files(out, ck, meta, d, st, log):
     checkpoint.write_jsonl(os.path.join(out, "metrics.jsonl"), log.history)
     if ck is None:
         checkpoint.save_checkpoint(os.path.join(out, "checkpoint.pt"), checkpoint_state(st, 0, log))
+    elif os.path.exists(os.path.join(out, checkpoint.NONFINITE)):   # used: this resume is the retry
+        os.remove(os.path.join(out, checkpoint.NONFINITE))
 
 
 def open_run(config, typed, defaults, device, dd):
@@ -385,6 +395,12 @@ class Session:
             self.say(f"stopped after epoch {epoch} (--stop-after); continue with --out {out} --resume")
             return 0
         return None
+
+    def nonfinite(self, epoch):
+        """The run stopped on a non-finite loss after `epoch` (its checkpoint's): rank 0 marks the folder
+        (checkpoint.NONFINITE), so a --resume may lower --lr or clip (resolve_resume, resume_record)."""
+        if self.lead:
+            checkpoint.write_json(os.path.join(self.out, checkpoint.NONFINITE), {"after_epoch": epoch})
 
     def stopped(self, epoch):
         """A stop signal after `epoch` (the checkpoint's): its one line; -> 130 (SIGINT) or 143 (SIGTERM)."""

@@ -149,6 +149,9 @@ def train(args, argv, dist=distributed.Dist()):
                 train_loss, changes, n_seen = train_epoch(args, state, d, epoch, total, loss_fn, delta)
             except (KeyboardInterrupt, train_cli.Stopped):
                 return run.stopped(epoch - 1)
+            except NonFiniteLoss:
+                run.nonfinite(epoch - 1)   # its --resume may then lower --lr or clip
+                raise
             speed = n_seen / max(time.time() - t0, 1e-9)
             for net in state.nets:
                 distributed.average_bn_stats(net, dist)  # before eval, the probe and the checkpoint: one set of BN stats
@@ -190,7 +193,8 @@ def train_epoch(args, state, d, epoch, total_steps, loss_fn, delta):
         loss_val, ch = train_step(args, state, xb, d.y_noisy[idx], d.ids[idx], loss_fn, delta, epoch)
         if not math.isfinite(loss_val):
             raise NonFiniteLoss(f"non-finite training loss ({loss_val}) at epoch {epoch}, step {state.step}; "
-                                f"lower --lr or use --grad-clip; the last good checkpoint is kept")
+                                f"the last good checkpoint is kept: continue it with --resume and a lower --lr "
+                                f"(or --grad-clip), recorded in config.json")
         tot_loss, n_seen = tot_loss + loss_val * len(idx), n_seen + len(idx)
         changes += ch
         state.step += 1

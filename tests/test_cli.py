@@ -95,6 +95,27 @@ def test_a_default_name_run_skips_a_folder_holding_only_a_set_aside_run(tmp_path
     assert out == base + "-2"
 
 
+def test_after_a_non_finite_loss_resume_may_lower_the_lr_and_records_it(tmp_path, capsys):
+    """The non-finite line says how to go on; that --resume --lr X is accepted (only after a
+    non-finite stop), continues from the last good checkpoint and is recorded in config.json."""
+    out = str(tmp_path / "run")
+    rc, _, err = run_in(capsys, *QUICK, "--epochs", "3", "--out", out, "--lr", "1e30", "--grad-clip", "0")
+    assert rc == 3 and "continue it with --resume and a lower --lr" in one_line(err)
+    rc, _, err = run_in(capsys, "--out", out, "--resume", "--lr", "0.05", "--grad-clip", "5")
+    assert rc == 0, err
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert cfg["lr"] == 0.05 and cfg["retuned"] == [{"at_epoch": 0, "grad_clip": {"before": 0.0, "after": 5.0},
+                                                     "lr": {"before": 1e30, "after": 0.05}}]
+    assert len(rows(out)) == 3 and not os.path.exists(os.path.join(out, checkpoint.NONFINITE))
+
+
+def test_without_a_non_finite_stop_resume_still_refuses_another_lr(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert run_in(capsys, *QUICK, "--epochs", "3", "--stop-after", "1", "--out", out)[0] == 0
+    rc, _, err = run_in(capsys, "--out", out, "--resume", "--lr", "0.01")
+    assert rc == 2 and "--lr 0.05" in one_line(err)
+
+
 # ----------------------------------------------------------------------------- Checkpoint integrity
 
 @pytest.mark.parametrize("damage", ["zero-4k", "random"])
