@@ -33,9 +33,10 @@ import os
 import signal
 import sys
 
-if __name__ == "__main__":   # Ctrl-C while torch imports (seconds): one line and 130, not a traceback
-    signal.signal(signal.SIGINT, lambda *_: (os.write(2, b"train.py: interrupted while starting; nothing was written\n"),
-                                             os._exit(130)))
+if __name__ == "__main__":   # Ctrl-C / SIGTERM while torch imports (seconds): one line and 130 / 143
+    for _sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_sig, lambda n, _: (os.write(2, b"train.py: interrupted while starting; nothing was written\n"),
+                                          os._exit(128 + n)))
 
 import argparse
 import math
@@ -56,6 +57,7 @@ from train_cli import NonFiniteLoss, UserError, build_parser  # noqa: F401  (bui
 
 if __name__ == "__main__":   # imported: Ctrl-C is a KeyboardInterrupt again (train_cli.ExitCode says it)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 # ----------------------------------------------------------------------------- Data
@@ -262,4 +264,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    for _sig in (signal.SIGINT, signal.SIGTERM):   # the run is over: a late signal cannot change its files or code
+        signal.signal(_sig, signal.SIG_IGN)
+    sys.exit(code)
