@@ -464,6 +464,7 @@ def _load_digits(folder):
     except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile) as e:
         raise DataError(f"digits: {path} is unreadable ({_one_line(e)}); {_HOW_TO_GET['digits']}") from None
     if (images.ndim != 3 or images.shape[1:] != (8, 8) or labels.shape != images.shape[:1]
+            or not np.isfinite(images).all() or images.min(initial=0) < 0     # NaN passed the max check
             or images.max(initial=0) > 16 or labels.max(initial=0) > 9):
         raise DataError(f"digits: {path} does not hold images (N, 8, 8) in 0..16 and labels (N,) "
                         f"in 0..9; {_HOW_TO_GET['digits']}")

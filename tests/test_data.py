@@ -166,6 +166,16 @@ def test_digits_corrupt_file_raises_dataerror(tmp_path):
     raises_one_line(lambda: load_dataset("digits", tmp_path), "digits.npz")
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -1.0, 17.0])
+def test_digits_pixels_outside_0_16_or_not_finite_are_refused_in_one_line(tmp_path, bad):
+    """A NaN pixel passed the range check (NaN > 16 is false) and became 0 silently."""
+    with np.load(os.path.join(ROOT, "embedded", "digits.npz")) as z:
+        images, labels = z["images"].astype(np.float64), z["labels"]
+    images[5, 3, 3] = bad
+    np.savez(tmp_path / "digits.npz", images=images, labels=labels)
+    raises_one_line(lambda: load_dataset("digits", tmp_path), "does not hold images")
+
+
 # ---------------------------------------------------------------- IDX (MNIST, Fashion-MNIST)
 
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
