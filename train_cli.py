@@ -477,6 +477,13 @@ class OneLineErrors(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"train.py: error: {message} (python train.py --help lists the flags)\n")
 
+    def parse_args(self, args=None, namespace=None):
+        ns = super().parse_args(args, namespace)
+        for a in self._actions:   # `--kan-grid=--` gives a list, not a type error (argparse's "--" handling)
+            if a.type in (int, float) and isinstance(getattr(ns, a.dest, None), list):
+                self.error(f"argument {a.option_strings[0]}: expected a number, got {getattr(ns, a.dest)!r}")
+        return ns
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """--help with each flag's default, except None: such flags say in their help what unset means."""

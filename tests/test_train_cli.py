@@ -430,7 +430,8 @@ def test_agreed_makes_a_rank_whose_peer_failed_raise_peer_failed(monkeypatch):
 @pytest.mark.parametrize("argv, says", [(["--keep", "abc"], "argument --keep: invalid float value: 'abc'"),
                                         (["--dcm-stats", "pooled"], "argument --dcm-stats: invalid choice: 'pooled'"),
                                         (["--kep", "0.2"], "unrecognized arguments: --kep 0.2"),
-                                        (["--dcm", "5"], "ambiguous option: --dcm could match")])
+                                        (["--dcm", "5"], "ambiguous option: --dcm could match"),
+                                        (["--kan-grid=--"], "argument --kan-grid: expected a number")])
 def test_argparse_errors_are_one_line_with_exit_2(capsys, argv, says):
     """argparse's own errors read like train.py's: one line, exit 2, no usage block."""
     rc, out, err = run_in(capsys, *argv)
