@@ -250,7 +250,8 @@ DCM_HEADS = ("dfc", "dkan")            # the heads DCM masks
 def make_head(name, d, num_classes, kan_grid=5, kan_order=3, **dcm):
     """The classifier head (d -> num_classes) of --head `name`: fc nn.Linear, dfc layers.DCMLinear,
     kan layers.KANLinear (layer norm first, as DKAN), dkan layers.DKANLinear. dcm: the DCM
-    heads' keyword arguments (keep, scope, interval, warmup, stats, eval_mask)."""
+    heads' keyword arguments (keep, scope, interval, warmup, stats, eval_mask); the plain heads
+    have none (train_cli warns about typed --dcm-* flags there)."""
     if name == "fc":
         return nn.Linear(d, num_classes)   # PyTorch's default init, as DCMLinear's
     if name == "dfc":

@@ -87,7 +87,7 @@ def build_net(args, in_shape, num_classes, pretrained=None):
     dcm = dict(keep=args.keep, scope=args.dcm_scope, interval=args.dcm_interval, warmup=args.dcm_warmup,
                stats=args.dcm_stats, eval_mask=args.dcm_eval)
     return nets.Net(backbone, nets.make_head(args.head, backbone.feature_dim, num_classes, args.kan_grid,
-                                             args.kan_order, **(dcm if args.head in nets.DCM_HEADS else {})))
+                                             args.kan_order, **dcm))
 
 
 def make_optimizer(args, net):
@@ -108,9 +108,10 @@ def init_state(args, d, device, resumed, dist=distributed.Dist()):
     networks = [build_net(args, d.in_shape, d.C, pretrained).to(device) for _ in range(n_nets)]
     opts = [make_optimizer(args, net) for net in networks]
     for net, opt in zip(networks, opts):
-        for m in layers.dcm_modules(net):
+        heads = layers.dcm_modules(net)
+        for m in heads:
             m.all_reduce = lambda mm: distributed.all_sum(mm, dist)   # global-batch moments; a lost peer is one line
-        if args.head in nets.DCM_HEADS:
+        if heads:
             layers.attach(net, opt, freeze=args.dcm_freeze)
         if args.compile:
             net.compile_backbone()

@@ -237,14 +237,15 @@ def check_args(args):
 
 # Flags that do nothing in some configurations: (flag dest, applies?(args), why not).
 DCM_ONLY = "only DCM heads (dfc, dkan) are masked"
+
+
+def _dcm_head(args):
+    return args.head in nets.DCM_HEADS
+
+
 NO_EFFECT = (
-    ("keep", lambda args: args.head in nets.DCM_HEADS, DCM_ONLY),
-    ("dcm_scope", lambda args: args.head in nets.DCM_HEADS, DCM_ONLY),
-    ("dcm_interval", lambda args: args.head in nets.DCM_HEADS, DCM_ONLY),
-    ("dcm_warmup", lambda args: args.head in nets.DCM_HEADS, DCM_ONLY),
-    ("dcm_stats", lambda args: args.head in nets.DCM_HEADS, DCM_ONLY),
-    ("dcm_eval", lambda args: args.head in nets.DCM_HEADS, DCM_ONLY),
-    ("dcm_freeze", lambda args: args.head in nets.DCM_HEADS, DCM_ONLY),
+    *((key, _dcm_head, DCM_ONLY) for key in ("keep", "dcm_scope", "dcm_interval", "dcm_warmup", "dcm_stats",
+                                              "dcm_eval", "dcm_freeze")),
     ("kan_grid", lambda args: args.head in ("kan", "dkan"), "only KAN heads (kan, dkan) have a grid"),
     ("kan_order", lambda args: args.head in ("kan", "dkan"), "only KAN heads (kan, dkan) have a spline order"),
     ("forget_rate", lambda args: args.method == "coteaching", "it is co-teaching's tau (--method coteaching)"),
