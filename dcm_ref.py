@@ -68,6 +68,68 @@ def edge_scores_literal(v: Tensor, w: Tensor) -> Tensor:
     return edge_activations(v, w).std(dim=0, correction=0)
 
 
+# ----------------------------------------------------------------------------- other scores (ablations)
+# Eq. 2 multiplies two factors, |w_jk| and std_b v_k. The mechanism ablations (docs/design.md §2,
+# "Scores other than Eq. 2") keep DCM's selection, schedule and k, and change only the score:
+# "magnitude" = |w| alone, "feature" = std_b v alone, "random" = neither (a uniformly random
+# k-subset per class, redrawn at every mask update). SCORES names them; "std" is Eq. 2.
+
+SCORES = ("std", "random", "magnitude", "feature")
+
+
+def magnitude_scores(w: Tensor) -> Tensor:
+    """S[j, k] = |w[j, k]|: dynamic magnitude pruning of the head (no batch statistics).
+    w: (C, d) -> S: (C, d) in w.dtype."""
+    _check_2d("w", w, "(C, d)")
+    return w.detach().abs()
+
+
+def feature_scores(std_v: Tensor, num_classes: int) -> Tensor:
+    """S[j, k] = std_b v[b, k] for every class j: the same inputs kept for every class.
+    std_v: (d,) (e.g. std_from_moments(m)) -> S: (num_classes, d), rows identical."""
+    if not isinstance(std_v, torch.Tensor) or std_v.dim() != 1:
+        raise ValueError(f"std_v: expected a tensor of shape (d,), got {getattr(std_v, 'shape', type(std_v).__name__)}")
+    return std_v.unsqueeze(0).expand(num_classes, -1).contiguous()
+
+
+_M32, _GOLDEN = 0xFFFFFFFF, 0x9E3779B9   # 2^32 − 1; an odd offset, so index 0 is not hash(0) = 0
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """An invertible 32-bit integer hash of int64 x with values in [0, 2^32) (three xor-shift-
+    multiply rounds; products stay below 2^59, so int64 arithmetic is exact on every device)."""
+    for _ in range(2):
+        x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
+    return (x >> 16) ^ x
+
+
+def random_scores(shape, seed: int, draw, device=None) -> Tensor:
+    """Scores whose top-k per row is a uniformly random k-subset: the "random" mask.
+
+    shape: (C, d); seed: the run's seed (an int); draw: which mask update this is (an int, or a
+    0-dim integer tensor such as a module's update count) -> S: (C, d) float64, integers below
+    2^32 (exact in float64). A pure function of (seed, draw, index): the same on every rank,
+    device and resume, independent of the data, new at every draw. Counter-based (a hash of the
+    index), not a torch.Generator, so no generator state to checkpoint and no graph break
+    under torch.compile. The hash is a bijection of 32-bit integers, so scores never tie while
+    C·d ≤ 2^32.
+    """
+    ok = isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 2 and \
+        all(isinstance(n, numbers.Integral) and n >= 0 for n in shape)
+    if not ok:
+        raise ValueError(f"shape: expected (C, d), two integers >= 0, got {shape!r}")
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise ValueError(f"seed: expected an integer, got {seed!r}")
+    if isinstance(draw, torch.Tensor):
+        device = draw.device if device is None else device
+        draw = draw.to(device=device, dtype=torch.int64)
+    else:
+        draw = torch.tensor(int(draw), dtype=torch.int64, device=device)
+    key = _mix32((_mix32((draw + _GOLDEN) & _M32) + int(seed)) & _M32)        # 0-dim
+    idx = torch.arange(shape[0] * shape[1], dtype=torch.int64, device=device).view(tuple(shape))
+    return _mix32(_mix32((idx + _GOLDEN) & _M32) ^ key).to(torch.float64)
+
+
 # ----------------------------------------------------------------------------- selection and the masked head
 
 def kept_count(keep: float, n: int) -> int:
@@ -507,6 +569,11 @@ def _check_keep(keep: float) -> None:
     if not ok:
         hint = " (a Python number: use float(t) for a tensor)" if isinstance(keep, torch.Tensor) else ""
         raise ValueError(f"keep: expected a number in (0, 1], got {keep!r}{hint}")
+
+
+def _check_score(score: str) -> None:
+    if score not in SCORES:
+        raise ValueError(f"score: expected one of {SCORES}, got {score!r}")
 
 
 def _check_scope(scope: str) -> None:

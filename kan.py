@@ -264,6 +264,22 @@ def kan_scores_from_moments(m, params):
     return _scores_from_covariance(s2 / n - mean.unsqueeze(-1) * mean.unsqueeze(-2), params)
 
 
+def kan_magnitude_scores(params):
+    """The "magnitude" ablation score of a KAN edge: ‖c_jk‖₂, the norm of its coefficients
+    (base weight and spline weights), no batch statistics.  -> (d_out, d_in), params' dtype."""
+    return kan_coefficients(params).detach().norm(dim=-1)
+
+
+def kan_feature_scores(m, d_out):
+    """The "feature" ablation score: sqrt(tr Cov_k), the total std of input k's basis vector Φ,
+    the same for every class.  m: kan_moments -> (d_out, d_in) float64 (rows identical)."""
+    n, s1, s2 = m
+    n = n.clamp(min=1.0)
+    mean = s1 / n                                                          # (d_in, F)
+    var = (s2.diagonal(dim1=-2, dim2=-1) / n - mean * mean).sum(dim=-1)    # tr Cov_k: (d_in,)
+    return var.clamp(min=0).sqrt().unsqueeze(0).expand(d_out, -1).contiguous()
+
+
 # ----------------------------------------------------------------------------
 # DKAN head: non-affine layer norm, then KAN with the DCM mask on coefficients
 # ----------------------------------------------------------------------------

@@ -75,7 +75,12 @@ class DCMModule(nn.Module):
     _F64 = ("dcm_change", "pooled_n", "pooled_s1", "pooled_s2")
     _MASKED: Tuple[str, ...] = ()
 
-    def _init_schedule(self, shape, stat_shapes, keep, scope, interval, warmup, stats, eval_mask, device):
+    def _init_schedule(self, shape, stat_shapes, keep, scope, interval, warmup, stats, eval_mask, device,
+                       score="std", seed=0):
+        dcm_ref._check_score(score)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"seed: expected an integer (the random score's seed), got {seed!r}")
+        self.score, self.seed = score, seed
         dcm_ref._check_keep(keep)
         dcm_ref._check_scope(scope)
         dcm_ref._check_schedule(interval, warmup, stats)
@@ -133,7 +138,7 @@ class DCMModule(nn.Module):
         if self._phase == "warmup" or (self._phase == "hold" and self.stats == "batch"):
             return self.mask
         m = self.all_reduce(self._moments(feats))
-        mask, pool, change = dcm_ref.mask_step(self._phase, self.mask, m, self._pool(), self._scores,
+        mask, pool, change = dcm_ref.mask_step(self._phase, self.mask, m, self._pool(), self._score,
                                                self.keep, self.scope, self.stats)
         if self.stats == "interval":
             for buf, t in zip((self.pooled_n, self.pooled_s1, self.pooled_s2), pool or (None,) * 3):
@@ -143,6 +148,14 @@ class DCMModule(nn.Module):
             self.dcm_change.copy_(change.view(1))
             self._phase = "hold"      # this step's mask is chosen
         return mask
+
+    def _score(self, m: dcm_ref.Moments) -> Tensor:
+        """The edge scores this module selects by (score=): Eq. 2 or an ablation (dcm_ref.SCORES).
+        m: pooled moments -> (C, d). "random" draws from (seed, the dcm_updates buffer): a new
+        subset at every update, the same on every rank and after a resume, no host read."""
+        if self.score == "random":
+            return dcm_ref.random_scores(tuple(self.mask.shape), self.seed, self.dcm_updates)
+        return self._scores(m)
 
     def _pool(self) -> Optional[dcm_ref.Moments]:
         """The stats="interval" pool as dcm_ref's moments (n 0-dim; zeros = empty), else None."""
@@ -202,8 +215,9 @@ class DCMModule(nn.Module):
         return out
 
     def extra_repr(self) -> str:
+        score = "" if self.score == "std" else f", score={self.score!r}" + (f", seed={self.seed}" if self.score == "random" else "")
         return (f"keep={self.keep}, scope={self.scope!r}, interval={self.interval}, warmup={self.warmup}, "
-                f"stats={self.stats!r}, eval_mask={self.eval_mask!r}")
+                f"stats={self.stats!r}, eval_mask={self.eval_mask!r}" + score)
 
 
 class DCMLinear(DCMModule):
@@ -212,20 +226,21 @@ class DCMLinear(DCMModule):
     x: (*, in_features) -> (*, out_features); weight (C, d), bias (C,) as nn.Linear (same init,
     same names; an nn.Linear state dict lacks the DCM buffers: load it with strict=False, or
     into the nn.Linear before convert()). Scores: Eq. 2 from the batch moments
-    (dcm_ref.scores_from_moments); mask: dcm_ref.topk_mask(keep, scope). Masked edges get
+    (dcm_ref.scores_from_moments), or an ablation's (score="random" with its seed, "magnitude",
+    "feature": dcm_ref.SCORES); mask: dcm_ref.topk_mask(keep, scope). Masked edges get
     exactly zero gradient.
     """
     _MASKED = ("weight",)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, keep: float = 0.1,
                  scope: str = "row", interval: int = 1, warmup: int = 0, stats: str = "batch",
-                 eval_mask: str = "full", device=None, dtype=None):
+                 eval_mask: str = "full", score: str = "std", seed: int = 0, device=None, dtype=None):
         super().__init__()
         lin = nn.Linear(in_features, out_features, bias, device=device, dtype=dtype)   # PyTorch's init
         self.in_features, self.out_features = in_features, out_features
         self.weight, self.bias = lin.weight, lin.bias
         self._init_schedule((out_features, in_features), ((in_features,), (in_features,)),
-                            keep, scope, interval, warmup, stats, eval_mask, device)
+                            keep, scope, interval, warmup, stats, eval_mask, device, score, seed)
 
     def _features(self, x: Tensor) -> Tensor:
         return x
@@ -234,6 +249,10 @@ class DCMLinear(DCMModule):
         return dcm_ref.moments(v)
 
     def _scores(self, m: dcm_ref.Moments) -> Tensor:
+        if self.score == "magnitude":
+            return dcm_ref.magnitude_scores(self.weight)
+        if self.score == "feature":
+            return dcm_ref.feature_scores(dcm_ref.std_from_moments(m), self.out_features)
         return dcm_ref.scores_from_moments(m, self.weight)
 
     def _logits(self, v: Tensor, mask: Optional[Tensor]) -> Tensor:
@@ -294,18 +313,19 @@ class DKANLinear(DCMModule):
     """The DKAN head: non-affine layer norm, KAN, DCM mask on the edge coefficients.
 
     x: (*, in_features) -> (*, out_features). Scores S[j,k] = sqrt(c_jkᵀ Cov_k c_jk) from the
-    feature moments (n, ΣΦ, ΣΦΦᵀ) (kan.kan_scores_from_moments); schedule arguments as DCMLinear.
+    feature moments (n, ΣΦ, ΣΦΦᵀ) (kan.kan_scores_from_moments); the ablations' scores
+    (score=, seed=) and the schedule arguments as DCMLinear.
     """
     _MASKED = ("base_weight", "spline_weight")
 
     def __init__(self, in_features, out_features, grid_size=5, order=3, grid_range=(-1.0, 1.0),
                  keep=0.1, scope="row", interval=1, warmup=0, stats="batch", eval_mask="full",
-                 device=None, dtype=None):
+                 score="std", seed=0, device=None, dtype=None):
         super().__init__()
         _kan_parameters(self, in_features, out_features, grid_size, order, grid_range, device, dtype)
         f = 1 + grid_size + order
         self._init_schedule((out_features, in_features), ((in_features, f), (in_features, f, f)),
-                            keep, scope, interval, warmup, stats, eval_mask, device)
+                            keep, scope, interval, warmup, stats, eval_mask, device, score, seed)
 
     params = KANLinear.params
 
@@ -316,6 +336,10 @@ class DKANLinear(DCMModule):
         return kan.kan_moments(phi)
 
     def _scores(self, m):
+        if self.score == "magnitude":
+            return kan.kan_magnitude_scores(self.params())
+        if self.score == "feature":
+            return kan.kan_feature_scores(m, self.out_features)
         return kan.kan_scores_from_moments(m, self.params())
 
     def _logits(self, phi, mask):
@@ -372,7 +396,7 @@ def convert(model: nn.Module, name: str = "fc", **dcm) -> DCMLinear:
 
     name: dotted path, e.g. "fc" (torchvision ResNet), "head" or "head.fc" (timm), "classifier.1";
     an integer indexes an nn.Sequential, "-1" its last layer. dcm: DCMLinear's keyword
-    arguments (keep, scope, interval, warmup, stats, eval_mask). The weight and bias Parameter
+    arguments (keep, scope, interval, warmup, stats, eval_mask, score, seed). The weight and bias Parameter
     objects are reused, so an optimizer built before convert() still trains them; the global
     random state is left as it was. Mutates `model` in place; returns the new module.
     """

@@ -250,7 +250,7 @@ DCM_HEADS = ("dfc", "dkan")            # the heads DCM masks
 def make_head(name, d, num_classes, kan_grid=5, kan_order=3, **dcm):
     """The classifier head (d -> num_classes) of --head `name`: fc nn.Linear, dfc layers.DCMLinear,
     kan layers.KANLinear (layer norm first, as DKAN), dkan layers.DKANLinear. dcm: the DCM
-    heads' keyword arguments (keep, scope, interval, warmup, stats, eval_mask); the plain heads
+    heads' keyword arguments (keep, scope, interval, warmup, stats, eval_mask, score, seed); the plain heads
     have none (train_cli warns about typed --dcm-* flags there)."""
     if name == "fc":
         return nn.Linear(d, num_classes)   # PyTorch's default init, as DCMLinear's
@@ -265,11 +265,15 @@ def make_head(name, d, num_classes, kan_grid=5, kan_order=3, **dcm):
 
 class Net(nn.Module):
     """Backbone + head: x (B, ...) -> logits (B, C) in float32. compile_backbone() makes the
-    forward use a torch.compile'd backbone (not a submodule: the state dict is unchanged)."""
+    forward use a torch.compile'd backbone (not a submodule: the state dict is unchanged).
+    head_dropout p: standard dropout on the head's input in training (--head-dropout, the
+    regulariser the paper contrasts DCM with, Fig. 1); a DCM head then scores the dropped features."""
 
-    def __init__(self, backbone, head):
+    def __init__(self, backbone, head, head_dropout=0.0):
         super().__init__()
-        self.backbone, self.head = backbone, head
+        if not 0.0 <= head_dropout < 1.0:
+            raise ValueError(f"head_dropout: expected a probability in [0, 1), got {head_dropout!r}")
+        self.backbone, self.head, self.head_dropout = backbone, head, head_dropout
         object.__setattr__(self, "compiled", None)
 
     def compile_backbone(self):
@@ -278,4 +282,6 @@ class Net(nn.Module):
 
     def forward(self, x):
         v = (self.compiled if self.compiled is not None else self.backbone)(x)
+        if self.head_dropout and self.training:   # p = 0 draws no random number: runs without it are unchanged
+            v = F.dropout(v, self.head_dropout, training=True)
         return self.head(v).float()

@@ -85,9 +85,9 @@ def build_net(args, in_shape, num_classes, pretrained=None):
         except ValueError as e:
             raise UserError(str(e)) from None
     dcm = dict(keep=args.keep, scope=args.dcm_scope, interval=args.dcm_interval, warmup=args.dcm_warmup,
-               stats=args.dcm_stats, eval_mask=args.dcm_eval)
+               stats=args.dcm_stats, eval_mask=args.dcm_eval, score=args.dcm_score, seed=args.seed)
     return nets.Net(backbone, nets.make_head(args.head, backbone.feature_dim, num_classes, args.kan_grid,
-                                             args.kan_order, **dcm))
+                                             args.kan_order, **dcm), args.head_dropout)
 
 
 def make_optimizer(args, net):

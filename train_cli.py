@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 
 import checkpoint
+import dcm_ref
 import data
 import diagnostics
 import distributed
@@ -98,6 +99,10 @@ def build_parser():
     g.add_argument("--dcm-stats", default="batch", choices=("batch", "interval"), help="score edges on the current batch (Eq. 2) or on moments pooled since the last update")
     g.add_argument("--dcm-eval", default="full", choices=("full", "masked"), help="evaluate with the full head (paper default) or with the last mask")
     g.add_argument("--dcm-freeze", action="store_true", help="masked head weights stay exactly unchanged by a step (no weight decay/momentum drift)")
+    g.add_argument("--dcm-score", default="std", choices=dcm_ref.SCORES,
+                   help="what ranks the edges: std = Eq. 2 (|W|·std_b v); ablations (docs/design.md §2): random (a random "
+                        "k-subset per class, redrawn at each update, seeded by --seed), magnitude (|W|), feature (std_b v, same inputs for every class)")
+    g.add_argument("--head-dropout", type=float, default=0.0, help="dropout probability on the head's input in training, any head (0 = off)")
     g = p.add_argument_group("loss and method (docs/design.md §4)")
     g.add_argument("--loss", default="ce", help=f"one of {', '.join(sorted(losses.LOSSES))}")
     g.add_argument("--loss-arg", action="append", default=[], metavar="KEY=VALUE", help="override a loss hyper-parameter, e.g. --loss-arg q=0.5 (repeatable)")
@@ -193,6 +198,7 @@ def check_args(args):
         (args.loss in losses.LOSSES, f"--loss {args.loss!r} is unknown; expected one of {', '.join(sorted(losses.LOSSES))}"),
         (0.0 <= args.noise_rate < 1.0, f"--noise-rate must be in [0, 1), got {args.noise_rate}"),
         (0.0 < args.keep <= 1.0, f"--keep must be in (0, 1], got {args.keep}"),
+        (0.0 <= args.head_dropout < 1.0, f"--head-dropout must be in [0, 1), got {args.head_dropout}"),
         (args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}"),
         (args.batch_size >= 2, f"--batch-size must be >= 2 (batch statistics), got {args.batch_size}"),
         (0 < args.lr <= FLOAT32_MAX, f"--lr must be > 0 and a float32 number (<= {FLOAT32_MAX:.3g}), got {args.lr}"),
@@ -245,7 +251,7 @@ def _dcm_head(args):
 
 NO_EFFECT = (
     *((key, _dcm_head, DCM_ONLY) for key in ("keep", "dcm_scope", "dcm_interval", "dcm_warmup", "dcm_stats",
-                                              "dcm_eval", "dcm_freeze")),
+                                              "dcm_eval", "dcm_freeze", "dcm_score")),
     ("kan_grid", lambda args: args.head in ("kan", "dkan"), "only KAN heads (kan, dkan) have a grid"),
     ("kan_order", lambda args: args.head in ("kan", "dkan"), "only KAN heads (kan, dkan) have a spline order"),
     ("forget_rate", lambda args: args.method == "coteaching", "it is co-teaching's tau (--method coteaching)"),

@@ -110,6 +110,34 @@ ROUND2 = {
     "CNN backbone (cnn8, sym 0.6)": (BOTH, {"noise": "symmetric", "noise_rate": 0.6, "backbone": "cnn8", **CNN_BUDGET}, {
         head: {"head": head} for head in ("fc", "dfc", "kan", "dkan")}),
 }
+# The mechanism ablations (is it the score or the sparsity? docs/design.md §2, "Scores other than
+# Eq. 2"): every head at DCM's k, schedule and full-head evaluation; only the score, or dropout
+# instead of a mask, changes. Rows with neither flag are the round-two runs (same argv, same key).
+MECHANISM_SETTINGS = (("ce", 0.8), ("ce", 0.6), ("anl_ce", 0.8))   # (loss, symmetric noise rate)
+MECHANISM_LENGTHS = (15, 40)
+MECHANISM_ROWS = {
+    "FC": {"head": "fc"},
+    "FC + head dropout 0.5": {"head": "fc", "head_dropout": 0.5},
+    "DFC std (Eq. 2)": {"head": "dfc"},
+    "DFC random": {"head": "dfc", "dcm_score": "random"},
+    "DFC magnitude": {"head": "dfc", "dcm_score": "magnitude"},
+    "DFC feature": {"head": "dfc", "dcm_score": "feature"},
+    "DFC std, interval 50": {"head": "dfc", "dcm_interval": 50},
+    "DFC random, interval 50": {"head": "dfc", "dcm_score": "random", "dcm_interval": 50},
+    "KAN": {"head": "kan"},
+    "DKAN std (Eq. 2)": {"head": "dkan"},
+    "DKAN random": {"head": "dkan", "dcm_score": "random"},
+}
+
+
+def mechanism_settings(common):
+    """((loss, rate, epochs, row label), flags without seed) of --grid mechanism, in table order."""
+    for (loss, rate), ep in itertools.product(MECHANISM_SETTINGS, MECHANISM_LENGTHS):
+        for label, flags in MECHANISM_ROWS.items():
+            yield (loss, rate, ep, label), {**common, "noise": "symmetric", "noise_rate": rate, "loss": loss,
+                                            "epochs": ep, **flags}
+
+
 BACKBONE_COST = {"mlp": 1.0, "cnn8": 180.0}   # CPU seconds per sample relative to mlp (cnn8 at CNN_BUDGET, 1 thread)
 
 
@@ -163,8 +191,10 @@ def train_argv(cfg):
 def run_key(cfg, argv):
     """Readable folder name, e.g. dfc-ce-sym0.6-s0-1a2b3c4d; the hash covers every flag."""
     method = "" if cfg.get("method", "standard") == "standard" else f"-{cfg['method']}"
+    score = f"-{cfg['dcm_score']}" if cfg.get("dcm_score", "std") != "std" else ""
+    method += f"-hdrop{cfg['head_dropout']:g}" if cfg.get("head_dropout") else ""
     digest = pack.argv_digest(argv)
-    return (f"{cfg['head']}-{cfg['loss']}{method}-{NOISE_LABEL.get(cfg['noise'], cfg['noise'])}"
+    return (f"{cfg['head']}{score}-{cfg['loss']}{method}-{NOISE_LABEL.get(cfg['noise'], cfg['noise'])}"
             f"{cfg['noise_rate']:g}-s{cfg['seed']}-{digest}")
 
 
@@ -399,7 +429,8 @@ def default_pack_dir(runs_dir):
 def pack_file(pack_dir, grid):
     """The pack a grid's finished runs are appended to: round2-runs.jsonl for the round-two
     grids, accuracy-runs.jsonl for main, ablations and all."""
-    return os.path.join(pack_dir, pack.PACKS["round2" if grid in ROUND2_GRIDS else "accuracy"])
+    family = "round2" if grid in ROUND2_GRIDS else "mechanism" if grid == "mechanism" else "accuracy"
+    return os.path.join(pack_dir, pack.PACKS[family])
 
 
 def pack_run(run, runs_dir, pack_path):
@@ -453,11 +484,16 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+GRIDS = ("main", "ablations", "all", *ROUND2_GRIDS, "mechanism")   # the --grid names
+
+
 def grid_settings(common, which):
     """The (label, flags) settings of --grid main|ablations|all (main first), or of one
     round-two grid: length (training length, FC/DFC), kan-length, sparse (keep x interval),
-    cnn (cnn8 backbone, for a GPU), or round2 (all four)."""
+    cnn (cnn8 backbone, for a GPU), or round2 (all four); or of mechanism (the score ablations)."""
     if which in ROUND2_GRIDS:
         return list(round2_settings(common, ROUND2_GRIDS[which]))
+    if which == "mechanism":
+        return list(mechanism_settings(common))
     out = list(main_settings(common, MAIN)) if which in ("main", "all") else []
     return out + (list(ablation_settings(common, ABLATIONS)) if which in ("ablations", "all") else [])

@@ -138,7 +138,7 @@ def non_negative_int(text):
 
 def add_accuracy_parser(sub):
     a = sub.add_parser("accuracy", help="test accuracy of FC/KAN vs DFC/DKAN heads under label noise")
-    a.add_argument("--grid", choices=("main", "ablations", "all", *acc.ROUND2_GRIDS),
+    a.add_argument("--grid", choices=acc.GRIDS,
                    help="which tables' runs; required to launch runs (hours of CPU), default all with --dry-run/--table-only")
     a.add_argument("--runs-dir", default=os.path.join("results", "runs"),
                    help="scratch: train.py's folder per run, named by its key, while it runs (default results/runs, git-ignored)")

@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 
-PACKS = {"accuracy": "accuracy-runs.jsonl", "round2": "round2-runs.jsonl"}   # family -> file name
+PACKS = {"accuracy": "accuracy-runs.jsonl", "round2": "round2-runs.jsonl", "mechanism": "mechanism-runs.jsonl"}   # family -> file name
 FIELDS = {"key": str, "argv": list, "packed": str, "final": dict, "config": dict,
           "noise_report": (dict, type(None)), "metrics": list}
 
