@@ -112,7 +112,10 @@ ROUND2 = {
 }
 # The mechanism ablations (is it the score or the sparsity? docs/design.md §2, "Scores other than
 # Eq. 2"): every head at DCM's k, schedule and full-head evaluation; only the score, or dropout
-# instead of a mask, changes. Rows with neither flag are the round-two runs (same argv, same key).
+# instead of a mask, changes. --dcm-score is spelled out in every run, so no cell reuses an older
+# grid's run: those ran on older code (the main grid's 15-epoch runs of 2026-11-27 do not
+# reproduce bit for bit today), and a table must compare runs of one code version.
+MECHANISM_COMMON = {"dcm_score": "std"}
 MECHANISM_SETTINGS = (("ce", 0.8), ("ce", 0.6), ("anl_ce", 0.8))   # (loss, symmetric noise rate)
 MECHANISM_LENGTHS = (15, 40)
 MECHANISM_ROWS = {
@@ -134,8 +137,8 @@ def mechanism_settings(common):
     """((loss, rate, epochs, row label), flags without seed) of --grid mechanism, in table order."""
     for (loss, rate), ep in itertools.product(MECHANISM_SETTINGS, MECHANISM_LENGTHS):
         for label, flags in MECHANISM_ROWS.items():
-            yield (loss, rate, ep, label), {**common, "noise": "symmetric", "noise_rate": rate, "loss": loss,
-                                            "epochs": ep, **flags}
+            yield (loss, rate, ep, label), {**common, **MECHANISM_COMMON, "noise": "symmetric", "noise_rate": rate,
+                                            "loss": loss, "epochs": ep, **flags}
 
 
 BACKBONE_COST = {"mlp": 1.0, "cnn8": 180.0}   # CPU seconds per sample relative to mlp (cnn8 at CNN_BUDGET, 1 thread)

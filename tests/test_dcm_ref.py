@@ -779,3 +779,65 @@ BAD_CALLS = {   # what is wrong: (the argument the message must name first, the 
 @pytest.mark.parametrize("name", sorted(BAD_CALLS))
 def test_bad_input_raises_a_one_line_value_error_naming_the_argument(name):
     check_one_line_value_error(*BAD_CALLS[name])
+
+
+# ----------------------------------------------------------------------------- other scores (ablations)
+
+@settings(max_examples=40)
+@given(C=st.integers(1, 9), d=st.integers(1, 40), keep=KEEPS, seed=st.integers(0, 2**31 - 1), draw=st.integers(0, 10**6),
+       scope=st.sampled_from(D.SCOPES))
+def test_every_ablation_score_keeps_exactly_k_edges(C, d, keep, seed, draw, scope):
+    g = torch.Generator().manual_seed(seed % 1000)
+    w, v = torch.randn(C, d, generator=g), torch.randn(5, d, generator=g)
+    k = D.kept_count(keep, d if scope == "row" else C * d)
+    for S in (D.random_scores((C, d), seed, draw), D.magnitude_scores(w),
+              D.feature_scores(D.std_from_moments(D.moments(v)), C)):
+        assert S.shape == (C, d)
+        M = D.topk_mask(S, keep, scope)
+        assert torch.equal(M, D.topk_mask_literal(S, keep, scope))
+        counts = M.sum(dim=1) if scope == "row" else M.sum().reshape(1)
+        assert (counts == k).all()
+
+
+@given(C=st.integers(1, 30), d=st.integers(1, 300), seed=st.integers(-2**40, 2**40), draw=st.integers(0, 2**40))
+def test_random_scores_are_a_function_of_seed_and_draw_only_and_never_tie(C, d, seed, draw):
+    S = D.random_scores((C, d), seed, draw)
+    assert S.dtype == torch.float64 and S.unique().numel() == C * d        # a bijective hash: no ties
+    assert ((S >= 0) & (S < 2**32) & (S == S.round())).all()
+    assert torch.equal(S, D.random_scores((C, d), seed, torch.tensor(draw)))   # a tensor draw (a module's counter)
+    if d >= 20:   # distinct draws and seeds give other orders (a fixed order would be one subset forever)
+        for other in (D.random_scores((C, d), seed, draw + 1), D.random_scores((C, d), seed + 1, draw)):
+            assert not torch.equal(S.argsort(dim=1), other.argsort(dim=1))
+
+
+def test_random_masks_keep_every_edge_equally_often():
+    """Over 2000 draws each of the 1000 edges is kept 200 times in expectation (Binomial, sd 13.4):
+    every count lies within 5 sd, and the rows' kept sets are not all alike."""
+    counts = torch.zeros(20, 50)
+    for t in range(2000):
+        counts += D.topk_mask(D.random_scores((20, 50), 3, t), 0.1)
+    assert counts.sum() == 2000 * 20 * 5
+    assert ((counts - 200).abs() < 5 * 13.4).all()
+    first = D.topk_mask(D.random_scores((20, 50), 3, 0), 0.1)
+    assert len({tuple(r.tolist()) for r in first}) > 1                # classes draw their own subsets
+
+
+@given(head_case(min_batch=2))
+def test_magnitude_and_feature_scores_are_the_two_factors_of_eq2(case):
+    v, w = case
+    std = D.std_from_moments(D.moments(v))
+    F_ = D.feature_scores(std, w.shape[0])
+    assert torch.equal(D.magnitude_scores(w), w.abs())
+    assert F_.shape == w.shape and all(torch.equal(row, std) for row in F_)   # one row per class, all alike
+    assert torch.allclose(D.scores_from_moments(D.moments(v), w).double(), (D.magnitude_scores(w).double() * F_),
+                          rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("argument, call", [
+    ("shape", lambda: D.random_scores((3,), 0, 0)),
+    ("seed", lambda: D.random_scores((3, 4), 1.5, 0)),
+    ("std_v", lambda: D.feature_scores(torch.ones(2, 3), 2)),
+    ("score", lambda: D._check_score("rand")),
+])
+def test_ablation_score_arguments_are_one_line_errors(argument, call):
+    check_one_line_value_error(argument, call)

@@ -523,3 +523,18 @@ def test_piece_tables_are_made_once_per_dtype_and_device(monkeypatch):
     monkeypatch.setattr(kan, "_piece_tensor", lambda *a: made.append(a))
     kan.dkan_forward(p, v).sum().backward()
     assert made == []
+
+
+@given(shapes, st.integers(0, 2**31 - 1))
+def test_ablation_scores_are_the_coefficient_norm_and_the_total_basis_std(shape, seed):
+    """DKAN's "magnitude" score is ‖c_jk‖₂ (no data); its "feature" score is the std of input k's
+    basis vector Φ (sqrt of the trace of its covariance, two-pass here), the same for every class."""
+    b, d_in, d_out = shape
+    params = _params(d_in, d_out, seed=seed, dtype=torch.float64)
+    phi = kan.kan_features(params, _inputs("normal", b, d_in, seed, torch.float64))     # (b, d_in, F)
+    coef = kan.kan_coefficients(params)
+    assert torch.equal(kan.kan_magnitude_scores(params), coef.norm(dim=-1))
+    total_std = phi.var(dim=0, correction=0).sum(dim=-1).sqrt()                      # (d_in,)
+    feat = kan.kan_feature_scores(kan.kan_moments(phi), d_out)
+    assert feat.shape == (d_out, d_in) and all(torch.equal(row, feat[0]) for row in feat)
+    torch.testing.assert_close(feat[0], total_std, rtol=1e-6, atol=1e-9)

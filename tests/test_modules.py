@@ -346,7 +346,8 @@ def test_a_stepped_module_loading_a_state_continues_from_the_loaded_schedule(mak
 
 
 @pytest.mark.parametrize("make", [lambda: D.DCMLinear(16, 5, keep=0.3), lambda: D.DCMLinear(16, 5, keep=0.3, stats="interval", interval=2),
-                                  lambda: kan.DKANLinear(16, 5, keep=0.3)])
+                                  lambda: kan.DKANLinear(16, 5, keep=0.3), lambda: D.DCMLinear(16, 5, keep=0.3, score="random"),
+                                  lambda: kan.DKANLinear(16, 5, keep=0.3, score="feature")])
 def test_a_dcm_step_reads_no_tensor_value_in_a_single_process(make, monkeypatch):
     """On CUDA every read of a tensor's value (int(), float(), bool(), .item()) is a host sync:
     a single-process training forward + end_step makes none (the counters live on the host)."""
@@ -497,7 +498,8 @@ def test_ddp_two_gloo_ranks_pick_identical_masks_from_the_global_batch():
 # ----------------------------------------------------------------------------- torch.compile
 
 @pytest.mark.parametrize("make", [lambda: D.DCMLinear(8, 3, keep=0.25), lambda: kan.DKANLinear(8, 3, keep=0.25),
-                                  lambda: D.DCMLinear(8, 3, keep=0.25, interval=2, warmup=1, stats="interval")])
+                                  lambda: D.DCMLinear(8, 3, keep=0.25, interval=2, warmup=1, stats="interval"),
+                                  lambda: D.DCMLinear(8, 3, keep=0.25, score="random", seed=3)])
 def test_torch_compile_fullgraph_trains_like_eager(make):
     """torch.compile(fullgraph=True) of a model with a DCM head: training steps (the DCM step
     in the forward, backward, optimizer step with attach's hook) run with no graph break, give
@@ -645,3 +647,82 @@ def test_a_hand_written_drop_in_loop_reproduces_a_train_py_run(tmp_path):
             acc = (model(data.to_float(d.x_test, d.mean, d.std)).argmax(1) == d.y_test).float().mean().item()
         model.train()
         assert acc == rows[epoch - 1]["test_acc"] and model[1].updates == rows[epoch - 1]["mask_updates"]
+
+
+# ----------------------------------------------------------------------------- scores other than Eq. 2
+
+def _definition(m, score, v):
+    """The (C, d) scores `score` defines for module m on batch v, from the pure functions."""
+    if score == "random":
+        return D.random_scores(tuple(m.mask.shape), m.seed, m.updates)
+    if isinstance(m, layers.DKANLinear):
+        mom = kan.kan_moments(kan.dkan_features(m.params(), v))
+        return {"std": lambda: kan.kan_scores_from_moments(mom, m.params()),
+                "magnitude": lambda: kan.kan_magnitude_scores(m.params()),
+                "feature": lambda: kan.kan_feature_scores(mom, m.out_features)}[score]()
+    mom = D.moments(v)
+    return {"std": lambda: D.scores_from_moments(mom, m.weight), "magnitude": lambda: D.magnitude_scores(m.weight),
+            "feature": lambda: D.feature_scores(D.std_from_moments(mom), m.out_features)}[score]()
+
+
+@pytest.mark.parametrize("cls", [D.DCMLinear, kan.DKANLinear])
+@pytest.mark.parametrize("score", D.SCORES)
+def test_each_score_selects_the_top_k_of_its_definition_while_training(cls, score):
+    """Every step's mask is topk_mask of the chosen score's pure definition on that step's batch
+    and weights (same k, same schedule), and the head's output uses it."""
+    torch.manual_seed(1)
+    m = cls(12, 5, keep=0.25, score=score, seed=4)
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    D.attach(m, opt)
+    for _ in range(4):
+        v = torch.randn(16, 12) * torch.rand(12) * 3
+        expected = D.topk_mask(_definition(m, score, v), 0.25)
+        out = _train_step(m, opt, v)
+        assert torch.equal(m.mask, expected) and (m.mask.sum(dim=1) == 3).all()
+        assert m.updates == m.step
+    assert m.step == 4 and (score == "std") == ("score=" not in repr(m))
+
+
+@pytest.mark.parametrize("cls", [D.DCMLinear, kan.DKANLinear])
+def test_random_masks_ignore_the_data_are_redrawn_at_each_update_and_follow_the_seed(cls):
+    """Two heads with the same seed on different data and weights draw the same masks; every
+    update draws a new one (interval 2: held in between); another seed draws others."""
+    torch.manual_seed(0)
+    heads = [cls(40, 6, keep=0.1, score="random", seed=9, interval=2) for _ in range(2)]
+    other = cls(40, 6, keep=0.1, score="random", seed=10, interval=2)
+    masks = []
+    for s in range(6):
+        for i, h in enumerate(heads + [other]):
+            h(torch.randn(8, 40) * (i + 1) + i)
+            h.end_step()
+        assert torch.equal(heads[0].mask, heads[1].mask) and not torch.equal(heads[0].mask, other.mask)
+        masks.append(heads[0].mask.clone())
+    assert [torch.equal(masks[s], masks[s - 1]) for s in range(1, 6)] == [True, False, True, False, True]
+    assert heads[0].updates == 3
+
+
+def test_magnitude_mask_ignores_the_batch_and_feature_rows_are_alike():
+    torch.manual_seed(0)
+    a = D.DCMLinear(30, 4, keep=0.2, score="magnitude")
+    b = copy.deepcopy(a)
+    a(torch.randn(8, 30))
+    b(torch.randn(8, 30) * torch.rand(30) * 10 + 3)
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.mask, D.topk_mask(a.weight.abs(), 0.2))
+    for m in (D.DCMLinear(30, 4, keep=0.2, score="feature"), kan.DKANLinear(30, 4, keep=0.2, score="feature")):
+        m(torch.randn(8, 30) * torch.rand(30) * 5)
+        assert all(torch.equal(row, m.mask[0]) for row in m.mask) and m.mask.sum() == 4 * 6
+
+
+def test_a_resumed_random_head_continues_the_draw_sequence():
+    torch.manual_seed(0)
+    a = D.DCMLinear(20, 3, keep=0.2, score="random", seed=5)
+    xs = [torch.randn(4, 20) for _ in range(6)]
+    for x in xs[:3]:
+        a(x)
+        a.end_step()
+    b = D.DCMLinear(20, 3, keep=0.2, score="random", seed=5)
+    b.load_state_dict(a.state_dict())
+    for x in xs[3:]:
+        a(x), b(x)
+        a.end_step(), b.end_step()
+        assert torch.equal(a.mask, b.mask)

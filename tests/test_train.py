@@ -146,7 +146,9 @@ def _comparable(rows):
 
 @pytest.mark.parametrize("flags", [["--head", "dfc", "--dcm-stats", "interval", "--dcm-interval", "3"],
                                    ["--head", "dkan", "--method", "elr"],
-                                   ["--head", "dfc", "--method", "coteaching", "--dcm-freeze"]])
+                                   ["--head", "dfc", "--method", "coteaching", "--dcm-freeze"],
+                                   ["--head", "dkan", "--dcm-score", "random", "--dcm-interval", "2"],
+                                   ["--head", "dfc", "--dcm-score", "feature", "--head-dropout", "0.3"]])
 def test_resume_ends_exactly_where_an_uninterrupted_run_ends(tmp_path, flags):
     full = run_ok(tmp_path, *flags, "--epochs", "3", name="full")
     part = str(tmp_path / "part")
