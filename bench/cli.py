@@ -13,6 +13,7 @@ import re
 import sys
 
 from bench import accuracy as acc
+from bench import mechanism
 from bench import pack
 from bench import report
 from bench import round2
@@ -75,6 +76,14 @@ def write_tables(args, common, runs, packed):
         if args.out_md:
             report.write_section(args.out_md, section, ROUND2_TITLE)
         return
+    if args.grid == "mechanism":
+        section = mechanism.section(common, packed)
+        print(section, end="")
+        drawn = mechanism.figure(common, packed, os.path.join(args.pack_dir, os.path.basename(mechanism.FIGURE)))
+        print(f"bench: figure {drawn}" if drawn else "bench: no figure (matplotlib missing or no run packed)", file=sys.stderr)
+        if args.out_md:
+            report.write_section(args.out_md, section, mechanism.TITLE)
+        return
     keys = [r.key for r in runs]
     results = {r.key: report.load_result(packed.get(r.key), r.argv) for r in runs}
     section = report.accuracy_section(args, common, acc.MAIN, acc.ABLATIONS, results, keys, packed)
@@ -97,9 +106,9 @@ def warn_unpacked(runs, runs_dir, packed):
 
 def check_outputs(args):
     """One line, before any run, for outputs that could only fail after the grid ran."""
-    if args.grid in acc.ROUND2_GRIDS and args.out_csv:
+    if (args.grid in acc.ROUND2_GRIDS or args.grid == "mechanism") and args.out_csv:
         raise SystemExit(f"bench accuracy: --out-csv is for the main and ablation tables; --grid {args.grid} "
-                         "writes its round-two section with --out-md only")
+                         "writes its section with --out-md only")
     for flag, path in (("--out-md", args.out_md), ("--out-csv", args.out_csv)):
         check_out_path(flag, path)
     for flag, folder in (("--runs-dir", args.runs_dir), ("--pack-dir", args.pack_dir)):

@@ -179,3 +179,30 @@ def test_net_forward_is_the_head_of_the_backbone_in_float32():
     assert z.dtype == torch.float32 and torch.equal(z, net.head(net.backbone(x)))
     assert "compiled" not in dict(net.named_children()) and set(net.state_dict()) == \
         {f"backbone.{k}" for k in net.backbone.state_dict()} | {"head.weight", "head.bias"}
+
+
+class _Recorder(nn.Module):
+    """A head that records its input and returns it (d = C)."""
+    def forward(self, v):
+        self.seen = v
+        return v
+
+
+def test_head_dropout_drops_the_head_input_in_training_only_and_p0_draws_nothing():
+    torch.manual_seed(0)
+    x = torch.rand(64, 1, 8, 8) + 0.5           # positive pixels: the identity backbone's outputs are never 0
+    flat = nn.Flatten()
+    net = nets.Net(flat, _Recorder(), head_dropout=0.5)
+    net(x)
+    dropped = net.head.seen == 0
+    assert 0.4 < dropped.float().mean() < 0.6                                     # ~p of the inputs zeroed
+    assert torch.allclose(net.head.seen[~dropped], 2 * flat(x)[~dropped])        # the rest scaled by 1/(1−p)
+    net.eval()
+    net(x)
+    assert torch.equal(net.head.seen, flat(x))                                    # no dropout at evaluation
+    plain = nets.Net(flat, _Recorder(), head_dropout=0.0)
+    state = torch.random.get_rng_state()
+    plain(x)
+    assert torch.equal(torch.random.get_rng_state(), state) and torch.equal(plain.head.seen, flat(x))
+    with pytest.raises(ValueError, match="head_dropout: expected a probability in"):
+        nets.Net(flat, _Recorder(), head_dropout=1.0)

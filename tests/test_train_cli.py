@@ -83,6 +83,8 @@ def test_check_flags_returns_the_device_and_the_loss_overrides():
     (["--loss", "gce", "--loss-arg", "zeta=1"], "zeta"), (["--loss", "sce", "--loss-arg", "q=0.5"], "expected one of alpha, beta"), (["--loss-arg", "q=0.5"], "'ce' has none"),
     (["--keep", "0", "--loss-arg", "q"], "--keep"),              # the values first
     (["--device", "tpu"], "--device"),
+    (["--head-dropout", "1"], "--head-dropout must be in [0, 1)"),
+    (["--head-dropout", "-0.1"], "--head-dropout must be in [0, 1)"),
 ])
 def test_check_flags_refuses_in_one_line(argv, needle):
     a, typed = parse(argv)
@@ -109,6 +111,7 @@ NO_EFFECT = {   # dest: (the flag typed, a configuration where it does nothing, 
     "dcm_stats": (["--dcm-stats", "interval"], ["--head", "fc"], ["--head", "dkan"]),
     "dcm_eval": (["--dcm-eval", "masked"], ["--head", "fc"], ["--head", "dfc"]),
     "dcm_freeze": (["--dcm-freeze"], ["--head", "kan"], ["--head", "dkan"]),
+    "dcm_score": (["--dcm-score", "random"], ["--head", "fc"], ["--head", "dkan"]),
     "kan_grid": (["--kan-grid", "7"], ["--head", "dfc"], ["--head", "kan"]),
     "kan_order": (["--kan-order", "2"], ["--head", "fc"], ["--head", "dkan"]),
     "forget_rate": (["--forget-rate", "0.2"], ["--method", "elr"], ["--method", "coteaching"]),
