@@ -209,7 +209,7 @@ def verify(path, remote):
     if remote.md5 and (got := file_digest(path, "md5")) != remote.md5:
         if remote.content_sha256 and content_digest(path) == remote.content_sha256:
             return True, "sha256 of the decompressed bytes"   # the same IDX bytes, recompressed (Debian's package)
-        return False, f"md5 {got}, expected {remote.md5}" + (" (its decompressed bytes differ too)" if remote.content_sha256 else "")
+        return False, f"md5 {got}, expected {remote.md5}" + ("; its decompressed bytes differ too" if remote.content_sha256 else "")
     return True, "sha256" if remote.sha256 else "md5"
 
 
@@ -276,9 +276,9 @@ def fetch(remote, dest, mirror=None, log=None):
 
 def _lost_message(remote, part, failures, mirror):
     have = os.path.getsize(part) if os.path.exists(part) else 0
-    resume = f"; rerun with --download to continue from byte {have}" if have else "; check the network and rerun"
-    other = " or another --mirror" if mirror else ", or pass --mirror URL serving it"
-    return f"cannot download {remote.name} from {', '.join(failures)}{resume}{other}"
+    todo = f"rerun with --download to continue from byte {have}" if have else "check the address and the network and rerun"
+    other = "use another --mirror" if mirror else "pass --mirror URL serving it"
+    return f"cannot download {remote.name} from {', '.join(failures)}; {todo}, or {other}"
 
 
 def _transfer(url, part, name, log):

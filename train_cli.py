@@ -67,7 +67,7 @@ def build_parser():
                    f"every file against its published checksum before training ({', '.join(data.DOWNLOADABLE)})")
     g.add_argument("--mirror", default=None, metavar="URL", help="with --download: fetch each file from URL/<file name> "
                    "instead of its official address (same checksums)")
-    g.add_argument("--noisy-labels-file", default=None, help="CIFAR-N label file (CIFAR-10_human.pt / CIFAR-100_human.pt)")
+    g.add_argument("--noisy-labels-file", default=None, help="CIFAR-N label file (default: CIFAR-10_human.pt / CIFAR-100_human.pt next to the CIFAR folder, where --download puts it)")
     g.add_argument("--noisy-labels", default=None, help="CIFAR-N label set: aggre|worst|rand1|rand2|rand3 (10) or noisy100 (100)")
     g.add_argument("--limit-train", type=int, default=0, help="use a seeded class-stratified subset of N training samples (0 = all)")
     g.add_argument("--limit-test", type=int, default=0, help="test on a class-stratified subset of N test samples, the same for every seed (0 = all)")
