@@ -399,7 +399,7 @@ def unlock_run(lock):
 NAME_BASE = ("dataset", "head", "loss", "noise", "noise_rate", "seed")   # runs/<dataset>-<head>-<loss>-<noise><rate>-s<seed>
 # (with --noise none and the default rate, <rate> is left out: cifar10n-dfc-ce-none-s0)
 # Flags that cannot change a run's results (where it goes, how fast, what is printed or saved aside).
-NAME_IGNORED = {"out", "resume", "auto_resume", "extend", "overwrite", "stop_after", "device", "threads",
+NAME_IGNORED = {"out", "resume", "auto_resume", "extend", "overwrite", "stop_after", "device", "threads", "download", "mirror",
                 "decode_workers", "compile", "train_eval_every", "save_masks", "track_grad_error", "list_presets"}
 # Flags whose effect is already in the name: --preset NAME puts the preset's flags into argv
 # (presets.expand), and those that differ from their defaults get their own tokens.

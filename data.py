@@ -12,7 +12,9 @@ time by a thread pool (Pillow, optional) into the same uint8 tensors.
     x = augment_batch(x, torch.Generator().manual_seed(0), pad=1, flip=False)
 
 Every user-facing problem with the files raises DataError (a ValueError) with
-one line naming what is wrong and how to fix it.
+one line naming what is wrong and how to fix it. Where a dataset is looked for
+(`data_folders`) and what --download fetches and verifies (download.py):
+docs/design.md §6.
 """
 import gzip
 import os
@@ -29,6 +31,8 @@ import torch.nn.functional as F
 
 import noise
 import realworld
+from download import SOURCES as DOWNLOAD_SOURCES, DownloadError
+from download import ensure as download_dataset, ensure_file as download_file   # --download (download.py)
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "cifar10n", "cifar100n")
 # Real-world noisy JPEG datasets (realworld.py): web/crowd labels, clean training labels unknown.
@@ -39,11 +43,14 @@ CIFAR_N_DEFAULT = {"cifar10n": "aggre", "cifar100n": "noisy100"}   # human-label
 REAL_NOISE_DATASETS = tuple(CIFAR_N_DEFAULT) + IMAGE_DATASETS
 
 _EMBEDDED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded")
-# Datasets absent here need --data-dir (no download ever happens).
+# Without --data-dir a dataset is read from its default folder, $DCM_DATA/<name> or else
+# data/<name> in the current folder (where --download puts it), then from a system copy here.
+DATA_ENV = "DCM_DATA"
 DEFAULT_DIRS = {
-    "digits": _EMBEDDED,                                    # embedded/digits.npz, committed
+    "digits": _EMBEDDED,                                    # embedded/digits.npz, committed (the only place)
     "fashion-mnist": "/usr/share/datasets/fashion-mnist",   # Debian: dataset-fashion-mnist
 }
+DOWNLOADABLE = ("mnist", "fashion-mnist", "cifar10", "cifar100", "cifar10n", "cifar100n")   # --download
 
 # The digits train/test split is fixed, independent of a run's --seed, so that
 # every run is evaluated on the same 500 test images.
@@ -56,19 +63,23 @@ CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python
 CIFAR_FILES = {"cifar10": ("data_batch_1", "data_batch_2", "data_batch_3",
                            "data_batch_4", "data_batch_5", "test_batch"),
                "cifar100": ("train", "test")}
+# torchvision keeps the IDX files in <root>/MNIST/raw and <root>/FashionMNIST/raw: such a root is read too.
+TORCHVISION_IDX = {"mnist": os.path.join("MNIST", "raw"), "fashion-mnist": os.path.join("FashionMNIST", "raw")}
+CIFAR_N_FILES = {"cifar10n": "CIFAR-10_human.pt", "cifar100n": "CIFAR-100_human.pt"}   # next to the CIFAR folder
 
 _HOW_TO_GET = {
     "digits": "restore embedded/digits.npz from the repository (git checkout -- embedded/digits.npz)",
-    "mnist": "download the four files from https://yann.lecun.com/exdb/mnist/ (or a mirror) "
-             "and pass --data-dir",
+    "mnist": "download the four files from https://ossci-datasets.s3.amazonaws.com/mnist/ (or "
+             "https://yann.lecun.com/exdb/mnist/) and pass --data-dir, or add --download",
     "fashion-mnist": "apt-get install dataset-fashion-mnist, or download the four files from "
-                     "https://github.com/zalandoresearch/fashion-mnist and pass --data-dir",
+                     "https://github.com/zalandoresearch/fashion-mnist and pass --data-dir, or add --download",
     "cifar10": "download and untar https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz "
-               "and pass --data-dir",
+               "and pass --data-dir, or add --download",
     "cifar100": "download and untar https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz "
-                "and pass --data-dir",
+                "and pass --data-dir, or add --download",
 }
-_CIFAR_N_SOURCE = "http://noisylabels.com (files CIFAR-10_human.pt, CIFAR-100_human.pt in github UCSC-REAL/cifar-10-100n)"
+_CIFAR_N_SOURCE = ("http://noisylabels.com (files CIFAR-10_human.pt, CIFAR-100_human.pt in github UCSC-REAL/cifar-10-100n), "
+                   "or add --download")
 
 
 class DataError(ValueError):
@@ -113,15 +124,21 @@ class Dataset(NamedTuple):
 
 # ---------------------------------------------------------------- public API
 
-def load_dataset(name, data_dir=None, noisy_labels_file=None, noisy_labels=None, **image_opts):
-    """Load dataset `name` (one of ALL_DATASETS) from `data_dir` (default DEFAULT_DIRS[name]).
+def load_dataset(name, data_dir=None, noisy_labels_file=None, noisy_labels=None, download=False, mirror=None,
+                 **image_opts):
+    """Load dataset `name` (one of ALL_DATASETS) from `data_dir` (default: data_folders(name)).
 
-    noisy_labels_file / noisy_labels: the CIFAR-N label file and which labels
-    to take (aggre|worst|rand1|rand2|rand3|clean for cifar10n, noisy100|clean
-    for cifar100n; default aggre / noisy100); only for cifar10n and cifar100n.
+    noisy_labels_file / noisy_labels: the CIFAR-N label file (default CIFAR_N_FILES[name]
+    next to the CIFAR folder) and which labels to take (aggre|worst|rand1|rand2|rand3|clean
+    for cifar10n, noisy100|clean for cifar100n; default aggre / noisy100); only for cifar10n
+    and cifar100n. download: fetch what is missing and verify every file first (download.py;
+    DOWNLOADABLE only), from mirror/<file name> when mirror is a base URL.
     image_opts: keyword arguments of realworld.load_image_dataset (IMAGE_DATASETS only).
     Returns a Dataset (shapes in its docstring). Raises DataError.
     """
+    if download and name in IMAGE_DATASETS:
+        raise DataError(f"--download cannot fetch {name}: it needs registration; to get it: {realworld.HOW_TO_GET[name]}")
+    download = download and name != "digits"   # embedded: nothing to fetch
     if name in IMAGE_DATASETS:
         if noisy_labels_file is not None or noisy_labels is not None:
             raise DataError(f"--noisy-labels-file/--noisy-labels apply to cifar10n and cifar100n only, not to {name}")
@@ -138,7 +155,7 @@ def load_dataset(name, data_dir=None, noisy_labels_file=None, noisy_labels=None,
         raise DataError(f"--noisy-labels-file/--noisy-labels apply to cifar10n and cifar100n only, "
                         f"not to {name}")
     base = name[:-1] if is_n else name   # cifar10n reads the cifar10 images; messages name `name`
-    folder = _data_folder(base, data_dir, name)
+    folder = _data_folder(base, data_dir, name, download, mirror)
     if base == "digits":
         x_train, y_train, x_test, y_test = _load_digits(folder)
         extra = {}
@@ -148,7 +165,8 @@ def load_dataset(name, data_dir=None, noisy_labels_file=None, noisy_labels=None,
     else:
         x_train, y_train, x_test, y_test, extra = _load_cifar(base, folder, name)
     if is_n:
-        extra["noisy_train"] = _load_cifar_n(name, noisy_labels_file, noisy_labels, len(y_train))
+        path = _cifar_n_file(name, noisy_labels_file, _cifar_folder(base, folder), download, mirror)
+        extra["noisy_train"] = _load_cifar_n(name, path, noisy_labels, len(y_train))
     x_train, x_test = torch.from_numpy(x_train), torch.from_numpy(x_test)
     mean, std = channel_stats(x_train)
     return Dataset(name, x_train, torch.from_numpy(y_train), x_test, torch.from_numpy(y_test),
@@ -260,6 +278,8 @@ class DataConfig(NamedTuple):
     (their defaults and meaning are in `python train.py --help`)."""
     dataset: str
     data_dir: Optional[str]
+    download: bool             # fetch and verify the dataset's files first (download.py)
+    mirror: Optional[str]      # with download: base URL serving every file under its own name
     noisy_labels_file: Optional[str]
     noisy_labels: Optional[str]
     seed: int
@@ -358,7 +378,8 @@ class TrainData:
 
 def prepare_training_data(cfg, device):
     """Load, subset, corrupt and split per cfg (a DataConfig) -> TrainData, tensors on `device`."""
-    ds = load_dataset(cfg.dataset, cfg.data_dir, cfg.noisy_labels_file, cfg.noisy_labels, **_image_options(cfg))
+    ds = load_dataset(cfg.dataset, cfg.data_dir, cfg.noisy_labels_file, cfg.noisy_labels, cfg.download, cfg.mirror,
+                      **_image_options(cfg))
     x, y = ds.x_train, ds.y_train
     if cfg.limit_train and cfg.limit_train < len(y):
         idx = stratified_subset(y, cfg.limit_train, cfg.seed)
@@ -412,14 +433,42 @@ def redraw_subset(d, epoch):
 
 # ---------------------------------------------------------------- folders
 
-def _data_folder(name, data_dir, asked=None):
-    """The existing, non-empty folder to read `name` from; DataError otherwise, starting
-    with `asked` (the --dataset given, e.g. cifar10n for the cifar10 images; default name)."""
+def default_folder(name):
+    """The folder --download fills for `name` without --data-dir: $DCM_DATA/<name> when that
+    variable is set (a shared cache), else data/<name> in the current folder."""
+    return os.path.join(os.environ.get(DATA_ENV) or "data", name)
+
+
+def data_folders(name):
+    """Where `name` is looked for without --data-dir, in order: its default folder, then the
+    system copy of DEFAULT_DIRS (Debian's Fashion-MNIST); digits: embedded/ only."""
+    if name == "digits":
+        return [DEFAULT_DIRS[name]]
+    return [default_folder(name)] + ([DEFAULT_DIRS[name]] if name in DEFAULT_DIRS else [])
+
+
+def _data_folder(name, data_dir, asked=None, download=False, mirror=None):
+    """The existing, non-empty folder to read `name` from: data_dir, else the first of
+    data_folders(name) that holds its files; with download, the files are fetched and verified
+    there first (download.ensure). DataError otherwise, starting with `asked` (the --dataset
+    given, e.g. cifar10n for the cifar10 images; default name)."""
     asked = asked or name
-    where = data_dir if data_dir is not None else DEFAULT_DIRS.get(name)
+    where = data_dir
     if where is None:
-        raise DataError(f"{asked} needs --data-dir DIR with {_expected(name)}; "
-                        f"to get them: {_HOW_TO_GET[name]}")
+        places = data_folders(name)
+        where = next((p for p in places if _holds(name, p)), None)
+        if where is None and (download or name == "digits"):
+            where = places[0]
+        if where is None:   # a partial default folder: the loader names the file it lacks
+            where = next((p for p in places if os.path.isdir(p) and os.listdir(p)), None)
+        if where is None:
+            raise DataError(f"{asked} needs --data-dir DIR with {_expected(name)} (or them in "
+                            f"{' or '.join(places)}); to get them: {_HOW_TO_GET[name]}")
+    if download:
+        try:
+            download_dataset(name, _download_root(name, where), mirror)
+        except DownloadError as e:
+            raise DataError(f"{asked}: {e}") from None
     if not os.path.isdir(where):
         raise DataError(f"{asked}: data directory {where} does not exist (or is not a folder); expected "
                         f"{_expected(name)} there; to get them: {_HOW_TO_GET[name]}")
@@ -427,6 +476,27 @@ def _data_folder(name, data_dir, asked=None):
         raise DataError(f"{asked}: data directory {where} is empty; expected "
                         f"{_expected(name)} there; to get them: {_HOW_TO_GET[name]}")
     return where
+
+
+def _holds(name, folder):
+    """Whether folder (or the subfolder the loaders also accept) has every file `name` needs."""
+    if name == "digits":
+        return os.path.isfile(os.path.join(folder, "digits.npz"))
+    if name in CIFAR_FOLDERS:
+        inner = _cifar_folder(name, folder)
+        return all(os.path.isfile(os.path.join(inner, f)) for f in CIFAR_FILES[name])
+    inner = _idx_folder(name, folder)
+    return all(os.path.isfile(os.path.join(inner, s + ".gz")) or os.path.isfile(os.path.join(inner, s))
+               for s in IDX_FILES)
+
+
+def _download_root(name, folder):
+    """The folder download.ensure fills (or finds complete): folder, or the parent of a CIFAR
+    folder given itself, or the torchvision subfolder that holds the IDX files."""
+    if name in CIFAR_FOLDERS:
+        itself = os.path.basename(os.path.normpath(folder)) == CIFAR_FOLDERS[name]
+        return os.path.dirname(os.path.abspath(folder)) if itself else folder
+    return _idx_folder(name, folder)
 
 
 def _expected(name):
@@ -497,6 +567,13 @@ def parse_idx(raw, path, ndim):
     return np.frombuffer(raw, np.uint8, offset=head).reshape(dims).copy()
 
 
+def _idx_folder(name, folder):
+    """folder, or its torchvision subfolder (MNIST/raw, FashionMNIST/raw) when only that holds the files."""
+    sub = os.path.join(folder, TORCHVISION_IDX[name])
+    has = lambda f: any(os.path.isfile(os.path.join(f, s + ".gz")) for s in IDX_FILES)
+    return sub if not has(folder) and has(sub) else folder
+
+
 def _read_idx(folder, name, stem, ndim):
     """Read folder/stem.gz (or the uncompressed folder/stem) as an IDX array."""
     path = _find_file(folder, name, [stem + ".gz", stem])
@@ -510,6 +587,7 @@ def _read_idx(folder, name, stem, ndim):
 
 def _load_idx_dataset(name, folder):
     """The four IDX files -> x_train (N, 1, H, W) uint8, y_train (N,) int64, x_test, y_test."""
+    folder = _idx_folder(name, folder)
     xtr, ytr, xte, yte = (_read_idx(folder, name, stem, 3 if "images" in stem else 1)
                           for stem in IDX_FILES)
     for x, y, split in ((xtr, ytr, "train"), (xte, yte, "t10k")):
@@ -600,12 +678,26 @@ def _fine_to_coarse(fine, coarse, folder, asked="cifar100"):
 
 # ---------------------------------------------------------------- CIFAR-N
 
+def _cifar_n_file(name, path, cifar_folder, download, mirror):
+    """The CIFAR-N label file to read: `path` (--noisy-labels-file), else CIFAR_N_FILES[name] next
+    to cifar_folder (the CIFAR images' folder) when it is there or download asks for it; fetched
+    and verified first with download. -> path, or None."""
+    default = os.path.join(os.path.dirname(cifar_folder) or ".", CIFAR_N_FILES[name])
+    if path is None and (download or os.path.isfile(default)):
+        path = default
+    if download:
+        try:
+            download_file(DOWNLOAD_SOURCES[name][0], os.fspath(path), mirror)
+        except DownloadError as e:
+            raise DataError(f"{name}: {e}") from None
+    return path
+
+
 def _load_cifar_n(name, path, which, n_train):
     """Human labels (n_train,) int64 from the CIFAR-N file via noise.load_cifar_n."""
     if path is None:
-        raise DataError(f"{name} needs --noisy-labels-file "
-                        f"({'CIFAR-10_human.pt' if name == 'cifar10n' else 'CIFAR-100_human.pt'}); "
-                        f"get it from {_CIFAR_N_SOURCE}")
+        raise DataError(f"{name} needs --noisy-labels-file ({CIFAR_N_FILES[name]}, or that file next to the "
+                        f"CIFAR folder); get it from {_CIFAR_N_SOURCE}")
     if not os.path.isfile(path):
         raise DataError(f"{name}: --noisy-labels-file {path} does not exist; get it from {_CIFAR_N_SOURCE}")
     which = CIFAR_N_DEFAULT[name] if which is None else which

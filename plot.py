@@ -290,7 +290,8 @@ CONFIG_RECORDS = {"world_size", "device_used", "torch", "numpy", "python", "loss
 # Flags that cannot change a run's results (checkpoint.NAME_IGNORED | runfolder.CKPT_IGNORED,
 # but --epochs, which does: it is a column when it differs; tests/test_plot.py checks the set).
 NO_RESULT_FLAGS = {"out", "resume", "auto_resume", "extend", "overwrite", "stop_after", "device", "threads",
-                   "decode_workers", "compile", "train_eval_every", "save_masks", "track_grad_error", "list_presets"}
+                   "decode_workers", "compile", "train_eval_every", "save_masks", "track_grad_error", "list_presets",
+                   "download", "mirror"}
 NOT_CONFIG = CONFIG_RECORDS | NO_RESULT_FLAGS
 
 

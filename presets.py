@@ -1,7 +1,7 @@
 """Presets: the train.py flags of the paper's protocols, one name each.
 
     python train.py --list-presets                                   # every preset, its flags and source
-    python train.py --preset cifar10-anl_ce --data-dir ~/data --noise-rate 0.8
+    python train.py --preset cifar10-anl_ce --download --noise-rate 0.8   # fetches CIFAR-10 into data/cifar10
     python train.py --preset fmnist-grid --loss gce                  # explicit flags override the preset
 
 A preset's flags are placed BEFORE the command line's, so anything typed explicitly wins
@@ -33,12 +33,12 @@ PRESETS = {   # name -> (flags, source)
     "cifar10n": ("--dataset cifar10n --noise none --noisy-labels worst --backbone preact-resnet18 --head dfc "
                  "--optimizer sgd --lr 0.01 --momentum 0.9 --weight-decay 1e-4 --schedule cosine --epochs 120 "
                  "--batch-size 128 --grad-clip 5 --augment crop-flip",
-                 "CIFAR-10N worst labels (add --noisy-labels-file CIFAR-10_human.pt): [choice] the paper gives no "
+                 "CIFAR-10N worst labels (CIFAR-10_human.pt next to the CIFAR folder, --noisy-labels-file FILE, or --download): [choice] the paper gives no "
                  "CIFAR-N optimiser; README's PreAct-ResNet-18 with the CIFAR-10 optimiser settings above"),
     "cifar100n": ("--dataset cifar100n --noise none --noisy-labels noisy100 --backbone resnet34 --head dfc "
                   "--optimizer sgd --lr 0.1 --momentum 0.9 --weight-decay 1e-5 --schedule cosine --epochs 200 "
                   "--batch-size 128 --grad-clip 5 --augment crop-flip",
-                  "CIFAR-100N (add --noisy-labels-file CIFAR-100_human.pt): [choice] the CIFAR-100 protocol above "
+                  "CIFAR-100N (CIFAR-100_human.pt next to the CIFAR folder, --noisy-labels-file FILE, or --download): [choice] the CIFAR-100 protocol above "
                   "on the human labels"),
     "webvision-mini": ("--dataset webvision-mini --noise none --backbone resnet50 --head dfc --epochs 100 --amp "
                        "--train-eval-every 10",

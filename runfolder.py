@@ -29,7 +29,7 @@ import train_cli
 
 RETUNE = {"lr", "grad_clip"}   # what --resume may change after a non-finite loss (resume_record records it)
 CKPT_IGNORED = {"epochs", "resume", "auto_resume", "extend", "out", "stop_after", "device", "compile", "overwrite",
-                "threads", "decode_workers", "train_eval_every"}
+                "threads", "decode_workers", "train_eval_every", "download", "mirror"}
 
 
 @dataclass

@@ -10,6 +10,7 @@ paths. data.py loads the data and corrupts labels with noise.py; losses come fro
     python train.py --dataset fashion-mnist --head fc --noise symmetric --noise-rate 0.6
     python train.py --dataset cifar10 --data-dir ~/data --backbone cnn8 --head dfc \\
         --loss anl_ce --noise symmetric --noise-rate 0.8 --epochs 120    # docs/design.md §7 protocol
+    python train.py --preset cifar10-ce --download    # fetch CIFAR-10 into data/cifar10 (verified), then train
     python train.py --dataset clothing1m --data-dir ~/clothing1m --noise none --backbone resnet50 \\
         --pretrained resnet50_imagenet.pth --samples-per-epoch 64000 --epochs 10   # docs/realworld.md
     python train.py --out runs/my-run --resume                       # continue a run to its --epochs

@@ -30,6 +30,7 @@ import distributed
 import losses
 import nets
 import presets
+import realworld
 
 HEADS = nets.HEADS
 METHODS = ("standard", "coteaching", "elr")
@@ -60,8 +61,14 @@ def build_parser():
     p = OneLineErrors(description=DESCRIPTION, formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="digits", help=f"one of {', '.join(data.ALL_DATASETS)}")
-    g.add_argument("--data-dir", default=None, help="dataset folder (default: the dataset's usual place, see README)")
-    g.add_argument("--noisy-labels-file", default=None, help="CIFAR-N label file (CIFAR-10_human.pt / CIFAR-100_human.pt)")
+    g.add_argument("--data-dir", default=None, help=f"dataset folder (default: ${data.DATA_ENV}/<dataset> when that variable "
+                   f"is set, else data/<dataset> in the current folder; then a system copy: "
+                   f"{data.DEFAULT_DIRS['fashion-mnist']}; digits: embedded/)")
+    g.add_argument("--download", action="store_true", help=f"fetch the dataset's missing files into that folder and verify "
+                   f"every file against its published checksum before training ({', '.join(data.DOWNLOADABLE)})")
+    g.add_argument("--mirror", default=None, metavar="URL", help="with --download: fetch each file from URL/<file name> "
+                   "instead of its official address (same checksums)")
+    g.add_argument("--noisy-labels-file", default=None, help="CIFAR-N label file (default: CIFAR-10_human.pt / CIFAR-100_human.pt next to the CIFAR folder, where --download puts it)")
     g.add_argument("--noisy-labels", default=None, help="CIFAR-N label set: aggre|worst|rand1|rand2|rand3 (10) or noisy100 (100)")
     g.add_argument("--limit-train", type=int, default=0, help="use a seeded class-stratified subset of N training samples (0 = all)")
     g.add_argument("--limit-test", type=int, default=0, help="test on a class-stratified subset of N test samples, the same for every seed (0 = all)")
@@ -228,6 +235,12 @@ def check_args(args):
         (not (args.resume and args.overwrite), "--resume continues the run in --out and --overwrite replaces it; give one of them"),
         (not (args.auto_resume and (args.resume or args.overwrite)), "--auto-resume already resumes or starts fresh; drop --resume/--overwrite"),
         (not args.extend or args.resume, "--extend needs --resume (it lengthens an existing run)"),
+        (args.mirror is None or args.download, "--mirror needs --download (it says where to download from)"),
+        (args.mirror is None or args.mirror.startswith(("http://", "https://", "file://")),
+         f"--mirror must be an http://, https:// or file:// URL, got {args.mirror!r}"),
+        (not args.download or args.dataset not in data.IMAGE_DATASETS,
+         f"--download cannot fetch {args.dataset}: it needs registration; to get it: "
+         f"{realworld.HOW_TO_GET.get(args.dataset, '')}"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -258,6 +271,7 @@ NO_EFFECT = (
     ("noise_rate", lambda args: args.noise != "none", "--noise none corrupts no labels"),
     ("noise_include_true", lambda args: args.noise == "symmetric", "it applies to --noise symmetric only"),
     ("momentum", lambda args: args.optimizer == "sgd", "it is SGD's momentum (--optimizer sgd)"),
+    ("download", lambda args: args.dataset != "digits", "digits is embedded in the repository"),
 )
 
 

@@ -118,6 +118,7 @@ NO_EFFECT = {   # dest: (the flag typed, a configuration where it does nothing, 
     "noise_rate": (["--noise-rate", "0.2"], ["--noise", "none"], ["--noise", "pairflip"]),
     "noise_include_true": (["--noise-include-true"], ["--noise", "asymmetric"], ["--noise", "symmetric"]),
     "momentum": (["--momentum", "0.5"], ["--optimizer", "adam"], ["--optimizer", "sgd"]),
+    "download": (["--download"], ["--dataset", "digits"], ["--dataset", "mnist"]),
 }
 
 
