@@ -1,10 +1,10 @@
 """Tables of the mechanism grid (is it the score or the sparsity?): every head of
 bench/accuracy.py MECHANISM_ROWS at CE sym 0.8 / 0.6 and ANL-CE sym 0.8, 15 and 40 epochs, and
-the contrasts that answer the question (Eq. 2's score against a random mask of the same size,
-against each of its two factors alone, and against dropout), with the paired t over seeds; the
-Fig. 3 gradient error per head, and its figure. `python -m bench accuracy --grid mechanism
---table-only --out-md bench/README.md` writes the section (its verdict is written by hand,
-below the tables, from them).
+the contrasts (Eq. 2's score against a random mask of the same size, against each of its two
+factors alone, and against dropout), with the paired t over seeds; the Fig. 3 gradient error per
+head, and its figure. `python -m bench accuracy --grid mechanism --table-only --out-md
+bench/README.md` rewrites the tables' section; the verdict drawn from them ("Is it the score or
+the sparsity?") is a hand-written section of bench/README.md that this leaves alone.
 """
 import os
 
@@ -12,7 +12,7 @@ from bench import accuracy as acc
 from bench import report
 from bench import round2
 
-TITLE = "## Is it the score or the sparsity? Mechanism ablations"
+TITLE = "## Accuracy, mechanism ablations: the tables"
 FIGURE = os.path.join("results", "mechanism-grad-error.png")
 FIELDS = ("last", "best", "valsel")
 # (first, second): second − first is the contrast's Δ
