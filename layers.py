@@ -94,6 +94,7 @@ class DCMModule(nn.Module):
             self.register_buffer(name, torch.zeros(s, **f64))
         self._forwards, self._warned, self._attached = 0, False, False
         self._before_step: Optional[list] = None   # attach(freeze=True): masked parameters before the step
+        self._hint: Optional[dcm_ref.WarmHint] = None   # topk_mask_warm's memory (_select)
         self._set_counts(0, 0)
 
     @property
@@ -134,7 +135,7 @@ class DCMModule(nn.Module):
             return self.mask
         m = self.all_reduce(self._moments(feats))
         mask, pool, change = dcm_ref.mask_step(self._phase, self.mask, m, self._pool(), self._scores,
-                                               self.keep, self.scope, self.stats)
+                                               self.keep, self.scope, self.stats, self._select)
         if self.stats == "interval":
             for buf, t in zip((self.pooled_n, self.pooled_s1, self.pooled_s2), pool or (None,) * 3):
                 buf.zero_() if t is None else buf.copy_(t.view(buf.shape))
@@ -142,6 +143,13 @@ class DCMModule(nn.Module):
             self.mask = mask.contiguous()   # rebound, not copied into: a mask a forward saved for backward stays as it was
             self.dcm_change.copy_(change.view(1))
             self._phase = "hold"      # this step's mask is chosen
+        return mask
+
+    def _select(self, scores: Tensor, keep: float, scope: str) -> Tensor:
+        """dcm_ref.topk_mask's mask by its warm start (topk_mask_warm), from this module's last
+        selection: a host attribute, not a buffer, because it only decides how fast the mask is
+        found, never which mask, so state_dict and checkpoints need not hold it."""
+        mask, self._hint = dcm_ref.topk_mask_warm(scores, keep, scope, self._hint)
         return mask
 
     def _pool(self) -> Optional[dcm_ref.Moments]:
