@@ -215,28 +215,32 @@ def topk_mask_warm(scores: Tensor, keep: float, scope: str = "row",
         return topk_mask(scores, keep, scope), hint._replace(wait=hint.wait - 1)
     if fresh or hint.wait == 1:                      # every row in full, with new thresholds
         kept, thresholds = _kept_and_thresholds(s, k)
-        mask = torch.from_numpy(kept.astype(s.dtype)).reshape(scores.shape)
-        return mask, WarmHint(thresholds, 0, 0 if fresh else hint.misses)
-    mask, missed = topk_cpu.rows_above(s, k, hint.thresholds)
+        return _as_mask(kept, scores), WarmHint(thresholds, 0, 0 if fresh else hint.misses)
+    kept, missed = topk_cpu.rows_above(s, k, hint.thresholds)
+    if 4 * missed.size > 3 * R:                      # most rows moved: select them all in full
+        kept, thresholds = _kept_and_thresholds(s, k)
+        return _as_mask(kept, scores), _backed_off(hint, thresholds)
     if missed.size:
-        kept, thresholds = _kept_and_thresholds(s[missed], k)
-        mask[missed] = kept
-        hint = _after_misses(hint, missed, thresholds, R * n)
+        sub, thresholds = _kept_and_thresholds(s[missed], k)
+        kept[missed] = sub
+        new = hint.thresholds.copy()                 # the caller's hint is left as it was
+        new[missed] = thresholds
+        hint = WarmHint(new) if R * n >= WARM_SMALL else _backed_off(hint, new)
     elif hint.misses:
-        hint = hint._replace(misses=0)
-    return torch.from_numpy(mask).reshape(scores.shape), hint
+        hint = WarmHint(hint.thresholds)
+    return _as_mask(kept, scores), hint
 
 
-def _after_misses(hint: WarmHint, missed: np.ndarray, thresholds: np.ndarray, size: int) -> WarmHint:
-    """The hint after a check that left rows `missed` undecided (their new thresholds given).
-    Checking paid off unless most rows missed (then the full selection is as cheap), or the
-    matrix is small (then a check plus a selection of the missed rows makes more calls than
-    one full selection): in those cases wait 2, 4, … WARM_MAX_WAIT calls before the next."""
-    new = hint.thresholds.copy()                     # the caller's hint is left as it was
-    new[missed] = thresholds
-    if 4 * missed.size <= 3 * len(new) and size >= WARM_SMALL:
-        return WarmHint(new, 0, 0)
-    return WarmHint(new, min(2 << hint.misses, WARM_MAX_WAIT), min(hint.misses + 1, WARM_MAX_WAIT.bit_length()))
+def _backed_off(hint: WarmHint, thresholds: np.ndarray) -> WarmHint:
+    """After a check that cost more than it saved (most rows missed; or any row of a small matrix,
+    where a check plus a selection of the missed rows makes more calls than one full selection):
+    wait 2, 4, … WARM_MAX_WAIT calls before the next check."""
+    return WarmHint(thresholds, min(2 << hint.misses, WARM_MAX_WAIT), min(hint.misses + 1, 4))
+
+
+def _as_mask(kept: np.ndarray, scores: Tensor) -> Tensor:
+    """kept: (R, n) bool or uint8 0/1 -> the (C, d) mask in scores.dtype (float32/float64)."""
+    return torch.from_numpy(kept.view(np.uint8).astype(topk_cpu.WARM_DTYPES[scores.dtype])).reshape(scores.shape)
 
 
 def _kept_and_thresholds(s: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -39,8 +39,8 @@ def mask_by_bits(flat: Tensor, k: int, dtype: torch.dtype) -> Optional[Tensor]:
     got = kept_by_bits(flat.contiguous().view(key_dtype).numpy(), k, inf_bits)
     if got is None:
         return None
-    if dtype in _NUMPY_FLOAT:                           # numpy's bool -> float cast is the faster one
-        return torch.from_numpy(got[0].astype(_NUMPY_FLOAT[dtype]))
+    if dtype in _NUMPY_FLOAT:           # numpy's uint8 -> float cast: about twice as fast as from bool
+        return torch.from_numpy(got[0].view(np.uint8).astype(_NUMPY_FLOAT[dtype]))
     return torch.from_numpy(got[0]).to(dtype)
 
 
@@ -116,16 +116,15 @@ _WARM_KEYS = {np.dtype(np.float32): (np.int32, 0x7F800000), np.dtype(np.float64)
 
 def rows_above(s: np.ndarray, k: int, hint: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """The rows a threshold decides. s: (R, n) float32/float64 scores, 0 < k < n, hint: (R, 1)
-    thresholds t of s's dtype -> (mask: (R, n) 0/1 in s's dtype, indices of the undecided rows).
+    thresholds t of s's dtype -> (kept: (R, n) uint8 0/1, indices of the undecided rows).
 
-    The mask keeps not (s <= t): the scores above the row's threshold t, and NaN. A row with
+    It keeps not (s <= t): the scores above the row's threshold t, and NaN. A row with
     exactly k kept is decided: each kept score is NaN or > t, each dropped one a number <= t,
     so the kept ones are the first k of the stable descending sort (NaN ranks first; ties at t
     fall among the dropped; t = NaN keeps all n, never k).
     """
     kept = np.logical_not(np.less_equal(s, hint)).view(np.uint8)
-    missed = np.flatnonzero(kept.sum(axis=1, dtype=np.int32) != k)
-    return kept.astype(s.dtype), missed          # from uint8: numpy's faster cast than from bool
+    return kept, np.flatnonzero(kept.sum(axis=1, dtype=np.int32) != k)
 
 
 def kept_and_thresholds(sub: np.ndarray, k: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
