@@ -369,6 +369,17 @@ def test_warm_start_waits_after_checks_that_cost_more_than_they_save():
     assert hint.wait == 0 and hint.misses == 0
 
 
+def test_warm_start_ranks_nan_first_even_when_the_numbers_above_the_threshold_are_k():
+    """A threshold with exactly k numbers above it does not decide a row that also holds NaN:
+    NaN ranks above every number, so it is kept first (the stable sort's order)."""
+    nan = math.nan
+    S = torch.tensor([[nan, 5.0, 1.0, 0.5], [2.0, nan, 1.0, 0.0], [nan, nan, 3.0, 0.0], [4.0, 0.0, 3.0, nan]])
+    for dtype in (torch.float32, torch.float64):
+        hint = D.WarmHint(np.array([[3.0], [1.5], [2.0], [1.0]], dtype=np.float64 if dtype == torch.float64 else np.float32))
+        got, _ = D.topk_mask_warm(S.to(dtype), 0.5, "row", hint)   # k = 2
+        assert torch.equal(got, D.topk_mask_literal(S.to(dtype), 0.5))
+
+
 def test_warm_start_off_the_cpu_fast_path_is_topk_mask_and_no_hint():
     """Integer and half scores have no warm start: topk_mask's mask, hint None."""
     for S in (torch.randint(0, 3, (4, 9)), torch.rand(4, 9).half(), torch.rand(4, 9).bfloat16()):
