@@ -349,14 +349,16 @@ def scores_from_moments(m: Moments, w: Tensor) -> Tensor:
     if std_v.shape != (w.shape[1],):
         raise ValueError(f"m: expected moments over {w.shape[1]} features (w is "
                          f"{tuple(w.shape)}), got std of shape {tuple(std_v.shape)}")
-    # |w| · std with w promoted to float64 inside the multiply, rounded once into w.dtype: the
-    # float64 products of (|w|.double() * std).to(w.dtype) in two ops instead of five.
+    # A float64 copy of w, updated in place: the same float64 products, rounded once to
+    # w.dtype, as (|w|.double() * std).to(w.dtype), without two more (C, d) temporaries.
     # On CPU in row blocks of _SCORE_BLOCK entries, which stay in cache (2x faster at C·d = 2M).
     C, d = w.shape
     rows = max(1, _SCORE_BLOCK // max(d, 1)) if w.device.type == "cpu" else C
+    if rows >= C:
+        return w.detach().to(torch.float64, copy=True).abs_().mul_(std_v).to(w.dtype)
     out = torch.empty(w.shape, dtype=w.dtype, device=w.device)
     for i in range(0, C, rows):
-        torch.mul(w[i:i + rows].detach().abs(), std_v, out=out[i:i + rows])
+        out[i:i + rows] = w[i:i + rows].detach().to(torch.float64, copy=True).abs_().mul_(std_v)
     return out
 
 
