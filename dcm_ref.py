@@ -183,7 +183,7 @@ class WarmHint(NamedTuple):
 
 
 WARM_SMALL = 1 << 16   # entries below which a CPU selection costs its calls (10-60 µs each inside a step, bench/README.md), not its work
-WARM_MAX_WAIT = 16     # longest back-off, in calls
+WARM_MAX_WAIT = 64     # longest back-off, in calls
 
 
 def topk_mask_warm(scores: Tensor, keep: float, scope: str = "row",
@@ -204,6 +204,8 @@ def topk_mask_warm(scores: Tensor, keep: float, scope: str = "row",
     check again later (WarmHint). Eager on CPU for float32/float64 scores; elsewhere (GPU,
     torch.compile: no host read) it is topk_mask, and the hint is None.
     """
+    if hint is not None and hint.wait > 1:           # backing off: the plain selection
+        return topk_mask(scores, keep, scope), hint._replace(wait=hint.wait - 1)
     flat, k = _selection_rows(scores, keep, scope)
     R, n = flat.shape
     if (k >= n or R == 0 or flat.dtype not in topk_cpu.WARM_DTYPES or flat.device.type != "cpu"
@@ -211,8 +213,6 @@ def topk_mask_warm(scores: Tensor, keep: float, scope: str = "row",
         return topk_mask(scores, keep, scope), None
     s = flat.detach().numpy()
     fresh = hint is None or hint.thresholds.shape != (R, 1) or hint.thresholds.dtype != s.dtype
-    if not fresh and hint.wait > 1:                  # backing off: the plain selection
-        return topk_mask(scores, keep, scope), hint._replace(wait=hint.wait - 1)
     if fresh or hint.wait == 1:                      # every row in full, with new thresholds
         kept, thresholds = _kept_and_thresholds(s, k)
         return _as_mask(kept, scores), WarmHint(thresholds, 0, 0 if fresh else hint.misses)
@@ -235,7 +235,7 @@ def _backed_off(hint: WarmHint, thresholds: np.ndarray) -> WarmHint:
     """After a check that cost more than it saved (most rows missed; or any row of a small matrix,
     where a check plus a selection of the missed rows makes more calls than one full selection):
     wait 2, 4, … WARM_MAX_WAIT calls before the next check."""
-    return WarmHint(thresholds, min(2 << hint.misses, WARM_MAX_WAIT), min(hint.misses + 1, 4))
+    return WarmHint(thresholds, min(2 << hint.misses, WARM_MAX_WAIT), min(hint.misses + 1, 6))
 
 
 def _as_mask(kept: np.ndarray, scores: Tensor) -> Tensor:
