@@ -182,7 +182,7 @@ class WarmHint(NamedTuple):
     misses: int = 0
 
 
-WARM_SMALL = 1 << 16   # entries below which a CPU selection costs its calls (10-60 µs each inside a step, bench/README.md), not its work
+WARM_SMALL = 1 << 16   # entries below which a selection costs its calls (10-60 µs each in a step), not its work
 WARM_MAX_WAIT = 64     # longest back-off, in calls
 
 

@@ -149,6 +149,8 @@ class DCMModule(nn.Module):
         """dcm_ref.topk_mask's mask by its warm start (topk_mask_warm), from this module's last
         selection: a host attribute, not a buffer, because it only decides how fast the mask is
         found, never which mask, so state_dict and checkpoints need not hold it."""
+        if torch.compiler.is_compiling():   # no host-side memory inside a graph: topk_mask's device path
+            return dcm_ref.topk_mask(scores, keep, scope)
         mask, self._hint = dcm_ref.topk_mask_warm(scores, keep, scope, self._hint)
         return mask
 
