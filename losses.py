@@ -144,7 +144,10 @@ def _log_probs(logits, target):
     if _tensor("target", target).shape != logits.shape[:1] or target.dtype != torch.int64:
         raise ValueError(f"target: got shape {tuple(target.shape)} dtype {target.dtype}; "
                          f"expected int64 of shape ({logits.shape[0]},)")
-    if bool(((target < 0) | (target >= logits.shape[1])).any()):
+    # On CPU numpy reads the labels (no device to wait for); on a GPU a label outside [0, C) is the
+    # device's index error below, since reading the labels here would be a host sync every step.
+    y = target.numpy() if target.device.type == "cpu" and target.numel() else None
+    if y is not None and (y.min() < 0 or y.max() >= logits.shape[1]):
         raise ValueError(f"target: got labels outside [0, {logits.shape[1]}); "
                          f"expected class indices")
     logp = F.log_softmax(logits, dim=1)

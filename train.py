@@ -169,6 +169,9 @@ def train(args, argv, dist=distributed.Dist()):
         return run.finish(d)                       # final.json and the last line
 
 
+READ_LOSSES_EVERY = 50   # training steps between reads of their losses (read_losses: one host sync on a GPU)
+
+
 def train_epoch(args, state, d, epoch, total_steps, loss_fn, delta):
     """One pass over the training set. state: a runfolder.TrainState (nets, opts, ELR memory, step, dist).
 
@@ -181,7 +184,7 @@ def train_epoch(args, state, d, epoch, total_steps, loss_fn, delta):
     g = torch.Generator().manual_seed(args.seed * 100003 + epoch)
     perm = torch.randperm(N, generator=g).to(d.x.device)
     aug_gen = torch.Generator(device=d.x.device).manual_seed(args.seed * 100003 + epoch + 1000003 * dist.rank)
-    tot_loss, n_seen, changes = 0.0, 0, []
+    tot_loss, n_seen, changes, unread = 0.0, 0, [], []   # unread: (loss tensor, samples, step) of steps not yet read
     for i in range(0, N - B + 1, B):  # drop the last partial batch: BN and batch std need B >= 2
         idx = perm[i:i + B].tensor_split(dist.world)[dist.rank]
         xb = d.x[idx]
@@ -194,25 +197,42 @@ def train_epoch(args, state, d, epoch, total_steps, loss_fn, delta):
         for opt in state.opts:
             for group in opt.param_groups:
                 group["lr"] = lr
-        loss_val, ch = train_step(args, state, xb, d.y_noisy[idx], d.ids[idx], loss_fn, delta, epoch)
-        if not math.isfinite(loss_val):
-            raise NonFiniteLoss(f"non-finite training loss ({loss_val}) at epoch {epoch}, step {state.step}; "
-                                f"the last good checkpoint is kept: continue it with --resume and a lower --lr "
-                                f"(or --grad-clip), recorded in config.json")
-        tot_loss, n_seen = tot_loss + loss_val * len(idx), n_seen + len(idx)
+        loss, ch = train_step(args, state, xb, d.y_noisy[idx], d.ids[idx], loss_fn, delta, epoch)
+        unread.append((loss, len(idx), state.step))
         changes += ch
         state.step += 1
+        if len(unread) == READ_LOSSES_EVERY:
+            tot_loss, n_seen = read_losses(unread, tot_loss, n_seen, epoch)
         if state.stop is not None and train_cli.stop_requested(state):   # a signal on any rank: all stop here
+            read_losses(unread, tot_loss, n_seen, epoch)   # a non-finite loss before it still stops the run as such
             raise train_cli.Stopped()
+    tot_loss, n_seen = read_losses(unread, tot_loss, n_seen, epoch)
     if dist.world > 1:
         tot, n = distributed.all_sum((torch.tensor([tot_loss, n_seen], dtype=torch.float64),), dist)[0]
         tot_loss, n_seen = float(tot), int(n)
     return tot_loss / max(n_seen, 1), changes, n_seen
 
 
+def read_losses(pending, tot_loss, n_seen, epoch):
+    """Read the steps' losses in one go (one host sync on a GPU) and add them to the epoch's sums, in
+    step order as Python floats. pending: [(0-dim loss tensor, samples, step)], emptied.
+    -> (tot_loss, n_seen). A non-finite loss raises NonFiniteLoss naming its step: the run stops
+    before the epoch's checkpoint, so the last good one is kept."""
+    values = torch.stack([loss for loss, _, _ in pending]).tolist() if pending else []
+    for value, (_, size, step) in zip(values, pending):
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"non-finite training loss ({value}) at epoch {epoch}, step {step}; "
+                                f"the last good checkpoint is kept: continue it with --resume and a lower --lr "
+                                f"(or --grad-clip), recorded in config.json")
+        tot_loss, n_seen = tot_loss + value * size, n_seen + size
+    pending.clear()
+    return tot_loss, n_seen
+
+
 def train_step(args, state, xb, yb, ids, loss_fn, delta, epoch):
     """One optimizer step for every network of the method on this rank's shard xb (b, ...), yb (b,);
-    ids: the batch's rows of the ELR memory. -> (loss of the first network, mask changes: 0-dim tensors)."""
+    ids: the batch's rows of the ELR memory. -> (loss of the first network, mask changes: 0-dim tensors,
+    none of them read: the step makes no host sync, read_losses reads the losses every READ_LOSSES_EVERY steps)."""
     dist = state.dist
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if (args.amp and xb.is_cuda) else torch.autocast("cpu", enabled=False)
     with ctx:   # each DCM head scores this batch, masks itself and returns the logits (Fig. 2; layers.DCMModule)
@@ -241,7 +261,7 @@ def train_step(args, state, xb, yb, ids, loss_fn, delta, epoch):
             torch.nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)
         opt.step()   # the DCM head's attach hook then restores --dcm-freeze's masked entries and ends its step
     changes = [h.dcm_change.clone() for h, n in zip(heads, before) if h.updates != n]
-    return per_net[0].item(), changes
+    return per_net[0].detach(), changes
 
 
 def lr_at(args, step, total):

@@ -145,9 +145,9 @@ def fc_run(tmp_path_factory):
 
 def record_value_reads(monkeypatch):
     """From now until monkeypatch.undo(): the names of the calls that read a tensor's value
-    (int(), float(), bool(), .item(); on CUDA each is a host sync), appended to the returned list."""
+    (int(), float(), bool(), .item(), .tolist(); on CUDA each is a host sync), appended to the returned list."""
     reads = []
-    for name in ("__int__", "__float__", "__bool__", "item"):
+    for name in ("__int__", "__float__", "__bool__", "item", "tolist"):
         orig = getattr(torch.Tensor, name)
         monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _o=orig, _n=name: (reads.append(_n), _o(t, *a))[1])
     return reads

@@ -276,6 +276,117 @@ def test_kth_largest_key_is_the_kth_of_the_sorted_row(seed, R, n, block, layout)
     assert torch.equal(torch.from_numpy(got), want)
 
 
+def warm_rows(S, scope):
+    return S if scope == "row" else S.reshape(1, -1)
+
+
+def adversarial_hint(S, scope, g, how, wait):
+    """A WarmHint whose (R, 1) thresholds miss: each row's own scores (ties at t), their
+    neighbouring floats, NaN of both signs, ±inf and ±0; wait 0 checks, 1 refreshes, 2 waits."""
+    rows = warm_rows(S, scope)
+    own = rows.gather(1, torch.randint(0, rows.shape[1], (rows.shape[0], 1), generator=g))
+    specials = torch.tensor(SPECIALS + [-math.nan], dtype=S.dtype)
+    picks = specials[torch.randint(0, len(specials), own.shape, generator=g)]
+    t = {"own": own, "next float": with_bits_changed(own, 1), "previous float": with_bits_changed(own, -1),
+         "specials": picks}[how]
+    return D.WarmHint(t.numpy().copy(), wait, int(torch.randint(0, 3, (), generator=g)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(near_tied_scores(), KEEPS, st.sampled_from(["row", "global"]), st.integers(0, 2**31 - 1),
+       st.sampled_from(["own", "next float", "previous float", "specials"]), st.sampled_from([0, 0, 1, 2]))
+def test_warm_started_topk_mask_equals_the_stable_sort_definition_when_every_row_misses(S, keep, scope, seed, how, wait):
+    """Whatever the hint (a tie at the threshold, NaN, ±inf, another row's value), the mask is
+    topk_mask's; the caller's hint is left as it was."""
+    if S.dtype not in (torch.float32, torch.float64):
+        S = S.float()
+    hint = adversarial_hint(S, scope, torch.Generator().manual_seed(seed), how, wait)
+    before = hint.thresholds.copy()
+    got, new = D.topk_mask_warm(S, keep, scope, hint)
+    assert got.dtype == S.dtype and torch.equal(got, D.topk_mask_literal(S, keep, scope))
+    assert before.tobytes() == hint.thresholds.tobytes()      # bit for bit, NaN included
+    if new is not None:                       # the next call from the new hint is exact too
+        assert torch.equal(D.topk_mask_warm(S, keep, scope, new._replace(wait=0))[0], got)
+
+
+@st.composite
+def drifting_scores(draw):
+    """A sequence of (C, d) scores, each the last one moved a little (a few entries by a lot):
+    most rows keep their threshold, some cross it; ties, NaN and ±inf come and go."""
+    S = draw(near_tied_scores())
+    S = S if S.dtype in (torch.float32, torch.float64) else S.float()
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    seq, step = [S], draw(st.sampled_from([0.0, 1e-6, 1e-3, 0.1]))
+    for _ in range(draw(st.integers(2, 6))):
+        moved = S * (1 + step * torch.randn(S.shape, generator=g, dtype=S.dtype))
+        jump = torch.rand(S.shape, generator=g) < draw(st.sampled_from([0.0, 0.01, 0.2]))
+        S = torch.where(jump, seq[0].flip(1), moved)
+        seq.append(S)
+    return seq
+
+
+@settings(max_examples=150, deadline=None)
+@given(drifting_scores(), KEEPS, st.sampled_from(["row", "global"]))
+def test_warm_started_topk_mask_equals_the_stable_sort_definition_along_a_drifting_sequence(seq, keep, scope):
+    hint = None
+    for S in seq:
+        got, hint = D.topk_mask_warm(S, keep, scope, hint)
+        assert got.dtype == S.dtype and torch.equal(got, D.topk_mask_literal(S, keep, scope))
+
+
+def test_warm_start_decides_unchanged_rows_by_the_threshold_alone(monkeypatch):
+    """Scores that moved little are decided by the last thresholds (no full selection), so an
+    error in that path cannot hide behind the fallback; a row that moved goes the full way."""
+    g = torch.Generator().manual_seed(0)
+    S = torch.rand(300, 300, generator=g)          # large: a check with a few misses pays off
+    _, hint = D.topk_mask_warm(S, 0.1)
+    full = []
+    select = topk_cpu.kept_and_thresholds
+    monkeypatch.setattr(topk_cpu, "kept_and_thresholds", lambda s, k: (full.append(s.shape[0]), select(s, k))[1])
+    S2 = S * (1 + 1e-7 * torch.randn(S.shape, generator=g))
+    S2[3] *= 0.5                              # (a permuted row would still be decided: same threshold)
+    got, new = D.topk_mask_warm(S2, 0.1, "row", hint)
+    assert full == [1] and torch.equal(got, D.topk_mask_literal(S2, 0.1)) and new.wait == 0
+
+
+def test_warm_start_waits_after_checks_that_cost_more_than_they_save():
+    """A small matrix with a missed row, or a large one with most rows missed, selects in full
+    for the next calls (2, 4, ... up to WARM_MAX_WAIT), refreshing its thresholds before it
+    checks again; a check that decides every row starts over."""
+    g = torch.Generator().manual_seed(1)
+    S = torch.rand(10, 50, generator=g)
+    _, hint = D.topk_mask_warm(S, 0.1)
+    waits = []
+    for _ in range(2 * D.WARM_MAX_WAIT + 60):
+        S = S.flip(0)                              # every row changes: each check misses
+        got, hint = D.topk_mask_warm(S, 0.1, "row", hint)
+        assert torch.equal(got, D.topk_mask_literal(S, 0.1))
+        waits.append(hint.wait)
+    assert waits[:8] == [2, 1, 0, 4, 3, 2, 1, 0] and max(waits) == D.WARM_MAX_WAIT
+    hint = D.topk_mask_warm(S, 0.1, "row", hint._replace(wait=1))[1]   # thresholds of these scores
+    assert hint.wait == 0 and hint.misses > 0
+    hint = D.topk_mask_warm(S, 0.1, "row", hint)[1]                     # the same scores: all decided
+    assert hint.wait == 0 and hint.misses == 0
+
+
+def test_warm_start_ranks_nan_first_even_when_the_numbers_above_the_threshold_are_k():
+    """A threshold with exactly k numbers above it does not decide a row that also holds NaN:
+    NaN ranks above every number, so it is kept first (the stable sort's order)."""
+    nan = math.nan
+    S = torch.tensor([[nan, 5.0, 1.0, 0.5], [2.0, nan, 1.0, 0.0], [nan, nan, 3.0, 0.0], [4.0, 0.0, 3.0, nan]])
+    for dtype in (torch.float32, torch.float64):
+        hint = D.WarmHint(np.array([[3.0], [1.5], [2.0], [1.0]], dtype=np.float64 if dtype == torch.float64 else np.float32))
+        got, _ = D.topk_mask_warm(S.to(dtype), 0.5, "row", hint)   # k = 2
+        assert torch.equal(got, D.topk_mask_literal(S.to(dtype), 0.5))
+
+
+def test_warm_start_off_the_cpu_fast_path_is_topk_mask_and_no_hint():
+    """Integer and half scores have no warm start: topk_mask's mask, hint None."""
+    for S in (torch.randint(0, 3, (4, 9)), torch.rand(4, 9).half(), torch.rand(4, 9).bfloat16()):
+        got, hint = D.topk_mask_warm(S, 0.3, "row", D.WarmHint(np.zeros((4, 1), np.float32)))
+        assert hint is None and torch.equal(got, D.topk_mask_literal(S, 0.3))
+
+
 @given(st.integers(0, 10**6), st.integers(1, 6), st.integers(1, 60), KEEPS,
        st.sampled_from([torch.bool, torch.uint8, torch.int8, torch.int32, torch.int64]))
 def test_topk_mask_of_integer_scores_equals_the_stable_sort_definition(seed, C, d, keep, dtype):

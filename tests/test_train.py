@@ -5,7 +5,9 @@ one-line errors) is test_cli.py; flag checks and the run folder are test_train_c
 test_runfolder.py."""
 import datetime
 import json
+import math
 import os
+import signal
 
 import pytest
 import torch
@@ -18,7 +20,7 @@ import losses
 import nets
 import train
 import train_cli
-from conftest import QUICK
+from conftest import QUICK, new_run, record_value_reads
 
 
 def run_ok(tmp_path, *flags, name="run"):
@@ -109,6 +111,75 @@ def test_a_training_step_trains_through_the_mask(monkeypatch, head):
         g = getattr(h, k).grad
         off = (mask == 0).reshape(mask.shape + (1,) * (g.dim() - 2)).expand_as(g)
         assert bool((g[off] == 0).all()) and bool((g[~off] != 0).any())
+
+
+@pytest.mark.parametrize("flags", [["--head", "fc"], ["--head", "dfc"], ["--head", "dkan"],
+                                   ["--method", "coteaching"], ["--method", "elr"]])
+def test_a_training_step_reads_no_tensor_value(monkeypatch, flags):
+    """On a GPU every read of a tensor's value (int(), float(), bool(), .item(), .tolist()) is a
+    host sync: train.py's step makes none (its loss is read with others every READ_LOSSES_EVERY
+    steps), nor does the loop between two reads."""
+    args, d, st = new_run(flags)
+    loss_fn = losses.make_loss(args.loss, d.C, args.dataset)
+    idx = torch.arange(64)
+    xb = data.to_float(d.x[idx], d.mean, d.std)
+    step = lambda: train.train_step(args, st, xb, d.y_noisy[idx], d.ids[idx], loss_fn, 0.0, 1)
+    step()                                        # DKAN: the first forward checks the grid once
+    reads = record_value_reads(monkeypatch)
+    for _ in range(3):
+        loss, _ = step()
+    monkeypatch.undo()
+    assert reads == [] and loss.dim() == 0 and math.isfinite(loss.item())
+    monkeypatch.setattr(train, "READ_LOSSES_EVERY", 3)
+    reads = record_value_reads(monkeypatch)
+    train.train_epoch(args, st, d, 1, 100, loss_fn, 0.0)   # 4 steps: read after the third and at the end
+    monkeypatch.undo()
+    assert reads == ["tolist", "tolist"]
+
+
+def _nan_at_call(loss_fn, bad):
+    """loss_fn whose call number `bad` (0-based) returns NaN losses."""
+    calls = []
+
+    def fn(z, y):
+        calls.append(1)
+        out = loss_fn(z, y)
+        return out * math.nan if len(calls) == bad + 1 else out
+    return fn, calls
+
+
+def test_a_non_finite_loss_stops_the_epoch_at_the_next_read_naming_its_step(monkeypatch):
+    args, d, st = new_run([])
+    monkeypatch.setattr(train, "READ_LOSSES_EVERY", 2)
+    loss_fn, calls = _nan_at_call(losses.make_loss("ce", d.C, args.dataset), 1)
+    with pytest.raises(train_cli.NonFiniteLoss, match=r"non-finite training loss \(nan\) at epoch 1, step 1;"):
+        train.train_epoch(args, st, d, 1, 100, loss_fn, 0.0)
+    assert len(calls) == 2                        # the read after step 1, not the epoch's end
+
+
+def test_a_non_finite_loss_before_a_stop_signal_still_stops_the_run_as_non_finite():
+    """Exit code 3 and nonfinite.json (a --resume may lower --lr), not the resumable stop."""
+    args, d, st = new_run([])
+    st.stop = train_cli.StopFlag(signal.SIGTERM)  # asked to stop after the first step
+    loss_fn, _ = _nan_at_call(losses.make_loss("ce", d.C, args.dataset), 0)
+    with pytest.raises(train_cli.NonFiniteLoss, match="step 0;"):
+        train.train_epoch(args, st, d, 1, 100, loss_fn, 0.0)
+
+
+def test_the_epoch_loss_is_the_mean_of_the_steps_losses_read_as_python_floats(monkeypatch):
+    """train_loss sums loss · samples in step order in Python floats (float64), as one read per
+    step did: the same number whatever READ_LOSSES_EVERY."""
+    got = []
+    for every in (1, 3, 50):
+        monkeypatch.setattr(train, "READ_LOSSES_EVERY", every)
+        args, d, st = new_run([])
+        seen = []
+        ce = losses.make_loss("ce", d.C, args.dataset)
+        got.append(train.train_epoch(args, st, d, 1, 100, lambda z, y: (seen.append(ce(z, y)), seen[-1])[1], 0.0)[0])
+    expect = 0.0
+    for out in seen:
+        expect += out.mean().item() * len(out)
+    assert got == [expect / (64 * 4)] * 3
 
 
 def test_noise_report_matches_requested_rate(tmp_path):
