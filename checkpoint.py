@@ -412,7 +412,7 @@ SHORT = {"backbone": "", "method": "", "optimizer": "", "noise_sampling": "", "e
          "dcm_freeze": "freeze", "lr": "lr", "momentum": "mom", "weight_decay": "wd", "schedule": "sched-",
          "grad_clip": "clip", "kan_grid": "grid", "kan_order": "order", "forget_rate": "tau", "augment": "aug-",
          "noise_include_true": "incl", "amp": "amp", "loss_arg": "", "image_size": "px", "samples_per_epoch": "spe",
-         "subset_once": "once", "noisy_labels": ""}
+         "subset_once": "once", "noisy_labels": "", "dcm_score": "score-", "head_dropout": "hdrop"}
 PATH_FLAGS = {"data_dir", "noisy_labels_file", "pretrained", "train_list", "test_list", "imagenet_val_dir"}
 NAME_MAX = 60   # characters of readable tokens; the rest of the differing flags go into a hash suffix
 
