@@ -286,8 +286,8 @@ def launch_grid(command):
 
 def machine_and_commands(args):
     """-> (machine line, commands line) from the recorded launches of the main/ablation grids
-    (round-two launches share the runs folder but not these tables), else from this call."""
-    launches = [l for l in read_launches(args.pack_dir) if launch_grid(l["command"]) not in acc.ROUND2_GRIDS]
+    (round-two and mechanism launches share the runs folder but not these tables), else from this call."""
+    launches = [l for l in read_launches(args.pack_dir) if launch_grid(l["command"]) in ("main", "ablations", "all", None)]
     last = launches[-1] if launches else dict(
         command=reproduce_command(args), jobs=args.jobs, threads=args.threads_per_job, cpu=cpu_name(),
         cores=os.cpu_count(), torch=torch.__version__, python=platform.python_version())

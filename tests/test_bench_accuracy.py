@@ -295,7 +295,8 @@ def test_run_finished_under_another_train_default_is_stale_left_out_and_not_reru
 
 def test_committed_runs_match_what_train_py_now_makes_of_their_flags():
     """Every packed run of results/ still counts (no train.py default moved under them)."""
-    runs = acc.plan(acc.grid_settings(acc.COMMON, "all") + acc.grid_settings(acc.COMMON, "round2"), acc.SEEDS)
+    runs = acc.plan(acc.grid_settings(acc.COMMON, "all") + acc.grid_settings(acc.COMMON, "round2")
+                    + acc.grid_settings(acc.COMMON, "mechanism"), acc.SEEDS)
     packed = pack.read_packs(os.path.join(acc.ROOT, "results"))
     done = [r for r in runs if r.key in packed]
     assert len(done) == len(packed) > 600   # and the packs hold nothing the grids do not name
