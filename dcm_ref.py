@@ -231,91 +231,6 @@ def topk_mask(scores: Tensor, keep: float, scope: str = "row") -> Tensor:
     return mask.reshape(scores.shape)
 
 
-class WarmHint(NamedTuple):
-    """What topk_mask_warm remembers between calls; it decides how fast, never which mask.
-
-    thresholds: (R, 1) ndarray in the scores' dtype, each row's threshold from its last full
-    selection (halfway between its k-th and (k+1)-th largest score); wait: calls to go before
-    the next threshold check (0: check now; 1: refresh the thresholds first); misses: checks
-    in a row that cost more than they saved (each doubles the wait, up to WARM_MAX_WAIT).
-    """
-    thresholds: np.ndarray
-    wait: int = 0
-    misses: int = 0
-
-
-WARM_SMALL = 1 << 16   # entries below which a selection costs its calls (10-60 µs each in a step), not its work
-WARM_MAX_WAIT = 64     # longest back-off, in calls
-
-
-def topk_mask_warm(scores: Tensor, keep: float, scope: str = "row",
-                   hint: Optional[WarmHint] = None) -> Tuple[Tensor, Optional[WarmHint]]:
-    """topk_mask with a warm start: -> (the mask of topk_mask(scores, keep, scope) bit for bit,
-    the hint for the next call). Proven equal to topk_mask_literal by tests/test_dcm_ref.py::
-    test_warm_started_topk_mask_equals_the_stable_sort_definition_along_a_drifting_sequence and
-    ::test_warm_started_topk_mask_equals_the_stable_sort_definition_when_every_row_misses.
-
-    scores: (C, d); hint: None or what the last call returned. Any hint (None, stale, NaN
-    thresholds, another matrix's) gives the same mask, so a checkpoint need not hold it.
-    How (docs/design.md §9): between two updates W and std_b v move little, so the last
-    threshold t of a row, between its k-th and (k+1)-th largest score, often still has exactly
-    k scores above it; such a row is decided by one comparison (topk_cpu.rows_above), the
-    others go through the full selection (topk_cpu's partition on the score bits, else the
-    exact tie fill) and get a new t. When checking costs more than it saves (most rows missed,
-    or any row of a small matrix, where every call counts), the next calls select in full and
-    check again later (WarmHint). Eager on CPU for float32/float64 scores; elsewhere (GPU,
-    torch.compile: no host read) it is topk_mask, and the hint is None.
-    """
-    if hint is not None and hint.wait > 1:           # backing off: the plain selection
-        return topk_mask(scores, keep, scope), hint._replace(wait=hint.wait - 1)
-    flat, k = _selection_rows(scores, keep, scope)
-    R, n = flat.shape
-    if (k >= n or R == 0 or flat.dtype not in topk_cpu.WARM_DTYPES or flat.device.type != "cpu"
-            or torch.compiler.is_compiling()):
-        return topk_mask(scores, keep, scope), None
-    s = flat.detach().numpy()
-    fresh = hint is None or hint.thresholds.shape != (R, 1) or hint.thresholds.dtype != s.dtype
-    if fresh or hint.wait == 1:                      # every row in full, with new thresholds
-        kept, thresholds = _kept_and_thresholds(s, k)
-        return _as_mask(kept, scores), WarmHint(thresholds, 0, 0 if fresh else hint.misses)
-    kept, missed = topk_cpu.rows_above(s, k, hint.thresholds)
-    if 4 * missed.size > 3 * R:                      # most rows moved: select them all in full
-        kept, thresholds = _kept_and_thresholds(s, k)
-        return _as_mask(kept, scores), _backed_off(hint, thresholds)
-    if missed.size:
-        sub, thresholds = _kept_and_thresholds(s[missed], k)
-        kept[missed] = sub
-        new = hint.thresholds.copy()                 # the caller's hint is left as it was
-        new[missed] = thresholds
-        hint = WarmHint(new) if R * n >= WARM_SMALL else _backed_off(hint, new)
-    elif hint.misses:
-        hint = WarmHint(hint.thresholds)
-    return _as_mask(kept, scores), hint
-
-
-def _backed_off(hint: WarmHint, thresholds: np.ndarray) -> WarmHint:
-    """After a check that cost more than it saved (most rows missed; or any row of a small matrix,
-    where a check plus a selection of the missed rows makes more calls than one full selection):
-    wait 2, 4, … WARM_MAX_WAIT calls before the next check."""
-    return WarmHint(thresholds, min(2 << hint.misses, WARM_MAX_WAIT), min(hint.misses + 1, 6))
-
-
-def _as_mask(kept: np.ndarray, scores: Tensor) -> Tensor:
-    """kept: (R, n) bool or uint8 0/1 -> the (C, d) mask in scores.dtype (float32/float64)."""
-    return torch.from_numpy(kept.view(np.uint8).astype(topk_cpu.WARM_DTYPES[scores.dtype])).reshape(scores.shape)
-
-
-def _kept_and_thresholds(s: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-    """topk_mask_warm's full selection of rows: s (r, n) float32/float64, 0 < k < n ->
-    (kept: (r, n) bool, next thresholds: (r, 1) in s.dtype)."""
-    got = topk_cpu.kept_and_thresholds(s, k)
-    if got is None:   # a tie at the k-th score, a negative score or NaN: the exact tie fill
-        flat = torch.from_numpy(s)
-        kept = _first_k_by_rank(flat, torch.topk(flat, k, dim=1, sorted=False).values, k).numpy()
-        return kept, topk_cpu.midpoints(s, kept)
-    return got
-
-
 def _kth_largest(top: Tensor) -> Tensor:
     """k-th largest per row of the top-k values top: (R, k) -> (R, 1), NaN ranked largest.
 
@@ -475,8 +390,7 @@ def mask_due(step: int, interval: int, warmup: int) -> bool:
 
 def mask_step(phase: str, mask: Tensor, batch_moments: Optional[Moments], pooled: Optional[Moments],
               score_fn: Callable[[Moments], Tensor], keep: float, scope: str = "row",
-              stats: str = "batch", select: Optional[Callable[[Tensor, float, str], Tensor]] = None
-              ) -> Tuple[Tensor, Optional[Moments], Optional[Tensor]]:
+              stats: str = "batch") -> Tuple[Tensor, Optional[Moments], Optional[Tensor]]:
     """The tensor half of one DCM step (Fig. 2, Eq. 2): -> (mask, pooled, change).
 
     phase: schedule_phase of this step. "warmup": an all-ones mask, nothing pooled.
@@ -486,9 +400,7 @@ def mask_step(phase: str, mask: Tensor, batch_moments: Optional[Moments], pooled
     then empties; change = mask_change_tensor(old, new) (else None: unchanged).
     batch_moments (already summed over ranks) may be None when the step does not need
     them (warm-up, or hold with stats="batch"). score_fn: Moments -> (C, d), e.g.
-    lambda m: scores_from_moments(m, w). A pool of zeros is the same as None. select:
-    (scores, keep, scope) -> mask, topk_mask by default; it must return topk_mask's mask
-    (layers.DCMModule passes its warm-started topk_mask_warm: the same mask, sooner).
+    lambda m: scores_from_moments(m, w). A pool of zeros is the same as None.
     """
     _check_keep(keep)
     _check_scope(scope)
@@ -505,7 +417,7 @@ def mask_step(phase: str, mask: Tensor, batch_moments: Optional[Moments], pooled
     if not isinstance(scores, torch.Tensor) or scores.shape != mask.shape:
         got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
         raise ValueError(f"score_fn: expected scores of shape {tuple(mask.shape)}, got {got}")
-    new = (select or topk_mask)(scores, keep, scope).to(mask.dtype)
+    new = topk_mask(scores, keep, scope).to(mask.dtype)
     return new, None, mask_change_tensor(mask, new)
 
 

@@ -99,7 +99,6 @@ class DCMModule(nn.Module):
             self.register_buffer(name, torch.zeros(s, **f64))
         self._forwards, self._warned, self._attached = 0, False, False
         self._before_step: Optional[list] = None   # attach(freeze=True): masked parameters before the step
-        self._hint: Optional[dcm_ref.WarmHint] = None   # topk_mask_warm's memory (_select)
         self._set_counts(0, 0)
 
     @property
@@ -140,7 +139,7 @@ class DCMModule(nn.Module):
             return self.mask
         m = self.all_reduce(self._moments(feats))
         mask, pool, change = dcm_ref.mask_step(self._phase, self.mask, m, self._pool(), self._score,
-                                               self.keep, self.scope, self.stats, self._select)
+                                               self.keep, self.scope, self.stats)
         if self.stats == "interval":
             for buf, t in zip((self.pooled_n, self.pooled_s1, self.pooled_s2), pool or (None,) * 3):
                 buf.zero_() if t is None else buf.copy_(t.view(buf.shape))
@@ -157,15 +156,6 @@ class DCMModule(nn.Module):
         if self.score == "random":
             return dcm_ref.random_scores(tuple(self.mask.shape), self.seed, self.dcm_updates)
         return self._scores(m)
-
-    def _select(self, scores: Tensor, keep: float, scope: str) -> Tensor:
-        """dcm_ref.topk_mask's mask by its warm start (topk_mask_warm), from this module's last
-        selection: a host attribute, not a buffer, because it only decides how fast the mask is
-        found, never which mask, so state_dict and checkpoints need not hold it."""
-        if torch.compiler.is_compiling():   # no host-side memory inside a graph: topk_mask's device path
-            return dcm_ref.topk_mask(scores, keep, scope)
-        mask, self._hint = dcm_ref.topk_mask_warm(scores, keep, scope, self._hint)
-        return mask
 
     def _pool(self) -> Optional[dcm_ref.Moments]:
         """The stats="interval" pool as dcm_ref's moments (n 0-dim; zeros = empty), else None."""
