@@ -114,10 +114,7 @@ def random_scores(shape, seed: int, draw, device=None) -> Tensor:
     under torch.compile. The hash is a bijection of 32-bit integers, so scores never tie while
     C·d ≤ 2^32.
     """
-    ok = isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 2 and \
-        all(isinstance(n, numbers.Integral) and n >= 0 for n in shape)
-    if not ok:
-        raise ValueError(f"shape: expected (C, d), two integers >= 0, got {shape!r}")
+    _check_shape(shape)
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
         raise ValueError(f"seed: expected an integer, got {seed!r}")
     if isinstance(draw, torch.Tensor):
@@ -366,10 +363,7 @@ class MaskState(NamedTuple):
 
 def mask_init(shape, dtype=torch.float32, device=None) -> MaskState:
     """Initial state: all-ones mask of shape (C, d) (plain FC), step 0, nothing pooled."""
-    ok = isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 2 and \
-        all(isinstance(n, numbers.Integral) and n >= 0 for n in shape)
-    if not ok:
-        raise ValueError(f"shape: expected (C, d), two integers >= 0, got {shape!r}")
+    _check_shape(shape)
     mask = torch.ones(tuple(shape), dtype=dtype, device=device)
     return MaskState(mask, 0, None, 0, torch.zeros((), dtype=torch.float64, device=mask.device))
 
@@ -562,6 +556,13 @@ def _check_mask(mask: Tensor, w: Tensor, name: str = "mask", like: str = "w") ->
     if not isinstance(mask, torch.Tensor) or mask.shape != w.shape:
         got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise ValueError(f"{name}: expected shape {tuple(w.shape)} (same as {like}), got {got}")
+
+
+def _check_shape(shape) -> None:
+    ok = isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 2 and \
+        all(isinstance(n, numbers.Integral) and n >= 0 for n in shape)
+    if not ok:
+        raise ValueError(f"shape: expected (C, d), two integers >= 0, got {shape!r}")
 
 
 def _check_keep(keep: float) -> None:
