@@ -201,9 +201,12 @@ def train_epoch(args, state, d, epoch, total_steps, loss_fn, delta):
         unread.append((loss, len(idx), state.step))
         changes += ch
         state.step += 1
-        if len(unread) == READ_LOSSES_EVERY:
+        due = len(unread) == READ_LOSSES_EVERY   # the loop's host syncs: every READ_LOSSES_EVERY steps
+        if due:
             tot_loss, n_seen = read_losses(unread, tot_loss, n_seen, epoch)
-        if state.stop is not None and train_cli.stop_requested(state):   # a signal on any rank: all stop here
+        # A signal on any rank: all stop here. One process: a host flag, checked every step; several
+        # ranks: an all-reduce (a host sync), so only with the loss reads (and after each epoch)
+        if state.stop is not None and (due or dist.world == 1) and train_cli.stop_requested(state):
             read_losses(unread, tot_loss, n_seen, epoch)   # a non-finite loss before it still stops the run as such
             raise train_cli.Stopped()
     tot_loss, n_seen = read_losses(unread, tot_loss, n_seen, epoch)

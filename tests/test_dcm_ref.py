@@ -248,6 +248,24 @@ def test_bit_selection_proves_the_mask_of_distinct_nonnegative_scores(seed, C, d
     assert got is not None and torch.equal(got, D.topk_mask_literal(S, keep))
 
 
+@settings(deadline=None)
+@given(st.integers(0, 10**6), st.integers(1, 6), st.sampled_from([2, 9, 100, 513, 1100]), ALL_DTYPES,
+       st.sampled_from([3, 30, 3000]), KEEPS, SELECT_BLOCKS)
+def test_bit_selection_fills_ties_at_the_threshold_in_index_order(seed, C, d, dtype, levels, keep, block):
+    """Non-negative scores with ties (few distinct values; a tie at the k-th score in some rows, as
+    float32 Eq. 2 scores have now and then): the CPU fast path still decides every row, no
+    fallback, and keeps the tied entries of lower index first, as the stable sort does."""
+    g = torch.Generator().manual_seed(seed)
+    S = (torch.randint(0, levels, (C, d), generator=g).double() / 7).to(dtype)
+    k = D.kept_count(keep, d)
+    if k == d:
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(topk_cpu, "SELECT_BLOCK", block)
+        got = topk_cpu.mask_by_bits(S, k, dtype)
+    assert got is not None and got.dtype == dtype and torch.equal(got, D.topk_mask_literal(S, keep))
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_nans_of_different_payloads_tie_in_index_order(dtype):
     """NaN bit patterns differ (payload), but NaNs tie: the lower index is kept first, so
@@ -262,8 +280,9 @@ def test_nans_of_different_payloads_tie_in_index_order(dtype):
 
 @given(st.integers(0, 10**6), st.integers(1, 5), st.integers(2, 600), st.integers(2, 64),
        st.sampled_from(["uniform", "one block holds the top", "few values"]))
-def test_kth_largest_key_is_the_kth_of_the_sorted_row(seed, R, n, block, layout):
-    """The blocked candidate pool keeps every row's k largest keys, whatever the layout."""
+def test_kth_largest_keys_are_the_kth_and_the_tie_witness_of_the_sorted_row(seed, R, n, block, layout):
+    """The blocked candidate pool keeps every row's k largest keys, whatever the layout; and
+    u < t exactly when the (k+1)-th largest key of the row is below the k-th (no tie at t)."""
     g = torch.Generator().manual_seed(seed)
     keys = torch.randint(-1000, 1000 if layout != "few values" else -997, (R, n), generator=g)
     if layout == "one block holds the top":
@@ -271,9 +290,10 @@ def test_kth_largest_key_is_the_kth_of_the_sorted_row(seed, R, n, block, layout)
     k = int(torch.randint(1, n, (), generator=g)) if layout != "one block holds the top" else min(block, n - 1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(topk_cpu, "SELECT_BLOCK", block)
-        got = topk_cpu.kth_largest_key(keys.numpy(), k)
-    want = keys.sort(dim=1, descending=True).values[:, k - 1:k]
-    assert torch.equal(torch.from_numpy(got), want)
+        u, t = topk_cpu.kth_largest_keys(keys.numpy(), k)
+    ordered = keys.sort(dim=1, descending=True).values
+    assert torch.equal(torch.from_numpy(t), ordered[:, k - 1:k])
+    assert torch.equal(torch.from_numpy(u < t), ordered[:, k:k + 1] < ordered[:, k - 1:k])
 
 
 @given(st.integers(0, 10**6), st.integers(1, 6), st.integers(1, 60), KEEPS,

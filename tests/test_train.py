@@ -18,6 +18,7 @@ import diagnostics
 import kan
 import losses
 import nets
+import distributed
 import train
 import train_cli
 from conftest import QUICK, new_run, record_value_reads
@@ -164,6 +165,23 @@ def test_a_non_finite_loss_before_a_stop_signal_still_stops_the_run_as_non_finit
     loss_fn, _ = _nan_at_call(losses.make_loss("ce", d.C, args.dataset), 0)
     with pytest.raises(train_cli.NonFiniteLoss, match="step 0;"):
         train.train_epoch(args, st, d, 1, 100, loss_fn, 0.0)
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_several_ranks_ask_each_other_for_a_stop_signal_only_with_the_loss_reads(monkeypatch, world):
+    """One process checks its stop flag after every step (a host read, no sync); with several
+    ranks the check is an all-reduce, a host sync: only every READ_LOSSES_EVERY steps (and after
+    the epoch, in runfolder), so a step itself never waits for the other ranks."""
+    args, d, st = new_run(["--batch-size", "16"])
+    st.stop, st.dist = train_cli.StopFlag(None), distributed.Dist(0, world, 0)
+    monkeypatch.setattr(train, "READ_LOSSES_EVERY", 3)
+    monkeypatch.setattr(distributed, "all_sum", lambda tensors, dd: tensors)   # the epoch's loss sum
+    monkeypatch.setattr(train, "train_step", lambda *a: (torch.tensor(1.0), []))   # the loop, not the step
+    checked = []
+    monkeypatch.setattr(train_cli, "stop_requested", lambda state: checked.append(state.step) and False)
+    train.train_epoch(args, st, d, 1, 100, losses.make_loss("ce", d.C, args.dataset), 0.0)
+    steps = len(d.y) // min(args.batch_size, len(d.y))
+    assert steps >= 7 and checked == [s for s in range(1, steps + 1) if world == 1 or s % 3 == 0]
 
 
 def test_the_epoch_loss_is_the_mean_of_the_steps_losses_read_as_python_floats(monkeypatch):
