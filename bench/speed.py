@@ -170,11 +170,12 @@ def dfc_head_fns(B, d, C, keep, device, gen):
     return {"DFC": dfc_step, "FC": fc_step}
 
 
-def train_step_fns(B, d, C, keep, device, gen, interval=1):
+def train_step_fns(B, d, C, keep, device, gen, interval=1, compile=False):
     """`interval` full SGD steps of train.py's network: nets.Net (nets.py "mlp" backbone of width
     d on (1, 28, 28) inputs, make_head "dfc" or "fc"), CE, step; the DFC head attached as train.py
     attaches it, so the mask is recomputed once per call (--dcm-interval `interval`): the time per
-    call is the amortised cost. Each side has its own copy of the model and optimizer.
+    call is the amortised cost. Each side has its own copy of the model and optimizer;
+    compile=True: each network is torch.compile'd (bench/step_ratio.py --compile).
     -> {"DFC": fn, "FC": fn}.
     """
     x = torch.randn(B, 1, 28, 28, generator=gen).to(device)
@@ -182,11 +183,11 @@ def train_step_fns(B, d, C, keep, device, gen, interval=1):
     with torch.random.fork_rng(devices=[]):   # seeded init without touching the caller's RNG
         torch.manual_seed(0)
         backbone, head = nets.MLP((1, 28, 28), width=d), nn.Linear(d, C)
-    return {"DFC": _make_steps(backbone, head, x, y, keep, device, interval, dcm=True),
-            "FC": _make_steps(backbone, head, x, y, keep, device, interval, dcm=False)}
+    return {"DFC": _make_steps(backbone, head, x, y, keep, device, interval, dcm=True, compile=compile),
+            "FC": _make_steps(backbone, head, x, y, keep, device, interval, dcm=False, compile=compile)}
 
 
-def _make_steps(backbone, head, x, y, keep, device, interval, dcm):
+def _make_steps(backbone, head, x, y, keep, device, interval, dcm, compile=False):
     """One closure = `interval` optimizer steps on a private nets.Net of backbone and head."""
     with torch.random.fork_rng(devices=[]):   # the DFC head's own init is overwritten below
         top = nets.make_head("dfc", head.in_features, head.out_features, keep=keep,
@@ -197,10 +198,11 @@ def _make_steps(backbone, head, x, y, keep, device, interval, dcm):
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     if dcm:
         layers.attach(net, opt)
+    run = torch.compile(net) if compile else net
 
     def steps():
         for _ in range(interval):
-            loss = F.cross_entropy(net(x), y)
+            loss = F.cross_entropy(run(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,24 +1,49 @@
 """Quick train-step ratios: train.py's DFC step / FC step and the drop-in's DCMLinear / nn.Linear
-step, each pair interleaved in one process (bench/speed.py's timing), 1 thread, 150 rounds, at
-(256, 512, 100) and (256, 512, 10). For comparing two checkouts on one machine:
+step, each pair interleaved in one process (bench/speed.py's timing), 1 thread. For comparing two
+checkouts on one machine:
 
-    python bench/step_ratio.py .              # this checkout
+    python bench/step_ratio.py .              # this checkout, (256, 512, 100) and (256, 512, 10)
     python bench/step_ratio.py /path/to/other # another checkout (its bench/speed.py and train code)
+    python bench/step_ratio.py . --compile    # both networks torch.compile'd (train.py ratio only)
+    python bench/step_ratio.py . --shapes 256,2048,1000 --warm 150 --rounds 30
+                                              # after 150 steps of each side (steady state: float32
+                                              # scores tie at the k-th score more often later on)
 """
+import argparse
+import statistics
 import sys
 
 import torch
 
-sys.path.insert(0, sys.argv[1] if len(sys.argv) > 1 else ".")
+p = argparse.ArgumentParser()
+p.add_argument("checkout", nargs="?", default=".")
+p.add_argument("--compile", action="store_true")
+p.add_argument("--shapes", nargs="+", default=["256,512,100", "256,512,10"])
+p.add_argument("--warm", type=int, default=0, help="steps of each side before timing")
+p.add_argument("--rounds", type=int, default=150)
+args = p.parse_args()
+sys.path.insert(0, args.checkout)
 torch.set_num_threads(1)
 from bench import speed  # noqa: E402  (from the checkout named on the command line)
-for shape in ((256, 512, 100), (256, 512, 10)):
-    B, d, C = shape
+
+cpu = torch.device("cpu")
+
+
+def ratio(fns, a, b):
+    for _ in range(args.warm):
+        for fn in fns.values():
+            fn()
+    t = speed.time_interleaved(fns, cpu, args.rounds)
+    return speed.paired_ratio(t[a], t[b]), statistics.median(t[b]) * 1e3
+
+
+for text in args.shapes:
+    B, d, C = (int(x) for x in text.split(","))
     gen = torch.Generator().manual_seed(0)
-    fns = speed.train_step_fns(B, d, C, 0.1, torch.device("cpu"), gen)
-    t = speed.time_interleaved(fns, torch.device("cpu"), 150)
-    r1 = speed.paired_ratio(t["DFC"], t["FC"])
-    fns = speed.module_step_fns(B, d, C, 0.1, torch.device("cpu"), gen)
-    t2 = speed.time_interleaved(fns, torch.device("cpu"), 150)
-    r2 = speed.paired_ratio(t2["DCMLinear"], t2["nn.Linear"])
-    print(f"{shape}: train-step DFC/FC {r1:.3f}   DCMLinear/nn.Linear {r2:.3f}   (FC step {1e3*sorted(t['FC'])[len(t['FC'])//2]:.2f} ms)")
+    extra = {"compile": True} if args.compile else {}   # older checkouts' train_step_fns lack it
+    r1, ms = ratio(speed.train_step_fns(B, d, C, 0.1, cpu, gen, **extra), "DFC", "FC")
+    line = f"{(B, d, C)}: {'compiled ' if args.compile else ''}train-step DFC/FC {r1:.3f}"
+    if not args.compile:
+        r2, _ = ratio(speed.module_step_fns(B, d, C, 0.1, cpu, gen), "DCMLinear", "nn.Linear")
+        line += f"   DCMLinear/nn.Linear {r2:.3f}"
+    print(f"{line}   (FC step {ms:.2f} ms)", flush=True)
