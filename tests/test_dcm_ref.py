@@ -323,6 +323,18 @@ def test_keep_one_reproduces_plain_linear_bit_for_bit(case, with_bias):
     assert torch.equal(D.masked_linear(v, w, b, None), F.linear(v, w, b))
 
 
+@pytest.mark.parametrize("w_dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.uint8, torch.float32, torch.float64])
+def test_a_mask_of_another_dtype_does_not_promote_the_head(w_dtype, mask_dtype):
+    """z keeps w's dtype whatever the mask's (a float64 or float32 mask must not promote a
+    half-precision head), and equals the head with the 0/1 mask applied in w's dtype."""
+    g = torch.Generator().manual_seed(0)
+    v, w = torch.randn(4, 6, generator=g).to(w_dtype), torch.randn(3, 6, generator=g).to(w_dtype)
+    M = D.topk_mask(torch.rand(3, 6, generator=g), 0.5)
+    z = D.masked_linear(v, w, None, M.to(mask_dtype))
+    assert z.dtype == w_dtype and torch.equal(z, F.linear(v, w * M.to(w_dtype)))
+
+
 # ----------------------------------------------------------------------------- gradients
 
 def masked_case(seed, B, C, d, keep):
