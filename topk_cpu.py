@@ -6,7 +6,8 @@ stable-sort mask, else None (then dcm_ref falls back to torch.topk and its exact
 fill). Proven equal to dcm_ref.topk_mask_literal by tests/test_dcm_ref.py::
 test_topk_mask_equals_the_stable_sort_definition_on_random_scores, ..._under_heavy_ties_and_nan,
 ..._near_ties_signs_and_long_rows, ::test_nans_of_different_payloads_tie_in_index_order,
-::test_bit_selection_proves_the_mask_of_distinct_nonnegative_scores and
+::test_bit_selection_proves_the_mask_of_distinct_nonnegative_scores,
+::test_bit_selection_fills_ties_at_the_threshold_in_index_order and
 ::test_kth_largest_keys_are_the_kth_and_the_tie_witness_of_the_sorted_row. docs/design.md §9.
 """
 from typing import Optional, Tuple
