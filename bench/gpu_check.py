@@ -34,6 +34,7 @@ SYNC_WARNING = "called a synchronizing CUDA operation"
 # is appended to the markdown as soon as it is measured), so fp32 --compile comes last.
 MODES = {"eager": [], "amp": ["--amp"], "compile+amp": ["--compile", "--amp"], "compile": ["--compile"]}
 HEADS = ("fc", "dfc")
+SYNC_HEADS = ("fc", "dfc", "dkan")   # the syncs part: every head train.py steps with (docs/design.md §10)
 
 
 def write_synthetic_cifar10(parent, n_train=50000, n_test=10000, seed=0):
@@ -132,10 +133,10 @@ def epochs_table(path, data_dir, work, limit_train):
 
 
 def syncs_table(path, data_dir, work):
-    """Markdown at path: host syncs per training step for fc and dfc (see the module docstring)."""
+    """Markdown at path: host syncs per training step for fc, dfc and dkan (see the module docstring)."""
     table = MdTable(path, ["### Host syncs per training step (torch.cuda.set_sync_debug_mode)", "",
                            "| head | warnings, 10 steps | warnings, 20 steps | syncs / step |", "|---|---|---|---|"])
-    for head in HEADS:
+    for head in SYNC_HEADS:
         counts = []
         for steps in (10, 20):
             progress(f"syncs: {head}, {steps} steps ...")
@@ -209,7 +210,7 @@ def dry_run():
     import train
     parser = train.build_parser()
     argvs = [epoch_argv(h, m, "D", "O", 25000) for m in MODES for h in HEADS]
-    argvs += [sync_argv(h, "D", "O", s) for h in HEADS for s in (10, 20)]
+    argvs += [sync_argv(h, "D", "O", s) for h in SYNC_HEADS for s in (10, 20)]
     for argv in argvs:
         parser.parse_args(argv)
         print("would run: python train.py " + " ".join(argv))

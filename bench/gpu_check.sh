@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of dcm-ref in one call (< 8 min on one H100/H200): the CUDA tests, the speed
+# GPU check of dcm-ref in one call (< 9 min on one H100/H200): the CUDA tests, the speed
 # table on CUDA, CIFAR-shaped training epochs (preact-resnet18, FC vs DFC, eager /
 # --amp / --compile) and the host syncs per training step. Results: markdown in $OUT
 # (default results/gpu_check), one file per part, plus summary.md with the device.
@@ -8,7 +8,7 @@
 #   bench/gpu_check.sh --dry-run   # anywhere: check that every part's command still parses
 #
 # Each part has its own time limit, so one slow part cannot eat the others' time; the limits
-# sum to 470 s (< 8 min). A part that hits its limit keeps every row it finished: the python
+# sum to 500 s (< 9 min). A part that hits its limit keeps every row it finished: the python
 # parts append each row to their markdown as soon as it is measured (--compile modes last).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +46,7 @@ part() {  # part NAME SECONDS CMD...: run CMD with a time limit, log to $OUT/NAM
 } > "$OUT/summary.md"
 
 part cuda_tests 150 $PY -m pytest -q -m cuda tests -p no:cacheprovider
-part syncs 80 $PY bench/gpu_check.py syncs --out "$OUT"
+part syncs 110 $PY bench/gpu_check.py syncs --out "$OUT"
 part speed 90 $PY -m bench speed --device cuda --budget 1 --out "$OUT/speed.md"
 part epochs 150 $PY bench/gpu_check.py epochs --out "$OUT"
 cat "$OUT/summary.md"

@@ -84,7 +84,7 @@ def test_gpu_check_dry_run_parses_every_command():
     p = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_check.sh"), "--dry-run"],
                        cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHON=sys.executable))
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "12 train.py commands parse" in p.stdout and "gpu_check.sh --dry-run: ok" in p.stdout
+    assert "14 train.py commands parse" in p.stdout and "gpu_check.sh --dry-run: ok" in p.stdout
     for module in ("nn.Linear", "DCMLinear", "DKANLinear"):   # the module sync count ran its steps on CPU
         assert f"| {module} | 0 | 0 | 0.0 |" in p.stdout
 
