@@ -77,8 +77,12 @@ def load_data(args, device, loss_overrides):
 
 # ----------------------------------------------------------------------------- Model
 
-def build_net(args, in_shape, num_classes, pretrained=None):
-    """nets.Net: the --backbone and the --head (a DCM head masks itself in its training forward, Fig. 2)."""
+NET_SEED_STRIDE = 1_000_003   # co-teaching's second network seeds its random-score head with --seed + this
+
+
+def build_net(args, in_shape, num_classes, pretrained=None, index=0):
+    """nets.Net: the --backbone and the --head (a DCM head masks itself in its training forward, Fig. 2).
+    index: which of the method's networks (co-teaching: 0, 1); --dcm-score random draws its own subsets."""
     backbone = nets.make_backbone(args.backbone, in_shape)
     if pretrained is not None:
         try:
@@ -86,7 +90,8 @@ def build_net(args, in_shape, num_classes, pretrained=None):
         except ValueError as e:
             raise UserError(str(e)) from None
     dcm = dict(keep=args.keep, scope=args.dcm_scope, interval=args.dcm_interval, warmup=args.dcm_warmup,
-               stats=args.dcm_stats, eval_mask=args.dcm_eval, score=args.dcm_score, seed=args.seed)
+               stats=args.dcm_stats, eval_mask=args.dcm_eval, score=args.dcm_score,
+               seed=args.seed + NET_SEED_STRIDE * index)
     return nets.Net(backbone, nets.make_head(args.head, backbone.feature_dim, num_classes, args.kan_grid,
                                              args.kan_order, **dcm), args.head_dropout)
 
@@ -106,7 +111,7 @@ def init_state(args, d, device, resumed, dist=distributed.Dist()):
     torch.manual_seed(args.seed)
     n_nets = 2 if args.method == "coteaching" else 1
     pretrained = args.pretrained if resumed is None else None  # a resumed run's weights are in its checkpoint
-    networks = [build_net(args, d.in_shape, d.C, pretrained).to(device) for _ in range(n_nets)]
+    networks = [build_net(args, d.in_shape, d.C, pretrained, i).to(device) for i in range(n_nets)]
     opts = [make_optimizer(args, net) for net in networks]
     for net, opt in zip(networks, opts):
         heads = layers.dcm_modules(net)

@@ -184,6 +184,18 @@ def test_several_ranks_ask_each_other_for_a_stop_signal_only_with_the_loss_reads
     assert steps >= 7 and checked == [s for s in range(1, steps + 1) if world == 1 or s % 3 == 0]
 
 
+def test_co_teaching_networks_draw_their_own_random_masks():
+    """--dcm-score random: each co-teaching network's head draws its own subsets (the first one's
+    seed is --seed, as in a one-network run), so the two masks differ from the first update on."""
+    args, d, st = new_run(["--method", "coteaching", "--dcm-score", "random", "--head", "dfc"])
+    heads = [net.head for net in st.nets]
+    assert [h.seed for h in heads] == [args.seed, args.seed + train.NET_SEED_STRIDE]
+    idx = torch.arange(64)
+    loss_fn = losses.make_loss(args.loss, d.C, args.dataset)
+    train.train_step(args, st, data.to_float(d.x[idx], d.mean, d.std), d.y_noisy[idx], d.ids[idx], loss_fn, 0.0, 1)
+    assert heads[0].updates == heads[1].updates == 1 and not torch.equal(heads[0].mask, heads[1].mask)
+
+
 def test_the_epoch_loss_is_the_mean_of_the_steps_losses_read_as_python_floats(monkeypatch):
     """train_loss sums loss · samples in step order in Python floats (float64), as one read per
     step did: the same number whatever READ_LOSSES_EVERY."""
