@@ -394,9 +394,13 @@ def _extract(tar, m, path):
 
 # ----------------------------------------------------------------------------- Progress and messages
 
+PROGRESS_LINE_EVERY_S = 30   # without a terminal (a job's log file): one progress line this often
+
+
 class _Progress:
     """One file's progress on `log`: bytes, rate, ETA on a live line when log is a terminal,
-    redrawn at most 5 times a second; nothing otherwise (fetch prints one line per file)."""
+    redrawn at most 5 times a second; otherwise one full line every PROGRESS_LINE_EVERY_S seconds
+    (a long download in a job's log is not silent), and fetch's one line per file at the end."""
 
     def __init__(self, name, start, total, log):
         self.name, self.start, self.total, self.log = name, start, total, log
@@ -405,12 +409,16 @@ class _Progress:
 
     def update(self, done):
         now = time.monotonic()
-        if not self.live or now - self.shown < 0.2:
+        if self.log is None or now - self.shown < (0.2 if self.live else PROGRESS_LINE_EVERY_S):
             return
         self.shown, rate = now, (done - self.start) / max(now - self.t0, 1e-9)
         of = f" / {_size(self.total)}" if self.total else ""
         eta = f", ETA {(self.total - done) / rate:.0f} s" if self.total and rate > 0 else ""
-        print(f"\rdownload: {self.name}: {_size(done)}{of} at {_size(rate)}/s{eta}   ", end="", file=self.log, flush=True)
+        text = f"download: {self.name}: {_size(done)}{of} at {_size(rate)}/s{eta}"
+        if self.live:
+            print(f"\r{text}   ", end="", file=self.log, flush=True)
+        else:
+            print(text, file=self.log, flush=True)
 
     def close(self):
         if self.live:

@@ -520,3 +520,20 @@ def test_debian_fashion_mnist_matches_the_content_hashes():
     for r in download.SOURCES["fashion-mnist"]:
         path = os.path.join(data.DEFAULT_DIRS["fashion-mnist"], r.name)
         assert download.verify(path, r) == (True, "sha256 of the decompressed bytes")
+
+
+def test_without_a_terminal_a_long_download_logs_a_progress_line_every_30_seconds(monkeypatch):
+    """A job's log file gets a full line (bytes, total, rate, ETA) every PROGRESS_LINE_EVERY_S
+    seconds, not the terminal's carriage-return redraws and not silence until the end."""
+    clock = [100.0]
+    monkeypatch.setattr(download.time, "monotonic", lambda: clock[0])
+    log = io.StringIO()
+    show = download._Progress("cifar-10-python.tar.gz", 0, 170_000_000, log)
+    for t, done in ((10, 10_000_000), (31, 31_000_000), (40, 40_000_000), (62, 62_000_000)):
+        clock[0] = 100.0 + t
+        show.update(done)
+    show.close()
+    lines = log.getvalue().splitlines()
+    assert lines == ["download: cifar-10-python.tar.gz: 31.0 MB / 170.0 MB at 1.0 MB/s, ETA 139 s",
+                     "download: cifar-10-python.tar.gz: 62.0 MB / 170.0 MB at 1.0 MB/s, ETA 108 s"]
+    assert "\r" not in log.getvalue()
