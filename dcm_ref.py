@@ -179,7 +179,7 @@ def masked_linear(v: Tensor, w: Tensor, b: Optional[Tensor], mask: Optional[Tens
     if mask is None:
         return F.linear(v, w, b)
     _check_mask(mask, w)
-    return F.linear(v, w * (mask if mask.dtype == w.dtype else mask.to(w.dtype)), b)   # a bool or float32 mask must not promote w
+    return F.linear(v, w * mask.to(w.dtype), b)   # cast: a bool or float32 mask must not promote w
 
 
 # ----------------------------------------------------------------------------- fast paths
@@ -222,7 +222,7 @@ def topk_mask(scores: Tensor, keep: float, scope: str = "row") -> Tensor:
     if flat.device.type != "cpu" or torch.compiler.is_compiling():
         top = torch.topk(flat, k, dim=1, sorted=False).values          # (R, k), NaN counts as largest
         return _first_k_by_rank(flat, top, k, host_checks=False).to(scores.dtype).reshape(scores.shape)
-    mask = topk_cpu.mask_by_bits(flat.detach() if flat.requires_grad else flat, k, scores.dtype)
+    mask = topk_cpu.mask_by_bits(flat.detach(), k, scores.dtype)
     if mask is None:
         mask = _first_k_by_rank(flat, torch.topk(flat, k, dim=1, sorted=False).values, k).to(scores.dtype)
     return mask.reshape(scores.shape)
@@ -411,8 +411,7 @@ def mask_step(phase: str, mask: Tensor, batch_moments: Optional[Moments], pooled
     if not isinstance(scores, torch.Tensor) or scores.shape != mask.shape:
         got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
         raise ValueError(f"score_fn: expected scores of shape {tuple(mask.shape)}, got {got}")
-    new = topk_mask(scores, keep, scope)
-    new = new if new.dtype == mask.dtype else new.to(mask.dtype)   # no call when it already is (CPU: every call costs)
+    new = topk_mask(scores, keep, scope).to(mask.dtype)
     return new, None, mask_change_tensor(mask, new)
 
 
@@ -489,7 +488,7 @@ def mask_change_tensor(m_old: Tensor, m_new: Tensor) -> Tensor:
 def _change_on_host(a: Tensor, b: Tensor) -> Tensor:
     """CPU: the same exact counts by numpy, then Python floats (float64): 1/4 of the torch ops
     of _change_on_device, which is what a mask update inside a training step pays for on CPU."""
-    a, b = (t.detach().numpy() if t.requires_grad else t.numpy() for t in (a, b))
+    a, b = a.detach().numpy(), b.detach().numpy()
     inter, n_old, n_new = float(np.dot(a, b)), float(a.sum()), float(b.sum())
     union = n_old + n_new - inter
     return torch.tensor(1.0 - inter / union if union > 0 else 0.0, dtype=torch.float64)

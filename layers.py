@@ -118,7 +118,7 @@ class DCMModule(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: (*, d) -> (*, C). Train mode: the DCM step on this batch, then the masked head.
         Eval mode: the full head (eval_mask="full") or the last mask ("masked")."""
-        x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])   # no call when 2-D (CPU: every call costs)
+        x2 = x.reshape(-1, x.shape[-1])
         feats = self._features(x2)
         if self.training:
             if not torch.compiler.is_compiling():   # a Python counter: kept out of compiled graphs
@@ -127,8 +127,7 @@ class DCMModule(nn.Module):
             mask = self.mask if empty else self._train_mask(feats)
         else:
             mask = self.mask if self.eval_mask == "masked" else None
-        z = self._logits(feats, mask)
-        return z if x.dim() == 2 else z.reshape(*x.shape[:-1], self.out_features)
+        return self._logits(feats, mask).reshape(*x.shape[:-1], self.out_features)
 
     @torch.no_grad()
     def _train_mask(self, feats: Tensor) -> Tensor:
@@ -145,7 +144,7 @@ class DCMModule(nn.Module):
             for buf, t in zip((self.pooled_n, self.pooled_s1, self.pooled_s2), pool or (None,) * 3):
                 buf.zero_() if t is None else buf.copy_(t.view(buf.shape))
         if change is not None:
-            self.mask = mask if mask.is_contiguous() else mask.contiguous()   # rebound, not copied into: a mask a forward saved for backward stays as it was
+            self.mask = mask.contiguous()   # rebound, not copied into: a mask a forward saved for backward stays as it was
             self.dcm_change.copy_(change)   # 0-dim into (1,)
             self._phase = "hold"      # this step's mask is chosen
         return mask

@@ -48,7 +48,7 @@ def mask_by_bits(flat: Tensor, k: int, dtype: torch.dtype) -> Optional[Tensor]:
     if flat.dtype not in _KEYS:
         return None
     key_dtype, inf_bits = _KEYS[flat.dtype]
-    keys = (flat if flat.is_contiguous() else flat.contiguous()).view(key_dtype).numpy()
+    keys = flat.contiguous().view(key_dtype).numpy()
     u, t = kth_largest_keys(keys, k)                                       # (R, 1) each
     if inf_bits is not None and (t.max() > inf_bits or keys.min() < 0):
         return None
