@@ -69,7 +69,8 @@ class DCMModule(nn.Module):
     the float64 ones stay float64 under .half()). Host copies of the step count decide the
     phase, so a compiled forward never reads the device. all_reduce: Moments -> Moments,
     summed over ranks (train.py sets its own, which reports a lost peer in one line).
-    Subclass hooks: _features(x2d) -> feats, _moments(feats), _scores(m) -> (C, d),
+    Subclass hooks: _features(x2d) -> feats, _moments(feats), _scores(m) -> (C, d) (Eq. 2), the
+    ablations' _magnitude_scores() and _feature_scores(m) -> (C, d) (_score picks one),
     _logits(feats, mask) -> (B, C); _MASKED: the parameters whose (C, d, ...) entries the mask gates.
     """
     _F64 = ("dcm_change", "pooled_n", "pooled_s1", "pooled_s2")
@@ -155,6 +156,10 @@ class DCMModule(nn.Module):
         subset at every update, the same on every rank and after a resume, no host read."""
         if self.score == "random":
             return dcm_ref.random_scores(tuple(self.mask.shape), self.seed, self.dcm_updates)
+        if self.score == "magnitude":
+            return self._magnitude_scores()
+        if self.score == "feature":
+            return self._feature_scores(m)
         return self._scores(m)
 
     def _pool(self) -> Optional[dcm_ref.Moments]:
@@ -249,11 +254,13 @@ class DCMLinear(DCMModule):
         return dcm_ref.moments(v)
 
     def _scores(self, m: dcm_ref.Moments) -> Tensor:
-        if self.score == "magnitude":
-            return dcm_ref.magnitude_scores(self.weight)
-        if self.score == "feature":
-            return dcm_ref.feature_scores(dcm_ref.std_from_moments(m), self.out_features)
         return dcm_ref.scores_from_moments(m, self.weight)
+
+    def _magnitude_scores(self) -> Tensor:
+        return dcm_ref.magnitude_scores(self.weight)
+
+    def _feature_scores(self, m: dcm_ref.Moments) -> Tensor:
+        return dcm_ref.feature_scores(dcm_ref.std_from_moments(m), self.out_features)
 
     def _logits(self, v: Tensor, mask: Optional[Tensor]) -> Tensor:
         return dcm_ref.masked_linear(v, self.weight, self.bias, mask)
@@ -336,11 +343,13 @@ class DKANLinear(DCMModule):
         return kan.kan_moments(phi)
 
     def _scores(self, m):
-        if self.score == "magnitude":
-            return kan.kan_magnitude_scores(self.params())
-        if self.score == "feature":
-            return kan.kan_feature_scores(m, self.out_features)
         return kan.kan_scores_from_moments(m, self.params())
+
+    def _magnitude_scores(self):
+        return kan.kan_magnitude_scores(self.params())
+
+    def _feature_scores(self, m):
+        return kan.kan_feature_scores(m, self.out_features)
 
     def _logits(self, phi, mask):
         return kan.kan_forward_features(self.params(), phi, mask)
