@@ -313,14 +313,21 @@ def big_file(tmp_path, monkeypatch, n=400_000):
     return blob
 
 
-def test_a_cut_transfer_is_resumed_with_a_range_request(tmp_path, serve, monkeypatch):
+def cut_transfer(tmp_path, serve, monkeypatch, at):
+    """A served CIFAR-10N-sized file whose first transfer the server cuts after `at` bytes, and
+    that first try. -> (the file's bytes, the server, the destination path, its DownloadError)."""
     blob = big_file(tmp_path, monkeypatch)
     srv = serve({"CIFAR-10_human.pt": blob})
-    srv.cut["CIFAR-10_human.pt"] = 100_000
+    srv.cut["CIFAR-10_human.pt"] = at
     dest = str(tmp_path / "CIFAR-10_human.pt")
     with pytest.raises(download.DownloadError) as e:
         download.ensure_file(download.SOURCES["cifar10n"][0], dest, srv.url)
-    assert "continue from byte 100000" in one_line(str(e.value)) and not os.path.exists(dest)
+    return blob, srv, dest, e.value
+
+
+def test_a_cut_transfer_is_resumed_with_a_range_request(tmp_path, serve, monkeypatch):
+    blob, srv, dest, err = cut_transfer(tmp_path, serve, monkeypatch, 100_000)
+    assert "continue from byte 100000" in one_line(str(err)) and not os.path.exists(dest)
     assert os.path.getsize(dest + download.PART) == 100_000
     download.ensure_file(download.SOURCES["cifar10n"][0], dest, srv.url)
     assert srv.requests == [("CIFAR-10_human.pt", None), ("CIFAR-10_human.pt", "bytes=100000-")]
@@ -351,14 +358,9 @@ def test_a_server_ignoring_range_restarts_the_file(tmp_path, serve, monkeypatch)
 
 
 def test_server_gone_mid_transfer_is_one_line_and_keeps_no_final_file(tmp_path, serve, monkeypatch):
-    blob = big_file(tmp_path, monkeypatch)
-    srv = serve({"CIFAR-10_human.pt": blob})
-    srv.cut["CIFAR-10_human.pt"] = 50_000
-    dest = str(tmp_path / "CIFAR-10_human.pt")
-    with pytest.raises(download.DownloadError) as e:
-        download.ensure_file(download.SOURCES["cifar10n"][0], dest, srv.url)
+    _, srv, dest, err = cut_transfer(tmp_path, serve, monkeypatch, 50_000)
     srv.stop()
-    assert "closed after 50000 of 400000 bytes" in one_line(str(e.value))
+    assert "closed after 50000 of 400000 bytes" in one_line(str(err))
     with pytest.raises(download.DownloadError) as e:
         download.ensure_file(download.SOURCES["cifar10n"][0], dest, srv.url)
     assert "Connection refused" in one_line(str(e.value)) and "continue from byte 50000" in str(e.value)
