@@ -30,7 +30,6 @@ import distributed
 import losses
 import nets
 import presets
-import realworld
 
 HEADS = nets.HEADS
 METHODS = ("standard", "coteaching", "elr")
@@ -238,9 +237,6 @@ def check_args(args):
         (args.mirror is None or args.download, "--mirror needs --download (it says where to download from)"),
         (args.mirror is None or args.mirror.startswith(("http://", "https://", "file://")),
          f"--mirror must be an http://, https:// or file:// URL, got {args.mirror!r}"),
-        (not args.download or args.dataset not in data.IMAGE_DATASETS,
-         f"--download cannot fetch {args.dataset}: it needs registration; to get it: "
-         f"{realworld.HOW_TO_GET.get(args.dataset, '')}"),
     ]
     for ok, msg in checks:
         if not ok:
